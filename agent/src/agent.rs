@@ -1,0 +1,310 @@
+//! The agent's shared state, and what each hook does: the one place where a hook turns into
+//! actions. The HTTP side is in `hooks`; which hook may act in which state is decided by the pure
+//! [`Machine`] in `lifecycle`.
+//!
+//! Acting hooks (`/validate`, `/run`, `/resume`, `/suspend`) run one at a time: the platform may
+//! retry a hook while the first attempt is still working, and a `/resume` must not interleave with
+//! the `/suspend` before it. `/terminate` never waits for them: stopping must always be possible.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::StatusCode;
+use serde_json::{json, Map, Value};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::budget::{self, Missed};
+use crate::config::Config;
+use crate::lifecycle::{Health, Hook, Machine, Verdict};
+use crate::{run_body, state_files};
+
+/// A hook's answer before it becomes HTTP: status, a one-word outcome for logs and `/status`,
+/// and extra JSON fields.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub outcome: &'static str,
+    pub extra: Value,
+}
+
+impl Answer {
+    pub fn ok(outcome: &'static str) -> Self {
+        Answer {
+            status: StatusCode::OK,
+            outcome,
+            extra: json!({}),
+        }
+    }
+
+    pub fn with(status: StatusCode, outcome: &'static str, extra: Value) -> Self {
+        Answer {
+            status,
+            outcome,
+            extra,
+        }
+    }
+
+    pub fn error(status: StatusCode, outcome: &'static str, error: impl Into<String>) -> Self {
+        Answer {
+            status,
+            outcome,
+            extra: json!({ "error": error.into() }),
+        }
+    }
+}
+
+/// What `/status` shows for one hook.
+#[derive(Clone, Copy, Debug, Default)]
+struct HookStat {
+    count: u64,
+    last_status: u16,
+    last_outcome: &'static str,
+    last_elapsed_us: u64,
+}
+
+/// Why the agent should stop its app and exit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopRequest {
+    None,
+    /// `/terminate`.
+    Terminate,
+}
+
+pub struct Agent {
+    pub config: Config,
+    started: Instant,
+    machine: Mutex<Machine>,
+    stats: Mutex<[HookStat; 6]>,
+    /// Serialises acting hooks; the guard travels with work that outlives its hook's deadline.
+    actions: Arc<tokio::sync::Mutex<()>>,
+    /// The app's health, published by the supervisor (always `Up` in sidecar mode).
+    health: watch::Receiver<Health>,
+    /// Tells the main loop to stop the app (and then exit).
+    stop: watch::Sender<StopRequest>,
+    microvm_id: Mutex<Option<String>>,
+}
+
+impl Agent {
+    pub fn new(config: Config, health: watch::Receiver<Health>) -> Arc<Agent> {
+        Arc::new(Agent {
+            config,
+            started: Instant::now(),
+            machine: Mutex::default(),
+            stats: Mutex::default(),
+            actions: Arc::default(),
+            health,
+            stop: watch::channel(StopRequest::None).0,
+            microvm_id: Mutex::default(),
+        })
+    }
+
+    /// Resolves when a hook asked the agent to stop.
+    pub async fn stop_requested(&self) -> StopRequest {
+        let mut rx = self.stop.subscribe();
+        let r = rx.wait_for(|r| *r != StopRequest::None).await.map(|r| *r);
+        r.unwrap_or(StopRequest::None)
+    }
+
+    fn budget(&self, hook: Hook) -> Duration {
+        let h = &self.config.hooks;
+        match hook {
+            Hook::Ready => h.ready_timeout,
+            Hook::Validate => h.validate_timeout,
+            Hook::Run => h.run_timeout,
+            Hook::Resume => h.resume_timeout,
+            Hook::Suspend => h.suspend_timeout,
+            Hook::Terminate => h.terminate_timeout,
+        }
+    }
+
+    fn health(&self) -> Health {
+        *self.health.borrow()
+    }
+
+    /// Answers one hook, always before its deadline.
+    pub async fn hook(self: &Arc<Self>, hook: Hook, body: Bytes, arrived: Instant) -> Answer {
+        let deadline = arrived + budget::deadline_after(self.budget(hook));
+        let answer = match hook {
+            Hook::Ready => self.ready(),
+            Hook::Terminate => self.terminate(),
+            _ => self.acting(hook, body, deadline).await,
+        };
+        let mut stats = self.stats.lock().expect("stats lock");
+        let s = &mut stats[hook as usize];
+        s.count += 1;
+        s.last_status = answer.status.as_u16();
+        s.last_outcome = answer.outcome;
+        s.last_elapsed_us = arrived.elapsed().as_micros() as u64;
+        answer
+    }
+
+    fn ready(&self) -> Answer {
+        let verdict = self
+            .machine
+            .lock()
+            .expect("machine lock")
+            .ready(self.health());
+        match verdict {
+            Verdict::Act => Answer::ok("ready"),
+            Verdict::Failed => Answer::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "failed",
+                "the app has failed for good",
+            ),
+            Verdict::NotYet(why) => {
+                Answer::error(StatusCode::SERVICE_UNAVAILABLE, "not-ready", why)
+            }
+            other => unreachable!("ready verdict {other:?}"),
+        }
+    }
+
+    fn terminate(&self) -> Answer {
+        match self.machine.lock().expect("machine lock").terminate() {
+            Verdict::Act => {
+                self.stop.send_replace(StopRequest::Terminate);
+                Answer::ok("terminating")
+            }
+            _ => Answer::ok("already-terminating"),
+        }
+    }
+
+    async fn acting(self: &Arc<Self>, hook: Hook, body: Bytes, deadline: Instant) -> Answer {
+        let Ok(guard) = tokio::time::timeout_at(deadline, self.actions.clone().lock_owned()).await
+        else {
+            return Answer::error(
+                busy_status(hook),
+                "busy",
+                "an earlier hook is still working; its work did not finish in time",
+            );
+        };
+        let verdict = {
+            let mut m = self.machine.lock().expect("machine lock");
+            match hook {
+                Hook::Validate => m.validate(self.health()),
+                Hook::Run => m.run(&body),
+                Hook::Resume => m.resume(),
+                Hook::Suspend => m.suspend(),
+                Hook::Ready | Hook::Terminate => unreachable!("not an acting hook"),
+            }
+        };
+        match verdict {
+            Verdict::Act => {}
+            Verdict::Replay => return Answer::ok("replay"),
+            Verdict::Already => return Answer::ok("already"),
+            Verdict::Ignored(why) => {
+                return Answer::with(StatusCode::OK, "ignored", json!({ "reason": why }))
+            }
+            Verdict::NotYet(why) => {
+                return Answer::error(StatusCode::SERVICE_UNAVAILABLE, "not-ready", why)
+            }
+            Verdict::Failed => {
+                return Answer::error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "failed",
+                    "the app has failed for good",
+                )
+            }
+            Verdict::Conflict(why) => return Answer::error(StatusCode::CONFLICT, "conflict", why),
+        }
+        let agent = self.clone();
+        let work = async move {
+            let answer = agent.act(hook, body).await;
+            drop(guard);
+            answer
+        };
+        match budget::within(deadline, work).await {
+            Ok(answer) => answer,
+            Err(Missed::Overrun) => Answer::error(
+                busy_status(hook),
+                "timeout",
+                "the hook's work did not finish inside its budget; it goes on in the background",
+            ),
+            Err(Missed::Panicked) => Answer::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal-error",
+                "the hook's work failed (a bug: see the agent's log)",
+            ),
+        }
+    }
+
+    /// The work of an acting hook, after the state machine said yes.
+    async fn act(&self, hook: Hook, body: Bytes) -> Answer {
+        match hook {
+            Hook::Run => self.run(&body),
+            Hook::Validate => Answer::ok("valid"),
+            Hook::Resume => Answer::ok("resumed"),
+            Hook::Suspend => Answer::ok("suspended"),
+            Hook::Ready | Hook::Terminate => unreachable!("not an acting hook"),
+        }
+    }
+
+    fn run(&self, body: &[u8]) -> Answer {
+        let parsed = run_body::parse(body);
+        let dir = &self.config.state_dir;
+        let written =
+            state_files::write_atomic(&dir.join("run-payload"), &parsed.payload, 0o600, None)
+                .and_then(|()| match &parsed.microvm_id {
+                    Some(id) => state_files::write_atomic(
+                        &dir.join("microvm-id"),
+                        id.as_bytes(),
+                        0o644,
+                        None,
+                    ),
+                    None => Ok(()),
+                });
+        if let Err(e) = written {
+            // Without its payload the app would serve this VM with no per-VM data: dying is the
+            // lesser harm, so this is the one case where /run fails.
+            tracing::error!(error = %e, dir = %dir.display(), "cannot write the run payload");
+            return Answer::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "state-dir-error",
+                format!("cannot write the run payload in {}: {e}", dir.display()),
+            );
+        }
+        *self.microvm_id.lock().expect("id lock") = parsed.microvm_id.clone();
+        Answer::with(
+            StatusCode::OK,
+            "ok",
+            json!({ "microvm_id": parsed.microvm_id, "payload_bytes": parsed.payload.len() }),
+        )
+    }
+
+    /// `GET /status`: what an operator (or a test) needs to see the agent's state at a glance.
+    pub fn status(&self) -> Value {
+        let state = self.machine.lock().expect("machine lock").state();
+        let stats = *self.stats.lock().expect("stats lock");
+        let mut hooks = Map::new();
+        for hook in Hook::ALL {
+            let s = stats[hook as usize];
+            let v = if s.count == 0 {
+                json!({ "count": 0 })
+            } else {
+                json!({ "count": s.count, "last_status": s.last_status, "last_outcome": s.last_outcome, "last_elapsed_us": s.last_elapsed_us })
+            };
+            hooks.insert(hook.name().to_string(), v);
+        }
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "pid": std::process::id(),
+            "state": state,
+            "health": self.health(),
+            "mode": if self.config.app.is_some() { "supervisor" } else { "sidecar" },
+            "uptime_ms": self.started.elapsed().as_millis() as u64,
+            "microvm_id": *self.microvm_id.lock().expect("id lock"),
+            "hooks": hooks,
+        })
+    }
+}
+
+/// The status for "not now": build-time hooks are polled, so 503 means "ask again"; for runtime
+/// hooks, which are not retried on our behalf, it is a plain failure.
+fn busy_status(hook: Hook) -> StatusCode {
+    if hook.is_build_time() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    }
+}

@@ -17,8 +17,13 @@ use tokio::time::Instant;
 
 use crate::budget::{self, Missed};
 use crate::config::Config;
-use crate::lifecycle::{Health, Hook, Machine, Verdict};
-use crate::{run_body, state_files};
+use crate::lifecycle::{Health, Hook, Machine, State, Verdict};
+use crate::reaper::Reaper;
+use crate::supervisor::AppView;
+use crate::{probe, run_body, state_files};
+
+/// The least time one warm-up request may take (the hook's own budget if longer).
+const WARMUP_REQUEST_LIMIT: Duration = Duration::from_secs(30);
 
 /// A hook's answer before it becomes HTTP: status, a one-word outcome for logs and `/status`,
 /// and extra JSON fields.
@@ -84,10 +89,33 @@ pub struct Agent {
     /// Tells the main loop to stop the app (and then exit).
     stop: watch::Sender<StopRequest>,
     microvm_id: Mutex<Option<String>>,
+    /// The app as the supervisor last published it (default in sidecar mode).
+    app: watch::Receiver<AppView>,
+    pub reaper: Arc<Reaper>,
+    /// The readiness probe's last failed attempt, written by the probe task.
+    last_probe: Arc<Mutex<Option<String>>>,
+    /// Signalled when `/ready` has answered 500, which ends a build-time linger.
+    failure_reported: tokio::sync::Notify,
+    warmup: Mutex<Warmup>,
+}
+
+/// The `/validate` warm-up, which outlives the polls that watch it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Warmup {
+    NotStarted,
+    Running,
+    Passed(usize),
+    Failed(String),
 }
 
 impl Agent {
-    pub fn new(config: Config, health: watch::Receiver<Health>) -> Arc<Agent> {
+    pub fn new(
+        config: Config,
+        health: watch::Receiver<Health>,
+        app: watch::Receiver<AppView>,
+        reaper: Arc<Reaper>,
+        last_probe: Arc<Mutex<Option<String>>>,
+    ) -> Arc<Agent> {
         Arc::new(Agent {
             config,
             started: Instant::now(),
@@ -97,7 +125,26 @@ impl Agent {
             health,
             stop: watch::channel(StopRequest::None).0,
             microvm_id: Mutex::default(),
+            app,
+            reaper,
+            last_probe,
+            failure_reported: tokio::sync::Notify::new(),
+            warmup: Mutex::new(Warmup::NotStarted),
         })
+    }
+
+    pub fn state(&self) -> State {
+        self.machine.lock().expect("machine lock").state()
+    }
+
+    /// Whether anyone (a platform building the image) has asked `/ready`.
+    pub fn ready_polled(&self) -> bool {
+        self.stats.lock().expect("stats lock")[Hook::Ready as usize].count > 0
+    }
+
+    /// Resolves once `/ready` has answered 500.
+    pub async fn failure_reported(&self) {
+        self.failure_reported.notified().await
     }
 
     /// Resolves when a hook asked the agent to stop.
@@ -128,7 +175,7 @@ impl Agent {
         let deadline = arrived + budget::deadline_after(self.budget(hook));
         let answer = match hook {
             Hook::Ready => self.ready(),
-            Hook::Terminate => self.terminate(),
+            Hook::Terminate => self.terminate(deadline).await,
             _ => self.acting(hook, body, deadline).await,
         };
         let mut stats = self.stats.lock().expect("stats lock");
@@ -148,25 +195,52 @@ impl Agent {
             .ready(self.health());
         match verdict {
             Verdict::Act => Answer::ok("ready"),
-            Verdict::Failed => Answer::error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "failed",
-                "the app has failed for good",
-            ),
+            Verdict::Failed => {
+                // Ends a build-time linger: the platform has been told.
+                self.failure_reported.notify_one();
+                let app = self.app.borrow().clone();
+                Answer::with(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "failed",
+                    json!({ "error": "the app has exited for good", "last_exit": app.last_exit, "restarts": app.restarts }),
+                )
+            }
             Verdict::NotYet(why) => {
-                Answer::error(StatusCode::SERVICE_UNAVAILABLE, "not-ready", why)
+                let probe = self.last_probe.lock().expect("probe lock").clone();
+                Answer::with(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not-ready",
+                    json!({ "error": why, "last_probe": probe }),
+                )
             }
             other => unreachable!("ready verdict {other:?}"),
         }
     }
 
-    fn terminate(&self) -> Answer {
-        match self.machine.lock().expect("machine lock").terminate() {
-            Verdict::Act => {
-                self.stop.send_replace(StopRequest::Terminate);
-                Answer::ok("terminating")
-            }
-            _ => Answer::ok("already-terminating"),
+    /// Starts the stop path and waits for the app to be gone until just before the deadline;
+    /// then answers either way and lets the stop finish.
+    async fn terminate(&self, deadline: Instant) -> Answer {
+        let first = self.machine.lock().expect("machine lock").terminate() == Verdict::Act;
+        if first {
+            self.stop.send_replace(StopRequest::Terminate);
+        }
+        if self.config.app.is_none() {
+            return Answer::ok(if first {
+                "terminating"
+            } else {
+                "already-terminating"
+            });
+        }
+        let mut app = self.app.clone();
+        let gone = tokio::time::timeout_at(deadline, app.wait_for(|a| a.pid.is_none())).await;
+        let view = self.app.borrow().clone();
+        match gone {
+            Ok(_) => Answer::with(
+                StatusCode::OK,
+                "stopped",
+                json!({ "exit_code": view.last_exit_code }),
+            ),
+            Err(_) => Answer::with(StatusCode::OK, "stopping", json!({ "pid": view.pid })),
         }
     }
 
@@ -216,6 +290,11 @@ impl Agent {
         };
         match budget::within(deadline, work).await {
             Ok(answer) => answer,
+            Err(Missed::Overrun) if hook == Hook::Validate => Answer::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "warming-up",
+                "the warm-up requests are still running; ask again",
+            ),
             Err(Missed::Overrun) => Answer::error(
                 busy_status(hook),
                 "timeout",
@@ -233,10 +312,59 @@ impl Agent {
     async fn act(&self, hook: Hook, body: Bytes) -> Answer {
         match hook {
             Hook::Run => self.run(&body),
-            Hook::Validate => Answer::ok("valid"),
+            Hook::Validate => self.validate().await,
             Hook::Resume => Answer::ok("resumed"),
             Hook::Suspend => Answer::ok("suspended"),
             Hook::Ready | Hook::Terminate => unreachable!("not an acting hook"),
+        }
+    }
+
+    /// Starts the warm-up on the first call and reports on it. The hook's deadline bounds the
+    /// wait: a warm-up that takes longer answers 503 (the platform asks again) and goes on.
+    async fn validate(&self) -> Answer {
+        let requests = &self.config.validate;
+        if requests.requests.is_empty() {
+            return Answer::ok("valid");
+        }
+        let start = {
+            let mut w = self.warmup.lock().expect("warmup lock");
+            let start = *w == Warmup::NotStarted;
+            if start {
+                *w = Warmup::Running;
+            }
+            start
+        };
+        if start {
+            tracing::info!(
+                requests = requests.requests.len(),
+                repeat = requests.repeat,
+                "warm-up started"
+            );
+            // Each request may take longer than one poll: the warm-up outlives the polls.
+            let per_request = self.config.hooks.validate_timeout.max(WARMUP_REQUEST_LIMIT);
+            let result = probe::warm_up(requests, per_request).await;
+            let mut w = self.warmup.lock().expect("warmup lock");
+            *w = match result {
+                Ok(n) => {
+                    tracing::info!(sent = n, "warm-up passed");
+                    Warmup::Passed(n)
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "warm-up failed");
+                    Warmup::Failed(e)
+                }
+            };
+        }
+        match self.warmup.lock().expect("warmup lock").clone() {
+            Warmup::Passed(n) => {
+                Answer::with(StatusCode::OK, "valid", json!({ "warmup_requests": n }))
+            }
+            Warmup::Failed(e) => Answer::error(StatusCode::INTERNAL_SERVER_ERROR, "invalid", e),
+            Warmup::Running | Warmup::NotStarted => Answer::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "warming-up",
+                "the warm-up requests are still running",
+            ),
         }
     }
 
@@ -272,6 +400,20 @@ impl Agent {
         )
     }
 
+    fn app_json(&self) -> Value {
+        if self.config.app.is_none() {
+            return Value::Null;
+        }
+        let mut v = serde_json::to_value(self.app.borrow().clone()).unwrap_or_default();
+        if let Value::Object(m) = &mut v {
+            m.insert(
+                "last_probe".into(),
+                json!(*self.last_probe.lock().expect("probe lock")),
+            );
+        }
+        v
+    }
+
     /// `GET /status`: what an operator (or a test) needs to see the agent's state at a glance.
     pub fn status(&self) -> Value {
         let state = self.machine.lock().expect("machine lock").state();
@@ -294,6 +436,7 @@ impl Agent {
             "mode": if self.config.app.is_some() { "supervisor" } else { "sidecar" },
             "uptime_ms": self.started.elapsed().as_millis() as u64,
             "microvm_id": *self.microvm_id.lock().expect("id lock"),
+            "app": self.app_json(),
             "hooks": hooks,
         })
     }

@@ -44,27 +44,43 @@
 
 pub mod agent;
 pub mod budget;
+pub mod client;
 pub mod config;
+pub mod helper;
 pub mod hooks;
 pub mod lifecycle;
+pub mod probe;
+pub mod proctree;
+pub mod reaper;
 pub mod run_body;
 pub mod server;
 pub mod signals;
+pub mod spawn;
 pub mod state_files;
+pub mod supervisor;
 
 use std::future::Future;
+use std::sync::Arc;
 
+use nix::sys::signal::Signal;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use agent::Agent;
 use config::Config;
 use lifecycle::Health;
+use reaper::Reaper;
 use signals::Signals;
+use supervisor::Supervisor;
 
-/// Serves the hooks on `listener` and runs until the agent is done; returns the exit code.
-/// `shutdown` is an extra stop trigger for embedders and tests (`main` passes one that never
-/// fires: there, SIGTERM and SIGINT stop the agent).
+/// sysexits' EX_USAGE: the configuration is wrong (here: a user that does not exist).
+pub const EX_USAGE: i32 = 64;
+/// sysexits' EX_SOFTWARE: the agent itself failed (it cannot read its signals).
+pub const EX_SOFTWARE: i32 = 70;
+
+/// Serves the hooks on `listener`, supervises the app (if any) and runs until the agent is done;
+/// returns the exit code. `shutdown` is an extra stop trigger for embedders and tests (`main`
+/// passes one that never fires: there, SIGTERM and SIGINT stop the agent).
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -75,28 +91,112 @@ pub async fn run(
         // Not fatal: the hooks still answer, and the ones that need the directory say why they fail.
         tracing::error!(error = %e, dir = %config.state_dir.display(), "cannot prepare the state directory");
     }
-    let (_health_tx, health_rx) = watch::channel(Health::Up);
-    let agent = Agent::new(config, health_rx);
-    tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), mode = "sidecar", "serving hooks");
+    if std::process::id() != 1 {
+        // Orphans of the app must still be reaped (and waited for) by us, not by the host's init.
+        if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+            tracing::warn!(error = %e, "cannot become a child subreaper; orphans go to init");
+        }
+    }
+    let run_as = match config.app.as_ref().and_then(|a| a.user.as_ref()) {
+        Some(spec) => match spawn::resolve_user(spec) {
+            Ok(u) => Some(u),
+            Err(e) => {
+                eprintln!("microvm-agent: configuration error: app.user: {e}");
+                return EX_USAGE;
+            }
+        },
+        None => None,
+    };
+    let reaper = Arc::new(Reaper::default());
+    let sidecar = config.app.is_none();
+    let (health_tx, health_rx) = watch::channel(if sidecar {
+        Health::Up
+    } else {
+        Health::Starting
+    });
+    let (view_tx, view_rx) = watch::channel(supervisor::AppView::default());
+    let app = config.app.clone();
+    let (ready, state_dir) = (config.ready.clone(), config.state_dir.clone());
+    let last_probe = Arc::default();
+    let agent = Agent::new(
+        config,
+        health_rx,
+        view_rx,
+        reaper.clone(),
+        Arc::clone(&last_probe),
+    );
+    let mut sup = app.map(|app| {
+        Supervisor::new(
+            app,
+            ready,
+            state_dir,
+            run_as,
+            reaper.clone(),
+            agent.clone(),
+            health_tx,
+            view_tx,
+            last_probe,
+        )
+    });
+    if let Some(s) = &mut sup {
+        if let Err(e) = s.start() {
+            tracing::error!(error = %e.message, code = e.code, "cannot start the app");
+            eprintln!("microvm-agent: {}", e.message);
+            return e.code;
+        }
+    }
+    let stop_signal = agent
+        .config
+        .app
+        .as_ref()
+        .map_or(Signal::SIGTERM, |a| a.stop_signal);
+    tracing::info!(
+        listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        mode = if sidecar { "sidecar" } else { "supervisor" },
+        "serving hooks"
+    );
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(server::serve(listener, agent.clone(), async move {
         let _ = done_rx.await;
     }));
-    tokio::pin!(shutdown);
+    let terminate = agent.stop_requested();
+    tokio::pin!(shutdown, terminate);
+    let (mut terminated, mut shut) = (false, false);
     let code = loop {
+        let Some(s) = sup.as_mut() else {
+            // Sidecar: no app to stop; /terminate leaves us serving (the platform ends the VM).
+            tokio::select! {
+                signal = signals.recv() => match signal {
+                    Ok(libc::SIGTERM | libc::SIGINT) => break 0,
+                    Ok(libc::SIGCHLD) => { reaper.reap(); }
+                    Ok(_) => {}
+                    Err(e) => { tracing::error!(error = %e, "cannot read signals"); break EX_SOFTWARE; }
+                },
+                () = &mut shutdown => break 0,
+            }
+            continue;
+        };
+        if let Some(code) = s.finished() {
+            break code;
+        }
+        let deadline = s.next_deadline();
+        let lingering = s.lingering();
         tokio::select! {
             signal = signals.recv() => match signal {
-                Ok(s) if s == libc::SIGTERM || s == libc::SIGINT => break 0,
-                Ok(s) => tracing::debug!(signal = s, "signal ignored in sidecar mode"),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read signals");
-                    break 70;
-                }
+                Ok(libc::SIGCHLD) => { let left = reaper.reap(); s.after_reap(left); }
+                Ok(libc::SIGTERM) => s.stop(stop_signal),
+                Ok(libc::SIGINT) => s.stop(Signal::SIGINT),
+                Ok(other) => s.forward(other),
+                Err(e) => { tracing::error!(error = %e, "cannot read signals"); break EX_SOFTWARE; }
             },
-            () = &mut shutdown => break 0,
+            () = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => s.on_deadline(),
+            _ = &mut terminate, if !terminated => { terminated = true; s.stop(stop_signal); }
+            () = &mut shutdown, if !shut => { shut = true; s.stop(stop_signal); }
+            () = agent.failure_reported(), if lingering => s.end_linger(),
         }
     };
     let _ = done_tx.send(());
     let _ = server.await;
+    tracing::info!(code, "exiting");
     code
 }

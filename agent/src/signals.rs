@@ -9,8 +9,8 @@
 //! they are forwarded to the app like any other; a real fault in the agent is still fatal, because
 //! the kernel unblocks a synchronously raised fault signal before delivering it.
 //!
-//! The app must not inherit this mask: `std::process::Command` resets the mask and SIGPIPE in the
-//! child before `exec`, and a black-box test checks the app's `SigBlk`/`SigIgn`.
+//! The app must not inherit this mask: `spawn` resets the mask and every disposition in the child
+//! before `exec`, and a black-box test checks the app's `SigBlk`/`SigIgn`.
 
 use std::io;
 

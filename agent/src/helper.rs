@@ -1,0 +1,85 @@
+//! Running a helper command to completion under a time limit: exec probes, notify commands,
+//! secret commands. The helper's exit comes from the one [`Reaper`]; when the limit passes, or
+//! the caller gives up (the future is dropped), the helper's whole process group is killed.
+
+use std::ffi::OsString;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+
+use crate::reaper::{Exit, Reaper};
+use crate::spawn::{self, Output, RunAs};
+
+/// Kills the helper's process group unless disarmed (the helper exited on its own).
+struct KillOnDrop(Option<i32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            // The group still exists: its leader is not reaped until the reaper sees it.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        }
+    }
+}
+
+/// What a helper did.
+pub struct Finished {
+    pub exit: Exit,
+    /// Its stdout when `capture` was asked for (capped at 64 KiB).
+    pub stdout: Vec<u8>,
+}
+
+pub struct HelperSpec<'a> {
+    pub argv: &'a [OsString],
+    pub run_as: Option<&'a RunAs>,
+    pub state_dir: &'a Path,
+    pub env: Vec<(&'static str, String)>,
+    pub capture: bool,
+}
+
+/// Runs the helper; `Err` says why it did not finish (could not start, or timed out).
+pub async fn run(
+    reaper: &Reaper,
+    spec: HelperSpec<'_>,
+    limit: Duration,
+) -> Result<Finished, String> {
+    let spawned = spawn::spawn(spawn::Spec {
+        argv: spec.argv,
+        run_as: spec.run_as,
+        workdir: None,
+        state_dir: spec.state_dir,
+        env: spec.env,
+        stdout: if spec.capture {
+            Output::Capture
+        } else {
+            Output::Null
+        },
+        foreground: false,
+    })
+    .map_err(|e| e.message)?;
+    // Before any await: the reaper must know whom to tell.
+    let exited = reaper.watch(spawned.pid);
+    let mut guard = KillOnDrop(Some(spawned.pid));
+    let work = async {
+        let mut stdout = Vec::new();
+        if let Some(out) = spawned.stdout {
+            let fd = OwnedFd::from(out);
+            if let Ok(pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+                let _ = pipe.take(64 * 1024).read_to_end(&mut stdout).await;
+            }
+        }
+        let exit = exited
+            .await
+            .map_err(|_| "the helper's exit was lost".to_string())?;
+        Ok::<_, String>(Finished { exit, stdout })
+    };
+    match tokio::time::timeout(limit, work).await {
+        Ok(result) => {
+            guard.0 = None;
+            result
+        }
+        Err(_) => Err(format!("did not finish within {limit:?} (killed)")),
+    }
+}

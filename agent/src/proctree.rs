@@ -1,0 +1,80 @@
+//! The processes below the agent, read from `/proc`, for the last steps of a stop: the app's
+//! process group is signalled as a group, and descendants that left it (a daemon that called
+//! `setsid`) are found here and signalled one by one.
+
+use std::fs;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Proc {
+    pub pid: i32,
+    pub ppid: i32,
+    pub pgrp: i32,
+}
+
+fn parse_stat(stat: &str) -> Option<Proc> {
+    // "pid (comm) state ppid pgrp ...": comm may contain spaces and parentheses.
+    let (head, rest) = stat.rsplit_once(')')?;
+    let pid = head.split_whitespace().next()?.parse().ok()?;
+    let mut f = rest.split_whitespace();
+    let _state = f.next()?;
+    let ppid = f.next()?.parse().ok()?;
+    let pgrp = f.next()?.parse().ok()?;
+    Some(Proc { pid, ppid, pgrp })
+}
+
+fn all() -> Vec<Proc> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?))
+        .collect()
+}
+
+/// Every live descendant of `root`.
+pub fn descendants(root: i32) -> Vec<Proc> {
+    let procs = all();
+    let mut out: Vec<Proc> = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(parent) = frontier.pop() {
+        for p in procs.iter().filter(|p| p.ppid == parent) {
+            if !out.iter().any(|o| o.pid == p.pid) {
+                out.push(*p);
+                frontier.push(p.pid);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_lines_with_awkward_names() {
+        let p = parse_stat("42 (my (odd) name) S 7 42 42 0 -1").unwrap();
+        assert_eq!(
+            p,
+            Proc {
+                pid: 42,
+                ppid: 7,
+                pgrp: 42
+            }
+        );
+        assert!(parse_stat("garbage").is_none());
+    }
+
+    #[test]
+    fn finds_its_own_children() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let me = std::process::id() as i32;
+        assert!(descendants(me).iter().any(|p| p.pid == child.id() as i32));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}

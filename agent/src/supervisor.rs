@@ -1,0 +1,419 @@
+//! The app's life: spawn, readiness, restart policy, and the one stop path.
+//!
+//! A plain state machine driven by the event loop in `lib::run`, which owns the signalfd: the
+//! loop calls [`Supervisor::after_reap`] after each SIGCHLD, [`Supervisor::stop`] on SIGTERM,
+//! SIGINT or `/terminate`, [`Supervisor::forward`] for every other signal, and
+//! [`Supervisor::on_deadline`] when [`Supervisor::next_deadline`] passes. Nothing here waits
+//! or polls; between events the agent sleeps.
+//!
+//! ```text
+//! Running --app exits--> Draining{then: Restart} --tree empty--> Backoff --delay--> Running
+//!    |                   Draining{then: Exit}    --tree empty--> Done(code) (or Lingering)
+//!    '--stop----------> Draining{then: Exit}: stop signal to the group (and to descendants that
+//!                        left it), SIGKILL to all of them at the deadline
+//! ```
+//! Draining ends when the app has been reaped and the agent has no child left; orphans are
+//! re-parented to the agent (PID 1 or subreaper), so "no child" means "the whole tree is gone".
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde::Serialize;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::agent::Agent;
+use crate::config::{App, Ready, Restart};
+use crate::lifecycle::{Health, State};
+use crate::probe::{self, ProbeCtx};
+use crate::proctree;
+use crate::reaper::{Exit, Reaper};
+use crate::spawn::{self, Output, RunAs, SpawnError};
+
+/// Crash-loop backoff: 100 ms, doubling, at most this.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a build-time failure keeps `/ready` answering 500 when nobody asks.
+const FAIL_LINGER: Duration = Duration::from_secs(10);
+
+/// What `/status` and `/terminate` see of the app.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AppView {
+    pub pid: Option<i32>,
+    pub phase: &'static str,
+    pub restarts: u32,
+    pub last_exit: Option<String>,
+    pub last_exit_code: Option<i32>,
+}
+
+struct Current {
+    pid: i32,
+    started: Instant,
+    exited: oneshot::Receiver<Exit>,
+    probe: JoinHandle<()>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Then {
+    Exit,
+    Restart,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Running,
+    Backoff {
+        until: Instant,
+    },
+    Draining {
+        deadline: Instant,
+        killed: bool,
+        then: Then,
+    },
+    /// The app failed before `/run` while a platform was polling `/ready`: keep answering 500
+    /// until that has been said once (or [`FAIL_LINGER`] passes), so the build fails fast.
+    Lingering {
+        until: Instant,
+        code: i32,
+    },
+    Done(i32),
+}
+
+pub struct Supervisor {
+    app: App,
+    ready: Ready,
+    state_dir: PathBuf,
+    run_as: Option<RunAs>,
+    reaper: Arc<Reaper>,
+    agent: Arc<Agent>,
+    health: Arc<watch::Sender<Health>>,
+    view: watch::Sender<AppView>,
+    last_probe: Arc<Mutex<Option<String>>>,
+    phase: Phase,
+    current: Option<Current>,
+    /// The app's process group; kept after the leader is reaped, for its leftovers.
+    group: Option<i32>,
+    /// Consecutive quick restarts, for crash-loop protection.
+    attempts: u32,
+    restarts: u32,
+    last_exit: Option<Exit>,
+    stopping: bool,
+    gave_up: bool,
+}
+
+impl Supervisor {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        app: App,
+        ready: Ready,
+        state_dir: PathBuf,
+        run_as: Option<RunAs>,
+        reaper: Arc<Reaper>,
+        agent: Arc<Agent>,
+        health: watch::Sender<Health>,
+        view: watch::Sender<AppView>,
+        last_probe: Arc<Mutex<Option<String>>>,
+    ) -> Self {
+        Supervisor {
+            app,
+            ready,
+            state_dir,
+            run_as,
+            reaper,
+            agent,
+            health: Arc::new(health),
+            view,
+            last_probe,
+            phase: Phase::Running,
+            current: None,
+            group: None,
+            attempts: 0,
+            restarts: 0,
+            last_exit: None,
+            stopping: false,
+            gave_up: false,
+        }
+    }
+
+    /// Starts the app for the first time. A program that cannot be started is final (127/126).
+    pub fn start(&mut self) -> Result<(), SpawnError> {
+        self.spawn_app()
+    }
+
+    fn spawn_app(&mut self) -> Result<(), SpawnError> {
+        let spawned = spawn::spawn(spawn::Spec {
+            argv: &self.app.command,
+            run_as: self.run_as.as_ref(),
+            workdir: self.app.workdir.as_deref(),
+            state_dir: &self.state_dir,
+            env: vec![],
+            stdout: Output::Inherit,
+            foreground: true,
+        })?;
+        // Before any await: the reaper must know whom to tell.
+        let exited = self.reaper.watch(spawned.pid);
+        self.health.send_replace(Health::Starting);
+        let ctx = ProbeCtx {
+            reaper: self.reaper.clone(),
+            state_dir: self.state_dir.clone(),
+            run_as: self.run_as.clone(),
+            last_result: self.last_probe.clone(),
+        };
+        let (ready, health) = (self.ready.clone(), self.health.clone());
+        let probe = tokio::spawn(async move {
+            probe::until_ready(&ready, &ctx).await;
+            health.send_replace(Health::Up);
+        });
+        tracing::info!(pid = spawned.pid, attempt = self.restarts, "app started");
+        self.current = Some(Current {
+            pid: spawned.pid,
+            started: Instant::now(),
+            exited,
+            probe,
+        });
+        self.group = Some(spawned.pid);
+        self.phase = Phase::Running;
+        self.publish();
+        Ok(())
+    }
+
+    fn publish(&self) {
+        let phase = match self.phase {
+            Phase::Running => "running",
+            Phase::Backoff { .. } => "backoff",
+            Phase::Draining { .. } if self.current.is_some() => "stopping",
+            Phase::Draining { .. } => "exited",
+            Phase::Lingering { .. } | Phase::Done(_) if self.gave_up => "failed",
+            Phase::Lingering { .. } | Phase::Done(_) => "exited",
+        };
+        self.view.send_replace(AppView {
+            pid: self.current.as_ref().map(|c| c.pid),
+            phase,
+            restarts: self.restarts,
+            last_exit: self.last_exit.map(|e| e.to_string()),
+            last_exit_code: self.last_exit.map(Exit::code),
+        });
+    }
+
+    /// The exit code once the agent is done.
+    pub fn finished(&self) -> Option<i32> {
+        match self.phase {
+            Phase::Done(code) => Some(code),
+            _ => None,
+        }
+    }
+
+    pub fn lingering(&self) -> bool {
+        matches!(self.phase, Phase::Lingering { .. })
+    }
+
+    pub fn end_linger(&mut self) {
+        if let Phase::Lingering { code, .. } = self.phase {
+            self.phase = Phase::Done(code);
+        }
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Draining {
+                deadline,
+                killed: false,
+                ..
+            } => Some(deadline),
+            Phase::Backoff { until } | Phase::Lingering { until, .. } => Some(until),
+            _ => None,
+        }
+    }
+
+    /// Forwards a signal to the app, if there is one. Its pid cannot have been reused: the
+    /// app is only forgotten in [`Supervisor::after_reap`], right after the reaper took it.
+    pub fn forward(&self, sig: i32) {
+        if let Some(c) = &self.current {
+            tracing::debug!(signal = sig, pid = c.pid, "forwarding");
+            unsafe { libc::kill(c.pid, sig) };
+        }
+    }
+
+    /// The stop path, for SIGTERM, SIGINT, `/terminate` and the embedder's shutdown.
+    pub fn stop(&mut self, sig: Signal) {
+        let first = !self.stopping;
+        self.stopping = true;
+        match self.phase {
+            Phase::Running => {
+                tracing::info!(
+                    signal = sig.as_str(),
+                    timeout_ms = self.app.stop_timeout.as_millis() as u64,
+                    "stopping the app"
+                );
+                self.signal_tree(sig);
+                self.phase = Phase::Draining {
+                    deadline: Instant::now() + self.app.stop_timeout,
+                    killed: false,
+                    then: Then::Exit,
+                };
+            }
+            // A second request: the signal still reaches the app, the deadline stays.
+            Phase::Draining {
+                then: Then::Exit, ..
+            } if !first => self.forward(sig as i32),
+            Phase::Draining {
+                deadline, killed, ..
+            } => {
+                self.phase = Phase::Draining {
+                    deadline,
+                    killed,
+                    then: Then::Exit,
+                }
+            }
+            // Nothing is running: done at once.
+            Phase::Backoff { .. } => self.phase = Phase::Done(self.exit_code()),
+            Phase::Lingering { code, .. } => self.phase = Phase::Done(code),
+            Phase::Done(_) => {}
+        }
+        self.publish();
+    }
+
+    /// After the reaper ran: learn of the app's exit, and finish a drain once no child is left.
+    pub fn after_reap(&mut self, children_left: bool) {
+        if let Some(c) = &mut self.current {
+            if let Ok(exit) = c.exited.try_recv() {
+                self.on_app_exit(exit);
+            }
+        }
+        match self.phase {
+            Phase::Draining { then, .. } if self.current.is_none() && !children_left => {
+                self.drained(then)
+            }
+            // Processes forked between the SIGKILL sweep and now get theirs too.
+            Phase::Draining { killed: true, .. } if children_left => {
+                self.signal_tree(Signal::SIGKILL)
+            }
+            _ => {}
+        }
+        self.publish();
+    }
+
+    fn on_app_exit(&mut self, exit: Exit) {
+        let Some(c) = self.current.take() else { return };
+        c.probe.abort();
+        let uptime = c.started.elapsed();
+        self.last_exit = Some(exit);
+        if matches!(self.phase, Phase::Draining { .. }) {
+            tracing::info!(pid = c.pid, %exit, "the app stopped");
+            return;
+        }
+        let wanted = !self.stopping
+            && match self.app.restart {
+                Restart::Never => false,
+                Restart::OnFailure => !exit.success(),
+                Restart::Always => true,
+            };
+        let then = if wanted {
+            if uptime >= self.app.reset_after {
+                self.attempts = 0;
+            }
+            self.attempts += 1;
+            if self.attempts > self.app.max_restarts {
+                tracing::error!(pid = c.pid, %exit, restarts = self.restarts, max_restarts = self.app.max_restarts, "the app keeps failing; giving up");
+                self.gave_up = true;
+                Then::Exit
+            } else {
+                tracing::warn!(pid = c.pid, %exit, uptime_ms = uptime.as_millis() as u64, attempt = self.attempts, reason = "exited", "the app will be restarted");
+                Then::Restart
+            }
+        } else {
+            tracing::info!(pid = c.pid, %exit, "the app exited");
+            Then::Exit
+        };
+        self.health.send_replace(if then == Then::Restart {
+            Health::Starting
+        } else {
+            Health::Failed
+        });
+        // Leftovers of this instance get the same treatment as a stop: signal, grace, SIGKILL.
+        self.signal_tree(self.app.stop_signal);
+        self.phase = Phase::Draining {
+            deadline: Instant::now() + self.app.stop_timeout,
+            killed: false,
+            then,
+        };
+    }
+
+    fn drained(&mut self, then: Then) {
+        if then == Then::Restart && !self.stopping {
+            let delay = (Duration::from_millis(100)
+                * 2u32.saturating_pow(self.attempts.saturating_sub(1)))
+            .min(MAX_BACKOFF);
+            self.phase = Phase::Backoff {
+                until: Instant::now() + delay,
+            };
+            return;
+        }
+        let code = self.exit_code();
+        let build_time = matches!(self.agent.state(), State::Booting | State::Ready);
+        self.phase = if !self.stopping && build_time && self.agent.ready_polled() {
+            tracing::info!(
+                linger_s = FAIL_LINGER.as_secs(),
+                "the app is gone before /run: answering /ready 500 so the build fails fast"
+            );
+            Phase::Lingering {
+                until: Instant::now() + FAIL_LINGER,
+                code,
+            }
+        } else {
+            Phase::Done(code)
+        };
+    }
+
+    fn exit_code(&self) -> i32 {
+        match self.last_exit {
+            Some(e) if self.gave_up && e.success() => 1,
+            Some(e) => e.code(),
+            None => 0,
+        }
+    }
+
+    pub fn on_deadline(&mut self) {
+        match self.phase {
+            Phase::Draining { then, .. } => {
+                tracing::warn!("stop timeout: killing what is left of the app");
+                self.signal_tree(Signal::SIGKILL);
+                self.phase = Phase::Draining {
+                    deadline: Instant::now(),
+                    killed: true,
+                    then,
+                };
+            }
+            Phase::Backoff { .. } => {
+                self.restarts += 1;
+                if let Err(e) = self.spawn_app() {
+                    tracing::error!(error = %e.message, "cannot restart the app");
+                    self.gave_up = true;
+                    self.last_exit = Some(Exit::Code(e.code));
+                    self.health.send_replace(Health::Failed);
+                    self.phase = Phase::Done(e.code);
+                }
+            }
+            Phase::Lingering { code, .. } => self.phase = Phase::Done(code),
+            Phase::Running | Phase::Done(_) => {}
+        }
+        self.publish();
+    }
+
+    /// Sends `sig` to the app's process group and to every descendant that left it. The group
+    /// is only signalled while one of its members is alive: a group id whose members are all
+    /// gone could be reused by an unrelated process.
+    fn signal_tree(&self, sig: Signal) {
+        let tree = proctree::descendants(std::process::id() as i32);
+        let group_alive =
+            self.current.is_some() || self.group.is_some_and(|g| tree.iter().any(|p| p.pgrp == g));
+        if let (Some(g), true) = (self.group, group_alive) {
+            unsafe { libc::kill(-g, sig as i32) };
+        }
+        for p in tree.iter().filter(|p| Some(p.pgrp) != self.group) {
+            unsafe { libc::kill(p.pid, sig as i32) };
+        }
+    }
+}

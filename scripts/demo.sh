@@ -9,13 +9,15 @@ port=${PORT:-19000}
 app_port=${APP_PORT:-18080}
 state=$(mktemp -d)
 trap 'kill $pid 2>/dev/null || true; rm -rf "$state"' EXIT
+pid=
 
 $agent --listen "127.0.0.1:$port" --state-dir "$state" --log-format text \
-  -- python3 -m http.server "$app_port" --bind 127.0.0.1 >/dev/null &
+  -- python3 -m http.server "$app_port" --bind 127.0.0.1 >/dev/null 2>"$state/agent.log" &
 pid=$!
 hook() { # method path [body]
-  printf '%-10s %-11s -> ' "$1" "$2"
-  curl -s -X "$1" "localhost:$port$2" ${3:+-d "$3"} -w ' [%{http_code}]\n'
+  local out
+  out=$(curl -s -X "$1" "localhost:$port$2" ${3:+-d "$3"} -w ' [%{http_code}]')
+  printf '%-5s %-11s -> %s\n' "$1" "$2" "${out//$'\n'/}"
 }
 until curl -s "localhost:$port/status" >/dev/null; do sleep 0.05; done
 hook GET  /ready
@@ -28,4 +30,6 @@ hook POST /resume
 hook GET  /status
 hook POST /terminate
 wait $pid && code=0 || code=$?
-echo "agent exited with $code"
+echo "agent exited with $code (the app's: 143 = stopped by SIGTERM)"
+echo "--- the agent's log (stderr):"
+cat "$state/agent.log"

@@ -924,3 +924,64 @@ fn the_idle_agent_does_not_wake_up_with_an_app_running() {
         );
     });
 }
+
+// ---------------------------------------------------------------- resources
+
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn memory_stays_flat_over_ten_thousand_reaps_and_a_thousand_restarts() {
+    // 10,000 orphans: each a grandchild of the app, re-parented to the agent and reaped by it.
+    let tmp = TempDir::new("rss");
+    let f = fixture_str();
+    let flag = tmp.join("go");
+    let script = format!("while [ ! -e {g} ]; do sleep 0.01; done; {f} orphans 5000; {f} orphans 5000; exec sleep 1000", g = flag.display());
+    let a = Spec::default().app(&["sh", "-c", &script]).start();
+    a.get("/ready");
+    let pid = a.pid();
+    // Warm the allocator with a first small batch of work before the baseline.
+    std::thread::sleep(Duration::from_millis(200));
+    let before = rss_kib(pid);
+    std::fs::write(&flag, "").unwrap();
+    eventually("10,000 orphans reaped", || {
+        let tree = descendants(pid);
+        tree.len() == 1
+            && std::fs::read_to_string(format!("/proc/{}/comm", tree[0]))
+                .unwrap_or_default()
+                .trim()
+                == "sleep"
+    });
+    let after_reaps = rss_kib(pid);
+    eprintln!("RSS: {before} KiB before, {after_reaps} KiB after 10,000 reaps");
+    assert!(
+        after_reaps <= before + 256,
+        "RSS grew from {before} to {after_reaps} KiB over 10,000 reaps"
+    );
+    drop(a);
+
+    // 1,000 restarts, as fast as the supervisor allows.
+    let cfg = "[app]\nrestart = \"always\"\nmax_restarts = 100000\nrestart_delay = \"0ms\"\nreset_after = \"0s\"\n";
+    let a = Spec::default().config(cfg).app(&["true"]).start();
+    let pid = a.pid();
+    eventually("50 restarts", || {
+        a.status()["app"]["restarts"].as_u64().unwrap_or(0) >= 50
+    });
+    let before = rss_kib(pid);
+    eventually("1,050 restarts", || {
+        a.status()["app"]["restarts"].as_u64().unwrap_or(0) >= 1050
+    });
+    let after = rss_kib(pid);
+    eprintln!("RSS: {before} KiB after 50 restarts, {after} KiB after 1,050");
+    assert!(
+        after <= before + 256,
+        "RSS grew from {before} to {after} KiB over 1,000 restarts"
+    );
+}

@@ -33,7 +33,7 @@ use crate::proctree;
 use crate::reaper::{Exit, Reaper};
 use crate::spawn::{self, Output, RunAs, SpawnError};
 
-/// Crash-loop backoff: 100 ms, doubling, at most this.
+/// Crash-loop backoff: `restart_delay` (100 ms), doubling, at most this (or 50 delays).
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long a build-time failure keeps `/ready` answering 500 when nobody asks.
 const FAIL_LINGER: Duration = Duration::from_secs(10);
@@ -343,9 +343,9 @@ impl Supervisor {
 
     fn drained(&mut self, then: Then) {
         if then == Then::Restart && !self.stopping {
-            let delay = (Duration::from_millis(100)
-                * 2u32.saturating_pow(self.attempts.saturating_sub(1)))
-            .min(MAX_BACKOFF);
+            let base = self.app.restart_delay;
+            let delay = (base * 2u32.saturating_pow(self.attempts.saturating_sub(1).min(16)))
+                .min((base * 50).max(MAX_BACKOFF));
             self.phase = Phase::Backoff {
                 until: Instant::now() + delay,
             };

@@ -149,6 +149,9 @@ pub struct App {
     pub stop_timeout: Duration,
     /// A run that stayed up this long resets the crash-loop counter.
     pub reset_after: Duration,
+    /// The first restart's delay; it doubles with each quick failure, up to 50 times itself
+    /// (at most 5 s beyond that).
+    pub restart_delay: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -409,6 +412,13 @@ fn app(s: &Section, cli_command: &[OsString]) -> Result<Option<App>, ConfigError
         Duration::from_secs(3600),
     )?;
     let reset_after = dur(s, "reset_after", Duration::from_secs(10))?;
+    let restart_delay = bounded(
+        s,
+        "restart_delay",
+        Duration::from_millis(100),
+        Duration::ZERO,
+        Duration::from_secs(3600),
+    )?;
     s.finish()?;
     let command = if cli_command.is_empty() {
         command.map(|c| c.into_iter().map(OsString::from).collect())
@@ -424,6 +434,7 @@ fn app(s: &Section, cli_command: &[OsString]) -> Result<Option<App>, ConfigError
         stop_signal,
         stop_timeout,
         reset_after,
+        restart_delay,
     }))
 }
 

@@ -90,6 +90,7 @@ impl fmt::Display for Config {
                 q(&d(app.stop_timeout))
             )?;
             writeln!(o, "reset_after = {}", q(&d(app.reset_after)))?;
+            writeln!(o, "restart_delay = {}", q(&d(app.restart_delay)))?;
         }
 
         writeln!(o, "\n[ready]")?;

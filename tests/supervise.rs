@@ -383,6 +383,13 @@ fn descendants_left_by_the_main_app_get_term_then_kill_and_the_main_code_wins() 
 
 // ---------------------------------------------------------------- stopping
 
+/// The ignore-term fixture says so once SIGTERM is ignored; before that a TERM would kill it.
+fn wait_ignoring(a: &Agent) {
+    a.stdout.wait_for("the app to ignore SIGTERM", |l| {
+        l.contains("ignoring SIGTERM")
+    });
+}
+
 #[test]
 fn stop_escalates_to_sigkill_after_stop_timeout() {
     both(|pid1| {
@@ -390,6 +397,7 @@ fn stop_escalates_to_sigkill_after_stop_timeout() {
             .config("[app]\nstop_timeout = \"300ms\"\n")
             .fixture(&["ignore-term"])
             .start();
+        wait_ignoring(&a);
         a.get("/ready");
         a.signal(libc::SIGTERM);
         assert_eq!(a.exit_code(), 137);
@@ -414,6 +422,7 @@ fn terminate_answers_inside_its_budget_and_the_stop_finishes() {
             .config("[app]\nstop_timeout = \"3s\"\n")
             .fixture(&["ignore-term"])
             .start();
+        wait_ignoring(&a);
         let t = Instant::now();
         let r = a.post("/terminate", b"");
         let took = t.elapsed();
@@ -454,6 +463,7 @@ fn a_second_stop_request_does_not_restart_the_timer() {
         .config("[app]\nstop_timeout = \"3s\"\n")
         .fixture(&["ignore-term"])
         .start();
+    wait_ignoring(&a);
     a.get("/ready");
     let t = Instant::now();
     a.signal(libc::SIGTERM);

@@ -28,6 +28,7 @@ pub const PREFIX: &str = "/aws/lambda-microvms/runtime/v1/";
 enum Route {
     Hook(Hook),
     Status,
+    Generation,
 }
 
 fn route(path: &str) -> Option<Route> {
@@ -36,6 +37,7 @@ fn route(path: &str) -> Option<Route> {
         .or_else(|| path.strip_prefix('/'))?;
     match name {
         "status" if !path.starts_with(PREFIX) => Some(Route::Status),
+        "generation" if !path.starts_with(PREFIX) => Some(Route::Generation),
         _ => Hook::from_name(name).map(Route::Hook),
     }
 }
@@ -86,6 +88,21 @@ pub fn is_forwarded<B>(req: &Request<B>) -> bool {
     !(port_ok && matches!(name, "localhost" | "127.0.0.1" | "[::1]"))
 }
 
+/// `?after=N`: absent is `None`; anything but a number is an error.
+fn query_u64(query: Option<&str>, key: &str) -> Result<Option<u64>, String> {
+    let Some(q) = query else { return Ok(None) };
+    for pair in q.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k == key {
+            return v
+                .parse()
+                .map(Some)
+                .map_err(|_| format!("{key} must be a generation number, not {v:?}"));
+        }
+    }
+    Ok(None)
+}
+
 async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Full<Bytes>>> {
     let too_large = || {
         refuse(
@@ -117,13 +134,13 @@ pub async fn handle(agent: &Arc<Agent>, req: Request<Incoming>) -> Response<Full
         tracing::debug!(method = %req.method(), "unknown path");
         return refuse(
             StatusCode::NOT_FOUND,
-            "no such path; hooks are /ready /validate /run /resume /suspend /terminate (also under /aws/lambda-microvms/runtime/v1/), and GET /status",
+            "no such path; hooks are /ready /validate /run /resume /suspend /terminate (also under /aws/lambda-microvms/runtime/v1/), and GET /status, GET /generation",
         );
     };
     let allow = match route {
         Route::Hook(h) if h.is_build_time() => "GET, POST",
         Route::Hook(_) => "POST",
-        Route::Status => "GET",
+        Route::Status | Route::Generation => "GET",
     };
     if !allow.split(", ").any(|m| m == req.method().as_str()) {
         let mut resp = refuse(
@@ -143,12 +160,20 @@ pub async fn handle(agent: &Arc<Agent>, req: Request<Incoming>) -> Response<Full
         );
     }
     let is_get = req.method() == Method::GET;
+    let query = req.uri().query().map(str::to_string);
     let body = match read_body(req).await {
         Ok(b) => b,
         Err(resp) => return resp,
     };
     match route {
         Route::Status => json(StatusCode::OK, agent.status()),
+        Route::Generation => {
+            let after = match query_u64(query.as_deref(), "after") {
+                Ok(a) => a,
+                Err(e) => return refuse(StatusCode::BAD_REQUEST, e),
+            };
+            json(StatusCode::OK, agent.generation_after(after).await)
+        }
         Route::Hook(hook) => {
             let body = if is_get { Bytes::new() } else { body };
             let answer = agent.hook(hook, body, arrived).await;
@@ -197,6 +222,10 @@ mod tests {
             Some(Route::Hook(Hook::Validate))
         );
         assert_eq!(route("/status"), Some(Route::Status));
+        assert_eq!(route("/generation"), Some(Route::Generation));
+        assert_eq!(query_u64(Some("after=3&x=1"), "after"), Ok(Some(3)));
+        assert_eq!(query_u64(Some("x=1"), "after"), Ok(None));
+        assert!(query_u64(Some("after=abc"), "after").is_err());
         assert_eq!(route("/aws/lambda-microvms/runtime/v1/status"), None);
         for p in [
             "/",

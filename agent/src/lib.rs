@@ -46,13 +46,17 @@ pub mod agent;
 pub mod budget;
 pub mod client;
 pub mod config;
+pub mod entropy;
+pub mod generation;
 pub mod helper;
 pub mod hooks;
 pub mod lifecycle;
+pub mod notify;
 pub mod probe;
 pub mod proctree;
 pub mod reaper;
 pub mod run_body;
+pub mod secrets;
 pub mod server;
 pub mod signals;
 pub mod spawn;
@@ -115,16 +119,19 @@ pub async fn run(
         Health::Starting
     });
     let (view_tx, view_rx) = watch::channel(supervisor::AppView::default());
+    let (commands_tx, mut commands) = tokio::sync::mpsc::unbounded_channel();
+    let last_probe = Arc::default();
     let app = config.app.clone();
     let (ready, state_dir) = (config.ready.clone(), config.state_dir.clone());
-    let last_probe = Arc::default();
-    let agent = Agent::new(
-        config,
-        health_rx,
-        view_rx,
-        reaper.clone(),
-        Arc::clone(&last_probe),
-    );
+    let links = agent::Links {
+        health: health_rx,
+        app: view_rx,
+        reaper: reaper.clone(),
+        last_probe: Arc::clone(&last_probe),
+        commands: commands_tx,
+        run_as: run_as.clone(),
+    };
+    let agent = Agent::new(config, links);
     let mut sup = app.map(|app| {
         Supervisor::new(
             app,
@@ -172,6 +179,11 @@ pub async fn run(
                     Ok(_) => {}
                     Err(e) => { tracing::error!(error = %e, "cannot read signals"); break EX_SOFTWARE; }
                 },
+                Some(command) = commands.recv() => {
+                    if let supervisor::Command::Restart(reply) = command {
+                        let _ = reply.send(false);
+                    }
+                }
                 () = &mut shutdown => break 0,
             }
             continue;
@@ -193,6 +205,7 @@ pub async fn run(
             _ = &mut terminate, if !terminated => { terminated = true; s.stop(stop_signal); }
             () = &mut shutdown, if !shut => { shut = true; s.stop(stop_signal); }
             () = agent.failure_reported(), if lingering => s.end_linger(),
+            Some(command) = commands.recv() => s.command(command),
         }
     };
     let _ = done_tx.send(());

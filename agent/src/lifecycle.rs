@@ -198,6 +198,13 @@ impl Machine {
         }
     }
 
+    /// A restore noticed without its `/resume`: a suspended VM is running again.
+    pub fn restored(&mut self) {
+        if self.state == State::Suspended {
+            self.state = State::Running;
+        }
+    }
+
     pub fn terminate(&mut self) -> Verdict {
         if self.state == State::Terminating {
             return Verdict::Already;

@@ -38,6 +38,16 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long a build-time failure keeps `/ready` answering 500 when nobody asks.
 const FAIL_LINGER: Duration = Duration::from_secs(10);
 
+/// What hooks ask of the event loop.
+#[derive(Debug)]
+pub enum Command {
+    /// Restart the app now (`notify.restart_on`), outside the crash-loop accounting; the reply
+    /// says whether a restart began.
+    Restart(oneshot::Sender<bool>),
+    /// `/resume` after a `/suspend` this long ago: pending deadlines continue from now.
+    Resumed(Duration),
+}
+
 /// What `/status` and `/terminate` see of the app.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct AppView {
@@ -58,7 +68,10 @@ struct Current {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Then {
     Exit,
+    /// After a crash: the restart policy, with backoff.
     Restart,
+    /// Asked for (`restart_on`): at once, not counted as a failure.
+    RestartNow,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -342,6 +355,14 @@ impl Supervisor {
     }
 
     fn drained(&mut self, then: Then) {
+        if then == Then::RestartNow && !self.stopping {
+            self.restarts += 1;
+            if let Err(e) = self.spawn_app() {
+                tracing::error!(error = %e.message, "cannot restart the app");
+                self.fail_for_good(e.code);
+            }
+            return;
+        }
         if then == Then::Restart && !self.stopping {
             let base = self.app.restart_delay;
             let delay = (base * 2u32.saturating_pow(self.attempts.saturating_sub(1).min(16)))
@@ -390,16 +411,72 @@ impl Supervisor {
                 self.restarts += 1;
                 if let Err(e) = self.spawn_app() {
                     tracing::error!(error = %e.message, "cannot restart the app");
-                    self.gave_up = true;
-                    self.last_exit = Some(Exit::Code(e.code));
-                    self.health.send_replace(Health::Failed);
-                    self.phase = Phase::Done(e.code);
+                    self.fail_for_good(e.code);
                 }
             }
             Phase::Lingering { code, .. } => self.phase = Phase::Done(code),
             Phase::Running | Phase::Done(_) => {}
         }
         self.publish();
+    }
+
+    fn fail_for_good(&mut self, code: i32) {
+        self.gave_up = true;
+        self.last_exit = Some(Exit::Code(code));
+        self.health.send_replace(Health::Failed);
+        self.phase = Phase::Done(code);
+        self.publish();
+    }
+
+    pub fn command(&mut self, command: Command) {
+        match command {
+            Command::Restart(reply) => {
+                let _ = reply.send(self.restart_now());
+            }
+            Command::Resumed(frozen) => self.shift(frozen),
+        }
+        self.publish();
+    }
+
+    /// `restart_on`: the stop path, then a new instance at once.
+    fn restart_now(&mut self) -> bool {
+        if self.stopping {
+            return false;
+        }
+        match self.phase {
+            Phase::Running => {
+                tracing::info!(reason = "notify.restart_on", "restarting the app");
+                self.health.send_replace(Health::Starting);
+                self.signal_tree(self.app.stop_signal);
+                self.phase = Phase::Draining {
+                    deadline: Instant::now() + self.app.stop_timeout,
+                    killed: false,
+                    then: Then::RestartNow,
+                };
+                true
+            }
+            Phase::Backoff { .. } => {
+                self.phase = Phase::Backoff {
+                    until: Instant::now(),
+                };
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Moves pending deadlines by the time the VM was frozen, so that a resume neither fires
+    /// them all at once nor, worse, kills an app whose grace period passed while it was frozen.
+    fn shift(&mut self, frozen: Duration) {
+        match &mut self.phase {
+            Phase::Draining {
+                deadline,
+                killed: false,
+                ..
+            } => *deadline += frozen,
+            Phase::Backoff { until } | Phase::Lingering { until, .. } => *until += frozen,
+            _ => {}
+        }
     }
 
     /// Sends `sig` to the app's process group and to every descendant that left it. The group

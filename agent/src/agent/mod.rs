@@ -12,15 +12,23 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::StatusCode;
 use serde_json::{json, Map, Value};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::budget::{self, Missed};
-use crate::config::Config;
+use crate::config::{Config, Event};
+use crate::generation::Generations;
 use crate::lifecycle::{Health, Hook, Machine, State, Verdict};
 use crate::reaper::Reaper;
+use crate::spawn::RunAs;
 use crate::supervisor::AppView;
+use crate::supervisor::Command;
 use crate::{probe, run_body, state_files};
+
+mod routine;
+
+/// The longest a `GET /generation?after=N` waits.
+const LONG_POLL: Duration = Duration::from_secs(60);
 
 /// The least time one warm-up request may take (the hook's own budget if longer).
 const WARMUP_REQUEST_LIMIT: Duration = Duration::from_secs(30);
@@ -77,26 +85,41 @@ pub enum StopRequest {
     Terminate,
 }
 
+/// What connects the agent to the rest of the process (built in `lib::run`).
+pub struct Links {
+    /// The app's health, published by the supervisor (always `Up` in sidecar mode).
+    pub health: watch::Receiver<Health>,
+    /// The app as the supervisor last published it (default in sidecar mode).
+    pub app: watch::Receiver<AppView>,
+    pub reaper: Arc<Reaper>,
+    /// The readiness probe's last failed attempt, written by the probe task.
+    pub last_probe: Arc<Mutex<Option<String>>>,
+    /// Requests to the event loop (restart the app for `restart_on`, re-arm after a resume).
+    pub commands: mpsc::UnboundedSender<Command>,
+    pub run_as: Option<RunAs>,
+}
+
 pub struct Agent {
     pub config: Config,
+    links: Links,
     started: Instant,
     machine: Mutex<Machine>,
     stats: Mutex<[HookStat; 6]>,
     /// Serialises acting hooks; the guard travels with work that outlives its hook's deadline.
     actions: Arc<tokio::sync::Mutex<()>>,
-    /// The app's health, published by the supervisor (always `Up` in sidecar mode).
-    health: watch::Receiver<Health>,
     /// Tells the main loop to stop the app (and then exit).
     stop: watch::Sender<StopRequest>,
     microvm_id: Mutex<Option<String>>,
-    /// The app as the supervisor last published it (default in sidecar mode).
-    app: watch::Receiver<AppView>,
-    pub reaper: Arc<Reaper>,
-    /// The readiness probe's last failed attempt, written by the probe task.
-    last_probe: Arc<Mutex<Option<String>>>,
     /// Signalled when `/ready` has answered 500, which ends a build-time linger.
     failure_reported: tokio::sync::Notify,
     warmup: Mutex<Warmup>,
+    pub generations: Generations,
+    /// The last new-generation routine, for `/status`.
+    last_routine: Mutex<Value>,
+    /// When the last routine ran for a hook, so a restore detected right after is not redone.
+    last_hook_routine: Mutex<Option<Instant>>,
+    /// When `/suspend` froze us, so that `/resume` can re-arm deadlines.
+    suspended_at: Mutex<Option<Instant>>,
 }
 
 /// The `/validate` warm-up, which outlives the polls that watch it.
@@ -109,27 +132,22 @@ enum Warmup {
 }
 
 impl Agent {
-    pub fn new(
-        config: Config,
-        health: watch::Receiver<Health>,
-        app: watch::Receiver<AppView>,
-        reaper: Arc<Reaper>,
-        last_probe: Arc<Mutex<Option<String>>>,
-    ) -> Arc<Agent> {
+    pub fn new(config: Config, links: Links) -> Arc<Agent> {
         Arc::new(Agent {
             config,
+            links,
             started: Instant::now(),
             machine: Mutex::default(),
             stats: Mutex::default(),
             actions: Arc::default(),
-            health,
             stop: watch::channel(StopRequest::None).0,
             microvm_id: Mutex::default(),
-            app,
-            reaper,
-            last_probe,
             failure_reported: tokio::sync::Notify::new(),
             warmup: Mutex::new(Warmup::NotStarted),
+            generations: Generations::default(),
+            last_routine: Mutex::new(Value::Null),
+            last_hook_routine: Mutex::new(None),
+            suspended_at: Mutex::new(None),
         })
     }
 
@@ -167,7 +185,7 @@ impl Agent {
     }
 
     fn health(&self) -> Health {
-        *self.health.borrow()
+        *self.links.health.borrow()
     }
 
     /// Answers one hook, always before its deadline.
@@ -198,7 +216,7 @@ impl Agent {
             Verdict::Failed => {
                 // Ends a build-time linger: the platform has been told.
                 self.failure_reported.notify_one();
-                let app = self.app.borrow().clone();
+                let app = self.links.app.borrow().clone();
                 Answer::with(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "failed",
@@ -206,7 +224,7 @@ impl Agent {
                 )
             }
             Verdict::NotYet(why) => {
-                let probe = self.last_probe.lock().expect("probe lock").clone();
+                let probe = self.links.last_probe.lock().expect("probe lock").clone();
                 Answer::with(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "not-ready",
@@ -222,7 +240,12 @@ impl Agent {
     async fn terminate(&self, deadline: Instant) -> Answer {
         let first = self.machine.lock().expect("machine lock").terminate() == Verdict::Act;
         if first {
+            // The app hears of it first (it may want to flush), then the stop begins.
+            let outcome = self.tell_app(Event::Terminate, None, deadline).await;
             self.stop.send_replace(StopRequest::Terminate);
+            if !outcome.ok() {
+                tracing::warn!(failed = %outcome.summary(), "terminating anyway");
+            }
         }
         if self.config.app.is_none() {
             return Answer::ok(if first {
@@ -231,9 +254,9 @@ impl Agent {
                 "already-terminating"
             });
         }
-        let mut app = self.app.clone();
+        let mut app = self.links.app.clone();
         let gone = tokio::time::timeout_at(deadline, app.wait_for(|a| a.pid.is_none())).await;
-        let view = self.app.borrow().clone();
+        let view = self.links.app.borrow().clone();
         match gone {
             Ok(_) => Answer::with(
                 StatusCode::OK,
@@ -284,7 +307,7 @@ impl Agent {
         }
         let agent = self.clone();
         let work = async move {
-            let answer = agent.act(hook, body).await;
+            let answer = agent.act(hook, body, deadline).await;
             drop(guard);
             answer
         };
@@ -309,23 +332,52 @@ impl Agent {
     }
 
     /// The work of an acting hook, after the state machine said yes.
-    async fn act(&self, hook: Hook, body: Bytes) -> Answer {
-        match hook {
-            Hook::Run => self.run(&body),
-            Hook::Validate => self.validate().await,
-            Hook::Resume => Answer::ok("resumed"),
-            Hook::Suspend => Answer::ok("suspended"),
+    async fn act(&self, hook: Hook, body: Bytes, deadline: Instant) -> Answer {
+        let generation = match hook {
+            Hook::Run => {
+                if let Err(answer) = self.run(&body) {
+                    return answer;
+                }
+                self.hook_generation(Event::Run, &[&body], deadline).await
+            }
+            Hook::Validate => return self.validate(deadline).await,
+            Hook::Resume => {
+                if let Some(at) = self.suspended_at.lock().expect("suspend lock").take() {
+                    // Deadlines that were pending when we were frozen continue from now.
+                    let _ = self.links.commands.send(Command::Resumed(at.elapsed()));
+                }
+                self.hook_generation(Event::Resume, &[], deadline).await
+            }
+            Hook::Suspend => return self.suspend(deadline).await,
             Hook::Ready | Hook::Terminate => unreachable!("not an acting hook"),
+        };
+        match generation {
+            Ok(g) => Answer::with(
+                StatusCode::OK,
+                if hook == Hook::Run { "ok" } else { "resumed" },
+                json!({ "generation": g.generation, "id": g.id, "microvm_id": g.microvm_id, "kernel_reseed": g.kernel_reseed }),
+            ),
+            Err(answer) => answer,
         }
+    }
+
+    /// Tells the app, scrubs the secrets marked for it, and notes when we were frozen.
+    async fn suspend(&self, deadline: Instant) -> Answer {
+        let outcome = self.tell_app(Event::Suspend, None, deadline).await;
+        let scrubbed = crate::secrets::scrub(&self.config.secrets, &self.config.state_dir);
+        *self.suspended_at.lock().expect("suspend lock") = Some(Instant::now());
+        // The agent keeps no outbound connection (every client request uses a fresh one), so
+        // there is nothing of ours to drop before the freeze.
+        if let Err(answer) = self.check_ack(&outcome) {
+            return answer;
+        }
+        Answer::with(StatusCode::OK, "suspended", json!({ "scrubbed": scrubbed }))
     }
 
     /// Starts the warm-up on the first call and reports on it. The hook's deadline bounds the
     /// wait: a warm-up that takes longer answers 503 (the platform asks again) and goes on.
-    async fn validate(&self) -> Answer {
+    async fn validate(&self, deadline: Instant) -> Answer {
         let requests = &self.config.validate;
-        if requests.requests.is_empty() {
-            return Answer::ok("valid");
-        }
         let start = {
             let mut w = self.warmup.lock().expect("warmup lock");
             let start = *w == Warmup::NotStarted;
@@ -335,6 +387,17 @@ impl Agent {
             start
         };
         if start {
+            // The validate VM is a clone too: it gets its own generation before the warm-up, so
+            // the requests exercise the app as it will run after /run.
+            if let Err(answer) = self.hook_generation(Event::Validate, &[], deadline).await {
+                *self.warmup.lock().expect("warmup lock") = Warmup::Failed(
+                    answer.extra["error"]
+                        .as_str()
+                        .unwrap_or("the routine failed")
+                        .to_string(),
+                );
+                return answer;
+            }
             tracing::info!(
                 requests = requests.requests.len(),
                 repeat = requests.repeat,
@@ -368,7 +431,8 @@ impl Agent {
         }
     }
 
-    fn run(&self, body: &[u8]) -> Answer {
+    /// Writes the payload and the VM id; `Err` is the answer when they cannot be written.
+    fn run(&self, body: &[u8]) -> Result<(), Answer> {
         let parsed = run_body::parse(body);
         let dir = &self.config.state_dir;
         let written =
@@ -386,29 +450,42 @@ impl Agent {
             // Without its payload the app would serve this VM with no per-VM data: dying is the
             // lesser harm, so this is the one case where /run fails.
             tracing::error!(error = %e, dir = %dir.display(), "cannot write the run payload");
-            return Answer::error(
+            return Err(Answer::error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "state-dir-error",
                 format!("cannot write the run payload in {}: {e}", dir.display()),
-            );
+            ));
         }
-        *self.microvm_id.lock().expect("id lock") = parsed.microvm_id.clone();
-        Answer::with(
-            StatusCode::OK,
-            "ok",
-            json!({ "microvm_id": parsed.microvm_id, "payload_bytes": parsed.payload.len() }),
-        )
+        *self.microvm_id.lock().expect("id lock") = parsed.microvm_id;
+        Ok(())
+    }
+
+    /// `GET /generation[?after=N]`: the current generation, at once or, with `after`, once it
+    /// exceeds N (at most [`LONG_POLL`] later: then the current one, and the client asks again).
+    pub async fn generation_after(&self, after: Option<u64>) -> Value {
+        if let Some(n) = after {
+            let mut rx = self.generations.subscribe();
+            let _ = tokio::time::timeout(
+                LONG_POLL,
+                rx.wait_for(|g| g.as_ref().map_or(0, |g| g.generation) > n),
+            )
+            .await;
+        }
+        match self.generations.current() {
+            Some(g) => serde_json::to_value(g).unwrap_or_default(),
+            None => json!({ "generation": 0 }),
+        }
     }
 
     fn app_json(&self) -> Value {
         if self.config.app.is_none() {
             return Value::Null;
         }
-        let mut v = serde_json::to_value(self.app.borrow().clone()).unwrap_or_default();
+        let mut v = serde_json::to_value(self.links.app.borrow().clone()).unwrap_or_default();
         if let Value::Object(m) = &mut v {
             m.insert(
                 "last_probe".into(),
-                json!(*self.last_probe.lock().expect("probe lock")),
+                json!(*self.links.last_probe.lock().expect("probe lock")),
             );
         }
         v
@@ -436,6 +513,8 @@ impl Agent {
             "mode": if self.config.app.is_some() { "supervisor" } else { "sidecar" },
             "uptime_ms": self.started.elapsed().as_millis() as u64,
             "microvm_id": *self.microvm_id.lock().expect("id lock"),
+            "generation": self.generations.current(),
+            "last_routine": *self.last_routine.lock().expect("routine lock"),
             "app": self.app_json(),
             "hooks": hooks,
         })

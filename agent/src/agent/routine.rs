@@ -1,0 +1,232 @@
+//! The new-generation routine: one function, one entry, run on `/run`, `/resume`, the first
+//! `/validate` (which runs on a clone too) and on a restore the agent detects by itself.
+//!
+//! Steps, in order, each timed and recorded for `/status`:
+//! 1. **kernel**: fresh per-clone input into the kernel's CRNG (`ioctl`, else `write`).
+//! 2. **generator**: the agent's ChaCha20 generator re-keyed from `getrandom`, after step 1.
+//! 3. the next generation: number + 1, a fresh 128-bit id from that generator.
+//! 4. **secrets**: every secret rewritten for the new generation.
+//! 5. **publish**: `<state_dir>/generation` and `GET /generation`.
+//! 6. **notify**: the app is told and acknowledges (or the hook fails / warns, per `on_timeout`).
+//!
+//! Secrets come before publishing (DESIGN.md lists them after): an app that sees generation N in
+//! the state directory can then trust that every secret file already holds generation N's value.
+//! A routine that fails at step 4 publishes nothing: the app never sees a generation whose secrets
+//! are the old ones.
+
+use std::time::Duration;
+
+use hyper::StatusCode;
+use serde_json::json;
+use tokio::time::Instant;
+
+use super::{Agent, Answer};
+use crate::config::{Event, OnTimeout};
+use crate::generation::Generation;
+use crate::notify::{self, Outcome};
+use crate::{entropy, secrets};
+
+/// A restore noticed this soon after a hook's routine is the same restore: not redone.
+const SAME_RESTORE: Duration = Duration::from_secs(2);
+
+fn us(since: Instant) -> u64 {
+    since.elapsed().as_micros() as u64
+}
+
+impl Agent {
+    /// Runs the routine. `Err` is the hook's answer when a step failed.
+    pub(crate) async fn new_generation(
+        &self,
+        event: Event,
+        reason: &'static str,
+        inputs: &[&[u8]],
+        deadline: Instant,
+    ) -> Result<Generation, Answer> {
+        let microvm_id = self.microvm_id.lock().expect("id lock").clone();
+        let t = Instant::now();
+        let (reseeded, kernel_note) = {
+            let id = microvm_id.clone().unwrap_or_default();
+            let mut all: Vec<&[u8]> = inputs.to_vec();
+            all.push(id.as_bytes());
+            let input = entropy::gather(&all);
+            entropy::reseed_kernel(self.config.kernel_reseed, &input)
+        };
+        let kernel_us = us(t);
+        if let Some(note) = &kernel_note {
+            tracing::warn!(kernel_reseed = reseeded.as_str(), note = %note, "kernel reseed");
+        }
+
+        let t = Instant::now();
+        let generation = self.generations.next(reason, microvm_id.clone(), reseeded);
+        let generator_us = us(t);
+
+        let t = Instant::now();
+        let ctx = secrets::Ctx {
+            state_dir: &self.config.state_dir,
+            reaper: &self.links.reaper,
+            run_as: self.links.run_as.as_ref(),
+        };
+        let rotated = secrets::rotate(
+            &self.config.secrets,
+            &self.generations,
+            &generation,
+            &ctx,
+            deadline,
+        )
+        .await;
+        let secrets_us = us(t);
+        let mut record = json!({
+            "reason": reason,
+            "generation": generation.generation,
+            "kernel_reseed": reseeded,
+            "kernel_note": kernel_note,
+            "steps_us": { "kernel": kernel_us, "generator": generator_us, "secrets": secrets_us },
+        });
+        let rotated = match rotated {
+            Ok(n) => n,
+            Err(f) => {
+                tracing::error!(secret = %f.name, reason = %f.reason, "a secret could not be produced; the new generation is not published");
+                record["error"] = json!(format!("secret {}: {}", f.name, f.reason));
+                *self.last_routine.lock().expect("routine lock") = record;
+                return Err(Answer::error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "secret-failed",
+                    format!("secret \"{}\" could not be produced: {}", f.name, f.reason),
+                ));
+            }
+        };
+        record["secrets"] = json!(rotated);
+
+        let t = Instant::now();
+        if let Err(e) = self
+            .generations
+            .publish(&self.config.state_dir, generation.clone())
+        {
+            tracing::error!(error = %e, "cannot publish the generation");
+            record["error"] = json!(format!("publish: {e}"));
+            *self.last_routine.lock().expect("routine lock") = record;
+            return Err(Answer::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "state-dir-error",
+                format!("cannot publish the generation: {e}"),
+            ));
+        }
+        record["steps_us"]["publish"] = json!(us(t));
+
+        let t = Instant::now();
+        let outcome = self.tell_app(event, Some(&generation), deadline).await;
+        record["steps_us"]["notify"] = json!(us(t));
+        record["notify"] = json!(outcome);
+        *self.last_routine.lock().expect("routine lock") = record;
+        tracing::info!(
+            generation = generation.generation,
+            reason,
+            kernel_reseed = reseeded.as_str(),
+            secrets = rotated,
+            "new generation"
+        );
+        self.check_ack(&outcome)?;
+        Ok(generation)
+    }
+
+    /// Tells the app about `event` (no new generation: suspend, terminate).
+    pub(crate) async fn tell_app(
+        &self,
+        event: Event,
+        generation: Option<&Generation>,
+        deadline: Instant,
+    ) -> Outcome {
+        if !notify::is_configured(&self.config.notify, event) {
+            return Outcome::default();
+        }
+        let current = self.generations.current();
+        let generation = generation.or(current.as_ref());
+        let microvm_id = self.microvm_id.lock().expect("id lock").clone();
+        let ctx = notify::Ctx {
+            state_dir: &self.config.state_dir,
+            reaper: &self.links.reaper,
+            run_as: self.links.run_as.as_ref(),
+            app_pid: self.links.app.borrow().pid,
+            commands: &self.links.commands,
+            health: self.links.health.clone(),
+        };
+        let outcome = notify::notify(
+            &self.config.notify,
+            event,
+            generation,
+            microvm_id.as_deref(),
+            ctx,
+            deadline,
+        )
+        .await;
+        if !outcome.ok() {
+            tracing::warn!(event = event.as_str(), failed = %outcome.summary(), "the app did not acknowledge");
+        }
+        outcome
+    }
+
+    /// `on_timeout = "fail"` turns a missing acknowledgement into a failed hook.
+    pub(crate) fn check_ack(&self, outcome: &Outcome) -> Result<(), Answer> {
+        if outcome.ok() || self.config.notify.on_timeout == OnTimeout::Continue {
+            return Ok(());
+        }
+        Err(Answer::with(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "not-acknowledged",
+            json!({ "error": format!("the app did not acknowledge: {}", outcome.summary()), "failed": outcome.failed }),
+        ))
+    }
+
+    /// A hook's routine: remembered, so that a restore detected right after is not redone.
+    pub(crate) async fn hook_generation(
+        &self,
+        event: Event,
+        inputs: &[&[u8]],
+        deadline: Instant,
+    ) -> Result<Generation, Answer> {
+        *self.last_hook_routine.lock().expect("routine lock") = Some(Instant::now());
+        self.new_generation(event, event.as_str(), inputs, deadline)
+            .await
+    }
+
+    /// A restore noticed without a hook (VM generation counter, VMGenID uevent, clock step).
+    /// Runs the routine unless a hook just did, and only on a VM that is serving (after `/run`).
+    pub async fn restore_detected(&self, source: &'static str) {
+        let recent = self
+            .last_hook_routine
+            .lock()
+            .expect("routine lock")
+            .is_some_and(|t| t.elapsed() < SAME_RESTORE);
+        let state = self.state();
+        if recent
+            || !matches!(
+                state,
+                crate::lifecycle::State::Running | crate::lifecycle::State::Suspended
+            )
+        {
+            tracing::info!(
+                source,
+                ?state,
+                handled_by_hook = recent,
+                "restore detected; nothing to do"
+            );
+            return;
+        }
+        let _guard = self.actions.lock().await;
+        self.machine.lock().expect("machine lock").restored();
+        tracing::warn!(
+            source,
+            "restore detected without a hook: making a new generation"
+        );
+        let deadline =
+            Instant::now() + crate::budget::deadline_after(self.config.hooks.resume_timeout);
+        let _ = self
+            .new_generation(
+                Event::Resume,
+                "restore-detected",
+                &[source.as_bytes()],
+                deadline,
+            )
+            .await;
+    }
+}

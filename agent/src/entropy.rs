@@ -1,0 +1,280 @@
+//! Fresh entropy for a clone: reseeding the kernel's CRNG and the agent's own generator.
+//!
+//! Every clone starts from the same memory, so both the kernel's generator (unless the platform's
+//! VMGenID support reseeds it) and every user-space generator are the same in every clone. Step 1
+//! of the new-generation routine mixes input that *differs per clone* into the kernel: the `/run`
+//! body and VM id (different by construction, though not secret), the CPU's hardware generator
+//! (RDSEED/RDRAND, aarch64 RNDR) and high-resolution clock readings (jitter), plus `getrandom`.
+//!
+//! - With `CAP_SYS_ADMIN`: `RNDADDENTROPY` (credited only for the hardware bytes) then
+//!   `RNDRESEEDCRNG`, which makes the kernel's CRNG use the new input at once.
+//! - Without it: the bytes are written to `/dev/urandom`. That mixes them into the input pool but
+//!   does not reseed the CRNG at once; the record says `write`, never `ioctl`.
+//!
+//! Step 2 re-keys the agent's own ChaCha20 generator from `getrandom` *after* step 1. Nothing is
+//! ever drawn from it before the first routine: a generator seeded at start-up would be seeded in
+//! the build VM and shared by every clone.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+
+use rand_chacha::ChaCha20Rng;
+use rand_core::{Rng, SeedableRng};
+use serde::Serialize;
+use zeroize::Zeroize;
+
+use crate::config::KernelReseed;
+
+/// Which way the kernel reseed really went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reseeded {
+    Ioctl,
+    Write,
+    Off,
+    Failed,
+}
+
+impl Reseeded {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reseeded::Ioctl => "ioctl",
+            Reseeded::Write => "write",
+            Reseeded::Off => "off",
+            Reseeded::Failed => "failed",
+        }
+    }
+}
+
+/// Input that differs per clone, and how many of its bits may honestly be credited as entropy.
+pub struct Input {
+    pub bytes: Vec<u8>,
+    pub credit_bits: usize,
+}
+
+impl Drop for Input {
+    fn drop(&mut self) {
+        self.bytes.zeroize();
+    }
+}
+
+/// Gathers fresh input: `extra` (the `/run` body and VM id), the CPU's generator, several clocks
+/// and `getrandom`.
+pub fn gather(extra: &[&[u8]]) -> Input {
+    let mut bytes = Vec::with_capacity(256);
+    for e in extra {
+        bytes.extend_from_slice(&(e.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(e);
+    }
+    let hw = hardware_random(&mut bytes);
+    for clock in [
+        libc::CLOCK_MONOTONIC,
+        libc::CLOCK_REALTIME,
+        libc::CLOCK_BOOTTIME,
+        libc::CLOCK_MONOTONIC_RAW,
+        libc::CLOCK_PROCESS_CPUTIME_ID,
+    ] {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        bytes.extend_from_slice(&ts.tv_sec.to_le_bytes());
+        bytes.extend_from_slice(&ts.tv_nsec.to_le_bytes());
+    }
+    let mut os = [0u8; 32];
+    getrandom(&mut os);
+    bytes.extend_from_slice(&os);
+    os.zeroize();
+    // Only the hardware generator's output is credited: the body and id are unique but not secret,
+    // clocks are guessable, and getrandom may still be the cloned state.
+    Input {
+        bytes,
+        credit_bits: hw * 8,
+    }
+}
+
+/// Appends up to 64 bytes from the CPU's random instructions; returns how many.
+fn hardware_random(out: &mut Vec<u8>) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("rdseed") {
+            return collect(out, || {
+                let mut v = 0u64;
+                // SAFETY: the CPU supports RDSEED (checked above).
+                (unsafe { core::arch::x86_64::_rdseed64_step(&mut v) } == 1).then_some(v)
+            });
+        }
+        if std::arch::is_x86_feature_detected!("rdrand") {
+            return collect(out, || {
+                let mut v = 0u64;
+                // SAFETY: the CPU supports RDRAND (checked above).
+                (unsafe { core::arch::x86_64::_rdrand64_step(&mut v) } == 1).then_some(v)
+            });
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        if std::arch::is_aarch64_feature_detected!("rand") {
+            return collect(out, || {
+                let v: u64;
+                let ok: u64;
+                // SAFETY: FEAT_RNG is present (checked above); RNDR sets NZCV.Z on failure.
+                unsafe {
+                    core::arch::asm!("mrs {v}, s3_3_c2_c4_0", "cset {ok}, ne", v = out(reg) v, ok = out(reg) ok, options(nomem, nostack));
+                }
+                (ok == 1).then_some(v)
+            });
+        }
+    }
+    let _ = out;
+    0
+}
+
+#[allow(dead_code)]
+fn collect(out: &mut Vec<u8>, mut next: impl FnMut() -> Option<u64>) -> usize {
+    let mut n = 0;
+    for _ in 0..32 {
+        if let Some(v) = next() {
+            out.extend_from_slice(&v.to_le_bytes());
+            n += 8;
+            if n >= 64 {
+                break;
+            }
+        }
+    }
+    n
+}
+
+/// `getrandom(2)`, retried on EINTR; never fails on a booted kernel.
+pub fn getrandom(buf: &mut [u8]) {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let n =
+            unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
+        if n > 0 {
+            filled += n as usize;
+        } else if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            // Unreachable on Linux >= 3.17; fall back to /dev/urandom rather than leave zeros.
+            if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+                let _ = std::io::Read::read_exact(&mut f, &mut buf[filled..]);
+            }
+            return;
+        }
+    }
+}
+
+/// `struct rand_pool_info` with room for our input.
+#[repr(C)]
+struct RandPoolInfo {
+    entropy_count: libc::c_int,
+    buf_size: libc::c_int,
+    buf: [u8; 512],
+}
+
+nix::ioctl_write_ptr_bad!(
+    rnd_add_entropy,
+    nix::request_code_write!(b'R', 0x03, std::mem::size_of::<[libc::c_int; 2]>()),
+    RandPoolInfo
+);
+nix::ioctl_none!(rnd_reseed_crng, b'R', 0x07);
+
+/// Step 1: feeds `input` to the kernel the way `mode` allows and reports what really happened.
+pub fn reseed_kernel(mode: KernelReseed, input: &Input) -> (Reseeded, Option<String>) {
+    if mode == KernelReseed::Off {
+        return (Reseeded::Off, None);
+    }
+    let file = match OpenOptions::new().write(true).open("/dev/urandom") {
+        Ok(f) => f,
+        Err(e) => {
+            return (
+                Reseeded::Failed,
+                Some(format!("cannot open /dev/urandom: {e}")),
+            )
+        }
+    };
+    let mut ioctl_error = None;
+    if matches!(mode, KernelReseed::Auto | KernelReseed::Ioctl) {
+        let mut info = RandPoolInfo {
+            entropy_count: 0,
+            buf_size: 0,
+            buf: [0; 512],
+        };
+        let len = input.bytes.len().min(info.buf.len());
+        info.buf[..len].copy_from_slice(&input.bytes[..len]);
+        info.buf_size = len as libc::c_int;
+        info.entropy_count = input.credit_bits.min(len * 8) as libc::c_int;
+        // SAFETY: `info` is a valid rand_pool_info whose buf_size matches its buffer.
+        let added = unsafe { rnd_add_entropy(file.as_raw_fd(), &info) };
+        info.buf.zeroize();
+        // SAFETY: RNDRESEEDCRNG takes no argument.
+        match added.and_then(|_| unsafe { rnd_reseed_crng(file.as_raw_fd()) }) {
+            Ok(_) => return (Reseeded::Ioctl, None),
+            Err(e) if mode == KernelReseed::Ioctl => {
+                return (
+                    Reseeded::Failed,
+                    Some(format!("RNDADDENTROPY/RNDRESEEDCRNG: {e}")),
+                )
+            }
+            Err(e) => ioctl_error = Some(e),
+        }
+    }
+    match (&file).write_all(&input.bytes) {
+        Ok(()) => (
+            Reseeded::Write,
+            ioctl_error.map(|e| format!("ioctl refused ({e}); wrote to /dev/urandom instead")),
+        ),
+        Err(e) => (
+            Reseeded::Failed,
+            Some(format!("cannot write /dev/urandom: {e}")),
+        ),
+    }
+}
+
+/// Step 2: the agent's generator, keyed from `getrandom` after the kernel step.
+pub fn fresh_generator() -> ChaCha20Rng {
+    let mut seed = [0u8; 32];
+    getrandom(&mut seed);
+    let rng = ChaCha20Rng::from_seed(seed);
+    seed.zeroize();
+    rng
+}
+
+/// Draws `n` bytes from the agent's generator.
+pub fn draw(rng: &mut ChaCha20Rng, n: usize) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    rng.fill_bytes(&mut v);
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gathered_input_differs_each_time_and_carries_the_extra_bytes() {
+        let a = gather(&[b"vm-1", b"payload"]);
+        let b = gather(&[b"vm-1", b"payload"]);
+        assert_ne!(
+            a.bytes, b.bytes,
+            "clocks and getrandom make every gather different"
+        );
+        assert!(a.bytes.windows(7).any(|w| w == b"payload"));
+        assert!(a.credit_bits <= 64 * 8);
+    }
+
+    #[test]
+    fn off_touches_nothing() {
+        assert_eq!(
+            reseed_kernel(KernelReseed::Off, &gather(&[])).0,
+            Reseeded::Off
+        );
+    }
+
+    #[test]
+    fn generators_are_independent() {
+        let (mut a, mut b) = (fresh_generator(), fresh_generator());
+        assert_ne!(draw(&mut a, 32), draw(&mut b, 32));
+    }
+}

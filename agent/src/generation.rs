@@ -1,0 +1,168 @@
+//! Generations: what the app reads to know it is running in a new clone (or after a resume).
+//!
+//! Generation 0 is the build VM's (nothing published). Each run of the new-generation routine
+//! makes the next one: its number, a fresh 128-bit id drawn from the agent's freshly keyed
+//! generator, why it was made, the VM id, and which kernel reseed really ran. It is published in
+//! `<state_dir>/generation` (atomically) and to `GET /generation` long-pollers.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rand_chacha::ChaCha20Rng;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::entropy::{self, Reseeded};
+use crate::state_files;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Generation {
+    pub generation: u64,
+    /// 32 hex digits.
+    pub id: String,
+    pub reason: &'static str,
+    pub microvm_id: Option<String>,
+    pub kernel_reseed: Reseeded,
+    /// RFC 3339, UTC.
+    pub at: String,
+}
+
+/// The agent's generator and the current generation.
+pub struct Generations {
+    rng: Mutex<Option<ChaCha20Rng>>,
+    current: watch::Sender<Option<Generation>>,
+}
+
+impl Default for Generations {
+    fn default() -> Self {
+        Generations {
+            rng: Mutex::new(None),
+            current: watch::channel(None).0,
+        }
+    }
+}
+
+impl Generations {
+    pub fn current(&self) -> Option<Generation> {
+        self.current.borrow().clone()
+    }
+
+    pub fn number(&self) -> u64 {
+        self.current.borrow().as_ref().map_or(0, |g| g.generation)
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Option<Generation>> {
+        self.current.subscribe()
+    }
+
+    /// Step 2 and 3: re-keys the agent's generator (call after the kernel reseed) and makes the
+    /// next generation, not yet published.
+    pub fn next(
+        &self,
+        reason: &'static str,
+        microvm_id: Option<String>,
+        kernel_reseed: Reseeded,
+    ) -> Generation {
+        let mut rng = entropy::fresh_generator();
+        let id: String = entropy::draw(&mut rng, 16)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        *self.rng.lock().expect("rng lock") = Some(rng);
+        Generation {
+            generation: self.number() + 1,
+            id,
+            reason,
+            microvm_id,
+            kernel_reseed,
+            at: rfc3339_now(),
+        }
+    }
+
+    /// Draws from the agent's generator; `None` before the first routine (by design: nothing may
+    /// come from a generator keyed before the snapshot).
+    pub fn draw(&self, n: usize) -> Option<Vec<u8>> {
+        self.rng
+            .lock()
+            .expect("rng lock")
+            .as_mut()
+            .map(|r| entropy::draw(r, n))
+    }
+
+    /// Publishes `generation` in the state directory, then to `/generation` watchers.
+    pub fn publish(&self, state_dir: &Path, generation: Generation) -> std::io::Result<()> {
+        let mut json = serde_json::to_vec(&generation).map_err(std::io::Error::other)?;
+        json.push(b'\n');
+        state_files::write_atomic(&state_dir.join("generation"), &json, 0o644, None)?;
+        self.current.send_replace(Some(generation));
+        Ok(())
+    }
+}
+
+/// The current time as RFC 3339 UTC with microseconds, without a date library.
+pub fn rfc3339_now() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    rfc3339(now.as_secs() as i64, now.subsec_micros())
+}
+
+fn rfc3339(secs: i64, micros: u32) -> String {
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(rfc3339(951_782_400, 5), "2000-02-29T00:00:00.000005Z");
+        assert_eq!(rfc3339(1_795_900_000, 0), "2026-11-28T21:06:40.000000Z");
+        assert_eq!(
+            rfc3339(4_107_542_399, 999_999),
+            "2100-02-28T23:59:59.999999Z"
+        );
+    }
+
+    #[test]
+    fn generations_count_up_with_fresh_ids_and_no_draw_before_the_first() {
+        let g = Generations::default();
+        assert!(
+            g.draw(8).is_none(),
+            "no randomness before the first routine"
+        );
+        let dir = std::env::temp_dir().join(format!("mva-gen-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let one = g.next("run", Some("vm".into()), Reseeded::Write);
+        assert_eq!(one.generation, 1);
+        g.publish(&dir, one.clone()).unwrap();
+        let two = g.next("resume", None, Reseeded::Write);
+        assert_eq!(two.generation, 2);
+        assert_ne!(one.id, two.id);
+        assert_eq!(one.id.len(), 32);
+        assert_eq!(g.draw(8).unwrap().len(), 8);
+        let on_disk: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("generation")).unwrap()).unwrap();
+        assert_eq!(on_disk["generation"], 1);
+        assert_eq!(on_disk["kernel_reseed"], "write");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,178 @@
+//! Telling the app about a lifecycle event, and waiting for its acknowledgement.
+//!
+//! Every configured channel runs, concurrently, bounded by `[notify] timeout` and the hook's own
+//! deadline:
+//! - `http`: POST `{"event","generation","id","microvm_id"}`; a 2xx answer acknowledges.
+//! - `signal`: sent to the app; sending it acknowledges (a signal has no answer).
+//! - `exec`: a command with `MICROVM_EVENT`, `MICROVM_GENERATION`, `MICROVM_GENERATION_ID` and
+//!   `MICROVM_ID` in its environment; exit 0 acknowledges.
+//! - `restart_on`: the app is restarted; it acknowledges by passing its readiness probe again.
+//!   For runtimes that cannot reseed in process.
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use crate::client;
+use crate::config::{Event, Notify};
+use crate::generation::Generation;
+use crate::helper::{self, HelperSpec};
+use crate::lifecycle::Health;
+use crate::reaper::Reaper;
+use crate::spawn::RunAs;
+use crate::supervisor::Command;
+
+pub struct Ctx<'a> {
+    pub state_dir: &'a Path,
+    pub reaper: &'a Reaper,
+    pub run_as: Option<&'a RunAs>,
+    pub app_pid: Option<i32>,
+    pub commands: &'a mpsc::UnboundedSender<Command>,
+    pub health: watch::Receiver<Health>,
+}
+
+/// Which channels acknowledged, and which did not (with why).
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Outcome {
+    pub acknowledged: Vec<&'static str>,
+    pub failed: Vec<(&'static str, String)>,
+}
+
+impl Outcome {
+    pub fn ok(&self) -> bool {
+        self.failed.is_empty()
+    }
+
+    pub fn summary(&self) -> String {
+        self.failed
+            .iter()
+            .map(|(c, why)| format!("{c}: {why}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+pub fn is_configured(cfg: &Notify, event: Event) -> bool {
+    cfg.http.is_some()
+        || cfg.signal.is_some()
+        || cfg.exec.is_some()
+        || cfg.restart_on.contains(&event)
+}
+
+pub async fn notify(
+    cfg: &Notify,
+    event: Event,
+    generation: Option<&Generation>,
+    microvm_id: Option<&str>,
+    ctx: Ctx<'_>,
+    deadline: Instant,
+) -> Outcome {
+    let limit = cfg
+        .timeout
+        .min(deadline.saturating_duration_since(Instant::now()));
+    let number = generation.map_or(0, |g| g.generation);
+    let id = generation.map(|g| g.id.clone());
+    let http = async {
+        let url = cfg.http.as_ref()?;
+        let body = json!({ "event": event.as_str(), "generation": number, "id": id, "microvm_id": microvm_id });
+        let headers = [("content-type".to_string(), "application/json".to_string())];
+        let r = match client::request(url, "POST", &headers, Bytes::from(body.to_string()), limit)
+            .await
+        {
+            Ok(reply) if (200..300).contains(&reply.status) => Ok(()),
+            Ok(reply) => Err(format!("answered HTTP {}", reply.status)),
+            Err(e) => Err(e),
+        };
+        Some(("http", r))
+    };
+    let signal = async {
+        let sig = cfg.signal?;
+        let r = match ctx.app_pid {
+            Some(pid) if unsafe { libc::kill(pid, sig as i32) } == 0 => Ok(()),
+            Some(_) => Err(format!(
+                "cannot send {}: {}",
+                sig.as_str(),
+                std::io::Error::last_os_error()
+            )),
+            None => Err("no app is running".to_string()),
+        };
+        Some(("signal", r))
+    };
+    let exec = async {
+        let command = cfg.exec.as_ref()?;
+        let argv: Vec<OsString> = command.iter().map(OsString::from).collect();
+        let env = vec![
+            ("MICROVM_EVENT", event.as_str().to_string()),
+            ("MICROVM_GENERATION", number.to_string()),
+            ("MICROVM_GENERATION_ID", id.clone().unwrap_or_default()),
+            ("MICROVM_ID", microvm_id.unwrap_or_default().to_string()),
+        ];
+        let spec = HelperSpec {
+            argv: &argv,
+            run_as: ctx.run_as,
+            state_dir: ctx.state_dir,
+            env,
+            capture: false,
+        };
+        let r = match helper::run(ctx.reaper, spec, limit).await {
+            Ok(done) if done.exit.success() => Ok(()),
+            Ok(done) => Err(format!("the command ended with {}", done.exit)),
+            Err(e) => Err(e),
+        };
+        Some(("exec", r))
+    };
+    let restart = async {
+        if !cfg.restart_on.contains(&event) {
+            return None;
+        }
+        Some((
+            "restart",
+            restart(ctx.commands, ctx.health.clone(), limit).await,
+        ))
+    };
+    let (a, b, c, d) = tokio::join!(http, signal, exec, restart);
+    let mut outcome = Outcome::default();
+    for (channel, result) in [a, b, c, d].into_iter().flatten() {
+        match result {
+            Ok(()) => outcome.acknowledged.push(channel),
+            Err(e) => outcome.failed.push((channel, e)),
+        }
+    }
+    outcome
+}
+
+/// Restarts the app and waits until the new instance is ready (or `limit` passes).
+async fn restart(
+    commands: &mpsc::UnboundedSender<Command>,
+    mut health: watch::Receiver<Health>,
+    limit: Duration,
+) -> Result<(), String> {
+    let work = async {
+        let (tx, rx) = oneshot::channel();
+        commands
+            .send(Command::Restart(tx))
+            .map_err(|_| "the supervisor is gone".to_string())?;
+        if !rx.await.unwrap_or(false) {
+            return Err("the app is not running, so it cannot be restarted".to_string());
+        }
+        // The restart marks the app Starting before it answers; wait for its readiness.
+        health.mark_unchanged();
+        health
+            .wait_for(|h| *h != Health::Starting)
+            .await
+            .map_err(|_| "the supervisor is gone".to_string())?;
+        match *health.borrow() {
+            Health::Up => Ok(()),
+            _ => Err("the restarted app failed".to_string()),
+        }
+    };
+    tokio::time::timeout(limit, work)
+        .await
+        .unwrap_or_else(|_| Err(format!("the restarted app was not ready within {limit:?}")))
+}

@@ -1,0 +1,169 @@
+//! Per-generation secrets in `<state_dir>/secrets/<name>`.
+//!
+//! Each routine writes every configured secret anew: `bytes = N` draws N bytes from the agent's
+//! freshly keyed generator, `exec = [...]` runs a command and takes its stdout as it is. Files are
+//! 0600, owned by the app's user, and replaced by rename, so a reader always sees one whole value.
+//! The agent keeps no copy: each value is zeroed in memory right after it is written, so a
+//! `scrub_on_suspend` secret is gone from the VM's memory and disk when `/suspend` removes its
+//! file. Values are never logged: errors name the secret, never its content.
+
+use std::ffi::OsString;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use tokio::time::Instant;
+use zeroize::Zeroize;
+
+use crate::config::{Encoding, Secret, SecretSource};
+use crate::generation::{Generation, Generations};
+use crate::helper::{self, HelperSpec};
+use crate::reaper::Reaper;
+use crate::spawn::RunAs;
+use crate::state_files;
+
+/// A secret that could not be produced: which one, and why (never its value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub name: String,
+    pub reason: String,
+}
+
+pub struct Ctx<'a> {
+    pub state_dir: &'a Path,
+    pub reaper: &'a Reaper,
+    pub run_as: Option<&'a RunAs>,
+}
+
+pub fn dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("secrets")
+}
+
+/// Writes a new value of every secret; stops at the first that fails.
+pub async fn rotate(
+    secrets: &[Secret],
+    generations: &Generations,
+    generation: &Generation,
+    ctx: &Ctx<'_>,
+    deadline: Instant,
+) -> Result<usize, Failure> {
+    if secrets.is_empty() {
+        return Ok(0);
+    }
+    let dir = dir(ctx.state_dir);
+    let owner = ctx.run_as.map(|u| (u.uid, u.gid));
+    let prepared = fs::create_dir_all(&dir)
+        .and_then(|()| fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)))
+        .and_then(|()| match owner {
+            Some((uid, gid)) => std::os::unix::fs::chown(&dir, Some(uid), Some(gid)),
+            None => Ok(()),
+        });
+    if let Err(e) = prepared {
+        return Err(Failure {
+            name: "(secrets directory)".into(),
+            reason: format!("{}: {e}", dir.display()),
+        });
+    }
+    for secret in secrets {
+        let fail = |reason: String| Failure {
+            name: secret.name.clone(),
+            reason,
+        };
+        let mut value = match &secret.source {
+            SecretSource::Random { bytes, encoding } => {
+                let mut raw = generations
+                    .draw(*bytes)
+                    .ok_or_else(|| fail("no generator yet".into()))?;
+                let encoded = encode(&raw, *encoding);
+                raw.zeroize();
+                encoded
+            }
+            SecretSource::Exec { command } => {
+                let argv: Vec<OsString> = command.iter().map(OsString::from).collect();
+                let env = vec![
+                    ("MICROVM_GENERATION", generation.generation.to_string()),
+                    ("MICROVM_SECRET", secret.name.clone()),
+                ];
+                let spec = HelperSpec {
+                    argv: &argv,
+                    run_as: ctx.run_as,
+                    state_dir: ctx.state_dir,
+                    env,
+                    capture: true,
+                };
+                let limit = deadline.saturating_duration_since(Instant::now());
+                let mut done = helper::run(ctx.reaper, spec, limit).await.map_err(fail)?;
+                if !done.exit.success() {
+                    done.stdout.zeroize();
+                    return Err(fail(format!("the command ended with {}", done.exit)));
+                }
+                done.stdout
+            }
+        };
+        let written = state_files::write_atomic(&dir.join(&secret.name), &value, 0o600, owner);
+        value.zeroize();
+        written.map_err(|e| fail(format!("cannot write it: {e}")))?;
+    }
+    Ok(secrets.len())
+}
+
+/// Removes the files of the secrets marked `scrub_on_suspend`; returns how many were removed.
+pub fn scrub(secrets: &[Secret], state_dir: &Path) -> usize {
+    let dir = dir(state_dir);
+    secrets
+        .iter()
+        .filter(|s| s.scrub_on_suspend)
+        .filter(|s| fs::remove_file(dir.join(&s.name)).is_ok())
+        .count()
+}
+
+fn encode(raw: &[u8], encoding: Encoding) -> Vec<u8> {
+    match encoding {
+        Encoding::Raw => raw.to_vec(),
+        Encoding::Hex => raw
+            .iter()
+            .flat_map(|b| format!("{b:02x}").into_bytes())
+            .collect(),
+        Encoding::Base64 => base64(raw),
+    }
+}
+
+fn base64(raw: &[u8]) -> Vec<u8> {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::with_capacity(raw.len().div_ceil(3) * 4);
+    for chunk in raw.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..4 {
+            out.push(if i <= chunk.len() {
+                T[(n >> (18 - 6 * i)) as usize & 63]
+            } else {
+                b'='
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodings() {
+        assert_eq!(encode(&[0xde, 0xad, 0x01], Encoding::Hex), b"dead01");
+        assert_eq!(encode(&[1, 2], Encoding::Raw), vec![1, 2]);
+        for (raw, b64) in [
+            (&b""[..], ""),
+            (b"f", "Zg=="),
+            (b"fo", "Zm8="),
+            (b"foo", "Zm9v"),
+            (b"foobar", "Zm9vYmFy"),
+            (b"\xff\xfe\xfd\xfc", "//79/A=="),
+        ] {
+            assert_eq!(String::from_utf8(base64(raw)).unwrap(), b64);
+        }
+    }
+}

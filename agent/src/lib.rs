@@ -55,6 +55,7 @@ pub mod notify;
 pub mod probe;
 pub mod proctree;
 pub mod reaper;
+pub mod restore;
 pub mod run_body;
 pub mod secrets;
 pub mod server;
@@ -162,6 +163,9 @@ pub async fn run(
         mode = if sidecar { "sidecar" } else { "supervisor" },
         "serving hooks"
     );
+    let sources = restore::Sources::open();
+    let _ = agent.restore_sources.set(restore::describe(&sources));
+    tokio::spawn(restore::watch(sources, agent.clone()));
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(server::serve(listener, agent.clone(), async move {
         let _ = done_rx.await;

@@ -18,6 +18,21 @@ use nix::sys::signal::{SigSet, SigmaskHow};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use tokio::io::unix::AsyncFd;
 
+/// Registers a descriptor-owning value (`SignalFd`, `File`, `OwnedFd`) with the runtime for
+/// readability.
+pub(crate) fn watch_readable<T: std::os::fd::AsRawFd + OwnsFd>(owner: T) -> io::Result<AsyncFd<T>> {
+    // SAFETY: `OwnsFd` types own their descriptor and always return the same one from
+    // `as_raw_fd`, so it stays open and unchanged for as long as the `AsyncFd` holds them.
+    unsafe { AsyncFd::register_with_interest(owner, tokio::io::Interest::READABLE) }
+        .map_err(io::Error::from)
+}
+
+/// Types that own exactly one descriptor for their whole life (see [`watch_readable`]).
+pub(crate) trait OwnsFd {}
+impl OwnsFd for SignalFd {}
+impl OwnsFd for std::fs::File {}
+impl OwnsFd for std::os::fd::OwnedFd {}
+
 /// The blocked signals and the descriptor they are read from.
 pub struct Signals {
     fd: Option<SignalFd>,
@@ -44,11 +59,7 @@ impl Signals {
     pub async fn recv(&mut self) -> io::Result<i32> {
         if self.async_fd.is_none() {
             let fd = self.fd.take().expect("signalfd present until registered");
-            // SAFETY: `SignalFd` owns its descriptor and always returns the same one from
-            // `as_raw_fd`; it stays open for as long as the `AsyncFd` owns it.
-            self.async_fd = Some(unsafe {
-                AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
-            }?);
+            self.async_fd = Some(watch_readable(fd)?);
         }
         let async_fd = self.async_fd.as_ref().expect("registered above");
         loop {

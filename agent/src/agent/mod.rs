@@ -120,6 +120,8 @@ pub struct Agent {
     last_hook_routine: Mutex<Option<Instant>>,
     /// When `/suspend` froze us, so that `/resume` can re-arm deadlines.
     suspended_at: Mutex<Option<Instant>>,
+    /// Which restore-detection sources this VM offers, for `/status`.
+    pub restore_sources: std::sync::OnceLock<Vec<&'static str>>,
 }
 
 /// The `/validate` warm-up, which outlives the polls that watch it.
@@ -148,6 +150,7 @@ impl Agent {
             last_routine: Mutex::new(Value::Null),
             last_hook_routine: Mutex::new(None),
             suspended_at: Mutex::new(None),
+            restore_sources: std::sync::OnceLock::new(),
         })
     }
 
@@ -515,6 +518,7 @@ impl Agent {
             "microvm_id": *self.microvm_id.lock().expect("id lock"),
             "generation": self.generations.current(),
             "last_routine": *self.last_routine.lock().expect("routine lock"),
+            "restore_detection": self.restore_sources.get(),
             "app": self.app_json(),
             "hooks": hooks,
         })

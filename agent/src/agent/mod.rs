@@ -438,17 +438,18 @@ impl Agent {
     fn run(&self, body: &[u8]) -> Result<(), Answer> {
         let parsed = run_body::parse(body);
         let dir = &self.config.state_dir;
-        let written =
-            state_files::write_atomic(&dir.join("run-payload"), &parsed.payload, 0o600, None)
-                .and_then(|()| match &parsed.microvm_id {
-                    Some(id) => state_files::write_atomic(
-                        &dir.join("microvm-id"),
-                        id.as_bytes(),
-                        0o644,
-                        None,
-                    ),
-                    None => Ok(()),
-                });
+        let written = state_files::write_atomic(
+            &dir.join("run-payload"),
+            &parsed.payload,
+            0o600,
+            self.app_owner(),
+        )
+        .and_then(|()| match &parsed.microvm_id {
+            Some(id) => {
+                state_files::write_atomic(&dir.join("microvm-id"), id.as_bytes(), 0o644, None)
+            }
+            None => Ok(()),
+        });
         if let Err(e) = written {
             // Without its payload the app would serve this VM with no per-VM data: dying is the
             // lesser harm, so this is the one case where /run fails.
@@ -461,6 +462,11 @@ impl Agent {
         }
         *self.microvm_id.lock().expect("id lock") = parsed.microvm_id;
         Ok(())
+    }
+
+    /// Files only the app may read belong to the app's user.
+    fn app_owner(&self) -> Option<(u32, u32)> {
+        self.links.run_as.as_ref().map(|u| (u.uid, u.gid))
     }
 
     /// `GET /generation[?after=N]`: the current generation, at once or, with `after`, once it

@@ -29,8 +29,23 @@ use crate::{entropy, secrets};
 /// A restore noticed this soon after a hook's routine is the same restore: not redone.
 const SAME_RESTORE: Duration = Duration::from_secs(2);
 
-fn us(since: Instant) -> u64 {
-    since.elapsed().as_micros() as u64
+/// What `/status` shows of the last routine: its steps in the order they ran, with their times.
+struct Record {
+    steps: Vec<(&'static str, u64)>,
+    fields: serde_json::Value,
+}
+
+impl Record {
+    fn new(reason: &'static str) -> Self {
+        Record {
+            steps: Vec::new(),
+            fields: json!({ "reason": reason }),
+        }
+    }
+
+    fn step(&mut self, name: &'static str, since: Instant) {
+        self.steps.push((name, since.elapsed().as_micros() as u64));
+    }
 }
 
 impl Agent {
@@ -42,23 +57,27 @@ impl Agent {
         inputs: &[&[u8]],
         deadline: Instant,
     ) -> Result<Generation, Answer> {
+        let mut rec = Record::new(reason);
         let microvm_id = self.microvm_id.lock().expect("id lock").clone();
+
         let t = Instant::now();
         let (reseeded, kernel_note) = {
             let id = microvm_id.clone().unwrap_or_default();
             let mut all: Vec<&[u8]> = inputs.to_vec();
             all.push(id.as_bytes());
-            let input = entropy::gather(&all);
-            entropy::reseed_kernel(self.config.kernel_reseed, &input)
+            entropy::reseed_kernel(self.config.kernel_reseed, &entropy::gather(&all))
         };
-        let kernel_us = us(t);
+        rec.step("kernel", t);
+        rec.fields["kernel_reseed"] = json!(reseeded);
+        rec.fields["kernel_note"] = json!(kernel_note);
         if let Some(note) = &kernel_note {
             tracing::warn!(kernel_reseed = reseeded.as_str(), note = %note, "kernel reseed");
         }
 
         let t = Instant::now();
-        let generation = self.generations.next(reason, microvm_id.clone(), reseeded);
-        let generator_us = us(t);
+        let generation = self.generations.next(reason, microvm_id, reseeded);
+        rec.step("generator", t);
+        rec.fields["generation"] = json!(generation.generation);
 
         let t = Instant::now();
         let ctx = secrets::Ctx {
@@ -74,28 +93,16 @@ impl Agent {
             deadline,
         )
         .await;
-        let secrets_us = us(t);
-        let mut record = json!({
-            "reason": reason,
-            "generation": generation.generation,
-            "kernel_reseed": reseeded,
-            "kernel_note": kernel_note,
-            "steps_us": { "kernel": kernel_us, "generator": generator_us, "secrets": secrets_us },
-        });
+        rec.step("secrets", t);
         let rotated = match rotated {
             Ok(n) => n,
             Err(f) => {
                 tracing::error!(secret = %f.name, reason = %f.reason, "a secret could not be produced; the new generation is not published");
-                record["error"] = json!(format!("secret {}: {}", f.name, f.reason));
-                *self.last_routine.lock().expect("routine lock") = record;
-                return Err(Answer::error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "secret-failed",
-                    format!("secret \"{}\" could not be produced: {}", f.name, f.reason),
-                ));
+                let message = format!("secret \"{}\" could not be produced: {}", f.name, f.reason);
+                return Err(self.failed(rec, "secret-failed", message));
             }
         };
-        record["secrets"] = json!(rotated);
+        rec.fields["secrets"] = json!(rotated);
 
         let t = Instant::now();
         if let Err(e) = self
@@ -103,21 +110,19 @@ impl Agent {
             .publish(&self.config.state_dir, generation.clone())
         {
             tracing::error!(error = %e, "cannot publish the generation");
-            record["error"] = json!(format!("publish: {e}"));
-            *self.last_routine.lock().expect("routine lock") = record;
-            return Err(Answer::error(
-                StatusCode::INTERNAL_SERVER_ERROR,
+            return Err(self.failed(
+                rec,
                 "state-dir-error",
                 format!("cannot publish the generation: {e}"),
             ));
         }
-        record["steps_us"]["publish"] = json!(us(t));
+        rec.step("publish", t);
 
         let t = Instant::now();
         let outcome = self.tell_app(event, Some(&generation), deadline).await;
-        record["steps_us"]["notify"] = json!(us(t));
-        record["notify"] = json!(outcome);
-        *self.last_routine.lock().expect("routine lock") = record;
+        rec.step("notify", t);
+        rec.fields["notify"] = json!(outcome);
+        self.keep(rec);
         tracing::info!(
             generation = generation.generation,
             reason,
@@ -127,6 +132,22 @@ impl Agent {
         );
         self.check_ack(&outcome)?;
         Ok(generation)
+    }
+
+    fn keep(&self, rec: Record) {
+        let mut v = rec.fields;
+        v["steps"] = json!(rec
+            .steps
+            .iter()
+            .map(|(step, us)| json!({ "step": step, "us": us }))
+            .collect::<Vec<_>>());
+        *self.last_routine.lock().expect("routine lock") = v;
+    }
+
+    fn failed(&self, mut rec: Record, outcome: &'static str, message: String) -> Answer {
+        rec.fields["error"] = json!(message);
+        self.keep(rec);
+        Answer::error(StatusCode::INTERNAL_SERVER_ERROR, outcome, message)
     }
 
     /// Tells the app about `event` (no new generation: suspend, terminate).
@@ -228,5 +249,101 @@ impl Agent {
                 deadline,
             )
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::sync::{mpsc, watch};
+
+    use super::*;
+    use crate::agent::Links;
+    use crate::lifecycle::Health;
+
+    fn agent(extra: &str, dir: &std::path::Path) -> Arc<Agent> {
+        let text = format!(
+            "state_dir = {:?}\n[entropy]\nkernel = \"off\"\n{extra}",
+            dir.display().to_string()
+        );
+        let config =
+            crate::config::from_table(&text.parse().unwrap(), &Default::default(), None).unwrap();
+        let links = Links {
+            health: watch::channel(Health::Up).1,
+            app: watch::channel(Default::default()).1,
+            reaper: Arc::default(),
+            last_probe: Arc::default(),
+            commands: mpsc::unbounded_channel().0,
+            run_as: None,
+        };
+        Agent::new(config, links)
+    }
+
+    fn steps(a: &Agent) -> Vec<String> {
+        let r = a.last_routine.lock().unwrap();
+        r["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["step"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    fn tmp(tag: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("mva-routine-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[tokio::test]
+    async fn the_steps_run_in_order() {
+        let dir = tmp("order");
+        let a = agent("[[secret]]\nname = \"k\"\nbytes = 8\n", &dir);
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let g = a
+            .new_generation(Event::Run, "run", &[b"body"], deadline)
+            .await
+            .unwrap();
+        assert_eq!(
+            steps(&a),
+            ["kernel", "generator", "secrets", "publish", "notify"]
+        );
+        assert_eq!(g.generation, 1);
+        assert!(dir.join("secrets/k").exists() && dir.join("generation").exists());
+        let g2 = a
+            .new_generation(Event::Resume, "resume", &[], deadline)
+            .await
+            .unwrap();
+        assert_eq!(g2.generation, 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failed_secret_stops_the_routine_before_anything_is_published() {
+        let dir = tmp("fail");
+        let a = agent(
+            "[[secret]]\nname = \"bad\"\nexec = [\"/nonexistent/command\"]\n",
+            &dir,
+        );
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let err = a
+            .new_generation(Event::Run, "run", &[], deadline)
+            .await
+            .unwrap_err();
+        assert_eq!(err.outcome, "secret-failed");
+        assert_eq!(
+            steps(&a),
+            ["kernel", "generator", "secrets"],
+            "no publish, no notify"
+        );
+        assert!(!dir.join("generation").exists());
+        assert_eq!(
+            a.generations.number(),
+            0,
+            "the failed generation was not made current"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

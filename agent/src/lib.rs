@@ -183,11 +183,8 @@ pub async fn run(
                     Ok(_) => {}
                     Err(e) => { tracing::error!(error = %e, "cannot read signals"); break EX_SOFTWARE; }
                 },
-                Some(command) = commands.recv() => {
-                    if let supervisor::Command::Restart(reply) = command {
-                        let _ = reply.send(false);
-                    }
-                }
+                // No app to restart.
+                Some(supervisor::Command::Restart(reply)) = commands.recv() => { let _ = reply.send(false); }
                 () = &mut shutdown => break 0,
             }
             continue;

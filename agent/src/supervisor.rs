@@ -44,8 +44,6 @@ pub enum Command {
     /// Restart the app now (`notify.restart_on`), outside the crash-loop accounting; the reply
     /// says whether a restart began.
     Restart(oneshot::Sender<bool>),
-    /// `/resume` after a `/suspend` this long ago: pending deadlines continue from now.
-    Resumed(Duration),
 }
 
 /// What `/status` and `/terminate` see of the app.
@@ -433,7 +431,6 @@ impl Supervisor {
             Command::Restart(reply) => {
                 let _ = reply.send(self.restart_now());
             }
-            Command::Resumed(frozen) => self.shift(frozen),
         }
         self.publish();
     }
@@ -462,20 +459,6 @@ impl Supervisor {
                 true
             }
             _ => false,
-        }
-    }
-
-    /// Moves pending deadlines by the time the VM was frozen, so that a resume neither fires
-    /// them all at once nor, worse, kills an app whose grace period passed while it was frozen.
-    fn shift(&mut self, frozen: Duration) {
-        match &mut self.phase {
-            Phase::Draining {
-                deadline,
-                killed: false,
-                ..
-            } => *deadline += frozen,
-            Phase::Backoff { until } | Phase::Lingering { until, .. } => *until += frozen,
-            _ => {}
         }
     }
 

@@ -27,6 +27,36 @@ use crate::{probe, run_body, state_files};
 
 mod routine;
 
+/// The monotonic and the wall clock, read together.
+///
+/// Every deadline of the agent (stop grace, restart backoff, hook budgets) runs on the monotonic
+/// clock, which does not advance while the VM is frozen: a deadline pending at `/suspend` keeps
+/// the time it had left, neither firing at once on `/resume` nor stalling, and needs no re-arming.
+/// The wall clock is corrected after a thaw; the difference between the two, reported by
+/// `/resume`, is how long the VM was really frozen.
+#[derive(Clone, Copy, Debug)]
+struct Clocks {
+    mono: Instant,
+    wall: std::time::SystemTime,
+}
+
+impl Clocks {
+    fn now() -> Self {
+        Clocks {
+            mono: Instant::now(),
+            wall: std::time::SystemTime::now(),
+        }
+    }
+
+    fn since(then: Clocks) -> Value {
+        let wall = std::time::SystemTime::now()
+            .duration_since(then.wall)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(-1);
+        json!({ "monotonic_ms": then.mono.elapsed().as_millis() as u64, "wall_ms": wall })
+    }
+}
+
 /// The longest a `GET /generation?after=N` waits.
 const LONG_POLL: Duration = Duration::from_secs(60);
 
@@ -118,8 +148,8 @@ pub struct Agent {
     last_routine: Mutex<Value>,
     /// When the last routine ran for a hook, so a restore detected right after is not redone.
     last_hook_routine: Mutex<Option<Instant>>,
-    /// When `/suspend` froze us, so that `/resume` can re-arm deadlines.
-    suspended_at: Mutex<Option<Instant>>,
+    /// Both clocks at `/suspend`, so that `/resume` can say how long the freeze looked.
+    suspended_at: Mutex<Option<Clocks>>,
     /// Which restore-detection sources this VM offers, for `/status`.
     pub restore_sources: std::sync::OnceLock<Vec<&'static str>>,
 }
@@ -344,21 +374,24 @@ impl Agent {
                 self.hook_generation(Event::Run, &[&body], deadline).await
             }
             Hook::Validate => return self.validate(deadline).await,
-            Hook::Resume => {
-                if let Some(at) = self.suspended_at.lock().expect("suspend lock").take() {
-                    // Deadlines that were pending when we were frozen continue from now.
-                    let _ = self.links.commands.send(Command::Resumed(at.elapsed()));
-                }
-                self.hook_generation(Event::Resume, &[], deadline).await
-            }
+            Hook::Resume => self.hook_generation(Event::Resume, &[], deadline).await,
             Hook::Suspend => return self.suspend(deadline).await,
             Hook::Ready | Hook::Terminate => unreachable!("not an acting hook"),
         };
+        let frozen = (hook == Hook::Resume)
+            .then(|| {
+                self.suspended_at
+                    .lock()
+                    .expect("suspend lock")
+                    .take()
+                    .map(Clocks::since)
+            })
+            .flatten();
         match generation {
             Ok(g) => Answer::with(
                 StatusCode::OK,
                 if hook == Hook::Run { "ok" } else { "resumed" },
-                json!({ "generation": g.generation, "id": g.id, "microvm_id": g.microvm_id, "kernel_reseed": g.kernel_reseed }),
+                json!({ "generation": g.generation, "id": g.id, "microvm_id": g.microvm_id, "kernel_reseed": g.kernel_reseed, "since_suspend": frozen }),
             ),
             Err(answer) => answer,
         }
@@ -368,7 +401,7 @@ impl Agent {
     async fn suspend(&self, deadline: Instant) -> Answer {
         let outcome = self.tell_app(Event::Suspend, None, deadline).await;
         let scrubbed = crate::secrets::scrub(&self.config.secrets, &self.config.state_dir);
-        *self.suspended_at.lock().expect("suspend lock") = Some(Instant::now());
+        *self.suspended_at.lock().expect("suspend lock") = Some(Clocks::now());
         // The agent keeps no outbound connection (every client request uses a fresh one), so
         // there is nothing of ours to drop before the freeze.
         if let Err(answer) = self.check_ack(&outcome) {

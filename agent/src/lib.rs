@@ -7,6 +7,7 @@
 //! ## Map
 //! | module | responsibility |
 //! |---|---|
+//! | `cli` | the command: configuration (exit 64), logging to stderr, the current-thread runtime |
 //! | `config` | CLI + env + TOML into one validated, immutable [`config::Config`]; errors name the key |
 //! | `server` | the hook port's accept loop: `TCP_NODELAY`, header deadline, graceful drain |
 //! | `hooks` | HTTP surface: routes, methods, origin check, body limit, JSON answers |
@@ -44,6 +45,7 @@
 
 pub mod agent;
 pub mod budget;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod entropy;
@@ -82,6 +84,8 @@ use supervisor::Supervisor;
 pub const EX_USAGE: i32 = 64;
 /// sysexits' EX_SOFTWARE: the agent itself failed (it cannot read its signals).
 pub const EX_SOFTWARE: i32 = 70;
+/// sysexits' EX_OSERR: the OS refused (the hook port is taken, no runtime).
+pub const EX_OSERR: i32 = 71;
 
 /// Serves the hooks on `listener`, supervises the app (if any) and runs until the agent is done;
 /// returns the exit code. `shutdown` is an extra stop trigger for embedders and tests (`main`

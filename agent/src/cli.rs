@@ -1,0 +1,90 @@
+//! The `microvm-agent` command: parse the configuration (exit 64 on any error), set up logging on
+//! stderr, build a current-thread runtime and hand over to [`crate::run`].
+
+use std::process::ExitCode;
+
+use crate::config::{self, Action, LogFormat};
+use crate::signals::Signals;
+
+const EX_USAGE: u8 = crate::EX_USAGE as u8;
+const EX_OSERR: u8 = crate::EX_OSERR as u8;
+
+/// The whole command: what `main` runs, and what the simulator runs when it plays the agent.
+pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
+    // First, before any thread exists: no signal may be lost or kill us from here on.
+    let signals = match Signals::block_all() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("microvm-agent: cannot set up signal handling: {e}");
+            return ExitCode::from(EX_OSERR);
+        }
+    };
+    let action = config::parse_args(args, |k| std::env::var(k).ok());
+    let config = match action {
+        Err(e) => {
+            eprintln!("microvm-agent: configuration error: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+        Ok(Action::Help) => {
+            print!("{}", config::HELP);
+            return ExitCode::SUCCESS;
+        }
+        Ok(Action::Version) => {
+            println!("microvm-agent {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Ok(Action::Check(c)) => {
+            print!("{c}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Action::Run(c)) => *c,
+    };
+    init_logging(&config);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        // The blocking pool is only used for name lookups; a small VM must not die of threads.
+        .max_blocking_threads(2)
+        .build();
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the runtime");
+            return ExitCode::from(EX_OSERR);
+        }
+    };
+    let code = runtime.block_on(async {
+        let listener = match tokio::net::TcpListener::bind(config.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, listen = %config.listen, "cannot listen on the hook port");
+                return i32::from(EX_OSERR);
+            }
+        };
+        crate::run(config, listener, signals, std::future::pending()).await
+    });
+    ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+fn init_logging(config: &config::Config) {
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::prelude::*;
+    let filter: Targets = config.log_filter.parse().unwrap_or_default();
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(false);
+    match config.log_format {
+        LogFormat::Json => tracing_subscriber::registry()
+            .with(
+                fmt.json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_span_list(false)
+                    .with_filter(filter),
+            )
+            .init(),
+        LogFormat::Text => tracing_subscriber::registry()
+            .with(fmt.with_filter(filter))
+            .init(),
+    }
+}

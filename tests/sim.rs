@@ -1,0 +1,337 @@
+//! Black-box tests of `microvm-sim`: it passes a well-behaved entrypoint and catches each kind of
+//! contract violation, with tiny entrypoints that misbehave on purpose.
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+const SIM: &str = env!("CARGO_BIN_EXE_microvm-sim");
+
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().and_then(|p| p.parent()).unwrap().to_path_buf()
+}
+
+fn fixture() -> String {
+    let p = target_dir().join("examples/mva-fixture");
+    assert!(
+        p.exists(),
+        "{} missing: run the tests through cargo test --workspace",
+        p.display()
+    );
+    p.display().to_string()
+}
+
+fn agent() -> String {
+    let p = target_dir().join("microvm-agent");
+    assert!(
+        p.exists(),
+        "{} missing: run the tests through cargo test --workspace",
+        p.display()
+    );
+    p.display().to_string()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Tmp(PathBuf);
+impl Tmp {
+    fn new(tag: &str) -> Tmp {
+        let p = std::env::temp_dir().join(format!("mva-sim-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Tmp(p)
+    }
+}
+impl Drop for Tmp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn hooks_json(dir: &Tmp, port: u16, extra_vm: &str) -> String {
+    let path = dir.0.join("hooks.json");
+    let json = format!(
+        r#"{{"port": {port},
+            "microvmImageHooks": {{"ready": "ENABLED", "readyTimeoutInSeconds": 30, "validate": "ENABLED"}},
+            "microvmHooks": {{"run": "ENABLED", "resume": "ENABLED", "suspend": "ENABLED", "terminate": "ENABLED"{extra_vm}}}}}"#
+    );
+    std::fs::write(&path, json).unwrap();
+    path.display().to_string()
+}
+
+/// Runs the simulator to completion (it bounds every step itself; the test only guards hangs).
+fn sim(args: &[&str]) -> (i32, String) {
+    let mut child = Command::new(SIM)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("microvm-sim hung: {args:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&stdout).into_owned() + &String::from_utf8_lossy(&stderr);
+    (status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn the_demo_runs_the_whole_lifecycle_and_exits_0() {
+    let (code, out) = sim(&[]);
+    assert_eq!(code, 0, "{out}");
+    for step in [
+        "ready",
+        "snapshot",
+        "validate",
+        "run",
+        "suspend",
+        "frozen",
+        "resume",
+        "terminate",
+        "exit",
+        "OK: no contract violation",
+    ] {
+        assert!(
+            out.contains(step),
+            "{step} missing from the timeline:\n{out}"
+        );
+    }
+    assert!(out.contains("generation 1 -> 2"), "{out}");
+}
+
+#[test]
+fn a_well_behaved_entrypoint_passes_and_disabled_hooks_are_skipped() {
+    let dir = Tmp::new("good");
+    let port = free_port();
+    let hooks = hooks_json(&dir, port, "");
+    let (code, out) = sim(&[
+        "--hooks",
+        &hooks,
+        "--suspend-for",
+        "100ms",
+        "--",
+        &fixture(),
+        "fake-hooks",
+        &port.to_string(),
+    ]);
+    assert_eq!(code, 0, "the control case must pass:\n{out}");
+
+    let path = dir.0.join("partial.json");
+    std::fs::write(&path, format!(r#"{{"port": {port}, "microvmImageHooks": {{"ready": "ENABLED"}}, "microvmHooks": {{"run": "ENABLED"}}}}"#)).unwrap();
+    let (code, out) = sim(&[
+        "--hooks",
+        path.to_str().unwrap(),
+        "--suspend-for",
+        "0s",
+        "--",
+        &fixture(),
+        "fake-hooks",
+        &port.to_string(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("suspend    (disabled)")
+            && out.contains("terminate  (disabled: the VM is killed)"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("validate   200"),
+        "validate is disabled:\n{out}"
+    );
+}
+
+#[test]
+fn a_hook_over_its_budget_is_a_violation() {
+    let dir = Tmp::new("slow");
+    let port = free_port();
+    let hooks = hooks_json(&dir, port, "");
+    let (code, out) = sim(&[
+        "--hooks",
+        &hooks,
+        "--",
+        &fixture(),
+        "fake-hooks",
+        &port.to_string(),
+        "slow-run",
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("/run did not answer within its 1 s budget"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_non_200_from_a_runtime_hook_is_a_violation() {
+    let dir = Tmp::new("500");
+    let port = free_port();
+    let hooks = hooks_json(&dir, port, "");
+    let (code, out) = sim(&[
+        "--hooks",
+        &hooks,
+        "--",
+        &fixture(),
+        "fake-hooks",
+        &port.to_string(),
+        "run-500",
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("/run answered 500"), "{out}");
+    assert!(out.contains("the platform ends this VM"), "{out}");
+}
+
+#[test]
+fn ready_200_before_the_app_answers_is_a_violation() {
+    let dir = Tmp::new("early");
+    let port = free_port();
+    let app = free_port();
+    let hooks = hooks_json(&dir, port, "");
+    let app_url = format!("http://127.0.0.1:{app}/healthz");
+    let (code, out) = sim(&[
+        "--hooks",
+        &hooks,
+        "--app-url",
+        &app_url,
+        "--",
+        &fixture(),
+        "fake-hooks",
+        &port.to_string(),
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("/ready said 200 but the app"), "{out}");
+
+    // The real agent with a readiness probe does not make that mistake: the app listens late.
+    let agent_cfg = dir.0.join("agent.toml");
+    std::fs::write(&agent_cfg, format!("[ready]\nhttp = \"{app_url}\"\n")).unwrap();
+    let (code, out) = sim(&[
+        "--hooks",
+        &hooks,
+        "--app-url",
+        &app_url,
+        "--suspend-for",
+        "100ms",
+        "--",
+        &agent(),
+        "-c",
+        agent_cfg.to_str().unwrap(),
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--state-dir",
+        dir.0.join("state").to_str().unwrap(),
+        "--",
+        &fixture(),
+        "serve",
+        &app.to_string(),
+        "700",
+        "/dev/null",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("x 503"),
+        "the agent answered 503 while the app came up:\n{out}"
+    );
+}
+
+#[test]
+fn an_entrypoint_that_does_not_exit_after_terminate_is_a_violation() {
+    let dir = Tmp::new("noexit");
+    let port = free_port();
+    let hooks = hooks_json(&dir, port, "");
+    let (code, out) = sim(&[
+        "--hooks",
+        &hooks,
+        "--exit-within",
+        "1s",
+        "--",
+        &fixture(),
+        "fake-hooks",
+        &port.to_string(),
+        "no-exit",
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("did not exit within 1 s of /terminate"),
+        "{out}"
+    );
+}
+
+#[test]
+fn an_entrypoint_that_never_gets_ready_fails_the_build() {
+    let dir = Tmp::new("never");
+    let port = free_port();
+    let hooks = hooks_json(&dir, port, "");
+    let (code, out) = sim(&[
+        "--hooks",
+        &hooks,
+        "--build-timeout",
+        "1s",
+        "--",
+        "sleep",
+        "30",
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("never answered 200"), "{out}");
+}
+
+#[test]
+fn suspend_freezes_the_whole_process_tree() {
+    let dir = Tmp::new("freeze");
+    let port = free_port();
+    let hooks = hooks_json(&dir, port, "");
+    let ticks = dir.0.join("ticks");
+    let (code, out) = sim(&[
+        "--hooks",
+        &hooks,
+        "--suspend-for",
+        "1500ms",
+        "--",
+        &agent(),
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--state-dir",
+        dir.0.join("state").to_str().unwrap(),
+        "--",
+        &fixture(),
+        "tick",
+        ticks.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let t: Vec<u64> = std::fs::read_to_string(&ticks)
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    let longest = t.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    // The app ticks every 20 ms: only a frozen tree leaves a gap of the whole suspension.
+    assert!(
+        longest >= 1400,
+        "the app kept running while suspended (longest gap {longest} ms)\n{out}"
+    );
+}
+
+#[test]
+fn bad_hooks_json_is_refused_with_the_key() {
+    let dir = Tmp::new("badjson");
+    let path = dir.0.join("h.json");
+    std::fs::write(&path, r#"{"microvmHooks": {"run": "ENABLED"}}"#).unwrap();
+    let (code, out) = sim(&["--hooks", path.to_str().unwrap(), "--", "true"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("microvmImageHooks.ready"), "{out}");
+}

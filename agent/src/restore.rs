@@ -170,7 +170,7 @@ fn arm(timer: &OwnedFd) -> bool {
             tv_nsec: 0,
         },
         it_value: libc::timespec {
-            tv_sec: libc::time_t::from(i32::MAX),
+            tv_sec: i32::MAX.into(),
             tv_nsec: 0,
         },
     };

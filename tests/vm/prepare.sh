@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Prepares what the clone test (tests/clone_vm.rs) needs, into target/vm/:
+#   vmlinuz, e1000.ko       from Debian's kernel package, extracted with dpkg -x (not installed)
+#   microvm-agent           the agent, static (x86_64-unknown-linux-musl)
+#   mva-fixture             the fixture app, static
+# and installs qemu-system-x86 and busybox-static from the distribution when they are missing.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+out=target/vm
+mkdir -p "$out"
+
+pkgs=()
+command -v qemu-system-x86_64 >/dev/null || pkgs+=(qemu-system-x86)
+dpkg -s busybox-static >/dev/null 2>&1 || pkgs+=(busybox-static)
+if [ ${#pkgs[@]} -gt 0 ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
+fi
+
+if [ ! -f "$out/vmlinuz" ] || [ ! -f "$out/e1000.ko" ]; then
+  [ -n "$(apt-cache policy linux-image-amd64 2>/dev/null | grep Candidate)" ] || apt-get update -qq
+  image=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+  tmp=$(mktemp -d)
+  (cd "$tmp" && apt-get download "$image" >/dev/null 2>&1)
+  dpkg -x "$tmp"/linux-image-*.deb "$tmp/root"
+  cp "$tmp"/root/boot/vmlinuz-* "$out/vmlinuz"
+  find "$tmp/root/lib/modules" -name e1000.ko -exec cp {} "$out/e1000.ko" \;
+  rm -rf "$tmp"
+fi
+
+rustup target add x86_64-unknown-linux-musl >/dev/null 2>&1
+cargo build -q --release --target x86_64-unknown-linux-musl -p microvm-agent --bin microvm-agent --example mva-fixture
+cp target/x86_64-unknown-linux-musl/release/microvm-agent "$out/"
+cp target/x86_64-unknown-linux-musl/release/examples/mva-fixture "$out/"
+echo "prepared $(ls "$out" | tr '\n' ' ')in $out"

@@ -16,6 +16,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Straight to the stderr handle: `cargo test` captures `eprintln!` of passing tests, and CI's log
+/// must show the values each clone was compared on.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 fn vm_dir() -> PathBuf {
     std::env::var_os("MICROVM_AGENT_VM_DIR")
         .map(PathBuf::from)
@@ -458,11 +466,11 @@ fn variant(lab: &Lab, vmgenid: bool) {
     let t = Instant::now();
     let mut origin = lab.boot(&format!("origin-{vmgenid}"), vmgenid, None);
     origin.wait_ready(Duration::from_secs(180));
-    eprintln!("[{tag}] booted and ready in {:?}", t.elapsed());
+    say!("[{tag}] booted and ready in {:?}", t.elapsed());
     let t = Instant::now();
     origin.snapshot(&snap);
     drop(origin);
-    eprintln!(
+    say!(
         "[{tag}] snapshot: {} MB in {:?}",
         std::fs::metadata(&snap).unwrap().len() >> 20,
         t.elapsed()
@@ -478,7 +486,7 @@ fn variant(lab: &Lab, vmgenid: bool) {
         let (status, answer) = vm.hook("POST", "/run", body.as_bytes());
         assert_eq!(status, 200, "{answer}\n{}", vm.console());
         let v = collect(&vm);
-        eprintln!(
+        say!(
             "[{tag}] clone {i} (restored + /run in {:?}): {v:?}",
             t.elapsed()
         );
@@ -517,7 +525,7 @@ fn variant(lab: &Lab, vmgenid: bool) {
     assert_eq!(clones[0].hook("POST", "/suspend", b"").0, 200);
     assert_eq!(clones[0].hook("POST", "/resume", b"").0, 200);
     let after = collect(&clones[0]);
-    eprintln!("[{tag}] clone 0 after suspend + resume: {after:?}");
+    say!("[{tag}] clone 0 after suspend + resume: {after:?}");
     assert_ne!(after.generation_id, before.generation_id);
     assert_ne!(after.secret, before.secret);
     drop(clones);
@@ -529,18 +537,19 @@ fn variant(lab: &Lab, vmgenid: bool) {
             let mut vm = lab.boot(&format!("control{i}"), false, Some(&snap));
             vm.resume_clone();
             let v = (vm.app("/peek"), vm.app("/getrandom"));
-            eprintln!(
+            say!(
                 "[{tag}] control clone {i} (no /run): user-space {}, kernel {}",
-                v.0, v.1
+                v.0,
+                v.1
             );
             seen.push(v);
         }
         assert_eq!(seen[0].0, seen[1].0, "without /run the clones must share the user-space value (else this test could not fail)");
         // Reported, not asserted: the kernel may reseed itself on its own timer at any moment.
         if seen[0].1 == seen[1].1 {
-            eprintln!("[{tag}] negative control: without /run the clones' kernel getrandom is identical too, so the difference above is the agent's reseed");
+            say!("[{tag}] negative control: without /run the clones' kernel getrandom is identical too, so the difference above is the agent's reseed");
         } else {
-            eprintln!("[{tag}] negative control: the kernel reseeded itself after the restore (its values differ even without /run)");
+            say!("[{tag}] negative control: the kernel reseeded itself after the restore (its values differ even without /run)");
         }
     }
     let _ = std::fs::remove_file(&snap);
@@ -553,7 +562,7 @@ fn clones_of_one_snapshot_disagree_on_everything_that_must_be_unique() {
         if std::env::var("MICROVM_AGENT_REQUIRE_VM").is_ok_and(|v| v == "1") {
             panic!("MICROVM_AGENT_REQUIRE_VM=1 but the clone test cannot run; missing: {missing:?} (run tests/vm/prepare.sh)");
         }
-        eprintln!("\n*** clone test SKIPPED: missing {missing:?}; run tests/vm/prepare.sh to enable it ***\n");
+        say!("\n*** clone test SKIPPED: missing {missing:?}; run tests/vm/prepare.sh to enable it ***\n");
         return;
     }
     let dir = std::env::temp_dir().join(format!("mva-clone-vm-{}", std::process::id()));
@@ -561,7 +570,7 @@ fn clones_of_one_snapshot_disagree_on_everything_that_must_be_unique() {
     let initrd = dir.join("initramfs.cpio");
     initramfs(&initrd);
     let accel = if kvm_works(&dir) { "kvm" } else { "tcg" };
-    eprintln!("clone test: QEMU with {accel}");
+    say!("clone test: QEMU with {accel}");
     let lab = Lab {
         dir: dir.clone(),
         accel,

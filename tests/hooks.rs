@@ -3,7 +3,7 @@
 mod common;
 
 use std::io::{BufReader, Read, Write};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -469,7 +469,7 @@ fn sidecar_exits_0_on_sigterm_and_sigint() {
 }
 
 fn agent_cmd(args: &[&str]) -> std::process::Output {
-    Command::new(AGENT)
+    agent_command()
         .args(args)
         .env_remove("MICROVM_AGENT_CONFIG")
         .stdin(Stdio::null())
@@ -532,7 +532,7 @@ fn every_kind_of_bad_configuration_exits_64_naming_the_key() {
         ("MICROVM_AGENT_LOG", "info,=["),
         ("MICROVM_AGENT_LOG_FORMAT", "yaml"),
     ] {
-        let out = Command::new(AGENT)
+        let out = agent_command()
             .env(var, value)
             .env_remove("MICROVM_AGENT_CONFIG")
             .output()

@@ -7,7 +7,11 @@
 //! - `exec`: a command with `MICROVM_EVENT`, `MICROVM_GENERATION`, `MICROVM_GENERATION_ID` and
 //!   `MICROVM_ID` in its environment; exit 0 acknowledges.
 //! - `restart_on`: the app is restarted; it acknowledges by passing its readiness probe again.
-//!   For runtimes that cannot reseed in process.
+//!   For runtimes that cannot reseed in process. For such an event this is the only channel: the
+//!   old instance is being replaced (telling it could only race its stop), and the new one starts
+//!   from the freshly reseeded kernel and can read the generation from the state directory. For such an event this is the only channel: the
+//!   old instance is being replaced (telling it could only race its stop), and the new one starts
+//!   from the freshly reseeded kernel and can read the generation from the state directory.
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -76,10 +80,11 @@ pub async fn notify(
     let limit = cfg
         .timeout
         .min(deadline.saturating_duration_since(Instant::now()));
+    let restarting = cfg.restart_on.contains(&event);
     let number = generation.map_or(0, |g| g.generation);
     let id = generation.map(|g| g.id.clone());
     let http = async {
-        let url = cfg.http.as_ref()?;
+        let url = cfg.http.as_ref().filter(|_| !restarting)?;
         let body = json!({ "event": event.as_str(), "generation": number, "id": id, "microvm_id": microvm_id });
         let headers = [("content-type".to_string(), "application/json".to_string())];
         let r = match client::request(url, "POST", &headers, Bytes::from(body.to_string()), limit)
@@ -92,7 +97,7 @@ pub async fn notify(
         Some(("http", r))
     };
     let signal = async {
-        let sig = cfg.signal?;
+        let sig = cfg.signal.filter(|_| !restarting)?;
         let r = match ctx.app_pid {
             Some(pid) if unsafe { libc::kill(pid, sig as i32) } == 0 => Ok(()),
             Some(_) => Err(format!(
@@ -105,7 +110,7 @@ pub async fn notify(
         Some(("signal", r))
     };
     let exec = async {
-        let command = cfg.exec.as_ref()?;
+        let command = cfg.exec.as_ref().filter(|_| !restarting)?;
         let argv: Vec<OsString> = command.iter().map(OsString::from).collect();
         let env = vec![
             ("MICROVM_EVENT", event.as_str().to_string()),
@@ -128,7 +133,7 @@ pub async fn notify(
         Some(("exec", r))
     };
     let restart = async {
-        if !cfg.restart_on.contains(&event) {
+        if !restarting {
             return None;
         }
         Some((

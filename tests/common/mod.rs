@@ -12,7 +12,29 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-pub const AGENT: &str = env!("CARGO_BIN_EXE_microvm-agent");
+/// The agent under test: this build, or `MICROVM_AGENT_BIN` (e.g. the aarch64 build), run
+/// through `MICROVM_AGENT_RUNNER` when set (e.g. `qemu-aarch64-static`).
+pub fn agent_argv() -> Vec<String> {
+    let bin = std::env::var("MICROVM_AGENT_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_microvm-agent").to_string());
+    match std::env::var("MICROVM_AGENT_RUNNER") {
+        Ok(runner) if !runner.is_empty() => vec![runner, bin],
+        _ => vec![bin],
+    }
+}
+
+/// A `Command` for the agent under test.
+pub fn agent_command() -> Command {
+    let argv = agent_argv();
+    let mut c = Command::new(&argv[0]);
+    c.args(&argv[1..]);
+    c
+}
+
+/// Whether the agent runs under an emulator (some kernel interfaces are then not the host's).
+pub fn emulated() -> bool {
+    std::env::var("MICROVM_AGENT_RUNNER").is_ok_and(|r| !r.is_empty())
+}
 
 /// Generous bound for anything a test waits on: it only guards against hangs, never measures.
 pub const PATIENCE: Duration = Duration::from_secs(30);
@@ -208,7 +230,7 @@ impl Agent {
             );
         }
         argv.extend(spec.wrapper.iter().cloned());
-        argv.push(AGENT.to_string());
+        argv.extend(agent_argv());
         argv.extend(["--listen", "127.0.0.1:0", "--log-format", "json"].map(String::from));
         argv.push("--state-dir".into());
         argv.push(dir.join("state").display().to_string());

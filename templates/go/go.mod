@@ -1,0 +1,3 @@
+module example.com/microvm-app
+
+go 1.19

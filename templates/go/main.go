@@ -1,0 +1,74 @@
+// A clone-safe Go app for microvm-agent (standard library only).
+//
+// The trap: the math/rand (and math/rand/v2) global generators are seeded once when the process
+// starts, during the image build, and cannot be reseeded: every clone draws the same numbers.
+// The fix: keep your own *rand.Rand and replace it when the agent announces a new generation, or
+// use crypto/rand, which reads the kernel on every call and is safe as it is.
+package main
+
+import (
+	crand "crypto/rand"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"math/rand"
+	"net/http"
+	"os"
+	"sync"
+)
+
+var (
+	mu         sync.Mutex
+	seed       int64
+	draws      int64
+	rng        *rand.Rand
+	generation int64
+)
+
+// reseed replaces the generator with one seeded from the kernel the agent just reseeded.
+func reseed() {
+	var b [8]byte
+	_, _ = crand.Read(b[:])
+	seed = int64(binary.LittleEndian.Uint64(b[:]))
+	rng = rand.New(rand.NewSource(seed))
+	draws = 0
+}
+
+// fingerprint identifies the generator's state: its seed and how far it has been drawn.
+func fingerprint() string { return fmt.Sprintf("%016x-%d", uint64(seed), draws) }
+
+func main() {
+	reseed()
+	port := os.Getenv("PORT")
+	if port == "" {
+		port = "8080"
+	}
+	http.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, `{"ok":true}`) })
+	http.HandleFunc("/whoami", func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		draws++
+		_ = json.NewEncoder(w).Encode(map[string]any{"generation": generation, "random": rng.Int63(), "fingerprint": fingerprint()})
+	})
+	http.HandleFunc("/__lifecycle", func(w http.ResponseWriter, r *http.Request) {
+		var event struct {
+			Event      string `json:"event"`
+			Generation int64  `json:"generation"`
+		}
+		_ = json.NewDecoder(r.Body).Decode(&event)
+		mu.Lock()
+		before := fingerprint()
+		if event.Event == "run" || event.Event == "resume" || event.Event == "validate" {
+			reseed()
+			generation = event.Generation
+		}
+		line, _ := json.Marshal(map[string]any{"event": event.Event, "generation": event.Generation, "before": before, "after": fingerprint()})
+		mu.Unlock()
+		fmt.Println(string(line))
+		fmt.Fprint(w, `{"acknowledged":true}`)
+	})
+	if err := http.ListenAndServe("0.0.0.0:"+port, nil); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,79 @@
+//! A clone-safe Rust app for microvm-agent (std HTTP, `rand` 0.9).
+//!
+//! The trap: `rand::rng()` (ThreadRng) and any `StdRng` you keep are seeded once, during the image
+//! build, and only reseed after 64 KiB of output: every clone draws the same numbers. The fix:
+//! replace (or `reseed()`, per thread for ThreadRng) when the agent announces a new generation.
+//! `OsRng` / `getrandom` read the kernel on every call and are safe as they are.
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::Mutex;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+static RNG: Mutex<Option<StdRng>> = Mutex::new(None);
+static GENERATION: Mutex<u64> = Mutex::new(0);
+
+fn reseed() {
+    *RNG.lock().unwrap() = Some(StdRng::from_os_rng()); // the kernel the agent just reseeded
+}
+
+/// The generator's next value, drawn from a copy: a fingerprint of its state.
+fn fingerprint() -> String {
+    let copy = RNG.lock().unwrap().clone();
+    format!("{:016x}", copy.expect("seeded").random::<u64>())
+}
+
+fn field<'a>(json: &'a str, name: &str) -> &'a str {
+    let key = format!("\"{name}\":");
+    json.find(&key).map_or("", |i| json[i + key.len()..].trim_start().trim_start_matches('"').split(['"', ',', '}']).next().unwrap_or(""))
+}
+
+fn main() {
+    reseed();
+    let port = std::env::var("PORT").unwrap_or_else(|_| "8080".into());
+    let listener = TcpListener::bind(format!("0.0.0.0:{port}")).expect("bind");
+    for conn in listener.incoming().flatten() {
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(conn.try_clone().unwrap());
+            let mut w = conn;
+            let mut line = String::new();
+            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            let mut len = 0;
+            loop {
+                let mut h = String::new();
+                if r.read_line(&mut h).unwrap_or(0) == 0 || h.trim_end().is_empty() {
+                    break;
+                }
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; len];
+            let _ = r.read_exact(&mut body);
+            let body = String::from_utf8_lossy(&body).into_owned();
+            let (status, text) = match line.split_whitespace().nth(1).unwrap_or("/") {
+                "/healthz" => ("200 OK", r#"{"ok":true}"#.to_string()),
+                "/whoami" => {
+                    let value: u64 = RNG.lock().unwrap().as_mut().expect("seeded").random();
+                    let g = *GENERATION.lock().unwrap();
+                    ("200 OK", format!(r#"{{"generation":{g},"random":{value},"fingerprint":"{}"}}"#, fingerprint()))
+                }
+                "/__lifecycle" => {
+                    let (event, generation) = (field(&body, "event"), field(&body, "generation"));
+                    let before = fingerprint();
+                    if matches!(event, "run" | "resume" | "validate") {
+                        reseed();
+                        *GENERATION.lock().unwrap() = generation.parse().unwrap_or(0);
+                    }
+                    println!(r#"{{"event":"{event}","generation":{generation},"before":"{before}","after":"{}"}}"#, fingerprint());
+                    ("200 OK", r#"{"acknowledged":true}"#.to_string())
+                }
+                _ => ("404 Not Found", r#"{"error":"not found"}"#.to_string()),
+            };
+            let _ = write!(w, "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}", text.len());
+        });
+    }
+}

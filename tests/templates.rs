@@ -1,0 +1,279 @@
+//! Every template in `templates/` runs with its real runtime under `microvm-sim`, with the
+//! template's own `microvm-agent.toml` and `hooks.json` (only the ports changed), and must show
+//! that its app was told of each new generation, acknowledged it, and that its random generator's
+//! state really changed across the notification. A template that is not tested does not ship.
+//!
+//! A missing runtime skips that template loudly; `MICROVM_AGENT_REQUIRE_TEMPLATES=1` (CI) fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SIM: &str = env!("CARGO_BIN_EXE_microvm-sim");
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn agent() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let p = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("microvm-agent");
+    assert!(
+        p.exists(),
+        "{} missing: run through cargo test --workspace",
+        p.display()
+    );
+    p
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new(cmd)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+        || Command::new(cmd)
+            .arg("-version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok()
+}
+
+fn run(cmd: &mut Command, what: &str) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Copies a template into a fresh directory with its ports replaced, builds it, and returns the
+/// directory and the app's command.
+fn prepare(lang: &str, app_port: u16, hook_port: u16) -> (PathBuf, Vec<String>) {
+    let src = root().join("templates").join(lang);
+    let dir = std::env::temp_dir().join(format!("mva-template-{lang}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let copy = |name: &str| {
+        let text = std::fs::read_to_string(src.join(name)).unwrap();
+        std::fs::write(
+            dir.join(name),
+            text.replace("8080", &app_port.to_string())
+                .replace("\"port\": 9000", &format!("\"port\": {hook_port}")),
+        )
+        .unwrap();
+    };
+    copy("microvm-agent.toml");
+    copy("hooks.json");
+    let d = dir.display().to_string();
+    let command = match lang {
+        "python" => vec!["python3".into(), src.join("app.py").display().to_string()],
+        "node" => vec!["node".into(), src.join("app.js").display().to_string()],
+        "java" => {
+            run(
+                Command::new("javac")
+                    .args(["-d", &d])
+                    .arg(src.join("App.java")),
+                "javac",
+            );
+            vec!["java".into(), "-cp".into(), d.clone(), "App".into()]
+        }
+        "go" => {
+            run(
+                Command::new("go")
+                    .args(["build", "-o", &format!("{d}/server"), "."])
+                    .current_dir(&src)
+                    .env("GOFLAGS", "-mod=mod"),
+                "go build",
+            );
+            vec![format!("{d}/server")]
+        }
+        "rust" => {
+            let target = root().join("target/template-rust");
+            run(
+                Command::new("cargo")
+                    .args(["build", "-q", "--release", "--manifest-path"])
+                    .arg(src.join("Cargo.toml"))
+                    .env("CARGO_TARGET_DIR", &target),
+                "cargo build (template)",
+            );
+            vec![target.join("release/microvm-app").display().to_string()]
+        }
+        other => panic!("no such template {other}"),
+    };
+    (dir, command)
+}
+
+/// The app's JSON lines from the simulator's output.
+fn events(out: &str) -> Vec<serde_json::Value> {
+    out.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("event").is_some())
+        .collect()
+}
+
+fn template(lang: &str, runtime: &[&str]) {
+    if let Some(missing) = runtime.iter().find(|r| !have(r)) {
+        if std::env::var("MICROVM_AGENT_REQUIRE_TEMPLATES").is_ok_and(|v| v == "1") {
+            panic!("the {lang} template needs {missing}, which is not installed");
+        }
+        eprintln!("\n*** {lang} template SKIPPED: {missing} is not installed ***\n");
+        return;
+    }
+    let (app_port, hook_port) = (free_port(), free_port());
+    let (dir, command) = prepare(lang, app_port, hook_port);
+    let mut args: Vec<String> = vec![
+        "--hooks".into(),
+        dir.join("hooks.json").display().to_string(),
+        "--app-url".into(),
+        format!("http://127.0.0.1:{app_port}/healthz"),
+        "--suspend-for".into(),
+        "200ms".into(),
+        "--".into(),
+        agent().display().to_string(),
+        "-c".into(),
+        dir.join("microvm-agent.toml").display().to_string(),
+        "--listen".into(),
+        format!("127.0.0.1:{hook_port}"),
+        "--state-dir".into(),
+        dir.join("state").display().to_string(),
+        "--".into(),
+    ];
+    args.extend(command);
+    let t = Instant::now();
+    let mut child = Command::new(SIM)
+        .args(&args)
+        .env("PORT", app_port.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "{lang}: the simulator hung"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{lang} under microvm-sim:\n{text}"
+    );
+    let ev = events(&text);
+    if lang == "node" {
+        // restart_on = ["run"]: a new process, with a generator of its own.
+        let starts: Vec<&serde_json::Value> = ev.iter().filter(|e| e["event"] == "start").collect();
+        assert_eq!(
+            starts.len(),
+            2,
+            "{lang}: started once, restarted once on /run:\n{text}"
+        );
+        assert_ne!(starts[0]["pid"], starts[1]["pid"]);
+        assert_ne!(
+            starts[0]["fingerprint"], starts[1]["fingerprint"],
+            "{lang}: the restarted app has a fresh generator"
+        );
+        assert!(
+            ev.iter().any(|e| e["event"] == "resume"),
+            "{lang}: told of the resume:\n{text}"
+        );
+        assert!(
+            !ev.iter().any(|e| e["event"] == "run"),
+            "{lang}: the instance being replaced is not told of /run"
+        );
+    } else {
+        for event in ["validate", "run", "resume"] {
+            let e = ev
+                .iter()
+                .find(|e| e["event"] == event)
+                .unwrap_or_else(|| panic!("{lang}: never told of {event}:\n{text}"));
+            assert_ne!(
+                e["before"], e["after"],
+                "{lang}: the generator did not change on {event}: {e}"
+            );
+        }
+        assert!(
+            ev.iter().any(|e| e["event"] == "suspend"),
+            "{lang}: told of the suspend:\n{text}"
+        );
+    }
+    eprintln!(
+        "{lang}: passed under microvm-sim in {:?} ({} events)",
+        t.elapsed(),
+        ev.len()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn python_template() {
+    template("python", &["python3"]);
+}
+
+#[test]
+fn node_template() {
+    template("node", &["node"]);
+}
+
+#[test]
+fn java_template() {
+    template("java", &["java", "javac"]);
+}
+
+#[test]
+fn go_template() {
+    template("go", &["go"]);
+}
+
+#[test]
+fn rust_template() {
+    template("rust", &["cargo"]);
+}
+
+#[test]
+fn every_template_configuration_passes_check() {
+    for lang in ["python", "node", "java", "go", "rust"] {
+        let path = root()
+            .join("templates")
+            .join(lang)
+            .join("microvm-agent.toml");
+        let out = Command::new(agent())
+            .arg("--check")
+            .arg("-c")
+            .arg(&path)
+            .env_remove("MICROVM_AGENT_CONFIG")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{lang}: microvm-agent --check failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for file in ["Dockerfile", "hooks.json"] {
+            assert!(
+                root().join("templates").join(lang).join(file).exists(),
+                "{lang}: no {file}"
+            );
+        }
+    }
+}

@@ -33,6 +33,11 @@ pub fn parse(body: &[u8]) -> RunBody {
         payload: body.to_vec(),
         microvm_id: None,
     };
+    // Only an object can be the wrapper: serde would also accept a struct written as an array
+    // (`["vm-1", "payload"]`), which is a caller's payload, not the platform's wrapper.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return raw();
+    }
     let Ok(w) = serde_json::from_slice::<Wrapper>(body) else {
         return raw();
     };
@@ -99,6 +104,9 @@ mod tests {
             br#"{"microvmId":"spoof","tenant":7}"#,
             br#"{"microvmId":5,"runHookPayload":"x"}"#,
             br#"{"runHookPayload":"x""#,
+            // Found by the run_body fuzzer: arrays are not the wrapper.
+            b"[null,\n 6]",
+            br#"["spoof-id", "payload"]"#,
         ] {
             assert_eq!(
                 p(body),

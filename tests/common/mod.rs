@@ -93,7 +93,10 @@ impl Drop for TempDir {
 
 /// Lines a child wrote, collected by a reader thread, with a condition to wait on.
 #[derive(Clone, Default)]
-pub struct Lines(Arc<(Mutex<Vec<String>>, Condvar)>);
+pub struct Lines(
+    Arc<(Mutex<Vec<String>>, Condvar)>,
+    Arc<std::sync::atomic::AtomicBool>,
+);
 
 impl Lines {
     fn collect(self, pipe: impl Read + Send + 'static) {
@@ -104,7 +107,16 @@ impl Lines {
                 lock.lock().unwrap().push(line);
                 cv.notify_all();
             }
+            self.1.store(true, Ordering::SeqCst);
         });
+    }
+
+    /// Waits (briefly) until the writer closed the pipe, so that every line is in.
+    fn drained(&self) {
+        let t = Instant::now();
+        while !self.1.load(Ordering::SeqCst) && t.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     pub fn all(&self) -> Vec<String> {
@@ -326,6 +338,8 @@ impl Agent {
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
                 self.status = Some(s);
+                self.stderr.drained();
+                self.stdout.drained();
                 return Some(s);
             }
             if Instant::now() >= deadline {

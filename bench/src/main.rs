@@ -1,0 +1,646 @@
+//! `microvm-bench [--quick]`: microvm-agent side by side with its peers, in one run, on this
+//! machine. Full runs write `BENCHMARKS.md` and `bench/results.json`; `--quick` (CI) runs every
+//! measurement briefly and writes `target/bench-quick.json`, so the suite never rots. Nothing here
+//! judges the numbers: the budget lines in BENCHMARKS.md compare them, with the peer measured in
+//! the same run.
+//!
+//! Peers: the hook server of `microvm-ctl` 0.5.0 (installed into a temporary venv from PyPI), a
+//! minimal axum server answering 200 to everything (the floor for an HTTP round trip here; this
+//! binary re-executed as `__floor`), and tini (from the distribution) for spawn-and-exit.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const PREFIX: &str = "/aws/lambda-microvms/runtime/v1";
+
+struct Opts {
+    quick: bool,
+}
+
+impl Opts {
+    fn n(&self, full: usize, quick: usize) -> usize {
+        if self.quick {
+            quick
+        } else {
+            full
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process killed when dropped.
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(argv: &[String], env: &[(&str, String)]) -> Proc {
+    use std::os::unix::process::CommandExt;
+    let mut c = Command::new(&argv[0]);
+    c.args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    Proc(
+        c.spawn()
+            .unwrap_or_else(|e| panic!("cannot start {argv:?}: {e}")),
+    )
+}
+
+fn wait_port(port: u16) {
+    let t = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "nothing listens on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+// ------------------------------------------------------------------ the client
+
+fn request(method: &str, path: &str, port: u16, body: &str, close: bool) -> Vec<u8> {
+    let conn = if close { "Connection: close\r\n" } else { "" };
+    format!("{method} {path} HTTP/1.1\r\nHost: localhost:{port}\r\n{conn}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
+}
+
+/// Reads one response; returns its status.
+fn read_one(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<u16> {
+    buf.clear();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            let status = head.split_whitespace().nth(1)?.parse().ok()?;
+            let len = head.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse::<usize>().ok())?
+            });
+            match len {
+                Some(len) => {
+                    while buf.len() < end + 4 + len {
+                        let n = s.read(&mut chunk).ok()?;
+                        if n == 0 {
+                            return None;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                    }
+                    return Some(status);
+                }
+                None => {
+                    // Close-delimited: read to the end.
+                    while s.read(&mut chunk).ok()? > 0 {}
+                    return Some(status);
+                }
+            }
+        }
+        let n = s.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// One request on a new connection; its status and round-trip time.
+fn once(port: u16, method: &str, path: &str, body: &str) -> (Option<u16>, Duration) {
+    let t = Instant::now();
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return (None, t.elapsed());
+    };
+    let _ = s.set_nodelay(true);
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    if s.write_all(&request(method, path, port, body, true))
+        .is_err()
+    {
+        return (None, t.elapsed());
+    }
+    let status = read_one(&mut s, &mut Vec::new());
+    (status, t.elapsed())
+}
+
+#[derive(Default)]
+struct Stats {
+    samples: Vec<Duration>,
+    errors: usize,
+}
+
+impl Stats {
+    fn pct(&self, p: f64) -> f64 {
+        let mut v = self.samples.clone();
+        v.sort();
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+        v[i].as_secs_f64() * 1e6
+    }
+    fn json(&self) -> Value {
+        json!({ "n": self.samples.len(), "errors": self.errors, "p50_us": self.pct(0.5), "p99_us": self.pct(0.99), "max_us": self.pct(1.0) })
+    }
+}
+
+/// `n` requests, each on a new connection.
+fn closed_loop(port: u16, method: &str, path: &str, body: &str, n: usize) -> Stats {
+    let mut st = Stats::default();
+    for _ in 0..n {
+        let (status, took) = once(port, method, path, body);
+        match status {
+            Some(200..=299) => st.samples.push(took),
+            _ => st.errors += 1,
+        }
+    }
+    st
+}
+
+/// `n` requests on one keep-alive connection.
+fn keep_alive(port: u16, method: &str, path: &str, n: usize) -> Stats {
+    let mut st = Stats::default();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_nodelay(true).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let req = request(method, path, port, "", false);
+    let mut buf = Vec::new();
+    for _ in 0..n {
+        let t = Instant::now();
+        if s.write_all(&req).is_err() {
+            st.errors += 1;
+            break;
+        }
+        match read_one(&mut s, &mut buf) {
+            Some(200..=299) => st.samples.push(t.elapsed()),
+            _ => {
+                st.errors += 1;
+                break;
+            }
+        }
+    }
+    st
+}
+
+// ------------------------------------------------------------------ the subjects
+
+fn cargo_build(args: &[&str]) {
+    let ok = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(args)
+        .current_dir(root())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "cargo {args:?} failed");
+}
+
+fn agent_bin() -> PathBuf {
+    cargo_build(&[
+        "build",
+        "-q",
+        "--release",
+        "-p",
+        "microvm-agent",
+        "--bin",
+        "microvm-agent",
+    ]);
+    root().join("target/release/microvm-agent")
+}
+
+struct Agent {
+    proc: Proc,
+    port: u16,
+    _dir: PathBuf,
+}
+
+fn start_agent(bin: &Path, config: &str, app: &[&str]) -> Agent {
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("mva-bench-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("agent.toml"), config).unwrap();
+    let mut argv: Vec<String> = vec![
+        bin.display().to_string(),
+        "-c".into(),
+        dir.join("agent.toml").display().to_string(),
+    ];
+    argv.extend([
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--state-dir".into(),
+        dir.join("state").display().to_string(),
+    ]);
+    if !app.is_empty() {
+        argv.push("--".into());
+        argv.extend(app.iter().map(|s| s.to_string()));
+    }
+    let proc = spawn(&argv, &[("MICROVM_AGENT_LOG", "error".into())]);
+    wait_port(port);
+    Agent {
+        proc,
+        port,
+        _dir: dir,
+    }
+}
+
+/// The microvm-ctl 0.5.0 hook server in a temporary venv; `None` if PyPI is out of reach.
+fn start_peer() -> Option<(Proc, u16)> {
+    let venv = std::env::temp_dir().join("mva-bench-venv");
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        let ok = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .ok()?
+            .success();
+        let pip = venv.join("bin/pip");
+        if !ok
+            || !Command::new(&pip)
+                .args(["install", "-q", "microvm-ctl==0.5.0"])
+                .status()
+                .ok()?
+                .success()
+        {
+            return None;
+        }
+    }
+    let port = free_port();
+    let code = format!("from microvm.hooks.server import HookApp\nHookApp().serve(port={port})");
+    let proc = spawn(&[python.display().to_string(), "-c".into(), code], &[]);
+    wait_port(port);
+    Some((proc, port))
+}
+
+fn start_floor() -> (Proc, u16) {
+    let port = free_port();
+    let me = std::env::current_exe().unwrap().display().to_string();
+    let proc = spawn(&[me, "__floor".into(), port.to_string()], &[]);
+    wait_port(port);
+    (proc, port)
+}
+
+fn floor(port: u16) -> ! {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let app = axum::Router::new().fallback(|| async { "ok" });
+        use axum::serve::ListenerExt;
+        let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap()
+            .tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+        axum::serve(l, app).await.unwrap();
+    });
+    std::process::exit(0)
+}
+
+/// A trivial app that acknowledges every lifecycle callback (`__ack PORT`).
+fn ack(port: u16) -> ! {
+    let l = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    for mut s in l.incoming().flatten() {
+        let mut buf = Vec::new();
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut chunk = [0u8; 2048];
+        while let Ok(n) = s.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                let len = head
+                    .lines()
+                    .find_map(|l| {
+                        l.strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                    })
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + len {
+                    break;
+                }
+            }
+        }
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+    }
+    std::process::exit(0)
+}
+
+fn status_field(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field).map(|v| {
+                v.split_whitespace()
+                    .next()
+                    .unwrap_or("0")
+                    .parse()
+                    .unwrap_or(0)
+            })
+        })
+        .unwrap_or(0)
+}
+
+fn switches(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.flatten()
+                .map(|t| status_field_path(&t.path().join("status"), "voluntary_ctxt_switches:"))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn status_field_path(p: &Path, field: &str) -> u64 {
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field).map(|v| v.trim().parse().unwrap_or(0)))
+        .unwrap_or(0)
+}
+
+/// Whole-process time of `argv` over `n` runs: (p50, mean) in microseconds.
+fn spawn_time(argv: &[&str], n: usize) -> Option<(f64, f64)> {
+    let mut v = Vec::new();
+    for _ in 0..n {
+        let t = Instant::now();
+        let s = Command::new(argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .ok()?;
+        if !s.success() {
+            return None;
+        }
+        v.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    Some((v[v.len() / 2], v.iter().sum::<f64>() / v.len() as f64))
+}
+
+// ------------------------------------------------------------------ the run
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("__floor") => floor(args[2].parse().unwrap()),
+        Some("__ack") => ack(args[2].parse().unwrap()),
+        _ => {}
+    }
+    let o = Opts {
+        quick: args.iter().any(|a| a == "--quick"),
+    };
+    let mut r = serde_json::Map::new();
+    let bin = agent_bin();
+    let me = std::env::current_exe().unwrap().display().to_string();
+    eprintln!(
+        "microvm-bench{}: agent {}",
+        if o.quick { " --quick" } else { "" },
+        bin.display()
+    );
+
+    // Hook latency, empty configuration.
+    let lat_n = o.n(5000, 200);
+    let a = start_agent(&bin, "", &["sleep", "100000"]);
+    let _ = once(a.port, "POST", &format!("{PREFIX}/run"), "");
+    let (floor_proc, floor_port) = start_floor();
+    r.insert(
+        "floor_get".into(),
+        closed_loop(floor_port, "GET", "/", "", lat_n).json(),
+    );
+    r.insert(
+        "floor_keepalive".into(),
+        keep_alive(floor_port, "GET", "/", lat_n).json(),
+    );
+    drop(floor_proc);
+    r.insert(
+        "agent_ready".into(),
+        closed_loop(a.port, "GET", &format!("{PREFIX}/ready"), "", lat_n).json(),
+    );
+    r.insert(
+        "agent_resume_empty".into(),
+        closed_loop(a.port, "POST", &format!("{PREFIX}/resume"), "", lat_n).json(),
+    );
+    r.insert(
+        "agent_keepalive".into(),
+        keep_alive(a.port, "GET", &format!("{PREFIX}/ready"), lat_n).json(),
+    );
+    // Memory and idle cost of the agent supervising an app, readiness passed.
+    let pid = a.proc.0.id();
+    r.insert(
+        "agent_idle_rss_kib".into(),
+        json!(status_field(pid, "VmRSS:")),
+    );
+    let idle = Duration::from_secs(if o.quick { 3 } else { 30 });
+    let before = switches(pid);
+    std::thread::sleep(idle);
+    r.insert(
+        "agent_idle_switches".into(),
+        json!({ "seconds": idle.as_secs(), "voluntary": switches(pid) - before }),
+    );
+    // 200 concurrent /ready pollers.
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+    let per = o.n(25, 3);
+    let port = a.port;
+    let threads: Vec<_> = (0..200)
+        .map(|_| {
+            std::thread::spawn(move || {
+                closed_loop(port, "GET", &format!("{PREFIX}/ready"), "", per)
+            })
+        })
+        .collect();
+    let mut all = Stats::default();
+    for t in threads {
+        let s = t.join().unwrap();
+        all.samples.extend(s.samples);
+        all.errors += s.errors;
+    }
+    let mut pollers = all.json();
+    pollers["peak_rss_kib"] = json!(status_field(pid, "VmHWM:"));
+    r.insert("agent_200_pollers".into(), pollers);
+    drop(a);
+
+    // The full routine on /resume: kernel reseed, two secrets, an HTTP notify acknowledged by an app.
+    let ack_port = free_port();
+    let cfg = format!(
+        "[ready]\ntcp = \"127.0.0.1:{ack_port}\"\n[notify]\nhttp = \"http://127.0.0.1:{ack_port}/__lifecycle\"\n[[secret]]\nname = \"a\"\nbytes = 32\n[[secret]]\nname = \"b\"\nbytes = 32\nencoding = \"base64\"\n"
+    );
+    let a = start_agent(&bin, &cfg, &[&me, "__ack", &ack_port.to_string()]);
+    wait_port(ack_port);
+    while once(a.port, "GET", "/ready", "").0 != Some(200) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = once(
+        a.port,
+        "POST",
+        &format!("{PREFIX}/run"),
+        "{\"microvmId\":\"bench\"}",
+    );
+    let mut routine = Stats::default();
+    for _ in 0..o.n(2000, 100) {
+        let _ = once(a.port, "POST", &format!("{PREFIX}/suspend"), "");
+        let (status, took) = once(a.port, "POST", &format!("{PREFIX}/resume"), "");
+        match status {
+            Some(200) => routine.samples.push(took),
+            _ => routine.errors += 1,
+        }
+    }
+    r.insert("agent_resume_routine".into(), routine.json());
+    drop(a);
+
+    // Readiness: from the app's port accepting to /ready 200 (probe interval 10 ms).
+    let mut noticed = Vec::new();
+    for _ in 0..o.n(10, 2) {
+        let p = free_port();
+        let a = start_agent(
+            &bin,
+            &format!("[ready]\ntcp = \"127.0.0.1:{p}\"\ninterval = \"10ms\"\n"),
+            &["sleep", "100000"],
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        let listener = TcpListener::bind(("127.0.0.1", p)).unwrap();
+        let t = Instant::now();
+        while once(a.port, "GET", "/ready", "").0 != Some(200) {}
+        noticed.push(t.elapsed().as_secs_f64() * 1e3);
+        drop(listener);
+    }
+    noticed.sort_by(|a, b| a.total_cmp(b));
+    r.insert("readiness_ms".into(), json!({ "interval_ms": 10, "median": noticed[noticed.len() / 2], "max": noticed[noticed.len() - 1] }));
+
+    // Start-up: exec to the hook port accepting.
+    let mut startup = Vec::new();
+    for _ in 0..o.n(30, 5) {
+        let port = free_port();
+        let t = Instant::now();
+        let p = spawn(
+            &[
+                bin.display().to_string(),
+                "--listen".into(),
+                format!("127.0.0.1:{port}"),
+                "--state-dir".into(),
+                "/tmp/mva-bench-startup".into(),
+            ],
+            &[],
+        );
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        startup.push(t.elapsed().as_secs_f64() * 1e3);
+        drop(p);
+    }
+    startup.sort_by(|a, b| a.total_cmp(b));
+    r.insert(
+        "agent_startup_ms".into(),
+        json!({ "median": startup[startup.len() / 2] }),
+    );
+
+    // Spawn overhead: `X true` against `tini true` and bare `true`.
+    let n = o.n(300, 20);
+    let agent_true = [
+        bin.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--state-dir",
+        "/tmp/mva-bench-true",
+        "--",
+        "true",
+    ];
+    let mut spawn = json!({ "runs": n });
+    if let Some((p50, mean)) = spawn_time(&["true"], n) {
+        spawn["true"] = json!({ "p50_us": p50, "mean_us": mean });
+    }
+    if let Some((p50, mean)) = spawn_time(&agent_true, n) {
+        spawn["agent"] = json!({ "p50_us": p50, "mean_us": mean });
+    }
+    if let Some((p50, mean)) = spawn_time(&["tini", "-s", "--", "true"], n) {
+        spawn["tini"] = json!({ "p50_us": p50, "mean_us": mean });
+    }
+    r.insert("spawn".into(), spawn);
+
+    // The peer's hook server.
+    match start_peer() {
+        Some((proc, port)) => {
+            let body = "{\"microvmId\":\"bench\",\"runHookPayload\":\"x\"}";
+            r.insert(
+                "peer_run".into(),
+                closed_loop(port, "POST", &format!("{PREFIX}/run"), body, lat_n).json(),
+            );
+            r.insert(
+                "peer_ready".into(),
+                closed_loop(port, "GET", &format!("{PREFIX}/ready"), "", lat_n).json(),
+            );
+            r.insert(
+                "peer_keepalive".into(),
+                keep_alive(port, "GET", &format!("{PREFIX}/ready"), o.n(200, 20)).json(),
+            );
+            r.insert(
+                "peer_idle_rss_kib".into(),
+                json!(status_field(proc.0.id(), "VmRSS:")),
+            );
+        }
+        None => {
+            r.insert(
+                "peer".into(),
+                json!("unavailable: microvm-ctl could not be installed from PyPI"),
+            );
+        }
+    }
+
+    // Sizes of the shipped static binaries.
+    if !o.quick {
+        let _ = Command::new(root().join("scripts/dist.sh")).status();
+    }
+    let mut sizes = json!({});
+    for arch in ["x86_64", "aarch64"] {
+        if let Ok(m) = std::fs::metadata(root().join(format!("dist/microvm-agent-{arch}"))) {
+            sizes[arch] = json!(m.len());
+        }
+    }
+    r.insert("size_bytes".into(), sizes);
+
+    let machine = json!({
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu": std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default().lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())),
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        "date": String::from_utf8_lossy(&Command::new("date").arg("-u").arg("+%Y-%m-%dT%H:%M:%SZ").output().map(|o| o.stdout).unwrap_or_default()).trim(),
+    });
+    r.insert("machine".into(), machine);
+    let results = Value::Object(r);
+    let text = serde_json::to_string_pretty(&results).unwrap();
+    let out = if o.quick {
+        root().join("target/bench-quick.json")
+    } else {
+        root().join("bench/results.json")
+    };
+    std::fs::write(&out, &text).unwrap();
+    println!("{text}");
+    eprintln!("written: {}", out.display());
+}

@@ -40,6 +40,7 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
         Ok(Action::Run(c)) => *c,
     };
     init_logging(&config);
+    crate::spawn::raise_nofile();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
@@ -54,7 +55,7 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
         }
     };
     let code = runtime.block_on(async {
-        let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        let listener = match crate::server::bind(config.listen) {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(error = %e, listen = %config.listen, "cannot listen on the hook port");

@@ -233,10 +233,30 @@ pub fn reseed_kernel(mode: KernelReseed, input: &Input) -> (Reseeded, Option<Str
 }
 
 /// Step 2: the agent's generator, keyed from `getrandom` after the kernel step.
-pub fn fresh_generator() -> ChaCha20Rng {
+///
+/// The per-clone `input` is absorbed as well, not only through the kernel: when the kernel step
+/// could not run (no `CAP_SYS_ADMIN` and `/dev/urandom` not writable) and the hypervisor has no
+/// VMGenID, `getrandom` may still return the cloned state, and secrets drawn from a generator keyed
+/// by it alone would be the same in every clone. Each 32-byte block of input re-keys the
+/// generator with its own output XOR the block (ChaCha20 as the mixing function).
+pub fn fresh_generator(input: &Input) -> ChaCha20Rng {
     let mut seed = [0u8; 32];
     getrandom(&mut seed);
-    let rng = ChaCha20Rng::from_seed(seed);
+    let rng = keyed(seed, &input.bytes);
+    seed.zeroize();
+    rng
+}
+
+/// A generator keyed by `seed`, then by every 32-byte block of `input`.
+fn keyed(mut seed: [u8; 32], input: &[u8]) -> ChaCha20Rng {
+    let mut rng = ChaCha20Rng::from_seed(seed);
+    for block in input.chunks(32) {
+        rng.fill_bytes(&mut seed);
+        for (s, b) in seed.iter_mut().zip(block) {
+            *s ^= b;
+        }
+        rng = ChaCha20Rng::from_seed(seed);
+    }
     seed.zeroize();
     rng
 }
@@ -265,6 +285,28 @@ mod tests {
     }
 
     #[test]
+    fn per_clone_input_alone_separates_generators() {
+        // Two clones whose getrandom returned the same bytes still diverge through their input.
+        let same = [7u8; 32];
+        let a = draw(&mut keyed(same, b"microvm-aaaa"), 16);
+        let b = draw(&mut keyed(same, b"microvm-bbbb"), 16);
+        assert_ne!(a, b);
+        assert_eq!(
+            a,
+            draw(&mut keyed(same, b"microvm-aaaa"), 16),
+            "a function of seed and input"
+        );
+        let long: Vec<u8> = (0..200).collect();
+        let mut tail_changed = long.clone();
+        tail_changed[199] ^= 1;
+        assert_ne!(
+            draw(&mut keyed(same, &long), 16),
+            draw(&mut keyed(same, &tail_changed), 16),
+            "every block counts"
+        );
+    }
+
+    #[test]
     fn off_touches_nothing() {
         assert_eq!(
             reseed_kernel(KernelReseed::Off, &gather(&[])).0,
@@ -274,7 +316,8 @@ mod tests {
 
     #[test]
     fn generators_are_independent() {
-        let (mut a, mut b) = (fresh_generator(), fresh_generator());
+        let input = gather(&[b"same"]);
+        let (mut a, mut b) = (fresh_generator(&input), fresh_generator(&input));
         assert_ne!(draw(&mut a, 32), draw(&mut b, 32));
     }
 }

@@ -62,8 +62,9 @@ impl Generations {
         reason: &'static str,
         microvm_id: Option<String>,
         kernel_reseed: Reseeded,
+        input: &entropy::Input,
     ) -> Generation {
-        let mut rng = entropy::fresh_generator();
+        let mut rng = entropy::fresh_generator(input);
         let id: String = entropy::draw(&mut rng, 16)
             .iter()
             .map(|b| format!("{b:02x}"))
@@ -151,10 +152,15 @@ mod tests {
         );
         let dir = std::env::temp_dir().join(format!("mva-gen-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let one = g.next("run", Some("vm".into()), Reseeded::Write);
+        let one = g.next(
+            "run",
+            Some("vm".into()),
+            Reseeded::Write,
+            &entropy::gather(&[b"a"]),
+        );
         assert_eq!(one.generation, 1);
         g.publish(&dir, one.clone()).unwrap();
-        let two = g.next("resume", None, Reseeded::Write);
+        let two = g.next("resume", None, Reseeded::Write, &entropy::gather(&[b"b"]));
         assert_eq!(two.generation, 2);
         assert_ne!(one.id, two.id);
         assert_eq!(one.id.len(), 32);

@@ -6,16 +6,17 @@
 //! header buffer is bounded, and on the way out idle connections close at once while a hook that is
 //! still answering gets to finish.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use crate::agent::Agent;
 
@@ -25,11 +26,87 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_HEADER_BUF: usize = 16 * 1024;
 /// How long the agent waits on its way out for answers still being written.
 const DRAIN: Duration = Duration::from_secs(2);
+/// Live connections at the most. The platform needs a handful; past this, the *oldest* is closed
+/// (an answer it is writing still finishes), so that a flood of idle connections through the
+/// public endpoint can never lock the platform's own calls out.
+pub const MAX_CONNECTIONS: usize = 512;
+/// An evicted connection gets this long to finish the answer it is writing.
+const EVICT_GRACE: Duration = Duration::from_secs(2);
+
+/// The live connections in accept order, each with the handle that closes it.
+#[derive(Default)]
+struct Slots {
+    next: u64,
+    live: VecDeque<(u64, Arc<Notify>)>,
+}
+
+impl Slots {
+    /// Registers a new connection, evicting the oldest if the table is full.
+    fn admit(&mut self) -> (u64, Arc<Notify>) {
+        if self.live.len() >= MAX_CONNECTIONS {
+            if let Some((_, oldest)) = self.live.pop_front() {
+                oldest.notify_one();
+            }
+        }
+        self.next += 1;
+        let close = Arc::new(Notify::new());
+        self.live.push_back((self.next, close.clone()));
+        (self.next, close)
+    }
+
+    fn remove(&mut self, id: u64) {
+        if let Some(i) = self.live.iter().position(|(x, _)| *x == id) {
+            self.live.remove(i);
+        }
+    }
+}
+
+/// Removes a connection from the table when its task ends, however it ends.
+struct Slot(Arc<Mutex<Slots>>, u64);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut slots = self.0.lock().expect("slots lock");
+        slots.remove(self.1);
+        if slots.live.is_empty() {
+            release_memory();
+        }
+    }
+}
+
+/// After a burst of connections, hand the freed buffers back to the system: the agent's memory is
+/// in every snapshot. musl's allocator does this by itself; glibc's keeps freed memory in its
+/// arenas until asked.
+fn release_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// The accept queue. The standard library's and tokio's default is 128: 200 clients connecting at
+/// once overflow it, and every dropped SYN costs its client the 1 s retransmission timeout. The
+/// kernel caps this at `net.core.somaxconn`.
+const BACKLOG: u32 = 4096;
+
+/// Binds the hook port (address reuse on, a deep accept queue).
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
 
 /// Serves hooks on `listener` until `stop` completes, then lets answers in flight finish
 /// (bounded by [`DRAIN`]) and returns.
 pub async fn serve(listener: TcpListener, agent: Arc<Agent>, stop: impl Future<Output = ()>) {
     let (closing, closing_rx) = watch::channel(false);
+    let slots = Arc::new(Mutex::new(Slots::default()));
     tokio::pin!(stop);
     loop {
         let stream = tokio::select! {
@@ -48,7 +125,10 @@ pub async fn serve(listener: TcpListener, agent: Arc<Agent>, stop: impl Future<O
         let _ = stream.set_nodelay(true);
         let agent = agent.clone();
         let mut closing = closing_rx.clone();
+        let (id, evict) = slots.lock().expect("slots lock").admit();
+        let slot = Slot(slots.clone(), id);
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |req| {
                 let agent = agent.clone();
                 async move { Ok::<_, Infallible>(crate::hooks::handle(&agent, req).await) }
@@ -62,9 +142,10 @@ pub async fn serve(listener: TcpListener, agent: Arc<Agent>, stop: impl Future<O
             tokio::select! {
                 _ = conn.as_mut() => return,
                 _ = closing.wait_for(|c| *c) => {}
+                () = evict.notified() => tracing::debug!("connection table full: closing the oldest"),
             }
             conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+            let _ = tokio::time::timeout(EVICT_GRACE, conn).await;
             drop(closing);
         });
     }

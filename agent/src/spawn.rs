@@ -18,6 +18,30 @@ use nix::unistd::{Gid, Group, Uid, User};
 
 use crate::config::values::UserSpec;
 
+/// The descriptor limit the agent was started with, handed back to every child.
+static INHERITED_NOFILE: std::sync::OnceLock<libc::rlimit> = std::sync::OnceLock::new();
+
+/// Raises the agent's own descriptor limit to the hard limit: the hook port must keep accepting
+/// under a flood of connections (see `server::MAX_CONNECTIONS`). Children get the original soft
+/// limit back, since some programs misbehave with a very high one (select(2), fd loops).
+pub fn raise_nofile() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain getrlimit/setrlimit on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            let _ = INHERITED_NOFILE.set(lim);
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            libc::setrlimit(libc::RLIMIT_NOFILE, &raised);
+        }
+    }
+}
+
 /// A user resolved against the user database, ready to switch to after `fork`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunAs {
@@ -134,8 +158,12 @@ pub fn spawn(spec: Spec) -> Result<Spawned, SpawnError> {
     // every signal (they arrive through its signalfd) and the Rust runtime ignores SIGPIPE; both
     // would be inherited across exec. std documents a reset of its own, but we measured the mask
     // leaking into children, so we do not rely on it.
+    let nofile = INHERITED_NOFILE.get().copied();
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
+            if let Some(lim) = nofile {
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            }
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut empty);
             libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());

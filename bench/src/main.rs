@@ -216,17 +216,26 @@ fn cargo_build(args: &[&str]) {
     assert!(ok, "cargo {args:?} failed");
 }
 
+/// The shipped form: the static musl build.
 fn agent_bin() -> PathBuf {
+    let target = "x86_64-unknown-linux-musl";
+    let _ = Command::new("rustup")
+        .args(["target", "add", target])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
     cargo_build(&[
         "build",
         "-q",
         "--release",
+        "--target",
+        target,
         "-p",
         "microvm-agent",
         "--bin",
         "microvm-agent",
     ]);
-    root().join("target/release/microvm-agent")
+    root().join(format!("target/{target}/release/microvm-agent"))
 }
 
 struct Agent {
@@ -237,7 +246,13 @@ struct Agent {
 
 fn start_agent(bin: &Path, config: &str, app: &[&str]) -> Agent {
     let port = free_port();
-    let dir = std::env::temp_dir().join(format!("mva-bench-{}-{port}", std::process::id()));
+    // The state directory on tmpfs, as in the VM (/run there); a disk would add fsync time.
+    let base = if Path::new("/dev/shm").is_dir() {
+        PathBuf::from("/dev/shm")
+    } else {
+        std::env::temp_dir()
+    };
+    let dir = base.join(format!("mva-bench-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("agent.toml"), config).unwrap();
     let mut argv: Vec<String> = vec![

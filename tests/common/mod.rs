@@ -241,7 +241,9 @@ impl Agent {
                 ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc"].map(String::from),
             );
         }
-        argv.extend(spec.wrapper.iter().cloned());
+        // A wrapper may name the state directory as `__STATE__` (e.g. to mount a filesystem on it).
+        let state = dir.join("state").display().to_string();
+        argv.extend(spec.wrapper.iter().map(|w| w.replace("__STATE__", &state)));
         argv.extend(agent_argv());
         argv.extend(["--listen", "127.0.0.1:0", "--log-format", "json"].map(String::from));
         argv.push("--state-dir".into());

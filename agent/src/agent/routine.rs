@@ -3,7 +3,8 @@
 //!
 //! Steps, in order, each timed and recorded for `/status`:
 //! 1. **kernel**: fresh per-clone input into the kernel's CRNG (`ioctl`, else `write`).
-//! 2. **generator**: the agent's ChaCha20 generator re-keyed from `getrandom`, after step 1.
+//! 2. **generator**: the agent's ChaCha20 generator re-keyed from `getrandom`, after step 1, and
+//!    from the same per-clone input (so it diverges even if the kernel step failed).
 //! 3. the next generation: number + 1, a fresh 128-bit id from that generator.
 //! 4. **secrets**: every secret rewritten for the new generation.
 //! 5. **publish**: `<state_dir>/generation` and `GET /generation`.
@@ -61,12 +62,13 @@ impl Agent {
         let microvm_id = self.microvm_id.lock().expect("id lock").clone();
 
         let t = Instant::now();
-        let (reseeded, kernel_note) = {
+        let input = {
             let id = microvm_id.clone().unwrap_or_default();
             let mut all: Vec<&[u8]> = inputs.to_vec();
             all.push(id.as_bytes());
-            entropy::reseed_kernel(self.config.kernel_reseed, &entropy::gather(&all))
+            entropy::gather(&all)
         };
+        let (reseeded, kernel_note) = entropy::reseed_kernel(self.config.kernel_reseed, &input);
         rec.step("kernel", t);
         rec.fields["kernel_reseed"] = json!(reseeded);
         rec.fields["kernel_note"] = json!(kernel_note);
@@ -75,7 +77,10 @@ impl Agent {
         }
 
         let t = Instant::now();
-        let generation = self.generations.next(reason, microvm_id, reseeded);
+        // The same per-clone input keys the agent's generator too: it must diverge even when the
+        // kernel step could not run.
+        let generation = self.generations.next(reason, microvm_id, reseeded, &input);
+        drop(input);
         rec.step("generator", t);
         rec.fields["generation"] = json!(generation.generation);
 

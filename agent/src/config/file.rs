@@ -73,6 +73,20 @@ fn merge(into: &mut Table, from: Table) {
     }
 }
 
+/// A key as TOML would write it: bare when it can be, quoted otherwise (`""`, `"bad header"`), so
+/// that an error always shows which key it means.
+pub(super) fn quote(key: &str) -> String {
+    if !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        key.to_string()
+    } else {
+        serde_json::to_string(key).unwrap_or_default()
+    }
+}
+
 /// One table of the configuration and the dotted path that leads to it. Every accessor marks its
 /// key as known; [`Section::finish`] reports the first key that nobody asked for.
 pub struct Section<'a> {
@@ -91,8 +105,9 @@ impl<'a> Section<'a> {
     }
 
     pub fn key(&self, key: &str) -> String {
+        let key = quote(key);
         if self.path.is_empty() {
-            key.to_string()
+            key
         } else {
             format!("{}.{key}", self.path)
         }

@@ -517,7 +517,7 @@ fn validate(s: &Section) -> Result<Validate, ConfigError> {
                 || hyper::header::HeaderValue::from_str(value).is_err()
             {
                 return Err(ConfigError::new(
-                    format!("{}.{name}", r.key("headers")),
+                    format!("{}.{}", r.key("headers"), file::quote(name)),
                     "is not a valid HTTP header",
                 ));
             }

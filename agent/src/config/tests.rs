@@ -149,8 +149,10 @@ fn every_bad_value_names_its_key() {
         ),
         (
             "[[validate.request]]\nurl = \"http://a:1/\"\nheaders = { \"bad header\" = \"x\" }",
-            "validate.request[0].headers.bad header",
+            "validate.request[0].headers.\"bad header\"",
         ),
+        // Found by the config fuzzer: an empty key is named, quoted.
+        ("\"\" = 22222", "\"\""),
         (
             "[[secret]]\nname = \"../escape\"\nbytes = 8",
             "secret[0].name",

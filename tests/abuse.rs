@@ -1,0 +1,305 @@
+//! Hardening: abuse of the hook port and injected faults. Every hook must still be answered inside
+//! its budget with an outcome that says what happened, and nothing may be left half-written.
+
+mod common;
+
+use std::io::{BufReader, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn raise_own_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+}
+
+// ------------------------------------------------------------------ the listener
+
+#[test]
+fn ten_thousand_idle_connections_do_not_lock_the_platform_out() {
+    raise_own_fd_limit();
+    let a = Spec::default().app(&["sleep", "1000"]).start();
+    a.get("/ready");
+    std::thread::sleep(Duration::from_millis(200));
+    let before = rss_kib(a.pid());
+    let mut idle = Vec::with_capacity(10_000);
+    for _ in 0..10_000 {
+        match TcpStream::connect(("127.0.0.1", a.port)) {
+            Ok(s) => idle.push(s),
+            Err(e) => panic!("connect {} failed: {e}", idle.len()),
+        }
+    }
+    // During the flood, the platform's call gets through, inside its budget.
+    let t = Instant::now();
+    let r = a.post("/run", br#"{"microvmId":"vm-flood"}"#);
+    let took = t.elapsed();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        took < Duration::from_millis(900),
+        "/run took {took:?} during the flood"
+    );
+    let during = rss_kib(a.pid());
+    drop(idle);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(a.get("/ready").status, 200);
+    let after = rss_kib(a.pid());
+    eprintln!(
+        "RSS: {before} KiB before, {during} KiB with 10,000 connections open, {after} KiB after"
+    );
+    // Bounded by the connection table, not by the flood (512 live connections at the most).
+    assert!(
+        during < before + 16 * 1024,
+        "RSS grew from {before} to {during} KiB"
+    );
+    assert!(
+        after < before + 8 * 1024,
+        "RSS stayed at {after} KiB (from {before})"
+    );
+}
+
+#[test]
+fn a_client_sending_headers_a_byte_at_a_time_is_cut_off() {
+    let a = Spec::default().start();
+    let mut s = connect(a.port);
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let t = Instant::now();
+    let mut closed = false;
+    for b in b"GET /ready HTTP/1.1\r\nHost: localhost\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".iter() {
+        if s.write_all(&[*b]).is_err() {
+            closed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        if t.elapsed() > Duration::from_secs(15) {
+            break;
+        }
+    }
+    if !closed {
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        closed = out.is_empty() || String::from_utf8_lossy(&out).starts_with("HTTP/1.1 408");
+    }
+    assert!(closed, "the slow client was never cut off");
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "cut off only after {:?}",
+        t.elapsed()
+    );
+    assert_eq!(a.get("/ready").status, 200, "the listener still serves");
+}
+
+#[test]
+fn oversized_headers_invalid_paths_pipelining_and_half_closed_sockets() {
+    let a = Spec::default().start();
+    // Oversized headers: refused, and the listener goes on.
+    let big = "x".repeat(64 * 1024);
+    let mut s = connect(a.port);
+    let _ = s.write_all(
+        format!("GET /ready HTTP/1.1\r\nHost: localhost\r\nX-Big: {big}\r\n\r\n").as_bytes(),
+    );
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        out.is_empty() || text.starts_with("HTTP/1.1 431") || text.starts_with("HTTP/1.1 400"),
+        "{text}"
+    );
+    assert_eq!(a.get("/ready").status, 200);
+
+    // A path that is not UTF-8.
+    let mut s = connect(a.port);
+    s.write_all(b"POST /\xff\xfe/run HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    let r = read_response(&mut BufReader::new(s));
+    assert!(
+        r.as_ref()
+            .is_none_or(|r| r.status == 400 || r.status == 404),
+        "{r:?}"
+    );
+    assert!(!a.state("run-payload").exists());
+
+    // Three pipelined requests in one write: three answers, in order.
+    let s = connect(a.port);
+    let mut w = s.try_clone().unwrap();
+    let mut req = request_bytes(a.port, "GET", "/ready", &[], b"", false);
+    req.extend(request_bytes(a.port, "GET", "/status", &[], b"", false));
+    req.extend(request_bytes(a.port, "POST", "/nope", &[], b"", true));
+    w.write_all(&req).unwrap();
+    let mut r = BufReader::new(s);
+    let statuses: Vec<u16> = (0..3)
+        .map(|_| read_response(&mut r).expect("an answer").status)
+        .collect();
+    assert_eq!(statuses, [200, 200, 404]);
+
+    // Half-closed: the request is complete, the client stops writing; the answer still comes.
+    let mut s = connect(a.port);
+    s.write_all(&request_bytes(a.port, "GET", "/ready", &[], b"", false))
+        .unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let r = read_response(&mut BufReader::new(s)).expect("answered after a half-close");
+    assert_eq!(r.status, 200);
+}
+
+// ------------------------------------------------------------------ faults
+
+/// An agent whose state directory is a fresh tmpfs in its own mount namespace, mounted with
+/// `options` (e.g. `ro`, `size=16k`), after running `prep` in it.
+fn in_mount_ns(options: &str, prep: &str) -> Spec {
+    let script = format!("set -e; d=\"$1\"; shift; mkdir -p \"$d\"; mount -t tmpfs -o size=64k tmpfs \"$d\"; {prep}; mount -o remount,{options} \"$d\"; exec \"$@\"");
+    Spec::default().wrapper(&[
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &script,
+        "sh",
+        "__STATE__",
+    ])
+}
+
+#[test]
+fn a_read_only_state_directory_fails_run_clearly_and_writes_nothing() {
+    let a = in_mount_ns("ro", "true").start();
+    let t = Instant::now();
+    let r = a.post("/run", br#"{"runHookPayload":"x"}"#);
+    assert!(t.elapsed() < Duration::from_secs(1));
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert_eq!(r.json()["outcome"], "state-dir-error");
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("Read-only"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(
+        a.status()["hooks"]["run"]["last_outcome"],
+        "state-dir-error"
+    );
+    assert!(
+        a.stderr
+            .text()
+            .contains("cannot prepare the state directory")
+            || a.stderr.text().contains("cannot write the run payload")
+    );
+}
+
+#[test]
+fn a_full_state_directory_fails_the_routine_and_leaves_no_half_written_file() {
+    let cfg = "[[secret]]\nname = \"big\"\nbytes = 65536\n";
+    let a = in_mount_ns(
+        "rw,size=64k",
+        "dd if=/dev/zero of=\"$d/filler\" bs=1k count=40 2>/dev/null",
+    )
+    .config(cfg)
+    .start();
+    let r = a.post("/run", b"");
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert_eq!(r.json()["outcome"], "secret-failed");
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("big"),
+        "{}",
+        r.text()
+    );
+    let st = a.status();
+    assert!(st["last_routine"]["error"]
+        .as_str()
+        .unwrap()
+        .contains("big"));
+    assert!(st["generation"].is_null(), "nothing published");
+}
+
+#[test]
+fn an_unwritable_dev_urandom_is_reported_and_clones_still_diverge() {
+    // No CAP_SYS_ADMIN and /dev/urandom read-only: the kernel step fails, and says so.
+    let script = "set -e; mount -t tmpfs tmpfs /mnt; echo x > /mnt/ro; mount --bind -o ro /mnt/ro /dev/urandom; exec \"$@\"";
+    let wrapper = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        script,
+        "sh",
+        "setpriv",
+        "--inh-caps=-sys_admin",
+        "--bounding-set=-sys_admin",
+        "--",
+    ];
+    let cfg = "[[secret]]\nname = \"k\"\nbytes = 16\n";
+    let a = Spec::default().wrapper(&wrapper).config(cfg).start();
+    let r = a.post("/run", br#"{"microvmId":"vm-1"}"#);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let g: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(a.state("generation")).unwrap()).unwrap();
+    assert_eq!(
+        g["kernel_reseed"], "failed",
+        "never claims a reseed that did not happen"
+    );
+    assert!(a.status()["last_routine"]["kernel_note"]
+        .as_str()
+        .unwrap()
+        .contains("/dev/urandom"));
+}
+
+#[test]
+fn stopped_for_seconds_in_a_restart_backoff_then_continued_every_hook_still_answers() {
+    let cfg = "[app]\nrestart = \"always\"\nmax_restarts = 100\nrestart_delay = \"2s\"\n";
+    let a = Spec::default().config(cfg).fixture(&["exit", "1"]).start();
+    eventually("the backoff", || a.status()["app"]["phase"] == "backoff");
+    // As a suspend would: the whole agent frozen for a while, then continued.
+    a.signal(libc::SIGSTOP);
+    std::thread::sleep(Duration::from_secs(5));
+    a.signal(libc::SIGCONT);
+    for hook in ["/run", "/suspend", "/resume"] {
+        let t = Instant::now();
+        let r = a.post(hook, b"");
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "{hook} took {:?} after the freeze",
+            t.elapsed()
+        );
+        assert_eq!(r.status, 200, "{hook}: {}", r.text());
+    }
+    // The backoff did not stall: the app is restarted again.
+    let restarts = a.status()["app"]["restarts"].as_u64().unwrap();
+    eventually("another restart after the freeze", || {
+        a.status()["app"]["restarts"].as_u64().unwrap() > restarts
+    });
+}
+
+#[test]
+fn secret_names_cannot_escape_the_state_directory() {
+    for name in ["../escape", "a/b", "..", ".hidden", "/abs"] {
+        let dir = TempDir::new("escape");
+        let path = dir.join("c.toml");
+        std::fs::write(&path, format!("[[secret]]\nname = {name:?}\nbytes = 8\n")).unwrap();
+        let out = agent_command()
+            .args(["--check", "-c", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{name}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("secret[0].name"),
+            "{name}"
+        );
+    }
+}

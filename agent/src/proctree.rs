@@ -32,8 +32,48 @@ fn all() -> Vec<Proc> {
         .collect()
 }
 
-/// Every live descendant of `root`.
+/// Every live descendant of `root`: through the kernel's `children` lists when it has them
+/// (CONFIG_PROC_CHILDREN: only our own tree is read), else by reading every process.
 pub fn descendants(root: i32) -> Vec<Proc> {
+    children_lists(root).unwrap_or_else(|| scan(root))
+}
+
+fn read_proc(pid: i32) -> Option<Proc> {
+    parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Walks `/proc/<pid>/task/<tid>/children`; `None` when the kernel has no such files.
+fn children_lists(root: i32) -> Option<Vec<Proc>> {
+    let mut out: Vec<Proc> = Vec::new();
+    let mut frontier = vec![root];
+    let mut first = true;
+    while let Some(parent) = frontier.pop() {
+        let tasks = fs::read_dir(format!("/proc/{parent}/task"));
+        let Ok(tasks) = tasks else { continue };
+        for task in tasks.flatten() {
+            let text = match fs::read_to_string(task.path().join("children")) {
+                Ok(t) => t,
+                Err(e) if first && e.kind() == std::io::ErrorKind::NotFound => return None,
+                Err(_) => continue,
+            };
+            first = false;
+            for pid in text
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
+                if !out.iter().any(|o| o.pid == pid) {
+                    if let Some(p) = read_proc(pid) {
+                        out.push(p);
+                        frontier.push(pid);
+                    }
+                }
+            }
+        }
+    }
+    Some(out)
+}
+
+fn scan(root: i32) -> Vec<Proc> {
     let procs = all();
     let mut out: Vec<Proc> = Vec::new();
     let mut frontier = vec![root];
@@ -74,6 +114,10 @@ mod tests {
             .unwrap();
         let me = std::process::id() as i32;
         assert!(descendants(me).iter().any(|p| p.pid == child.id() as i32));
+        assert!(
+            scan(me).iter().any(|p| p.pid == child.id() as i32),
+            "the fallback agrees"
+        );
         child.kill().unwrap();
         child.wait().unwrap();
     }

@@ -290,7 +290,7 @@ impl Supervisor {
     pub fn after_reap(&mut self, children_left: bool) {
         if let Some(c) = &mut self.current {
             if let Ok(exit) = c.exited.try_recv() {
-                self.on_app_exit(exit);
+                self.on_app_exit(exit, children_left);
             }
         }
         match self.phase {
@@ -306,7 +306,7 @@ impl Supervisor {
         self.publish();
     }
 
-    fn on_app_exit(&mut self, exit: Exit) {
+    fn on_app_exit(&mut self, exit: Exit, children_left: bool) {
         let Some(c) = self.current.take() else { return };
         c.probe.abort();
         let uptime = c.started.elapsed();
@@ -344,7 +344,10 @@ impl Supervisor {
             Health::Failed
         });
         // Leftovers of this instance get the same treatment as a stop: signal, grace, SIGKILL.
-        self.signal_tree(self.app.stop_signal);
+        // No child left means no descendant left (orphans are re-parented to us): no sweep.
+        if children_left {
+            self.signal_tree(self.app.stop_signal);
+        }
         self.phase = Phase::Draining {
             deadline: Instant::now() + self.app.stop_timeout,
             killed: false,

@@ -204,6 +204,23 @@ fn keep_alive(port: u16, method: &str, path: &str, n: usize) -> Stats {
     st
 }
 
+/// 200 threads polling at once, each `per` requests on new connections.
+fn pollers_200(port: u16, path: &str, per: usize) -> Stats {
+    let threads: Vec<_> = (0..200)
+        .map(|_| {
+            let path = path.to_string();
+            std::thread::spawn(move || closed_loop(port, "GET", &path, "", per))
+        })
+        .collect();
+    let mut all = Stats::default();
+    for t in threads {
+        let s = t.join().unwrap();
+        all.samples.extend(s.samples);
+        all.errors += s.errors;
+    }
+    all
+}
+
 // ------------------------------------------------------------------ the subjects
 
 fn cargo_build(args: &[&str]) {
@@ -366,6 +383,15 @@ fn ack(port: u16) -> ! {
     std::process::exit(0)
 }
 
+fn status_json(port: u16) -> Option<Value> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.write_all(&request("GET", "/status", port, "", true)).ok()?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).ok()?;
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    serde_json::from_slice(&raw[end + 4..]).ok()
+}
+
 fn status_field(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -484,23 +510,13 @@ fn main() {
     // 200 concurrent /ready pollers.
     let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
     let per = o.n(25, 3);
-    let port = a.port;
-    let threads: Vec<_> = (0..200)
-        .map(|_| {
-            std::thread::spawn(move || {
-                closed_loop(port, "GET", &format!("{PREFIX}/ready"), "", per)
-            })
-        })
-        .collect();
-    let mut all = Stats::default();
-    for t in threads {
-        let s = t.join().unwrap();
-        all.samples.extend(s.samples);
-        all.errors += s.errors;
-    }
-    let mut pollers = all.json();
+    let mut pollers = pollers_200(a.port, &format!("{PREFIX}/ready"), per).json();
     pollers["peak_rss_kib"] = json!(status_field(pid, "VmHWM:"));
     r.insert("agent_200_pollers".into(), pollers);
+    // The same load on the floor: what 200 client threads on this machine cost by themselves.
+    let (floor_proc, floor_port) = start_floor();
+    r.insert("floor_200_pollers".into(), pollers_200(floor_port, "/", per).json());
+    drop(floor_proc);
     drop(a);
 
     // The full routine on /resume: kernel reseed, two secrets, an HTTP notify acknowledged by an app.
@@ -520,15 +536,33 @@ fn main() {
         "{\"microvmId\":\"bench\"}",
     );
     let mut routine = Stats::default();
-    for _ in 0..o.n(2000, 100) {
+    let mut steps: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+    for i in 0..o.n(2000, 100) {
         let _ = once(a.port, "POST", &format!("{PREFIX}/suspend"), "");
         let (status, took) = once(a.port, "POST", &format!("{PREFIX}/resume"), "");
         match status {
             Some(200) => routine.samples.push(took),
             _ => routine.errors += 1,
         }
+        if i % 10 == 0 {
+            // Where the time goes: the routine's own step timings, from /status.
+            if let Some(v) = status_json(a.port) {
+                for st in v["last_routine"]["steps"].as_array().into_iter().flatten() {
+                    steps.entry(st["step"].as_str().unwrap_or("?").to_string()).or_default().push(st["us"].as_f64().unwrap_or(0.0));
+                }
+            }
+        }
     }
-    r.insert("agent_resume_routine".into(), routine.json());
+    let mut routine = routine.json();
+    let medians: serde_json::Map<String, Value> = steps
+        .into_iter()
+        .map(|(k, mut v)| {
+            v.sort_by(|a, b| a.total_cmp(b));
+            (k, json!(v[v.len() / 2]))
+        })
+        .collect();
+    routine["steps_p50_us"] = Value::Object(medians);
+    r.insert("agent_resume_routine".into(), routine);
     drop(a);
 
     // Readiness: from the app's port accepting to /ready 200 (probe interval 10 ms).

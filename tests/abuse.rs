@@ -303,3 +303,27 @@ fn secret_names_cannot_escape_the_state_directory() {
         );
     }
 }
+
+#[test]
+fn a_state_directory_that_cannot_be_created_fails_run_clearly() {
+    // The state directory's parent is a file: it cannot be created at start, and /run says why.
+    let dir = TempDir::new("nostate");
+    let blocker = dir.join("blocker");
+    std::fs::write(&blocker, "a file, not a directory").unwrap();
+    let state = blocker.join("state");
+    let a = Spec::default()
+        .arg("--state-dir")
+        .arg(state.to_str().unwrap())
+        .start();
+    assert!(
+        a.stderr
+            .text()
+            .contains("cannot prepare the state directory"),
+        "{}",
+        a.stderr.text()
+    );
+    let r = a.post("/run", b"x");
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert_eq!(r.json()["outcome"], "state-dir-error");
+    assert_eq!(a.get("/ready").status, 200, "the other hooks still answer");
+}

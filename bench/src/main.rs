@@ -385,7 +385,8 @@ fn ack(port: u16) -> ! {
 
 fn status_json(port: u16) -> Option<Value> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.write_all(&request("GET", "/status", port, "", true)).ok()?;
+    s.write_all(&request("GET", "/status", port, "", true))
+        .ok()?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).ok()?;
     let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
@@ -515,7 +516,10 @@ fn main() {
     r.insert("agent_200_pollers".into(), pollers);
     // The same load on the floor: what 200 client threads on this machine cost by themselves.
     let (floor_proc, floor_port) = start_floor();
-    r.insert("floor_200_pollers".into(), pollers_200(floor_port, "/", per).json());
+    r.insert(
+        "floor_200_pollers".into(),
+        pollers_200(floor_port, "/", per).json(),
+    );
     drop(floor_proc);
     drop(a);
 
@@ -548,7 +552,10 @@ fn main() {
             // Where the time goes: the routine's own step timings, from /status.
             if let Some(v) = status_json(a.port) {
                 for st in v["last_routine"]["steps"].as_array().into_iter().flatten() {
-                    steps.entry(st["step"].as_str().unwrap_or("?").to_string()).or_default().push(st["us"].as_f64().unwrap_or(0.0));
+                    steps
+                        .entry(st["step"].as_str().unwrap_or("?").to_string())
+                        .or_default()
+                        .push(st["us"].as_f64().unwrap_or(0.0));
                 }
             }
         }

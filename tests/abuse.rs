@@ -9,16 +9,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 fn raise_own_fd_limit() {
     let mut lim = libc::rlimit {
         rlim_cur: 0,

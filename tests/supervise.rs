@@ -305,7 +305,9 @@ fn as_pid1_sigterm_kills_a_default_app_with_143() {
 fn an_app_that_traps_term_gets_its_time_and_its_exit_code() {
     both(|pid1| {
         let mut a = spec(pid1).fixture(&["trap-term", "2000", "7"]).start();
-        a.get("/ready");
+        a.stdout.wait_for("the app to trap SIGTERM", |l| {
+            l.contains("trapping SIGTERM")
+        });
         let t = Instant::now();
         a.signal(libc::SIGTERM);
         assert_eq!(a.exit_code(), 7);
@@ -954,16 +956,6 @@ fn the_idle_agent_does_not_wake_up_with_an_app_running() {
 }
 
 // ---------------------------------------------------------------- resources
-
-fn rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .unwrap()
-        .parse()
-        .unwrap()
-}
 
 #[test]
 fn memory_stays_flat_over_ten_thousand_reaps_and_a_thousand_restarts() {

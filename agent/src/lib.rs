@@ -125,31 +125,17 @@ pub async fn run(
     });
     let (view_tx, view_rx) = watch::channel(supervisor::AppView::default());
     let (commands_tx, mut commands) = tokio::sync::mpsc::unbounded_channel();
-    let last_probe = Arc::default();
     let app = config.app.clone();
-    let (ready, state_dir) = (config.ready.clone(), config.state_dir.clone());
     let links = agent::Links {
         health: health_rx,
         app: view_rx,
         reaper: reaper.clone(),
-        last_probe: Arc::clone(&last_probe),
+        last_probe: Arc::default(),
         commands: commands_tx,
-        run_as: run_as.clone(),
+        run_as,
     };
     let agent = Agent::new(config, links);
-    let mut sup = app.map(|app| {
-        Supervisor::new(
-            app,
-            ready,
-            state_dir,
-            run_as,
-            reaper.clone(),
-            agent.clone(),
-            health_tx,
-            view_tx,
-            last_probe,
-        )
-    });
+    let mut sup = app.map(|app| Supervisor::new(app, agent.clone(), health_tx, view_tx));
     if let Some(s) = &mut sup {
         if let Err(e) = s.start() {
             tracing::error!(error = %e.message, code = e.code, "cannot start the app");

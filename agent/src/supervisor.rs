@@ -115,28 +115,24 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    #[allow(clippy::too_many_arguments)]
+    /// The supervisor of `app`; everything else it needs comes from the agent it reports to.
     pub fn new(
         app: App,
-        ready: Ready,
-        state_dir: PathBuf,
-        run_as: Option<RunAs>,
-        reaper: Arc<Reaper>,
         agent: Arc<Agent>,
         health: watch::Sender<Health>,
         view: watch::Sender<AppView>,
-        last_probe: Arc<Mutex<Option<String>>>,
     ) -> Self {
+        let links = agent.links();
         Supervisor {
             app,
-            ready,
-            state_dir,
-            run_as,
-            reaper,
+            ready: agent.config.ready.clone(),
+            state_dir: agent.config.state_dir.clone(),
+            run_as: links.run_as.clone(),
+            reaper: links.reaper.clone(),
+            last_probe: links.last_probe.clone(),
             agent,
             health: Arc::new(health),
             view,
-            last_probe,
             phase: Phase::Running,
             current: None,
             group: None,

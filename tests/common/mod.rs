@@ -473,30 +473,11 @@ pub fn free_port() -> u16 {
 
 /// All descendants of `pid`, children first, from /proc.
 pub fn descendants(pid: u32) -> Vec<u32> {
-    let mut parent_of = Vec::new();
-    if let Ok(entries) = std::fs::read_dir("/proc") {
-        for e in entries.flatten() {
-            let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-                continue;
-            };
-            let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-                continue;
-            };
-            let ppid: u32 = rest
-                .split_whitespace()
-                .nth(1)
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
-            parent_of.push((p, ppid));
-        }
-    }
+    let table = proc_table();
     let mut out = Vec::new();
     let mut frontier = vec![pid];
     while let Some(p) = frontier.pop() {
-        for &(c, pp) in &parent_of {
+        for &(c, pp, _) in &table {
             if pp == p && !out.contains(&c) {
                 out.push(c);
                 frontier.push(c);
@@ -504,6 +485,17 @@ pub fn descendants(pid: u32) -> Vec<u32> {
         }
     }
     out
+}
+
+/// Resident memory of `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 impl Drop for Agent {

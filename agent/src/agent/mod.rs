@@ -184,6 +184,10 @@ impl Agent {
         })
     }
 
+    pub fn links(&self) -> &Links {
+        &self.links
+    }
+
     pub fn state(&self) -> State {
         self.machine.lock().expect("machine lock").state()
     }

@@ -191,19 +191,34 @@ pub fn http_url(text: &str) -> Result<HttpUrl, String> {
     };
     let bad = || format!("\"{text}\" is not a URL of the form http://host:port/path");
     let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (h, p) = v6.split_once(']').ok_or_else(bad)?;
-        (h, p.strip_prefix(':'))
+        let (h, rest) = v6.split_once(']').ok_or_else(bad)?;
+        if h.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(bad());
+        }
+        let port = match rest {
+            "" => None,
+            r => Some(r.strip_prefix(':').ok_or_else(bad)?),
+        };
+        (h, port)
     } else {
-        match authority.rsplit_once(':') {
+        let (h, p) = match authority.split_once(':') {
             Some((h, p)) => (h, Some(p)),
             None => (authority, None),
+        };
+        // A host name or an IPv4 address; anything else (brackets, '@', spaces) is not a host.
+        if !h
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        {
+            return Err(bad());
         }
+        (h, p)
     };
     let port = match port {
         Some(p) => p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(bad)?,
         None => 80,
     };
-    if host.is_empty() || host.contains(['@', ' ']) || path.contains([' ', '#']) {
+    if host.is_empty() || !path.bytes().all(|b| b.is_ascii_graphic() && b != b'#') {
         return Err(bad());
     }
     Ok(HttpUrl {
@@ -288,6 +303,13 @@ mod tests {
             "http://:80/",
             "http://a:0/",
             "http://a:x/",
+            // Found by the values fuzzer: these did not survive a round trip.
+            "http://1][::1]:80/",
+            "http://[::1]x/",
+            "http://a/\0x",
+            "http://[zz]/",
+            "http://a b/",
+            "http://user@host/",
         ] {
             assert!(http_url(bad).is_err(), "{bad} accepted");
         }

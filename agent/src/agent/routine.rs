@@ -216,7 +216,7 @@ impl Agent {
     }
 
     /// A restore noticed without a hook (VM generation counter, VMGenID uevent, clock step).
-    /// Runs the routine unless a hook just did, and only on a VM that is serving (after `/run`).
+    /// Runs the routine unless a hook just did, on a VM whose app is up.
     pub async fn restore_detected(&self, source: &'static str) {
         let recent = self
             .last_hook_routine
@@ -224,12 +224,11 @@ impl Agent {
             .expect("routine lock")
             .is_some_and(|t| t.elapsed() < SAME_RESTORE);
         let state = self.state();
-        if recent
-            || !matches!(
-                state,
-                crate::lifecycle::State::Running | crate::lifecycle::State::Suspended
-            )
-        {
+        // Ready counts: a clone restored from the build snapshot whose /run hook is disabled (or
+        // late) is exactly what this defence is for. Booting does not: the app is not up yet, and
+        // the build VM itself is never restored before its snapshot.
+        use crate::lifecycle::State::{Ready, Running, Suspended};
+        if recent || !matches!(state, Ready | Running | Suspended) {
             tracing::info!(
                 source,
                 ?state,
@@ -348,6 +347,35 @@ mod tests {
             a.generations.number(),
             0,
             "the failed generation was not made current"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_restore_without_a_hook_makes_a_generation_once_the_app_is_up() {
+        let dir = tmp("restore");
+        let a = agent("", &dir);
+        a.restore_detected("vmclock").await;
+        assert_eq!(
+            a.generations.number(),
+            0,
+            "Booting: the app is not up, nothing to do"
+        );
+        a.machine.lock().unwrap().observe(Health::Up);
+        a.restore_detected("vmclock").await;
+        let g = a.generations.current().expect("a generation");
+        assert_eq!(
+            (g.generation, g.reason),
+            (1, "restore-detected"),
+            "Ready: a clone whose /run never comes"
+        );
+        let deadline = Instant::now() + Duration::from_secs(1);
+        a.hook_generation(Event::Run, &[], deadline).await.unwrap();
+        a.restore_detected("vmgenid-uevent").await;
+        assert_eq!(
+            a.generations.number(),
+            2,
+            "the same restore, right after a hook made a generation: not redone"
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }

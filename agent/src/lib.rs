@@ -9,14 +9,23 @@
 //! |---|---|
 //! | `cli` | the command: configuration (exit 64), logging to stderr, the current-thread runtime |
 //! | `config` | CLI + env + TOML into one validated, immutable [`config::Config`]; errors name the key |
-//! | `server` | the hook port's accept loop: `TCP_NODELAY`, header deadline, graceful drain |
+//! | [`run`] (here) | wiring, and the one event loop: signals, deadlines, stop requests, commands |
+//! | `signals` | every signal arrives through one `signalfd` |
+//! | `reaper` | the only `waitpid`; exits go to whoever registered the pid |
+//! | `spawn`, `helper` | starting the app and helper commands (clean signal state, own group, user) |
+//! | `supervisor` | the app's life: restart policy, the one stop path, leftovers, linger |
+//! | `proctree` | the processes below the agent, for the stop path |
+//! | `probe`, `client` | readiness probes and warm-up requests; the HTTP client (no pool) |
+//! | `server` | the hook port: accept loop, `TCP_NODELAY`, header deadline, connection table |
 //! | `hooks` | HTTP surface: routes, methods, origin check, body limit, JSON answers |
 //! | `agent` | shared state and what each hook does: the only place hooks turn into actions |
+//! | `agent::routine` | the new-generation routine, notification of the app, restore handling |
 //! | `lifecycle` | the pure state machine: which hook may act in which state |
 //! | `budget` | every hook answers before `budget - margin`, even when its work is stuck |
+//! | `entropy`, `generation`, `secrets`, `notify` | the routine's steps |
+//! | `restore` | noticing a restore without a hook (vmclock, VMGenID uevent, clock steps) |
 //! | `run_body` | the `/run` body: wrapper JSON or raw payload; never fails |
 //! | `state_files` | atomic writes into the state directory |
-//! | `signals` | every signal arrives through one `signalfd` |
 //!
 //! ## Invariants (keep them)
 //! - **Nothing per-VM at start-up.** Whatever the agent does when it starts happens once, in the
@@ -35,6 +44,12 @@
 //! - **Configuration is parsed once, validated completely, then immutable.** An invalid value
 //!   exits 64 before anything starts.
 //! - **One thread.** The tokio runtime is current-thread; the agent's memory is in every snapshot.
+//! - **Exactly one `waitpid`** (the reaper); everyone else learns of exits from it.
+//! - **Stop signals go to the app's process group** (and to descendants that left it); SIGKILL
+//!   follows `stop_timeout`; the agent exits as soon as the tree is gone.
+//! - **No outbound connection outlives a request**: nothing pooled can be stale after a restore.
+//! - **Nothing is drawn from a generator keyed before the snapshot**: the agent's generator exists
+//!   only from the first new-generation routine on.
 //!
 //! ## Deliberately absent
 //! - No web framework (axum/tower): eight routes on hyper directly, so that we own the accept

@@ -103,7 +103,7 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Serves hooks on `listener` until `stop` completes, then lets answers in flight finish
-/// (bounded by [`DRAIN`]) and returns.
+/// (bounded by `DRAIN`) and returns.
 pub async fn serve(listener: TcpListener, agent: Arc<Agent>, stop: impl Future<Output = ()>) {
     let (closing, closing_rx) = watch::channel(false);
     let slots = Arc::new(Mutex::new(Slots::default()));

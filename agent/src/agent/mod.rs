@@ -507,7 +507,7 @@ impl Agent {
     }
 
     /// `GET /generation[?after=N]`: the current generation, at once or, with `after`, once it
-    /// exceeds N (at most [`LONG_POLL`] later: then the current one, and the client asks again).
+    /// exceeds N (at most `LONG_POLL` later: then the current one, and the client asks again).
     pub async fn generation_after(&self, after: Option<u64>) -> Value {
         if let Some(n) = after {
             let mut rx = self.generations.subscribe();

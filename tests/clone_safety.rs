@@ -16,11 +16,13 @@ fn read_json(path: &std::path::Path) -> serde_json::Value {
     .unwrap()
 }
 
-/// An agent supervising the clone-app fixture on a free port, with `extra` configuration.
+/// An agent supervising the clone-app fixture on a free port, with `extra` configuration, in
+/// which `{port}` stands for the app's port.
 fn clone_app(extra: &str, mode: &str) -> (Agent, u16, TempDir) {
     let port = free_port();
     let tmp = TempDir::new("clone");
     let log = tmp.join("lifecycle.log");
+    let extra = extra.replace("{port}", &port.to_string());
     let cfg = format!("[ready]\ntcp = \"127.0.0.1:{port}\"\n{extra}");
     let mut args = vec![
         "clone-app".to_string(),
@@ -302,15 +304,11 @@ fn every_notify_channel_delivers_before_the_hook_answers_and_the_app_reseeds() {
         "the app reseeded its generator on SIGUSR2"
     );
 
-    let port2 = free_port();
-    let tmp2 = TempDir::new("notify-http");
+    let (b, port2, tmp2) = clone_app(
+        "[notify]\nhttp = \"http://127.0.0.1:{port}/__lifecycle\"\n",
+        "",
+    );
     let log2 = tmp2.join("lifecycle.log");
-    let cfg = format!("[ready]\ntcp = \"127.0.0.1:{port2}\"\n[notify]\nhttp = \"http://127.0.0.1:{port2}/__lifecycle\"\n");
-    let b = Spec::default()
-        .config(&cfg)
-        .fixture(&["clone-app", &port2.to_string(), log2.to_str().unwrap()])
-        .start();
-    assert_eq!(b.ready_settled().status, 200);
     let before = peek(port2);
     assert_eq!(
         b.post("/run", br#"{"microvmId":"vm-h","runHookPayload":"x"}"#)
@@ -361,21 +359,8 @@ fn without_notification_a_clone_keeps_its_generator_the_negative_control() {
 #[test]
 fn a_hanging_callback_fails_the_hook_inside_its_budget_or_continues() {
     for (on_timeout, status) in [("fail", 500), ("continue", 200)] {
-        let port = free_port();
-        let tmp = TempDir::new("hang");
-        let cfg = format!(
-            "[ready]\ntcp = \"127.0.0.1:{port}\"\n[notify]\nhttp = \"http://127.0.0.1:{port}/__lifecycle\"\non_timeout = \"{on_timeout}\"\n"
-        );
-        let a = Spec::default()
-            .config(&cfg)
-            .fixture(&[
-                "clone-app",
-                &port.to_string(),
-                tmp.join("l").to_str().unwrap(),
-                "hang",
-            ])
-            .start();
-        assert_eq!(a.ready_settled().status, 200);
+        let extra = format!("[notify]\nhttp = \"http://127.0.0.1:{{port}}/__lifecycle\"\non_timeout = \"{on_timeout}\"\n");
+        let (a, _port, _tmp) = clone_app(&extra, "hang");
         let t = Instant::now();
         let r = a.post("/run", b"");
         let took = t.elapsed();
@@ -398,19 +383,10 @@ fn a_hanging_callback_fails_the_hook_inside_its_budget_or_continues() {
 
 #[test]
 fn a_callback_answering_500_is_not_an_acknowledgement() {
-    let port = free_port();
-    let tmp = TempDir::new("fail");
-    let cfg = format!("[ready]\ntcp = \"127.0.0.1:{port}\"\n[notify]\nhttp = \"http://127.0.0.1:{port}/__lifecycle\"\n");
-    let a = Spec::default()
-        .config(&cfg)
-        .fixture(&[
-            "clone-app",
-            &port.to_string(),
-            tmp.join("l").to_str().unwrap(),
-            "fail",
-        ])
-        .start();
-    assert_eq!(a.ready_settled().status, 200);
+    let (a, _port, _tmp) = clone_app(
+        "[notify]\nhttp = \"http://127.0.0.1:{port}/__lifecycle\"\n",
+        "fail",
+    );
     let r = a.post("/run", b"");
     assert_eq!(r.status, 500);
     assert!(

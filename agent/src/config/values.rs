@@ -13,30 +13,48 @@ use nix::sys::signal::Signal;
 /// error at start-up.
 pub fn duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
+    let not_a_duration =
+        || format!("\"{t}\" is not a duration (write e.g. \"500ms\", \"10s\", \"2m\")");
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .ok_or_else(|| format!("\"{t}\" has no unit (write e.g. \"500ms\", \"10s\", \"2m\")"))?;
     let (number, unit) = t.split_at(split);
-    let value: f64 = number.parse().map_err(|_| {
-        format!("\"{t}\" is not a duration (write e.g. \"500ms\", \"10s\", \"2m\")")
-    })?;
-    let scale = match unit.trim() {
-        "us" | "µs" => 1e-6,
-        "ms" => 1e-3,
-        "s" => 1.0,
-        "m" | "min" => 60.0,
-        "h" => 3600.0,
+    let unit_ns: u128 = match unit.trim() {
+        "us" | "µs" => 1_000,
+        "ms" => 1_000_000,
+        "s" => 1_000_000_000,
+        "m" | "min" => 60_000_000_000,
+        "h" => 3_600_000_000_000,
         other => {
             return Err(format!(
                 "unknown unit \"{other}\" in \"{t}\" (use us, ms, s, m or h)"
             ))
         }
     };
-    let secs = value * scale;
-    if !secs.is_finite() || secs > 1e9 {
-        return Err(format!("\"{t}\" is out of range"));
+    // Exact integer arithmetic: through f64, "12222222222226us" came back one microsecond short
+    // (found by the values fuzzer).
+    let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() && frac.is_empty() || frac.contains('.') || whole.len() > 20 {
+        return Err(not_a_duration());
     }
-    Ok(Duration::from_secs_f64(secs))
+    let whole: u128 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| not_a_duration())?
+    };
+    let frac_digits = &frac[..frac.len().min(18)];
+    let frac_ns = if frac_digits.is_empty() {
+        0
+    } else {
+        let value: u128 = frac_digits.parse().map_err(|_| not_a_duration())?;
+        value * unit_ns / 10u128.pow(frac_digits.len() as u32)
+    };
+    let ns = whole
+        .checked_mul(unit_ns)
+        .and_then(|n| n.checked_add(frac_ns))
+        .filter(|n| *n <= 1_000_000_000 * 1_000_000_000);
+    let ns = ns.ok_or_else(|| format!("\"{t}\" is out of range"))?;
+    Ok(Duration::from_nanos(ns as u64))
 }
 
 /// Formats a duration the way [`duration`] reads it, for `--check` output.
@@ -239,7 +257,24 @@ mod tests {
         assert_eq!(duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(duration("250us").unwrap(), Duration::from_micros(250));
         assert_eq!(duration(" 1h ").unwrap(), Duration::from_secs(3600));
-        for bad in ["10", "", "s", "ten s", "10 parsecs", "1e999s", "-1s"] {
+        // Found by the values fuzzer: exact, not through f64.
+        assert_eq!(
+            duration("12222222222226µs").unwrap(),
+            Duration::from_micros(12_222_222_222_226)
+        );
+        assert_eq!(duration(".5s").unwrap(), Duration::from_millis(500));
+        for bad in [
+            "10",
+            "",
+            "s",
+            "ten s",
+            "10 parsecs",
+            "1e999s",
+            "-1s",
+            ".s",
+            "1.2.3s",
+            "99999999999999999999999h",
+        ] {
             assert!(duration(bad).is_err(), "{bad} accepted");
         }
         assert_eq!(format_duration(Duration::from_millis(800)), "800ms");

@@ -149,21 +149,30 @@ fn oversized_headers_invalid_paths_pipelining_and_half_closed_sockets() {
 
 // ------------------------------------------------------------------ faults
 
-/// An agent whose state directory is a fresh tmpfs in its own mount namespace, mounted with
-/// `options` (e.g. `ro`, `size=16k`), after running `prep` in it.
-fn in_mount_ns(options: &str, prep: &str) -> Spec {
-    let script = format!("set -e; d=\"$1\"; shift; mkdir -p \"$d\"; mount -t tmpfs -o size=64k tmpfs \"$d\"; {prep}; mount -o remount,{options} \"$d\"; exec \"$@\"");
-    Spec::default().wrapper(&[
+/// A wrapper that runs `script` (then the agent, as `"$@"`) in a private mount namespace.
+fn private_mounts(script: &str) -> Vec<String> {
+    [
         "unshare",
         "--mount",
         "--propagation",
         "private",
         "sh",
         "-c",
-        &script,
+        script,
         "sh",
-        "__STATE__",
-    ])
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// An agent whose state directory is a fresh tmpfs in its own mount namespace, mounted with
+/// `options` (e.g. `ro`, `size=16k`), after running `prep` in it.
+fn in_mount_ns(options: &str, prep: &str) -> Spec {
+    let script = format!("set -e; d=\"$1\"; shift; mkdir -p \"$d\"; mount -t tmpfs -o size=64k tmpfs \"$d\"; {prep}; mount -o remount,{options} \"$d\"; exec \"$@\"");
+    let mut w = private_mounts(&script);
+    w.push("__STATE__".into());
+    let w: Vec<&str> = w.iter().map(String::as_str).collect();
+    Spec::default().wrapper(&w)
 }
 
 #[test]
@@ -217,23 +226,21 @@ fn a_full_state_directory_fails_the_routine_and_leaves_no_half_written_file() {
 }
 
 #[test]
-fn an_unwritable_dev_urandom_is_reported_and_clones_still_diverge() {
-    // No CAP_SYS_ADMIN and /dev/urandom read-only: the kernel step fails, and says so.
+fn an_unwritable_dev_urandom_is_reported_as_a_failed_reseed() {
+    // No CAP_SYS_ADMIN and /dev/urandom read-only: the kernel step fails, and says so. (That the
+    // agent's own generator still diverges per clone is entropy::tests::per_clone_input_*.)
     let script = "set -e; mount -t tmpfs tmpfs /mnt; echo x > /mnt/ro; mount --bind -o ro /mnt/ro /dev/urandom; exec \"$@\"";
-    let wrapper = [
-        "unshare",
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        script,
-        "sh",
-        "setpriv",
-        "--inh-caps=-sys_admin",
-        "--bounding-set=-sys_admin",
-        "--",
-    ];
+    let mut wrapper = private_mounts(script);
+    wrapper.extend(
+        [
+            "setpriv",
+            "--inh-caps=-sys_admin",
+            "--bounding-set=-sys_admin",
+            "--",
+        ]
+        .map(String::from),
+    );
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
     let cfg = "[[secret]]\nname = \"k\"\nbytes = 16\n";
     let a = Spec::default().wrapper(&wrapper).config(cfg).start();
     let r = a.post("/run", br#"{"microvmId":"vm-1"}"#);

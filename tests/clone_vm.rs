@@ -9,6 +9,9 @@
 //! agent and the fixture in `target/vm`). Without them the test says loudly that it was skipped;
 //! with `MICROVM_AGENT_REQUIRE_VM=1` (as in CI) a missing prerequisite fails it.
 
+mod common;
+use common::free_port;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
@@ -154,14 +157,6 @@ fn initramfs(out: &Path) {
 }
 
 // ------------------------------------------------------------------ QEMU
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Vm {
     child: Child,

@@ -5,40 +5,11 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+#[path = "sim_support/mod.rs"]
+mod support;
+use support::{agent, fixture, free_port};
+
 const SIM: &str = env!("CARGO_BIN_EXE_microvm-sim");
-
-fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().and_then(|p| p.parent()).unwrap().to_path_buf()
-}
-
-fn fixture() -> String {
-    let p = target_dir().join("examples/mva-fixture");
-    assert!(
-        p.exists(),
-        "{} missing: run the tests through cargo test --workspace",
-        p.display()
-    );
-    p.display().to_string()
-}
-
-fn agent() -> String {
-    let p = target_dir().join("microvm-agent");
-    assert!(
-        p.exists(),
-        "{} missing: run the tests through cargo test --workspace",
-        p.display()
-    );
-    p.display().to_string()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Tmp(PathBuf);
 impl Tmp {

@@ -5,38 +5,15 @@
 //!
 //! A missing runtime skips that template loudly; `MICROVM_AGENT_REQUIRE_TEMPLATES=1` (CI) fails.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "sim_support/mod.rs"]
+mod support;
+use support::{agent, free_port, root};
+
 const SIM: &str = env!("CARGO_BIN_EXE_microvm-sim");
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn agent() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let p = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("microvm-agent");
-    assert!(
-        p.exists(),
-        "{} missing: run through cargo test --workspace",
-        p.display()
-    );
-    p
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn have(cmd: &str) -> bool {
     Command::new(cmd)
@@ -146,7 +123,7 @@ fn template(lang: &str, runtime: &[&str]) {
         "--suspend-for".into(),
         "200ms".into(),
         "--".into(),
-        agent().display().to_string(),
+        agent(),
         "-c".into(),
         dir.join("microvm-agent.toml").display().to_string(),
         "--listen".into(),

@@ -132,7 +132,7 @@ fn hardware_random(out: &mut Vec<u8>) -> usize {
     0
 }
 
-#[allow(dead_code)]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 fn collect(out: &mut Vec<u8>, mut next: impl FnMut() -> Option<u64>) -> usize {
     let mut n = 0;
     for _ in 0..32 {

@@ -175,7 +175,7 @@ pub async fn run(
     let server = tokio::spawn(server::serve(listener, agent.clone(), async move {
         let _ = done_rx.await;
     }));
-    let terminate = agent.stop_requested();
+    let terminate = agent.terminate_requested();
     tokio::pin!(shutdown, terminate);
     let (mut terminated, mut shut) = (false, false);
     let code = loop {
@@ -208,7 +208,7 @@ pub async fn run(
                 Err(e) => { tracing::error!(error = %e, "cannot read signals"); break EX_SOFTWARE; }
             },
             () = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => s.on_deadline(),
-            _ = &mut terminate, if !terminated => { terminated = true; s.stop(stop_signal); }
+            () = &mut terminate, if !terminated => { terminated = true; s.stop(stop_signal); }
             () = &mut shutdown, if !shut => { shut = true; s.stop(stop_signal); }
             () = agent.failure_reported(), if lingering => s.end_linger(),
             Some(command) = commands.recv() => s.command(command),

@@ -107,14 +107,6 @@ struct HookStat {
     last_elapsed_us: u64,
 }
 
-/// Why the agent should stop its app and exit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StopRequest {
-    None,
-    /// `/terminate`.
-    Terminate,
-}
-
 /// What connects the agent to the rest of the process (built in `lib::run`).
 pub struct Links {
     /// The app's health, published by the supervisor (always `Up` in sidecar mode).
@@ -138,7 +130,7 @@ pub struct Agent {
     /// Serialises acting hooks; the guard travels with work that outlives its hook's deadline.
     actions: Arc<tokio::sync::Mutex<()>>,
     /// Tells the main loop to stop the app (and then exit).
-    stop: watch::Sender<StopRequest>,
+    terminate: watch::Sender<bool>,
     microvm_id: Mutex<Option<String>>,
     /// Signalled when `/ready` has answered 500, which ends a build-time linger.
     failure_reported: tokio::sync::Notify,
@@ -172,7 +164,7 @@ impl Agent {
             machine: Mutex::default(),
             stats: Mutex::default(),
             actions: Arc::default(),
-            stop: watch::channel(StopRequest::None).0,
+            terminate: watch::channel(false).0,
             microvm_id: Mutex::default(),
             failure_reported: tokio::sync::Notify::new(),
             warmup: Mutex::new(Warmup::NotStarted),
@@ -202,11 +194,9 @@ impl Agent {
         self.failure_reported.notified().await
     }
 
-    /// Resolves when a hook asked the agent to stop.
-    pub async fn stop_requested(&self) -> StopRequest {
-        let mut rx = self.stop.subscribe();
-        let r = rx.wait_for(|r| *r != StopRequest::None).await.map(|r| *r);
-        r.unwrap_or(StopRequest::None)
+    /// Resolves once `/terminate` has asked the agent to stop its app (and then exit).
+    pub async fn terminate_requested(&self) {
+        let _ = self.terminate.subscribe().wait_for(|t| *t).await;
     }
 
     fn budget(&self, hook: Hook) -> Duration {
@@ -279,7 +269,7 @@ impl Agent {
         if first {
             // The app hears of it first (it may want to flush), then the stop begins.
             let outcome = self.tell_app(Event::Terminate, None, deadline).await;
-            self.stop.send_replace(StopRequest::Terminate);
+            self.terminate.send_replace(true);
             if !outcome.ok() {
                 tracing::warn!(failed = %outcome.summary(), "terminating anyway");
             }

@@ -18,8 +18,8 @@ fn sidecar() -> Agent {
 #[test]
 fn all_six_hooks_answer_on_both_path_forms_with_json() {
     for prefixed in [false, true] {
-        let a = sidecar();
-        for hook in HOOKS {
+        let mut a = sidecar();
+        let answer = |hook: &str| {
             let path = if prefixed {
                 format!("{PREFIX}{hook}")
             } else {
@@ -31,12 +31,18 @@ fn all_six_hooks_answer_on_both_path_forms_with_json() {
             let v = r.json();
             assert_eq!(v["hook"], hook, "{v}");
             assert!(v["outcome"].is_string(), "{v}");
+        };
+        // /terminate last: after it, the sidecar's work is done and it exits.
+        for hook in &HOOKS[..5] {
+            answer(hook);
         }
         let hooks = &a.status()["hooks"];
-        for hook in HOOKS {
+        for hook in &HOOKS[..5] {
             assert_eq!(hooks[hook]["count"], 1, "{hooks}");
             assert_eq!(hooks[hook]["last_status"], 200, "{hooks}");
         }
+        answer("terminate");
+        assert_eq!(a.exit_code(), 0, "a sidecar exits 0 after /terminate");
     }
 }
 
@@ -320,7 +326,12 @@ fn run_replay_is_200_and_a_different_run_is_409_without_effect() {
 
 #[test]
 fn lifecycle_rules_hold_over_http() {
-    let a = sidecar();
+    // An app that takes its time to stop, so that the agent is still there after /terminate.
+    let a = Spec::default()
+        .config("[app]\nstop_timeout = \"30s\"\n")
+        .fixture(&["ignore-term"])
+        .start();
+    assert_eq!(a.ready_settled().status, 200);
     assert_eq!(
         a.post("/suspend", b"").json()["outcome"],
         "ignored",
@@ -334,11 +345,13 @@ fn lifecycle_rules_hold_over_http() {
     assert_eq!(a.status()["state"], "suspended");
     assert_eq!(a.post("/resume", b"").json()["outcome"], "resumed");
     assert_eq!(a.post("/validate", b"").status, 409, "validate after run");
-    assert_eq!(a.post("/terminate", b"").json()["outcome"], "terminating");
+    assert_eq!(a.post("/terminate", b"").json()["outcome"], "stopping");
     assert_eq!(
         a.post("/terminate", b"").json()["outcome"],
-        "already-terminating"
+        "stopping",
+        "a repeated /terminate answers 200 and does not stop twice"
     );
+    assert_eq!(a.status()["hooks"]["terminate"]["count"], 2);
     assert_eq!(
         a.get("/ready").status,
         503,
@@ -357,7 +370,7 @@ fn forwarded_calls_are_refused_and_act_on_nothing() {
         vec![("Host", "LOCALHOST:9000")],
     ];
     for headers in &variants {
-        for hook in ["validate", "run", "resume", "suspend", "terminate"] {
+        for hook in ["run", "resume", "suspend", "terminate"] {
             let r = http(
                 a.port,
                 "POST",
@@ -373,7 +386,9 @@ fn forwarded_calls_are_refused_and_act_on_nothing() {
         }
         let r = http(a.port, "GET", "/status", headers, b"");
         assert_eq!(r.status, 403, "status with {headers:?}");
-        // /ready may be read by anyone: it changes nothing.
+        // /ready may be read by anyone: it changes nothing. /validate too (the image builder's
+        // calls look forwarded): before /run it acts as the builder's would, after /run it
+        // is refused (409) -- tests/platform.rs.
         assert_eq!(http(a.port, "GET", "/ready", headers, b"").status, 200);
     }
     // Host missing (HTTP/1.0) and an absolute-form target.

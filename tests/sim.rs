@@ -164,8 +164,260 @@ fn a_non_200_from_a_runtime_hook_is_a_violation() {
         "run-500",
     ]);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("/run answered 500"), "{out}");
-    assert!(out.contains("the platform ends this VM"), "{out}");
+    assert!(
+        out.contains("VM         TERMINATED: /run answered 500"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_suspend_answering_500_terminates_the_vm() {
+    let dir = Tmp::new("s500");
+    let port = free_port();
+    let hooks = hooks_json(&dir, port, "");
+    let (code, out) = sim(&[
+        "--hooks",
+        &hooks,
+        "--",
+        &fixture(),
+        "fake-hooks",
+        &port.to_string(),
+        "suspend-500",
+    ]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("TERMINATED: /suspend answered 500"), "{out}");
+    assert!(
+        !out.contains(" resume ") && !out.contains(" frozen "),
+        "a terminated VM is neither frozen nor resumed:\n{out}"
+    );
+}
+
+#[test]
+fn build_hooks_come_with_the_builder_headers_and_refusing_them_fails_the_build() {
+    let dir = Tmp::new("strict");
+    let port = free_port();
+    let hooks = hooks_json(&dir, port, "");
+    let (code, out) = sim(&[
+        "--hooks",
+        &hooks,
+        "--",
+        &fixture(),
+        "fake-hooks",
+        &port.to_string(),
+        "strict-origin",
+    ]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("BUILD      FAILED: /validate answered 403"),
+        "the builder's /validate looks forwarded; refusing it fails the build:\n{out}"
+    );
+    assert!(
+        !out.contains(" run "),
+        "no VM runs from a failed build:\n{out}"
+    );
+}
+
+#[test]
+fn the_entrypoint_gets_the_platforms_container() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: modelling the platform's capabilities needs root");
+        return;
+    }
+    let dir = Tmp::new("caps");
+    let port = free_port();
+    let hooks = hooks_json(&dir, port, "");
+    let run = |caps: &str| {
+        sim(&[
+            "--hooks",
+            &hooks,
+            "--suspend-for",
+            "0s",
+            "--caps",
+            caps,
+            "--image",
+            "probe-image",
+            "--",
+            &fixture(),
+            "fake-hooks",
+            &port.to_string(),
+            "report",
+        ])
+    };
+    let (code, out) = run("default");
+    assert_eq!(code, 0, "{out}");
+    for want in [
+        "CapEff:\t00000000a80425fb",
+        "CapPrm:\t00000000a80425fb",
+        "CapBnd:\t00000000a80425fb",
+        "CapInh:\t00000000a80425fb",
+        "RLIMIT_NOFILE 1024 1024",
+        "AWS_LAMBDA_MICROVM_IMAGE_NAME=probe-image",
+        "AWS_LAMBDA_MICROVM_IMAGE_ARN=arn:aws:lambda:us-east-1:",
+        "AWS_LAMBDA_MICROVM_IMAGE_VERSION=",
+        "AWS_REGION=us-east-1",
+    ] {
+        assert!(out.contains(want), "{want} missing:\n{out}");
+    }
+    let (code, out) = run("all");
+    assert_eq!(code, 0, "{out}");
+    let full = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("CapBnd:"))
+        .unwrap()
+        .replace("CapBnd", "CapEff");
+    assert!(
+        out.contains(&full),
+        "{full} missing with --caps all:\n{out}"
+    );
+    assert!(out.contains("RLIMIT_NOFILE 1024 1024"), "{out}");
+}
+
+#[test]
+fn the_tls_probe_reaches_the_port_before_ready_and_the_agent_still_answers() {
+    let dir = Tmp::new("tls");
+    let port = free_port();
+    let hooks = hooks_json(&dir, port, "");
+    let (code, out) = sim(&[
+        "--hooks",
+        &hooks,
+        "--suspend-for",
+        "0s",
+        "--",
+        &agent(),
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--state-dir",
+        dir.0.join("state").to_str().unwrap(),
+        "--",
+        &fixture(),
+        "forever",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let probe = out
+        .lines()
+        .position(|l| l.contains("tls-probe"))
+        .unwrap_or_else(|| panic!("no TLS probe:\n{out}"));
+    assert!(
+        out.lines().nth(probe).unwrap().contains("answered 400")
+            || out
+                .lines()
+                .nth(probe)
+                .unwrap()
+                .contains("closed by the server"),
+        "{out}"
+    );
+    let ready = out
+        .lines()
+        .position(|l| l.contains(" ready ") && l.contains("200 in"))
+        .unwrap_or_else(|| panic!("no /ready 200:\n{out}"));
+    assert!(
+        probe < ready,
+        "the probe comes before the first /ready 200:\n{out}"
+    );
+}
+
+#[test]
+fn the_run_body_is_the_platforms_exactly() {
+    let dir = Tmp::new("body");
+    let port = free_port();
+    let hooks = hooks_json(&dir, port, "");
+    let state = dir.0.join("state");
+    let go = |extra: &[&str]| {
+        let mut args = vec!["--hooks", &hooks, "--suspend-for", "0s"];
+        args.extend_from_slice(extra);
+        let listen = format!("127.0.0.1:{port}");
+        let mut tail = vec![
+            "--".to_string(),
+            agent(),
+            "--listen".into(),
+            listen,
+            "--state-dir".into(),
+            state.display().to_string(),
+            "--".into(),
+            fixture(),
+            "forever".into(),
+        ];
+        let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        all.append(&mut tail);
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        sim(&all)
+    };
+    let (code, out) = go(&["--payload", r#"{"tenant":"t1"}"#]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        std::fs::read(state.join("run-payload")).unwrap(),
+        br#"{"tenant":"t1"}"#
+    );
+    let id = std::fs::read_to_string(state.join("microvm-id")).unwrap();
+    let uuid = id.strip_prefix("microvm-").expect("microvm-<uuid>");
+    assert_eq!(uuid.len(), 36, "{id}");
+    assert_eq!(uuid.matches('-').count(), 4, "{id}");
+
+    // No --payload: the field is absent, so the payload is empty (not the string "null").
+    let (code, out) = go(&[]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(std::fs::read(state.join("run-payload")).unwrap(), b"");
+
+    let long = "x".repeat(4097);
+    let (code, out) = sim(&["--payload", &long, "--", "true"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("4097 characters"), "{out}");
+    let ok = "é".repeat(4096);
+    let (code, out) = sim(&["--payload", &ok, "--build-timeout", "1s", "--", "true"]);
+    assert_ne!(code, 2, "4096 characters (more bytes) are accepted:\n{out}");
+}
+
+#[test]
+fn help_and_version_are_conventional() {
+    let out = Command::new(SIM).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    for opt in [
+        "--hooks",
+        "--payload",
+        "--microvm-id",
+        "--suspend-for",
+        "--caps",
+        "--region",
+        "--image",
+        "--app-url",
+        "--host",
+        "--build-timeout",
+        "--exit-within",
+        "--version",
+    ] {
+        assert!(text.contains(opt), "{opt} missing from --help");
+    }
+    assert!(text.contains("[1s]") && text.contains("[300s]") && text.contains("[15s]"));
+    let out = Command::new(SIM).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8(out.stdout)
+        .unwrap()
+        .starts_with("microvm-sim "));
+}
+
+#[test]
+fn waiting_for_ready_says_what_it_sees() {
+    let dir = Tmp::new("progress");
+    let port = free_port();
+    let hooks = hooks_json(&dir, port, "");
+    // Nothing ever listens on the hook port (a port typo).
+    let (code, out) = sim(&[
+        "--hooks",
+        &hooks,
+        "--build-timeout",
+        "4s",
+        "--",
+        "sleep",
+        "30",
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("connection refused on 127.0.0.1:{port}")),
+        "{out}"
+    );
 }
 
 #[test]

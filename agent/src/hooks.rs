@@ -15,7 +15,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use crate::agent::{Agent, Answer};
+use crate::agent::{Agent, Answer, Caller};
 use crate::config::Trust;
 use crate::lifecycle::Hook;
 
@@ -88,6 +88,23 @@ pub fn is_forwarded<B>(req: &Request<B>) -> bool {
     !(port_ok && matches!(name, "localhost" | "127.0.0.1" | "[::1]"))
 }
 
+/// Who is calling, as far as the headers tell: with `trust = "any"` everyone is the platform.
+fn caller<B>(trust: Trust, req: &Request<B>) -> Caller {
+    if trust == Trust::Any || !is_forwarded(req) {
+        return Caller::Platform;
+    }
+    let builder = req
+        .headers()
+        .get(hyper::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ua| ua.starts_with("smithy-"));
+    if builder {
+        Caller::Builder
+    } else {
+        Caller::Public
+    }
+}
+
 /// `?after=N`: absent is `None`; anything but a number is an error.
 fn query_u64(query: Option<&str>, key: &str) -> Result<Option<u64>, String> {
     let Some(q) = query else { return Ok(None) };
@@ -151,8 +168,13 @@ pub async fn handle(agent: &Arc<Agent>, req: Request<Incoming>) -> Response<Full
             .insert(ALLOW, HeaderValue::from_static(allow));
         return resp;
     }
-    let forwarded = agent.config.hooks.trust == Trust::Loopback && is_forwarded(&req);
-    if forwarded && route != Route::Hook(Hook::Ready) {
+    let caller = caller(agent.config.hooks.trust, &req);
+    // The build hooks answer whoever calls them: the image builder's own `/ready` and
+    // `/validate` look forwarded (endpoint Host, x-amzn-requestid; measured), and a 403 on
+    // `/validate` fails the build. Neither can harm: `/ready` changes nothing, and `/validate`
+    // acts only before `/run` (SECURITY.md).
+    let build_hook = matches!(route, Route::Hook(h) if h.is_build_time());
+    if caller != Caller::Platform && !build_hook {
         tracing::warn!(path = ?route, "refused a call forwarded from the public endpoint");
         return refuse(
             StatusCode::FORBIDDEN,
@@ -176,7 +198,7 @@ pub async fn handle(agent: &Arc<Agent>, req: Request<Incoming>) -> Response<Full
         }
         Route::Hook(hook) => {
             let body = if is_get { Bytes::new() } else { body };
-            let answer = agent.hook(hook, body, arrived).await;
+            let answer = agent.hook(hook, caller, body, arrived).await;
             answer_to_response(hook, answer, arrived)
         }
     }

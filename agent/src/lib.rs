@@ -62,6 +62,7 @@ pub mod agent;
 pub mod budget;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod entropy;
 pub mod generation;
@@ -69,6 +70,7 @@ pub mod helper;
 pub mod hooks;
 pub mod lifecycle;
 pub mod notify;
+pub mod platform_env;
 pub mod probe;
 pub mod proctree;
 pub mod reaper;
@@ -163,9 +165,13 @@ pub async fn run(
         .app
         .as_ref()
         .map_or(Signal::SIGTERM, |a| a.stop_signal);
+    let image = platform_env::get();
     tracing::info!(
         listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         mode = if sidecar { "sidecar" } else { "supervisor" },
+        image_name = image.and_then(|i| i.image_name.as_deref()).unwrap_or("-"),
+        image_version = image.and_then(|i| i.image_version.as_deref()).unwrap_or("-"),
+        on_platform = image.is_some(),
         "serving hooks"
     );
     let sources = restore::Sources::open();
@@ -180,8 +186,11 @@ pub async fn run(
     let (mut terminated, mut shut) = (false, false);
     let code = loop {
         let Some(s) = sup.as_mut() else {
-            // Sidecar: no app to stop; /terminate leaves us serving (the platform ends the VM).
+            // Sidecar: no app to stop. After /terminate the agent's last duty is done and it
+            // exits 0 (its answer is still written: the server drains on the way out), as the
+            // supervisor does once its app is gone: the VM ends either way.
             tokio::select! {
+                () = &mut terminate, if !terminated => break 0,
                 signal = signals.recv() => match signal {
                     Ok(libc::SIGTERM | libc::SIGINT) => break 0,
                     Ok(libc::SIGCHLD) => { reaper.reap(); }
@@ -207,7 +216,14 @@ pub async fn run(
                 Ok(other) => s.forward(other),
                 Err(e) => { tracing::error!(error = %e, "cannot read signals"); break EX_SOFTWARE; }
             },
-            () = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => s.on_deadline(),
+            () = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
+                // A deadline that fires long after it was due was frozen (the monotonic clock
+                // runs on through a suspend): armed again, not acted on (`clock`).
+                match deadline.and_then(clock::frozen_past) {
+                    Some(late) => s.after_freeze(late),
+                    None => s.on_deadline(),
+                }
+            }
             () = &mut terminate, if !terminated => { terminated = true; s.stop(stop_signal); }
             () = &mut shutdown, if !shut => { shut = true; s.stop(stop_signal); }
             () = agent.failure_reported(), if lingering => s.end_linger(),

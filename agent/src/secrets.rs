@@ -107,14 +107,29 @@ pub async fn rotate(
     Ok(secrets.len())
 }
 
-/// Removes the files of the secrets marked `scrub_on_suspend`; returns how many were removed.
-pub fn scrub(secrets: &[Secret], state_dir: &Path) -> usize {
+/// What `/suspend`'s scrub did: how many files it removed, and which it could not remove.
+#[derive(Debug, Default)]
+pub struct Scrubbed {
+    pub removed: usize,
+    pub failed: Vec<Failure>,
+}
+
+/// Removes the files of the secrets marked `scrub_on_suspend`. A file that is already gone counts
+/// as scrubbed; any other error is a failure, reported by name (the secret stays on disk).
+pub fn scrub(secrets: &[Secret], state_dir: &Path) -> Scrubbed {
     let dir = dir(state_dir);
-    secrets
-        .iter()
-        .filter(|s| s.scrub_on_suspend)
-        .filter(|s| fs::remove_file(dir.join(&s.name)).is_ok())
-        .count()
+    let mut out = Scrubbed::default();
+    for s in secrets.iter().filter(|s| s.scrub_on_suspend) {
+        match fs::remove_file(dir.join(&s.name)) {
+            Ok(()) => out.removed += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => out.failed.push(Failure {
+                name: s.name.clone(),
+                reason: format!("cannot remove it: {e}"),
+            }),
+        }
+    }
+    out
 }
 
 fn encode(raw: &[u8], encoding: Encoding) -> Vec<u8> {

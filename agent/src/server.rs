@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
@@ -134,7 +134,8 @@ pub async fn serve(listener: TcpListener, agent: Arc<Agent>, stop: impl Future<O
                 async move { Ok::<_, Infallible>(crate::hooks::handle(&agent, req).await) }
             });
             let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
+                // Header deadlines that a freeze does not use up (`clock`).
+                .timer(crate::clock::AwakeTimer)
                 .header_read_timeout(HEADER_TIMEOUT)
                 .max_buf_size(MAX_HEADER_BUF)
                 .serve_connection(TokioIo::new(stream), service);

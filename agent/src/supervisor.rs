@@ -77,6 +77,8 @@ enum Phase {
     Running,
     Backoff {
         until: Instant,
+        /// The whole delay, to arm it again after a freeze.
+        delay: Duration,
     },
     Draining {
         deadline: Instant,
@@ -229,7 +231,7 @@ impl Supervisor {
                 killed: false,
                 ..
             } => Some(deadline),
-            Phase::Backoff { until } | Phase::Lingering { until, .. } => Some(until),
+            Phase::Backoff { until, .. } | Phase::Lingering { until, .. } => Some(until),
             _ => None,
         }
     }
@@ -366,6 +368,7 @@ impl Supervisor {
                 .min((base * 50).max(MAX_BACKOFF));
             self.phase = Phase::Backoff {
                 until: Instant::now() + delay,
+                delay,
             };
             return;
         }
@@ -417,6 +420,33 @@ impl Supervisor {
         self.publish();
     }
 
+    /// The pending deadline was due long ago: the VM was frozen (`clock`). The app got none of
+    /// that time as grace, nor the crash loop as backoff: arm the deadline again for its whole
+    /// length, so that nothing fires in a burst at the thaw.
+    pub fn after_freeze(&mut self, late: std::time::Duration) {
+        let now = Instant::now();
+        let length = match &mut self.phase {
+            Phase::Draining { deadline, .. } => {
+                *deadline = now + self.app.stop_timeout;
+                self.app.stop_timeout
+            }
+            Phase::Backoff { until, delay } => {
+                *until = now + *delay;
+                *delay
+            }
+            Phase::Lingering { until, .. } => {
+                *until = now + FAIL_LINGER;
+                FAIL_LINGER
+            }
+            Phase::Running | Phase::Done(_) => return,
+        };
+        tracing::info!(
+            frozen_ms = late.as_millis() as u64,
+            rearmed_ms = length.as_millis() as u64,
+            "a deadline came due while the VM was frozen; armed again"
+        );
+    }
+
     fn fail_for_good(&mut self, code: i32) {
         self.gave_up = true;
         self.last_exit = Some(Exit::Code(code));
@@ -454,6 +484,7 @@ impl Supervisor {
             Phase::Backoff { .. } => {
                 self.phase = Phase::Backoff {
                     until: Instant::now(),
+                    delay: Duration::ZERO,
                 };
                 true
             }

@@ -65,7 +65,7 @@ scrub_on_suspend = true
     let o = Options {
         hooks,
         host: "127.0.0.1".into(),
-        payload: r#"{"tenant":"demo"}"#.into(),
+        payload: Some(r#"{"tenant":"demo"}"#.into()),
         microvm_id: "microvm-demo0000000001".into(),
         suspend_for: Duration::from_millis(500),
         app_url: Some(("127.0.0.1".into(), app_port, "/healthz".into())),
@@ -74,6 +74,9 @@ scrub_on_suspend = true
         entrypoint,
         // The timeline is the demo; the agent's own log lines only for what goes wrong.
         env: vec![("MICROVM_AGENT_LOG".into(), "warn".into())],
+        caps: crate::container::Caps::Default,
+        region: "us-east-1".into(),
+        image: "demo".into(),
     };
     (o, dir)
 }

@@ -1,15 +1,10 @@
-//! `microvm-sim`: plays the Lambda MicroVMs platform's part on your machine, so that a broken
-//! `/ready`, a hook over its budget or an entrypoint that does not stop shows up in seconds, not
-//! after a cloud image build.
-//!
-//! ```text
-//! microvm-sim [--hooks hooks.json] [--payload STR] [--microvm-id ID] [--suspend-for DUR]
-//!             [--app-url http://host:port/path] [--host ADDR] [--build-timeout DUR]
-//!             [--exit-within DUR] -- ENTRYPOINT [ARGS...]
-//! microvm-sim                      # the embedded demo: the agent and a small app
-//! ```
+//! `microvm-sim`: plays the Lambda MicroVMs platform's part on your machine, as it was measured
+//! on the live service, so that a broken `/ready`, a hook over its budget, a `/suspend` that
+//! would kill the VM or an entrypoint that does not stop shows up in seconds, not after a cloud
+//! image build. `microvm-sim --help` lists every option; with no arguments it runs a demo.
 //! Exit code 0: no violation; 1: violations (or a failed build); 2: bad usage.
 
+mod container;
 mod demo;
 mod freeze;
 mod hooks;
@@ -20,29 +15,71 @@ use std::ffi::OsString;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use container::Caps;
 use hooks::Hooks;
 use platform::Options;
 
-const USAGE: &str = "usage: microvm-sim [--hooks FILE] [--payload STR] [--microvm-id ID] [--suspend-for DUR] \
-[--app-url http://HOST:PORT/PATH] [--host ADDR] [--build-timeout DUR] [--exit-within DUR] -- ENTRYPOINT [ARGS...]
-       microvm-sim          (no arguments: the embedded demo)";
+const HELP: &str = "\
+microvm-sim: the Lambda MicroVMs platform's side of an image, on your machine
+
+usage: microvm-sim [OPTIONS] -- ENTRYPOINT [ARGS...]
+       microvm-sim                 the embedded demo (the agent and a small app)
+
+It starts ENTRYPOINT as the platform's container would (as root: the default capability set
+0xa80425fb without CAP_SYS_ADMIN, RLIMIT_NOFILE 1024, the AWS_LAMBDA_MICROVM_IMAGE_* variables),
+sends a TLS ClientHello to the hook port, polls /ready and calls /validate with the image
+builder's headers, then /run, /suspend, a freeze of the whole process tree, /resume and
+/terminate, each within its budget. A build hook answering neither 200 nor 503 fails the build;
+a runtime hook answering non-200 terminates the VM (as a 500 /suspend does on the platform).
+
+options (default in brackets):
+  --hooks FILE           the JSON given to create-microvm-image --hooks [every hook enabled,
+                         port 9000, the platform's default timeouts]
+  --payload STR          runHookPayload of RunMicrovm, at most 4096 characters [none: the
+                         field is left out of the /run body]
+  --microvm-id ID        the microvmId in the /run body [microvm-<random uuid>]
+  --suspend-for DUR      how long the VM stays frozen between /suspend and /resume; 0s skips
+                         the freeze [1s]
+  --caps default|all     the container's capabilities: the platform's default set, or
+                         additionalOsCapabilities [\"ALL\"] [default]
+  --region NAME          AWS_REGION and the builder's endpoint host [us-east-1]
+  --image NAME           AWS_LAMBDA_MICROVM_IMAGE_NAME (and the ARN) [sim-image]
+  --app-url URL          http://HOST:PORT/PATH of the app: /ready must not say 200 before
+                         it answers [not checked]
+  --host ADDR            where the hook port is [127.0.0.1]
+  --build-timeout DUR    how long the build waits for /ready and /validate [300s]
+  --exit-within DUR      how long the entrypoint has to exit after /terminate [15s]
+  -h, --help             this text
+  -V, --version          the version
+
+exit status: 0 no violation, 1 violations or a failed build, 2 bad usage or no entrypoint
+";
 
 fn duration(flag: &str, s: &str) -> Result<Duration, String> {
     microvm_agent::config::values::duration(s).map_err(|e| format!("{flag}: {e}"))
 }
 
-fn parse(args: Vec<OsString>) -> Result<Options, String> {
+/// What the command line asks for: a run, or a text to print and exit 0.
+enum Parsed {
+    Run(Box<Options>),
+    Print(String),
+}
+
+fn parse(args: Vec<OsString>) -> Result<Parsed, String> {
     let mut o = Options {
         hooks: Hooks::default(),
         host: "127.0.0.1".into(),
-        payload: String::new(),
-        microvm_id: "microvm-sim0000000000001".into(),
+        payload: None,
+        microvm_id: format!("microvm-{}", http::uuid()),
         suspend_for: Duration::from_secs(1),
         app_url: None,
         build_timeout: Duration::from_secs(300),
         exit_within: Duration::from_secs(15),
         entrypoint: Vec::new(),
         env: Vec::new(),
+        caps: Caps::Default,
+        region: "us-east-1".into(),
+        image: "sim-image".into(),
     };
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
@@ -63,25 +100,52 @@ fn parse(args: Vec<OsString>) -> Result<Options, String> {
                     std::fs::read_to_string(&path).map_err(|e| format!("--hooks {path}: {e}"))?;
                 o.hooks = Hooks::from_json(&text).map_err(|e| format!("--hooks {path}: {e}"))?;
             }
-            "--payload" => o.payload = value()?,
+            "--payload" => {
+                let p = value()?;
+                let n = p.chars().count();
+                if n > platform::MAX_PAYLOAD_CHARS {
+                    return Err(format!(
+                        "--payload: {n} characters; RunMicrovm refuses a runHookPayload over {}",
+                        platform::MAX_PAYLOAD_CHARS
+                    ));
+                }
+                o.payload = Some(p);
+            }
             "--microvm-id" => o.microvm_id = value()?,
             "--suspend-for" => o.suspend_for = duration("--suspend-for", &value()?)?,
             "--build-timeout" => o.build_timeout = duration("--build-timeout", &value()?)?,
             "--exit-within" => o.exit_within = duration("--exit-within", &value()?)?,
             "--host" => o.host = value()?,
+            "--region" => o.region = value()?,
+            "--image" => o.image = value()?,
+            "--caps" => {
+                o.caps = match value()?.as_str() {
+                    "default" => Caps::Default,
+                    "all" => Caps::All,
+                    other => {
+                        return Err(format!("--caps: {other:?} is not \"default\" or \"all\""))
+                    }
+                }
+            }
             "--app-url" => {
                 let url = microvm_agent::config::values::http_url(&value()?)
                     .map_err(|e| format!("--app-url: {e}"))?;
                 o.app_url = Some((url.host, url.port, url.path));
             }
-            "-h" | "--help" => return Err(String::new()),
+            "-h" | "--help" => return Ok(Parsed::Print(HELP.into())),
+            "-V" | "--version" => {
+                return Ok(Parsed::Print(format!(
+                    "microvm-sim {}\n",
+                    env!("CARGO_PKG_VERSION")
+                )))
+            }
             _ => return Err(format!("unknown option {flag}")),
         }
     }
     if o.entrypoint.is_empty() {
         return Err("no entrypoint (put it after --)".into());
     }
-    Ok(o)
+    Ok(Parsed::Run(Box::new(o)))
 }
 
 fn main() -> ExitCode {
@@ -115,12 +179,13 @@ fn main() -> ExitCode {
         return ExitCode::from(code as u8);
     }
     match parse(args) {
-        Ok(o) => ExitCode::from(platform::run(&o) as u8),
+        Ok(Parsed::Run(o)) => ExitCode::from(platform::run(&o) as u8),
+        Ok(Parsed::Print(text)) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
         Err(e) => {
-            if !e.is_empty() {
-                eprintln!("microvm-sim: {e}");
-            }
-            eprintln!("{USAGE}");
+            eprintln!("microvm-sim: {e}\n(microvm-sim --help lists every option)");
             ExitCode::from(2)
         }
     }

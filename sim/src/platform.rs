@@ -1,7 +1,11 @@
-//! The platform's part, played locally: start the entrypoint, poll `/ready`, "snapshot",
-//! `/validate`, `/run` with the JSON wrapper, `/suspend`, freeze the whole tree, `/resume`,
-//! `/terminate`, and wait for the entrypoint to exit. Every call is bounded by its hook's
-//! budget, and every breach of the contract is reported as a violation.
+//! The platform's part, played locally as it was measured on the live service (CONTRACT.md):
+//! start the entrypoint in the platform's container (default capabilities, `RLIMIT_NOFILE`
+//! 1024, the image's environment), send the TLS probe, poll `/ready` with the builder's headers,
+//! "snapshot", `/validate` (builder headers), `/run` with the exact JSON body, `/suspend`, freeze
+//! the whole tree, `/resume`, `/terminate`, and wait for the entrypoint to exit. Every call is
+//! bounded by its hook's budget, and the consequences are the platform's: a build hook that
+//! answers neither 200 nor 503 fails the build; a runtime hook that answers non-200 terminates
+//! the VM (a 500 `/suspend` does, measured).
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -9,18 +13,24 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::container::{self, Caps};
 use crate::freeze::{self, Tree};
 use crate::hooks::{Hook, Hooks};
-use crate::http::{self, Failure};
+use crate::http::{self, Caller, Failure};
 
 pub const PREFIX: &str = "/aws/lambda-microvms/runtime/v1/";
 /// How often the platform asks `/ready` and `/validate` again after a 503.
 const POLL: Duration = Duration::from_millis(50);
+/// How often a line says what the wait for `/ready` sees.
+const PROGRESS: Duration = Duration::from_secs(3);
+/// The longest `runHookPayload` RunMicrovm accepts (4097 characters are rejected; measured).
+pub const MAX_PAYLOAD_CHARS: usize = 4096;
 
 pub struct Options {
     pub hooks: Hooks,
     pub host: String,
-    pub payload: String,
+    /// `runHookPayload`; `None` leaves the field out of the `/run` body, as the platform does.
+    pub payload: Option<String>,
     pub microvm_id: String,
     pub suspend_for: Duration,
     /// `host:port/path` of the app itself: `/ready` must not say 200 before it answers.
@@ -29,6 +39,9 @@ pub struct Options {
     pub exit_within: Duration,
     pub entrypoint: Vec<OsString>,
     pub env: Vec<(String, String)>,
+    pub caps: Caps,
+    pub region: String,
+    pub image: String,
 }
 
 enum Call {
@@ -41,6 +54,8 @@ enum Call {
 
 struct Sim<'a> {
     o: &'a Options,
+    /// The build VM's endpoint: the `Host` of the builder's calls.
+    builder: Caller,
     child: Child,
     tree: Tree,
     started: Instant,
@@ -57,8 +72,21 @@ pub fn run(o: &Options) -> i32 {
     cmd.args(&o.entrypoint[1..])
         .stdin(Stdio::null())
         .process_group(0);
-    for (k, v) in &o.env {
+    for (k, v) in container::env(&o.region, &o.image).iter().chain(&o.env) {
         cmd.env(k, v);
+    }
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let caps = o.caps;
+    let last_cap = container::last_cap();
+    // SAFETY: only setrlimit, prctl and capset (async-signal-safe) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if root {
+                container::apply_in_child(caps, last_cap)?;
+            }
+            Ok(())
+        });
     }
     if let Some(path) = join {
         // SAFETY: open/write/close only, between fork and exec: the entrypoint joins the cgroup
@@ -84,6 +112,9 @@ pub fn run(o: &Options) -> i32 {
     let tree = Tree::new(child.id() as i32, cgroup);
     let mut sim = Sim {
         o,
+        builder: Caller::Builder {
+            endpoint: format!("{}.lambda-microvm.{}.on.aws", http::uuid(), o.region),
+        },
         child,
         tree,
         started: Instant::now(),
@@ -102,6 +133,17 @@ pub fn run(o: &Options) -> i32 {
         o.hooks.port
     );
     sim.say("start", &line);
+    let container = if root {
+        format!(
+            "{}, RLIMIT_NOFILE {}, image {}",
+            o.caps.describe(),
+            container::NOFILE,
+            o.image
+        )
+    } else {
+        "not root: the entrypoint keeps this user's capabilities (modelling the platform's needs root)".into()
+    };
+    sim.say("container", &container);
     let built = sim.lifecycle();
     sim.tree.kill();
     let _ = sim.child.wait();
@@ -139,6 +181,7 @@ impl Sim<'_> {
         match http::call(
             &self.o.host,
             self.o.hooks.port,
+            &Caller::Runtime,
             "GET",
             "/generation",
             b"",
@@ -153,12 +196,17 @@ impl Sim<'_> {
         }
     }
 
-    /// One hook call, checked against its budget.
+    /// One hook call, checked against its budget. Build hooks come from the builder.
     fn call(&mut self, name: &str, hook: Hook, body: &[u8], content_type: Option<&str>) -> Call {
+        let caller = match name {
+            "ready" | "validate" => self.builder.clone(),
+            _ => Caller::Runtime,
+        };
         let t = Instant::now();
         let r = http::call(
             &self.o.host,
             self.o.hooks.port,
+            &caller,
             "POST",
             &format!("{PREFIX}{name}"),
             body,
@@ -200,28 +248,70 @@ impl Sim<'_> {
         }
     }
 
+    /// The build fails: the platform's verdict, and a violation.
+    fn build_failed(&mut self, why: String) -> bool {
+        self.say("BUILD", &format!("FAILED: {why}"));
+        self.violation(why);
+        false
+    }
+
+    /// Sends the platform's TLS probe once something listens on the hook port.
+    fn tls_probe(&mut self) -> bool {
+        match http::tls_probe(&self.o.host, self.o.hooks.port) {
+            None => false,
+            Some(what) => {
+                self.say(
+                    "tls-probe",
+                    &format!("a TLS ClientHello to the plaintext hook port: {what}"),
+                );
+                true
+            }
+        }
+    }
+
     /// Polls a build-time hook until it says 200 (503: ask again). False: the build failed.
     fn poll(&mut self, name: &str, hook: Hook, deadline: Instant) -> bool {
         let (mut not_yet, mut refused) = (0u32, 0u32);
+        let mut probed = name != "ready";
+        let mut last = String::new();
+        let mut progress = Instant::now();
         let before = self.generation();
         loop {
             if let Some(code) = self.exited() {
-                self.violation(format!(
+                return self.build_failed(format!(
                     "the entrypoint exited with {code} before /{name} answered 200"
                 ));
-                return false;
             }
             if Instant::now() > deadline {
-                self.violation(format!(
-                    "/{name} never answered 200 within {} s: the build fails",
+                return self.build_failed(format!(
+                    "/{name} never answered 200 within {} s",
                     self.o.build_timeout.as_secs()
                 ));
-                return false;
+            }
+            if progress.elapsed() >= PROGRESS {
+                progress = Instant::now();
+                let seen = if refused > 0 && not_yet == 0 {
+                    format!(
+                        "connection refused on {}:{} x {refused}",
+                        self.o.host, self.o.hooks.port
+                    )
+                } else {
+                    format!("503 x {not_yet}: {last}")
+                };
+                self.say("waiting", &format!("for /{name} to answer 200: {seen}"));
+            }
+            if !probed {
+                probed = self.tls_probe();
             }
             match self.call(name, hook, b"", None) {
                 Call::Refused => refused += 1,
-                Call::Failed => return false,
-                Call::Answer(503, ..) => not_yet += 1,
+                Call::Failed => {
+                    return self.build_failed(format!("/{name} did not answer in its budget"))
+                }
+                Call::Answer(503, _, body) => {
+                    not_yet += 1;
+                    last = String::from_utf8_lossy(&body).trim().to_string();
+                }
                 Call::Answer(200, took, _) => {
                     let mut waited = Vec::new();
                     if not_yet > 0 {
@@ -255,15 +345,22 @@ impl Sim<'_> {
                         name,
                         &format!("{status}: {}", String::from_utf8_lossy(&body).trim()),
                     );
-                    self.violation(format!("/{name} answered {status}: the build fails"));
-                    return false;
+                    return self.build_failed(format!("/{name} answered {status}"));
                 }
             }
             std::thread::sleep(POLL);
         }
     }
 
-    /// A runtime hook: must answer 200 within its budget.
+    /// The VM ends: a runtime hook failed, and the platform terminates the VM for it.
+    fn terminated(&mut self, why: String) -> bool {
+        self.say("VM", &format!("TERMINATED: {why}"));
+        self.violation(why);
+        self.tree.kill();
+        false
+    }
+
+    /// A runtime hook: must answer 200 within its budget, or the platform ends the VM.
     fn runtime(&mut self, name: &str, hook: Hook, body: &[u8], content_type: Option<&str>) -> bool {
         if !hook.enabled {
             self.say(name, "(disabled)");
@@ -275,7 +372,7 @@ impl Sim<'_> {
         }
         let before = self.generation();
         let Call::Answer(status, took, body) = self.call(name, hook, body, content_type) else {
-            return false;
+            return self.terminated(format!("/{name} gave no answer in its budget"));
         };
         let after = self.generation();
         let gen = if before != after && after != "-" {
@@ -292,11 +389,10 @@ impl Sim<'_> {
             ),
         );
         if status != 200 {
-            self.violation(format!(
+            return self.terminated(format!(
                 "/{name} answered {status}: {}",
                 String::from_utf8_lossy(&body).trim()
             ));
-            return false;
         }
         true
     }
@@ -309,9 +405,17 @@ impl Sim<'_> {
                 return false;
             }
             if let Some((host, port, path)) = &o.app_url {
-                if let Err(e) =
-                    http::call(host, *port, "GET", path, b"", None, Duration::from_secs(2))
-                {
+                let r = http::call(
+                    host,
+                    *port,
+                    &Caller::Runtime,
+                    "GET",
+                    path,
+                    b"",
+                    None,
+                    Duration::from_secs(2),
+                );
+                if let Err(e) = r {
                     self.violation(format!("/ready said 200 but the app at {host}:{port}{path} does not answer ({e:?})"));
                 }
             }
@@ -326,18 +430,19 @@ impl Sim<'_> {
         if o.hooks.validate.enabled && !self.poll("validate", o.hooks.validate, deadline) {
             return false;
         }
-        let body = serde_json::json!({ "microvmId": o.microvm_id, "runHookPayload": o.payload })
-            .to_string();
+        // Exactly the platform's body: the id, and the caller's string only when it set one.
+        let mut body = serde_json::Map::new();
+        body.insert("microvmId".into(), o.microvm_id.clone().into());
+        if let Some(p) = &o.payload {
+            body.insert("runHookPayload".into(), p.clone().into());
+        }
+        let body = serde_json::Value::Object(body).to_string();
         if !self.runtime(
             "run",
             o.hooks.run,
             body.as_bytes(),
             Some("application/json"),
         ) {
-            self.say(
-                "terminated",
-                "a runtime hook failed: the platform ends this VM",
-            );
             return true;
         }
         if !self.runtime("suspend", o.hooks.suspend, b"", None) {

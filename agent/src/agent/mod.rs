@@ -27,13 +27,13 @@ use crate::{probe, run_body, state_files};
 
 mod routine;
 
-/// The monotonic and the wall clock, read together.
+/// The monotonic and the wall clock, read together at `/suspend`, so that `/resume` can report how
+/// long the freeze looked on each.
 ///
-/// Every deadline of the agent (stop grace, restart backoff, hook budgets) runs on the monotonic
-/// clock, which does not advance while the VM is frozen: a deadline pending at `/suspend` keeps
-/// the time it had left, neither firing at once on `/resume` nor stalling, and needs no re-arming.
-/// The wall clock is corrected after a thaw; the difference between the two, reported by
-/// `/resume`, is how long the VM was really frozen.
+/// On Lambda MicroVMs **both** clocks advance across a suspend, by the whole suspended time
+/// (measured: 313 s suspended, wall +313.15 s, monotonic +313.14 s; CONTRACT.md). So every
+/// deadline armed before a freeze is due at once after it: `sys::clock` is how the agent's own
+/// timers tell a freeze from elapsed work (a timer that fires late re-arms instead of acting).
 #[derive(Clone, Copy, Debug)]
 struct Clocks {
     mono: Instant,
@@ -99,12 +99,30 @@ impl Answer {
 }
 
 /// What `/status` shows for one hook.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct HookStat {
     count: u64,
     last_status: u16,
     last_outcome: &'static str,
     last_elapsed_us: u64,
+    /// Answers that were failures reported as 200 (the hook is not in `fail_on`).
+    degraded: u64,
+    /// The `error` of the last answer that had one, so an operator sees it after the fact.
+    last_error: Option<String>,
+}
+
+/// Who called a hook, as far as the request tells (CONTRACT.md, "Measured on the live service").
+/// It can only ever be a heuristic: every header can be forged by whoever holds a token for the
+/// hook port, so no hook may do harm when a stranger calls it, whatever this says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// A loopback `Host` and no `x-amzn-requestid`: the platform's runtime calls (and local use).
+    Platform,
+    /// The image builder: the build-time `/ready` and `/validate` come with the build VM's
+    /// endpoint as `Host`, an `x-amzn-requestid` and `user-agent: smithy-*` (measured).
+    Builder,
+    /// Anything else that looks forwarded from the public endpoint.
+    Public,
 }
 
 /// What connects the agent to the rest of the process (built in `lib::run`).
@@ -127,6 +145,8 @@ pub struct Agent {
     started: Instant,
     machine: Mutex<Machine>,
     stats: Mutex<[HookStat; 6]>,
+    /// Whether the platform (not a stranger) has asked `/ready`: a build is polling us.
+    platform_polled_ready: std::sync::atomic::AtomicBool,
     /// Serialises acting hooks; the guard travels with work that outlives its hook's deadline.
     actions: Arc<tokio::sync::Mutex<()>>,
     /// Tells the main loop to stop the app (and then exit).
@@ -163,6 +183,7 @@ impl Agent {
             started: Instant::now(),
             machine: Mutex::default(),
             stats: Mutex::default(),
+            platform_polled_ready: Default::default(),
             actions: Arc::default(),
             terminate: watch::channel(false).0,
             microvm_id: Mutex::default(),
@@ -184,9 +205,10 @@ impl Agent {
         self.machine.lock().expect("machine lock").state()
     }
 
-    /// Whether anyone (a platform building the image) has asked `/ready`.
+    /// Whether the platform (a build polling us, not a stranger) has asked `/ready`.
     pub fn ready_polled(&self) -> bool {
-        self.stats.lock().expect("stats lock")[Hook::Ready as usize].count > 0
+        self.platform_polled_ready
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Resolves once `/ready` has answered 500.
@@ -216,23 +238,80 @@ impl Agent {
     }
 
     /// Answers one hook, always before its deadline.
-    pub async fn hook(self: &Arc<Self>, hook: Hook, body: Bytes, arrived: Instant) -> Answer {
+    pub async fn hook(
+        self: &Arc<Self>,
+        hook: Hook,
+        caller: Caller,
+        body: Bytes,
+        arrived: Instant,
+    ) -> Answer {
         let deadline = arrived + budget::deadline_after(self.budget(hook));
         let answer = match hook {
-            Hook::Ready => self.ready(),
+            Hook::Ready => self.ready(caller),
             Hook::Terminate => self.terminate(deadline).await,
             _ => self.acting(hook, body, deadline).await,
         };
+        let answer = self.fail_policy(hook, answer);
         let mut stats = self.stats.lock().expect("stats lock");
         let s = &mut stats[hook as usize];
         s.count += 1;
         s.last_status = answer.status.as_u16();
         s.last_outcome = answer.outcome;
         s.last_elapsed_us = arrived.elapsed().as_micros() as u64;
+        if answer.outcome == "degraded" {
+            s.degraded += 1;
+        }
+        if let Some(e) = answer.extra.get("error").and_then(Value::as_str) {
+            s.last_error = Some(e.to_string());
+        }
         answer
     }
 
-    fn ready(&self) -> Answer {
+    /// Only a failure before any traffic is worth a dead VM: a non-200 from `/suspend` makes the
+    /// platform terminate the VM within seconds (measured), a non-200 `/run` ends it before any
+    /// traffic. So a failure (5xx) of a hook that is not in `[hooks] fail_on` answers 200 with
+    /// `"outcome":"degraded"`, the failure and its `error`, logged at ERROR and kept in
+    /// `/status`. A build hook's 503 is not a failure (it means "ask again"), and 4xx refusals
+    /// (409) are answers, not failures.
+    fn fail_policy(&self, hook: Hook, answer: Answer) -> Answer {
+        let status = answer.status.as_u16();
+        let poll = hook.is_build_time() && answer.status == StatusCode::SERVICE_UNAVAILABLE;
+        let may_fail = match hook {
+            Hook::Ready => true,
+            Hook::Terminate => false,
+            Hook::Validate => self.config.hooks.fails_on(Event::Validate),
+            Hook::Run => self.config.hooks.fails_on(Event::Run),
+            Hook::Resume => self.config.hooks.fails_on(Event::Resume),
+            Hook::Suspend => self.config.hooks.fails_on(Event::Suspend),
+        };
+        if status < 500 || poll || may_fail {
+            return answer;
+        }
+        let mut extra = match answer.extra {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        };
+        let error = extra
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("the hook's work failed")
+            .to_string();
+        tracing::error!(
+            hook = hook.name(),
+            failure = answer.outcome,
+            error = %error,
+            "the hook's work failed; answering 200 (a non-200 would end the VM; see [hooks] fail_on)"
+        );
+        extra.insert("failure".into(), json!(answer.outcome));
+        extra.insert("error".into(), json!(error));
+        Answer::with(StatusCode::OK, "degraded", Value::Object(extra))
+    }
+
+    fn ready(&self, caller: Caller) -> Answer {
+        if caller != Caller::Public {
+            self.platform_polled_ready
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let verdict = self
             .machine
             .lock()
@@ -241,8 +320,12 @@ impl Agent {
         match verdict {
             Verdict::Act => Answer::ok("ready"),
             Verdict::Failed => {
-                // Ends a build-time linger: the platform has been told.
-                self.failure_reported.notify_one();
+                // Ends a build-time linger once the platform has been told. A stranger's call
+                // through the public endpoint gets the same answer but must not end the linger:
+                // the platform's own next poll would then find nothing listening.
+                if caller != Caller::Public {
+                    self.failure_reported.notify_one();
+                }
                 let app = self.links.app.borrow().clone();
                 Answer::with(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -263,35 +346,48 @@ impl Agent {
     }
 
     /// Starts the stop path and waits for the app to be gone until just before the deadline;
-    /// then answers either way and lets the stop finish.
+    /// then answers either way and lets the stop finish. A failed acknowledgement is reported (the answer is still 200: see `fail_policy`).
     async fn terminate(&self, deadline: Instant) -> Answer {
         let first = self.machine.lock().expect("machine lock").terminate() == Verdict::Act;
+        let mut unacknowledged = None;
         if first {
             // The app hears of it first (it may want to flush), then the stop begins.
             let outcome = self.tell_app(Event::Terminate, None, deadline).await;
             self.terminate.send_replace(true);
             if !outcome.ok() {
-                tracing::warn!(failed = %outcome.summary(), "terminating anyway");
+                unacknowledged = Some(outcome);
             }
         }
-        if self.config.app.is_none() {
-            return Answer::ok(if first {
+        let mut answer = if self.config.app.is_none() {
+            Answer::ok(if first {
                 "terminating"
             } else {
                 "already-terminating"
-            });
+            })
+        } else {
+            let mut app = self.links.app.clone();
+            let gone = tokio::time::timeout_at(deadline, app.wait_for(|a| a.pid.is_none())).await;
+            let view = self.links.app.borrow().clone();
+            match gone {
+                Ok(_) => Answer::with(
+                    StatusCode::OK,
+                    "stopped",
+                    json!({ "exit_code": view.last_exit_code }),
+                ),
+                Err(_) => Answer::with(StatusCode::OK, "stopping", json!({ "pid": view.pid })),
+            }
+        };
+        if let Some(outcome) = unacknowledged {
+            answer.extra["stop"] = json!(answer.outcome);
+            answer.extra["error"] = json!(format!(
+                "the app did not acknowledge: {}; terminating anyway",
+                outcome.summary()
+            ));
+            answer.extra["failed"] = json!(outcome.failed);
+            answer.status = StatusCode::INTERNAL_SERVER_ERROR;
+            answer.outcome = "not-acknowledged";
         }
-        let mut app = self.links.app.clone();
-        let gone = tokio::time::timeout_at(deadline, app.wait_for(|a| a.pid.is_none())).await;
-        let view = self.links.app.borrow().clone();
-        match gone {
-            Ok(_) => Answer::with(
-                StatusCode::OK,
-                "stopped",
-                json!({ "exit_code": view.last_exit_code }),
-            ),
-            Err(_) => Answer::with(StatusCode::OK, "stopping", json!({ "pid": view.pid })),
-        }
+        answer
     }
 
     async fn acting(self: &Arc<Self>, hook: Hook, body: Bytes, deadline: Instant) -> Answer {
@@ -391,17 +487,38 @@ impl Agent {
         }
     }
 
-    /// Tells the app, scrubs the secrets marked for it, and notes when we were frozen.
+    /// Tells the app, scrubs the secrets marked for it, and notes when we were frozen. A secret
+    /// that could not be scrubbed is a failure (it stays on disk through the freeze), reported
+    /// as such; whether it answers non-200 is `fail_policy`'s call.
     async fn suspend(&self, deadline: Instant) -> Answer {
         let outcome = self.tell_app(Event::Suspend, None, deadline).await;
         let scrubbed = crate::secrets::scrub(&self.config.secrets, &self.config.state_dir);
         *self.suspended_at.lock().expect("suspend lock") = Some(Clocks::now());
         // The agent keeps no outbound connection (every client request uses a fresh one), so
         // there is nothing of ours to drop before the freeze.
-        if let Err(answer) = self.check_ack(&outcome) {
+        if !scrubbed.failed.is_empty() {
+            let names: Vec<&str> = scrubbed.failed.iter().map(|f| f.name.as_str()).collect();
+            for f in &scrubbed.failed {
+                tracing::error!(secret = %f.name, reason = %f.reason, "a secret could not be scrubbed before the freeze");
+            }
+            return Answer::with(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "scrub-failed",
+                json!({
+                    "error": format!("secrets not scrubbed (still on disk): {}; {}", names.join(", "), scrubbed.failed[0].reason),
+                    "scrubbed": scrubbed.removed,
+                    "not_scrubbed": names,
+                }),
+            );
+        }
+        if let Err(answer) = self.check_ack(Event::Suspend, &outcome) {
             return answer;
         }
-        Answer::with(StatusCode::OK, "suspended", json!({ "scrubbed": scrubbed }))
+        Answer::with(
+            StatusCode::OK,
+            "suspended",
+            json!({ "scrubbed": scrubbed.removed }),
+        )
     }
 
     /// Starts the warm-up on the first call and reports on it. The hook's deadline bounds the
@@ -530,14 +647,14 @@ impl Agent {
     /// `GET /status`: what an operator (or a test) needs to see the agent's state at a glance.
     pub fn status(&self) -> Value {
         let state = self.machine.lock().expect("machine lock").state();
-        let stats = *self.stats.lock().expect("stats lock");
+        let stats = self.stats.lock().expect("stats lock").clone();
         let mut hooks = Map::new();
         for hook in Hook::ALL {
-            let s = stats[hook as usize];
+            let s = &stats[hook as usize];
             let v = if s.count == 0 {
                 json!({ "count": 0 })
             } else {
-                json!({ "count": s.count, "last_status": s.last_status, "last_outcome": s.last_outcome, "last_elapsed_us": s.last_elapsed_us })
+                json!({ "count": s.count, "last_status": s.last_status, "last_outcome": s.last_outcome, "last_elapsed_us": s.last_elapsed_us, "degraded": s.degraded, "last_error": s.last_error })
             };
             hooks.insert(hook.name().to_string(), v);
         }
@@ -552,6 +669,7 @@ impl Agent {
             "generation": self.generations.current(),
             "last_routine": *self.last_routine.lock().expect("routine lock"),
             "restore_detection": self.restore_sources.get(),
+            "platform": crate::platform_env::get(),
             "app": self.app_json(),
             "hooks": hooks,
         })

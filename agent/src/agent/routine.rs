@@ -135,7 +135,11 @@ impl Agent {
             secrets = rotated,
             "new generation"
         );
-        self.check_ack(&outcome)?;
+        if let Err(mut answer) = self.check_ack(event, &outcome) {
+            // The generation exists (published, the app may have seen it): say which it is.
+            answer.extra["generation"] = json!(generation.generation);
+            return Err(answer);
+        }
         Ok(generation)
     }
 
@@ -191,9 +195,13 @@ impl Agent {
         outcome
     }
 
-    /// `on_timeout = "fail"` turns a missing acknowledgement into a failed hook.
-    pub(crate) fn check_ack(&self, outcome: &Outcome) -> Result<(), Answer> {
-        if outcome.ok() || self.config.notify.on_timeout == OnTimeout::Continue {
+    /// A missing acknowledgement is a failure of the hook, except that for a hook in `fail_on`
+    /// `on_timeout = "continue"` waives it. (For the other hooks it is always reported, and
+    /// `fail_policy` turns it into a 200 that says so.)
+    pub(crate) fn check_ack(&self, event: Event, outcome: &Outcome) -> Result<(), Answer> {
+        let waived = self.config.hooks.fails_on(event)
+            && self.config.notify.on_timeout == OnTimeout::Continue;
+        if outcome.ok() || waived {
             return Ok(());
         }
         Err(Answer::with(

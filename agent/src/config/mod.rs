@@ -195,6 +195,17 @@ pub struct Hooks {
     pub suspend_timeout: Duration,
     pub terminate_timeout: Duration,
     pub trust: Trust,
+    /// The hooks whose failure answers non-200 (default `run` and `validate`). A non-200 from a
+    /// runtime hook makes the platform terminate the VM (a 500 `/suspend` does, measured), so
+    /// every other hook reports trouble in its JSON, the log and `/status` instead.
+    pub fail_on: Vec<Event>,
+}
+
+impl Hooks {
+    /// Whether a failure of `event`'s hook may answer non-200.
+    pub fn fails_on(&self, event: Event) -> bool {
+        self.fail_on.contains(&event)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -567,9 +578,52 @@ fn hooks(s: &Section) -> Result<Hooks, ConfigError> {
                 &[("loopback", Trust::Loopback), ("any", Trust::Any)],
             )?
             .unwrap_or(Trust::Loopback),
+        fail_on: fail_on(s)?,
     };
     s.finish()?;
     Ok(h)
+}
+
+/// `[hooks] fail_on`: which hooks may fail on purpose. `ready` and `terminate` are not choices:
+/// `/ready` always answers the app's health (503 = not yet, 500 = failed for good), and
+/// `/terminate` always answers 200 (the VM ends either way).
+fn fail_on(s: &Section) -> Result<Vec<Event>, ConfigError> {
+    let Some(names) = s.strings("fail_on")? else {
+        return Ok(vec![Event::Run, Event::Validate]);
+    };
+    let mut out = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let key = format!("{}[{i}]", s.key("fail_on"));
+        let event =
+            match name.as_str() {
+                "run" => Event::Run,
+                "validate" => Event::Validate,
+                "resume" => Event::Resume,
+                "suspend" => Event::Suspend,
+                "terminate" => {
+                    return Err(ConfigError::new(
+                        key,
+                        "/terminate always answers 200: the VM ends whatever it answers",
+                    ))
+                }
+                "ready" => {
+                    return Err(ConfigError::new(
+                        key,
+                        "/ready always answers the app's health (503 not yet, 500 failed for good)",
+                    ))
+                }
+                other => return Err(ConfigError::new(
+                    key,
+                    format!(
+                        "\"{other}\" is not one of \"run\", \"validate\", \"resume\", \"suspend\""
+                    ),
+                )),
+            };
+        if !out.contains(&event) {
+            out.push(event);
+        }
+    }
+    Ok(out)
 }
 
 fn notify(s: &Section, hooks: &Hooks) -> Result<Notify, ConfigError> {

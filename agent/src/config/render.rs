@@ -149,6 +149,8 @@ impl fmt::Display for Config {
             Trust::Any => "any",
         };
         writeln!(o, "trust = {}", q(trust))?;
+        let fail_on: Vec<String> = h.fail_on.iter().map(|e| q(e.as_str())).collect();
+        writeln!(o, "fail_on = [{}]", fail_on.join(", "))?;
 
         let kernel = match self.kernel_reseed {
             KernelReseed::Auto => "auto",

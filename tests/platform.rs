@@ -444,3 +444,27 @@ fn on_the_platform_status_and_the_start_line_name_the_image() {
     let local = Spec::default().start();
     assert_eq!(local.status()["platform"], serde_json::Value::Null);
 }
+
+#[test]
+fn a_header_deadline_pending_at_a_freeze_is_not_used_up_by_it() {
+    // The header deadline is 10 s from a request's first byte. A client that was part-way
+    // through its headers when the VM froze (for longer than that) may finish them after.
+    let a = Spec::default().start();
+    let mut s = connect(a.port);
+    s.write_all(b"GET /ready HTTP/1.1\r\nHost: localhost\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    freeze(&a, libc::SIGSTOP);
+    std::thread::sleep(Duration::from_secs(11));
+    freeze(&a, libc::SIGCONT);
+    std::thread::sleep(Duration::from_millis(300));
+    s.write_all(b"Connection: close\r\n\r\n").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.starts_with("HTTP/1.1 200"),
+        "the connection was cut for time it spent frozen: {text:?}"
+    );
+}

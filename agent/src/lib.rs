@@ -22,6 +22,8 @@
 //! | `agent::routine` | the new-generation routine, notification of the app, restore handling |
 //! | `lifecycle` | the pure state machine: which hook may act in which state |
 //! | `budget` | every hook answers before `budget - margin`, even when its work is stuck |
+//! | `clock` | timers that tell a freeze from elapsed time (a late timer re-arms, never acts) |
+//! | `platform_env` | the image's identity from the platform's environment, for `/status` |
 //! | `entropy`, `generation`, `secrets`, `notify` | the routine's steps |
 //! | `restore` | noticing a restore without a hook (vmclock, VMGenID uevent, clock steps) |
 //! | `run_body` | the `/run` body: wrapper JSON or raw payload; never fails |
@@ -37,6 +39,11 @@
 //!   header values. Hook log lines carry the hook, outcome, status and elapsed time only.
 //! - **stdout belongs to the app.** The agent logs to stderr; only `--check`, `--help` and
 //!   `--version` print to stdout, and they run no app.
+//! - **Only a failure before traffic is worth a dead VM.** A non-200 from `/suspend` makes the
+//!   platform terminate the VM (measured); only the hooks in `[hooks] fail_on` (default `/run`,
+//!   `/validate`) answer their failures, every other hook answers 200 `"degraded"` and reports.
+//! - **A freeze is not elapsed work.** The monotonic clock advances across a suspend (measured),
+//!   so a timer that fires long after its deadline re-arms for its whole length (`clock`).
 //! - **Idle means idle.** No periodic timers while nothing happens: the VM may be suspended for
 //!   hours, and every wake-up is paid in every VM. Everything is driven by events (sockets, the
 //!   signalfd).

@@ -594,31 +594,32 @@ fn fail_on(s: &Section) -> Result<Vec<Event>, ConfigError> {
     let mut out = Vec::new();
     for (i, name) in names.iter().enumerate() {
         let key = format!("{}[{i}]", s.key("fail_on"));
-        let event =
-            match name.as_str() {
-                "run" => Event::Run,
-                "validate" => Event::Validate,
-                "resume" => Event::Resume,
-                "suspend" => Event::Suspend,
-                "terminate" => {
-                    return Err(ConfigError::new(
-                        key,
-                        "/terminate always answers 200: the VM ends whatever it answers",
-                    ))
-                }
-                "ready" => {
-                    return Err(ConfigError::new(
-                        key,
-                        "/ready always answers the app's health (503 not yet, 500 failed for good)",
-                    ))
-                }
-                other => return Err(ConfigError::new(
+        let event = match name.as_str() {
+            "run" => Event::Run,
+            "validate" => Event::Validate,
+            "resume" => Event::Resume,
+            "suspend" => Event::Suspend,
+            "terminate" => {
+                return Err(ConfigError::new(
+                    key,
+                    "/terminate always answers 200: the VM ends whatever it answers",
+                ))
+            }
+            "ready" => {
+                return Err(ConfigError::new(
+                    key,
+                    "/ready always answers the app's health (503 not yet, 500 failed for good)",
+                ))
+            }
+            other => {
+                return Err(ConfigError::new(
                     key,
                     format!(
                         "\"{other}\" is not one of \"run\", \"validate\", \"resume\", \"suspend\""
                     ),
-                )),
-            };
+                ))
+            }
+        };
         if !out.contains(&event) {
             out.push(event);
         }

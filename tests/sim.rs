@@ -558,3 +558,40 @@ fn bad_hooks_json_is_refused_with_the_key() {
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("microvmImageHooks.ready"), "{out}");
 }
+
+#[test]
+fn a_simulation_never_rewrites_the_machines_own_machine_id() {
+    // The simulator sets the platform's environment, so the agent rewrites the machine-id on
+    // /run, as it should in a VM: the simulator gives the entrypoint its own copy.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || !std::path::Path::new("/etc/machine-id").exists() {
+        eprintln!("SKIP: needs root and an /etc/machine-id");
+        return;
+    }
+    let before = std::fs::read("/etc/machine-id").unwrap();
+    let dir = Tmp::new("mid");
+    let port = free_port();
+    let hooks = hooks_json(&dir, port, "");
+    let (code, out) = sim(&[
+        "--hooks",
+        &hooks,
+        "--suspend-for",
+        "0s",
+        "--",
+        &agent(),
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--state-dir",
+        dir.0.join("state").to_str().unwrap(),
+        "--",
+        &fixture(),
+        "forever",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("cannot rewrite the machine-id"), "{out}");
+    assert_eq!(
+        std::fs::read("/etc/machine-id").unwrap(),
+        before,
+        "the host's machine-id changed"
+    );
+}

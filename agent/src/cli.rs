@@ -35,6 +35,7 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
         }
         Ok(Action::Check(c)) => {
             print!("{c}");
+            print!("{}", machine_report(&crate::machine::Facts::read()));
             return ExitCode::SUCCESS;
         }
         Ok(Action::Run(c)) => *c,
@@ -88,4 +89,30 @@ fn init_logging(config: &config::Config) {
             .with(fmt.with_filter(filter))
             .init(),
     }
+}
+
+/// What `--check` says about the machine it runs on (run it in the image at build time), as TOML
+/// comments so the output still reads back as configuration.
+fn machine_report(f: &crate::machine::Facts) -> String {
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    let crng = if f.cap_sys_admin {
+        "reseeded (the agent's RNDRESEEDCRNG will work)"
+    } else if f.vmgenid || f.vmclock {
+        "platform (the kernel reseeds itself on a restore)"
+    } else {
+        "not-reseeded: getrandom may be the same in every clone; use the agent's seed, or \
+         additionalOsCapabilities [\"ALL\"]"
+    };
+    format!(
+        "\n# this machine, for clone safety:\n\
+         #   CAP_SYS_ADMIN: {} (the kernel reseed ioctls need it)\n\
+         #   VMGenID driver bound: {}\n\
+         #   vmclock generation counter: {}\n\
+         #   hardware random instruction: {}\n\
+         #   kernel_crng after /run: {crng}\n",
+        yes(f.cap_sys_admin),
+        yes(f.vmgenid),
+        yes(f.vmclock),
+        f.hardware_random,
+    )
 }

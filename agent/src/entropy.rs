@@ -95,6 +95,27 @@ pub fn gather(extra: &[&[u8]]) -> Input {
     }
 }
 
+/// Which random instruction the CPU offers (what `gather` draws from): `rdseed`, `rdrand`,
+/// `rndr` (aarch64 FEAT_RNG), or `none`.
+pub fn hardware_random_source() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("rdseed") {
+            return "rdseed";
+        }
+        if std::arch::is_x86_feature_detected!("rdrand") {
+            return "rdrand";
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        if std::arch::is_aarch64_feature_detected!("rand") {
+            return "rndr";
+        }
+    }
+    "none"
+}
+
 /// Appends up to 64 bytes from the CPU's random instructions; returns how many.
 fn hardware_random(out: &mut Vec<u8>) -> usize {
     #[cfg(target_arch = "x86_64")]

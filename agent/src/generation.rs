@@ -13,6 +13,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::entropy::{self, Reseeded};
+use crate::machine::KernelCrng;
 use crate::state_files;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -23,8 +24,21 @@ pub struct Generation {
     pub reason: &'static str,
     pub microvm_id: Option<String>,
     pub kernel_reseed: Reseeded,
+    /// Whether the kernel's CRNG is known to differ per clone now (`machine`).
+    pub kernel_crng: KernelCrng,
+    /// What fed the per-clone input besides the `/run` body, the VM id and clocks: the CPU's
+    /// random instruction (`rdseed`, `rdrand`, `rndr`) or `none`.
+    pub hardware_random: &'static str,
     /// RFC 3339, UTC.
     pub at: String,
+}
+
+/// What the kernel step found and did, for the generation record.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelStep {
+    pub reseeded: Reseeded,
+    pub crng: KernelCrng,
+    pub hardware_random: &'static str,
 }
 
 /// The agent's generator and the current generation.
@@ -61,7 +75,7 @@ impl Generations {
         &self,
         reason: &'static str,
         microvm_id: Option<String>,
-        kernel_reseed: Reseeded,
+        kernel: KernelStep,
         input: &entropy::Input,
     ) -> Generation {
         let mut rng = entropy::fresh_generator(input);
@@ -75,7 +89,9 @@ impl Generations {
             id,
             reason,
             microvm_id,
-            kernel_reseed,
+            kernel_reseed: kernel.reseeded,
+            kernel_crng: kernel.crng,
+            hardware_random: kernel.hardware_random,
             at: rfc3339_now(),
         }
     }
@@ -152,15 +168,15 @@ mod tests {
         );
         let dir = std::env::temp_dir().join(format!("mva-gen-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let one = g.next(
-            "run",
-            Some("vm".into()),
-            Reseeded::Write,
-            &entropy::gather(&[b"a"]),
-        );
+        let k = KernelStep {
+            reseeded: Reseeded::Write,
+            crng: KernelCrng::NotReseeded,
+            hardware_random: "none",
+        };
+        let one = g.next("run", Some("vm".into()), k, &entropy::gather(&[b"a"]));
         assert_eq!(one.generation, 1);
         g.publish(&dir, one.clone()).unwrap();
-        let two = g.next("resume", None, Reseeded::Write, &entropy::gather(&[b"b"]));
+        let two = g.next("resume", None, k, &entropy::gather(&[b"b"]));
         assert_eq!(two.generation, 2);
         assert_ne!(one.id, two.id);
         assert_eq!(one.id.len(), 32);
@@ -169,6 +185,11 @@ mod tests {
             serde_json::from_slice(&std::fs::read(dir.join("generation")).unwrap()).unwrap();
         assert_eq!(on_disk["generation"], 1);
         assert_eq!(on_disk["kernel_reseed"], "write");
+        assert_eq!(on_disk["kernel_crng"], "not-reseeded");
+        assert!(
+            on_disk.get("seed").is_none(),
+            "the seed is never in the generation file"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

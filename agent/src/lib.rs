@@ -23,6 +23,8 @@
 //! | `lifecycle` | the pure state machine: which hook may act in which state |
 //! | `budget` | every hook answers before `budget - margin`, even when its work is stuck |
 //! | `clock` | timers that tell a freeze from elapsed time (a late timer re-arms, never acts) |
+//! | `identity` | `/etc/machine-id` rewritten once per VM |
+//! | `machine` | what the machine offers for clone safety (CAP_SYS_ADMIN, VMGenID, vmclock, RNG) |
 //! | `platform_env` | the image's identity from the platform's environment, for `/status` |
 //! | `entropy`, `generation`, `secrets`, `notify` | the routine's steps |
 //! | `restore` | noticing a restore without a hook (vmclock, VMGenID uevent, clock steps) |
@@ -75,7 +77,9 @@ pub mod entropy;
 pub mod generation;
 pub mod helper;
 pub mod hooks;
+pub mod identity;
 pub mod lifecycle;
+pub mod machine;
 pub mod notify;
 pub mod platform_env;
 pub mod probe;

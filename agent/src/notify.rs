@@ -2,16 +2,18 @@
 //!
 //! Every configured channel runs, concurrently, bounded by `[notify] timeout` and the hook's own
 //! deadline:
-//! - `http`: POST `{"event","generation","id","microvm_id"}`; a 2xx answer acknowledges.
+//! - `http`: POST `{"event","generation","id","microvm_id","seed"}`; a 2xx answer acknowledges.
 //! - `signal`: sent to the app; sending it acknowledges (a signal has no answer).
-//! - `exec`: a command with `MICROVM_EVENT`, `MICROVM_GENERATION`, `MICROVM_GENERATION_ID` and
-//!   `MICROVM_ID` in its environment; exit 0 acknowledges.
+//! - `exec`: a command with `MICROVM_EVENT`, `MICROVM_GENERATION`, `MICROVM_GENERATION_ID`,
+//!   `MICROVM_ID` and `MICROVM_SEED` in its environment; exit 0 acknowledges.
+//!
+//! `seed` (64 hex) is the new generation's seed for the app's own generators (also in
+//! `<state_dir>/seed`); events that make no generation (suspend, terminate) carry `null`.
 //! - `restart_on`: the app is restarted; it acknowledges by passing its readiness probe again.
 //!   For runtimes that cannot reseed in process. For such an event this is the only channel: the
 //!   old instance is being replaced (telling it could only race its stop), and the new one starts
-//!   from the freshly reseeded kernel and can read the generation from the state directory. For such an event this is the only channel: the
-//!   old instance is being replaced (telling it could only race its stop), and the new one starts
-//!   from the freshly reseeded kernel and can read the generation from the state directory.
+//!   from the freshly reseeded kernel and reads the generation and the seed from the state
+//!   directory.
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -74,6 +76,7 @@ pub async fn notify(
     event: Event,
     generation: Option<&Generation>,
     microvm_id: Option<&str>,
+    seed: Option<&[u8]>,
     ctx: Ctx<'_>,
     deadline: Instant,
 ) -> Outcome {
@@ -83,12 +86,25 @@ pub async fn notify(
     let restarting = cfg.restart_on.contains(&event);
     let number = generation.map_or(0, |g| g.generation);
     let id = generation.map(|g| g.id.clone());
+    // Zeroized when this function returns (never logged: only the event's name is).
+    let seed_hex = zeroize::Zeroizing::new(
+        seed.map(|s| s.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+    );
     let http = async {
         let url = cfg.http.as_ref().filter(|_| !restarting)?;
-        let body = json!({ "event": event.as_str(), "generation": number, "id": id, "microvm_id": microvm_id });
+        let body = zeroize::Zeroizing::new(
+            json!({ "event": event.as_str(), "generation": number, "id": id, "microvm_id": microvm_id, "seed": *seed_hex })
+                .to_string(),
+        );
         let headers = [("content-type".to_string(), "application/json".to_string())];
-        let r = match client::request(url, "POST", &headers, Bytes::from(body.to_string()), limit)
-            .await
+        let r = match client::request(
+            url,
+            "POST",
+            &headers,
+            Bytes::from(body.as_bytes().to_vec()),
+            limit,
+        )
+        .await
         {
             Ok(reply) if (200..300).contains(&reply.status) => Ok(()),
             Ok(reply) => Err(format!("answered HTTP {}", reply.status)),
@@ -117,6 +133,7 @@ pub async fn notify(
             ("MICROVM_GENERATION", number.to_string()),
             ("MICROVM_GENERATION_ID", id.clone().unwrap_or_default()),
             ("MICROVM_ID", microvm_id.unwrap_or_default().to_string()),
+            ("MICROVM_SEED", (*seed_hex).clone().unwrap_or_default()),
         ];
         let spec = HelperSpec {
             argv: &argv,

@@ -2,8 +2,13 @@
 //! (CONTRACT.md): root, but only Docker's default capability set (`0xa80425fb`: no
 //! CAP_SYS_ADMIN, so no kernel CRNG reseed ioctl), `RLIMIT_NOFILE` 1024 soft and hard, and the
 //! image's identity in the environment. `--caps all` models `additionalOsCapabilities: ["ALL"]`.
+//! As root the entrypoint also gets its own `/etc/machine-id` (a private mount of a copy), as a
+//! container has: the agent rewrites the machine-id on `/run`, and a simulation must never
+//! rewrite the machine's own.
 
+use std::ffi::CString;
 use std::io;
+use std::path::Path;
 
 /// chown dac_override fowner fsetid kill setgid setuid setpcap net_bind_service net_raw
 /// sys_chroot mknod audit_write setfcap.
@@ -123,4 +128,43 @@ pub fn apply_in_child(caps: Caps, last_cap: u32) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// A copy of `/etc/machine-id` in `dir`, to mount over the original in the entrypoint's own
+/// mount namespace; `None` if the machine has none (then there is nothing to protect).
+pub fn machine_id_copy(dir: &Path) -> Option<CString> {
+    let original = std::fs::read("/etc/machine-id").ok()?;
+    let copy = dir.join("machine-id");
+    std::fs::write(&copy, original).ok()?;
+    CString::new(copy.to_string_lossy().into_owned()).ok()
+}
+
+/// In the child, before `exec`: a mount namespace of its own in which `copy` is bind-mounted
+/// over `/etc/machine-id`. Only system calls.
+pub fn private_machine_id(copy: &CString) -> io::Result<()> {
+    let check = |r: libc::c_int| {
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
+    // SAFETY: unshare and mount with static or owned NUL-terminated strings.
+    unsafe {
+        check(libc::unshare(libc::CLONE_NEWNS))?;
+        check(libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ))?;
+        check(libc::mount(
+            copy.as_ptr(),
+            c"/etc/machine-id".as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        ))
+    }
 }

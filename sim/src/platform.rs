@@ -79,9 +79,20 @@ pub fn run(o: &Options) -> i32 {
     let root = unsafe { libc::geteuid() } == 0;
     let caps = o.caps;
     let last_cap = container::last_cap();
-    // SAFETY: only setrlimit, prctl and capset (async-signal-safe) between fork and exec.
+    let scratch = std::env::temp_dir().join(format!("microvm-sim-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&scratch);
+    let machine_id = if root {
+        container::machine_id_copy(&scratch)
+    } else {
+        None
+    };
+    // SAFETY: only unshare, mount, setrlimit, prctl and capset (async-signal-safe) between fork
+    // and exec.
     unsafe {
         cmd.pre_exec(move || {
+            if let Some(copy) = &machine_id {
+                container::private_machine_id(copy)?;
+            }
             if root {
                 container::apply_in_child(caps, last_cap)?;
             }
@@ -135,7 +146,7 @@ pub fn run(o: &Options) -> i32 {
     sim.say("start", &line);
     let container = if root {
         format!(
-            "{}, RLIMIT_NOFILE {}, image {}",
+            "{}, RLIMIT_NOFILE {}, its own /etc/machine-id, image {}",
             o.caps.describe(),
             container::NOFILE,
             o.image
@@ -147,6 +158,7 @@ pub fn run(o: &Options) -> i32 {
     let built = sim.lifecycle();
     sim.tree.kill();
     let _ = sim.child.wait();
+    let _ = std::fs::remove_dir_all(&scratch);
     sim.report(built)
 }
 

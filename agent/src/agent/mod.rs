@@ -352,7 +352,7 @@ impl Agent {
         let mut unacknowledged = None;
         if first {
             // The app hears of it first (it may want to flush), then the stop begins.
-            let outcome = self.tell_app(Event::Terminate, None, deadline).await;
+            let outcome = self.tell_app(Event::Terminate, None, None, deadline).await;
             self.terminate.send_replace(true);
             if !outcome.ok() {
                 unacknowledged = Some(outcome);
@@ -481,7 +481,7 @@ impl Agent {
             Ok(g) => Answer::with(
                 StatusCode::OK,
                 if hook == Hook::Run { "ok" } else { "resumed" },
-                json!({ "generation": g.generation, "id": g.id, "microvm_id": g.microvm_id, "kernel_reseed": g.kernel_reseed, "since_suspend": frozen }),
+                json!({ "generation": g.generation, "id": g.id, "microvm_id": g.microvm_id, "kernel_reseed": g.kernel_reseed, "kernel_crng": g.kernel_crng, "since_suspend": frozen }),
             ),
             Err(answer) => answer,
         }
@@ -491,8 +491,18 @@ impl Agent {
     /// that could not be scrubbed is a failure (it stays on disk through the freeze), reported
     /// as such; whether it answers non-200 is `fail_policy`'s call.
     async fn suspend(&self, deadline: Instant) -> Answer {
-        let outcome = self.tell_app(Event::Suspend, None, deadline).await;
-        let scrubbed = crate::secrets::scrub(&self.config.secrets, &self.config.state_dir);
+        let outcome = self.tell_app(Event::Suspend, None, None, deadline).await;
+        let mut scrubbed = crate::secrets::scrub(&self.config.secrets, &self.config.state_dir);
+        // The app's seed goes the way of a scrub_on_suspend secret: a new one comes on /resume.
+        match std::fs::remove_file(self.config.state_dir.join(routine::SEED_FILE)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                scrubbed.failed.push(crate::secrets::Failure {
+                    name: "(seed)".into(),
+                    reason: format!("cannot remove it: {e}"),
+                })
+            }
+            _ => {}
+        }
         *self.suspended_at.lock().expect("suspend lock") = Some(Clocks::now());
         // The agent keeps no outbound connection (every client request uses a fresh one), so
         // there is nothing of ours to drop before the freeze.

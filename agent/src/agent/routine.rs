@@ -7,8 +7,12 @@
 //!    from the same per-clone input (so it diverges even if the kernel step failed).
 //! 3. the next generation: number + 1, a fresh 128-bit id from that generator.
 //! 4. **secrets**: every secret rewritten for the new generation.
-//! 5. **publish**: `<state_dir>/generation` and `GET /generation`.
-//! 6. **notify**: the app is told and acknowledges (or the hook fails / warns, per `on_timeout`).
+//! 5. **seed**: 32 bytes from that generator for the app's own generators, in `<state_dir>/seed`
+//!    and in the notify event. Without CAP_SYS_ADMIN and without VMGenID the kernel's `getrandom`
+//!    can be the same in every clone; this seed, keyed from what differs per clone, cannot.
+//! 6. **identity** (`/run` only: once per VM): `/etc/machine-id` rewritten.
+//! 7. **publish**: `<state_dir>/generation` and `GET /generation`.
+//! 8. **notify**: the app is told and acknowledges (or the hook fails / warns, per `on_timeout`).
 //!
 //! Secrets come before publishing (DESIGN.md lists them after): an app that sees generation N in
 //! the state directory can then trust that every secret file already holds generation N's value.
@@ -21,11 +25,19 @@ use hyper::StatusCode;
 use serde_json::json;
 use tokio::time::Instant;
 
+use zeroize::Zeroize;
+
 use super::{Agent, Answer};
-use crate::config::{Event, OnTimeout};
-use crate::generation::Generation;
+use crate::config::{Event, MachineId, OnTimeout};
+use crate::entropy::Reseeded;
+use crate::generation::{Generation, KernelStep};
+use crate::machine::{Facts, KernelCrng};
 use crate::notify::{self, Outcome};
-use crate::{entropy, secrets};
+use crate::{entropy, identity, secrets, state_files};
+
+/// The app's per-generation seed: `<state_dir>/seed`, 32 raw bytes, 0600.
+pub const SEED_FILE: &str = "seed";
+const SEED_BYTES: usize = 32;
 
 /// A restore noticed this soon after a hook's routine is the same restore: not redone.
 const SAME_RESTORE: Duration = Duration::from_secs(2);
@@ -69,17 +81,36 @@ impl Agent {
             entropy::gather(&all)
         };
         let (reseeded, kernel_note) = entropy::reseed_kernel(self.config.kernel_reseed, &input);
+        let facts = Facts::read();
+        let kernel = KernelStep {
+            reseeded,
+            crng: KernelCrng::verdict(reseeded, &facts),
+            hardware_random: facts.hardware_random,
+        };
         rec.step("kernel", t);
         rec.fields["kernel_reseed"] = json!(reseeded);
+        rec.fields["kernel_crng"] = json!(kernel.crng);
         rec.fields["kernel_note"] = json!(kernel_note);
-        if let Some(note) = &kernel_note {
-            tracing::warn!(kernel_reseed = reseeded.as_str(), note = %note, "kernel reseed");
+        if let (Reseeded::Failed, Some(note)) = (reseeded, &kernel_note) {
+            tracing::warn!(kernel_reseed = reseeded.as_str(), note = %note, "kernel reseed failed");
+        } else if let Some(note) = &kernel_note {
+            // Expected under the platform's default capabilities: said once per VM, below.
+            tracing::debug!(kernel_reseed = reseeded.as_str(), note = %note, "kernel reseed");
+        }
+        if event == Event::Run && kernel.crng == KernelCrng::NotReseeded {
+            tracing::warn!(
+                kernel_crng = kernel.crng.as_str(),
+                "the kernel's CRNG was not reseeded (no CAP_SYS_ADMIN, no VMGenID): getrandom may \
+                 return the same bytes in every clone until the kernel reseeds itself; give the \
+                 image additionalOsCapabilities [\"ALL\"], or mix the agent's seed \
+                 (<state_dir>/seed, \"seed\" in the event) into the app's generators"
+            );
         }
 
         let t = Instant::now();
         // The same per-clone input keys the agent's generator too: it must diverge even when the
         // kernel step could not run.
-        let generation = self.generations.next(reason, microvm_id, reseeded, &input);
+        let generation = self.generations.next(reason, microvm_id, kernel, &input);
         drop(input);
         rec.step("generator", t);
         rec.fields["generation"] = json!(generation.generation);
@@ -110,6 +141,52 @@ impl Agent {
         rec.fields["secrets"] = json!(rotated);
 
         let t = Instant::now();
+        let mut seed = self.generations.draw(SEED_BYTES).unwrap_or_default();
+        let written = state_files::write_atomic(
+            &self.config.state_dir.join(SEED_FILE),
+            &seed,
+            0o600,
+            self.app_owner(),
+        );
+        rec.step("seed", t);
+        if let Err(e) = written {
+            seed.zeroize();
+            tracing::error!(error = %e, "cannot write the seed; the new generation is not published");
+            return Err(self.failed(
+                rec,
+                "state-dir-error",
+                format!("cannot write the seed: {e}"),
+            ));
+        }
+
+        let rewrite_id = match self.config.machine_id {
+            MachineId::Always => true,
+            MachineId::Never => false,
+            MachineId::Auto => crate::platform_env::get().is_some() || std::process::id() == 1,
+        };
+        if event == Event::Run && rewrite_id {
+            let t = Instant::now();
+            let hex: String = self
+                .generations
+                .draw(16)
+                .unwrap_or_default()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            let outcome =
+                identity::rewrite_machine_id(std::path::Path::new(identity::MACHINE_ID), &hex);
+            rec.step("identity", t);
+            match outcome {
+                Ok(what) => rec.fields["machine_id"] = json!(what),
+                Err(e) => {
+                    // Reported, never fatal: a cloned machine-id is worth a line, not a dead VM.
+                    tracing::error!(error = %e, "cannot rewrite the machine-id");
+                    rec.fields["machine_id"] = json!(format!("failed: {e}"));
+                }
+            }
+        }
+
+        let t = Instant::now();
         if let Err(e) = self
             .generations
             .publish(&self.config.state_dir, generation.clone())
@@ -124,7 +201,10 @@ impl Agent {
         rec.step("publish", t);
 
         let t = Instant::now();
-        let outcome = self.tell_app(event, Some(&generation), deadline).await;
+        let outcome = self
+            .tell_app(event, Some(&generation), Some(&seed), deadline)
+            .await;
+        seed.zeroize();
         rec.step("notify", t);
         rec.fields["notify"] = json!(outcome);
         self.keep(rec);
@@ -164,6 +244,7 @@ impl Agent {
         &self,
         event: Event,
         generation: Option<&Generation>,
+        seed: Option<&[u8]>,
         deadline: Instant,
     ) -> Outcome {
         if !notify::is_configured(&self.config.notify, event) {
@@ -185,6 +266,7 @@ impl Agent {
             event,
             generation,
             microvm_id.as_deref(),
+            seed,
             ctx,
             deadline,
         )
@@ -276,7 +358,7 @@ mod tests {
 
     fn agent(extra: &str, dir: &std::path::Path) -> Arc<Agent> {
         let text = format!(
-            "state_dir = {:?}\n[entropy]\nkernel = \"off\"\n{extra}",
+            "state_dir = {:?}\n[entropy]\nkernel = \"off\"\n[identity]\nmachine_id = false\n{extra}",
             dir.display().to_string()
         );
         let config =
@@ -320,7 +402,14 @@ mod tests {
             .unwrap();
         assert_eq!(
             steps(&a),
-            ["kernel", "generator", "secrets", "publish", "notify"]
+            [
+                "kernel",
+                "generator",
+                "secrets",
+                "seed",
+                "publish",
+                "notify"
+            ]
         );
         assert_eq!(g.generation, 1);
         assert!(dir.join("secrets/k").exists() && dir.join("generation").exists());

@@ -135,6 +135,18 @@ pub struct Config {
     pub kernel_reseed: KernelReseed,
     pub notify: Notify,
     pub secrets: Vec<Secret>,
+    /// `[identity] machine_id`: rewrite `/etc/machine-id` on `/run`.
+    pub machine_id: MachineId,
+}
+
+/// When the agent rewrites `/etc/machine-id` on `/run`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MachineId {
+    /// On the platform (`AWS_LAMBDA_MICROVM_IMAGE_ARN` set) or as PID 1 (the container is the
+    /// agent's): never the machine of someone trying the agent out on their laptop.
+    Auto,
+    Always,
+    Never,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -366,6 +378,21 @@ pub fn from_table(
     entropy.finish()?;
     let notify = notify(&root.table("notify")?, &hooks)?;
     let secrets = secrets(&root)?;
+    let identity = root.table("identity")?;
+    // `true`/`false`, or "auto" (the default). A boolean reads naturally; "auto" is a string.
+    let machine_id = match identity.boolean("machine_id") {
+        Ok(Some(true)) => MachineId::Always,
+        Ok(Some(false)) => MachineId::Never,
+        Ok(None) => MachineId::Auto,
+        Err(_) if identity.string("machine_id").ok().flatten() == Some("auto") => MachineId::Auto,
+        Err(_) => {
+            return Err(ConfigError::new(
+                identity.key("machine_id"),
+                "must be true, false or \"auto\"",
+            ))
+        }
+    };
+    identity.finish()?;
     root.finish()?;
     Ok(Config {
         listen,
@@ -380,6 +407,7 @@ pub fn from_table(
         kernel_reseed,
         notify,
         secrets,
+        machine_id,
     })
 }
 

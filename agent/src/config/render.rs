@@ -159,6 +159,12 @@ impl fmt::Display for Config {
             KernelReseed::Off => "off",
         };
         writeln!(o, "\n[entropy]\nkernel = {}", q(kernel))?;
+        let machine_id = match self.machine_id {
+            MachineId::Auto => q("auto"),
+            MachineId::Always => "true".into(),
+            MachineId::Never => "false".into(),
+        };
+        writeln!(o, "\n[identity]\nmachine_id = {machine_id}")?;
 
         let n = &self.notify;
         writeln!(o, "\n[notify]")?;

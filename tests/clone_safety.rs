@@ -104,7 +104,14 @@ fn generations_count_0_1_2_with_distinct_ids_published_everywhere() {
         .collect();
     assert_eq!(
         steps,
-        ["kernel", "generator", "secrets", "seed", "publish", "notify"]
+        [
+            "kernel",
+            "generator",
+            "secrets",
+            "seed",
+            "publish",
+            "notify"
+        ]
     );
 }
 

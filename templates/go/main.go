@@ -2,13 +2,17 @@
 //
 // The trap: the math/rand (and math/rand/v2) global generators are seeded once when the process
 // starts, during the image build, and cannot be reseeded: every clone draws the same numbers.
-// The fix: keep your own *rand.Rand and replace it when the agent announces a new generation, or
-// use crypto/rand, which reads the kernel on every call and is safe as it is.
+// The fix: keep your own *rand.Rand and replace it when the agent announces a new generation,
+// seeded from the kernel *and* the agent's per-generation seed ("seed" in the event): under the
+// platform's default capabilities and without VMGenID, crypto/rand can return the same bytes in
+// every clone; the seed cannot.
 package main
 
 import (
 	crand "crypto/rand"
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"math/rand"
@@ -25,11 +29,16 @@ var (
 	generation int64
 )
 
-// reseed replaces the generator with one seeded from the kernel the agent just reseeded.
-func reseed() {
-	var b [8]byte
+// reseed replaces the generator with one seeded from sha256(kernel bytes || agent seed).
+func reseed(agentSeedHex string) {
+	var b [32]byte
 	_, _ = crand.Read(b[:])
-	seed = int64(binary.LittleEndian.Uint64(b[:]))
+	h := sha256.New()
+	h.Write(b[:])
+	if s, err := hex.DecodeString(agentSeedHex); err == nil {
+		h.Write(s)
+	}
+	seed = int64(binary.LittleEndian.Uint64(h.Sum(nil)[:8]))
 	rng = rand.New(rand.NewSource(seed))
 	draws = 0
 }
@@ -38,7 +47,7 @@ func reseed() {
 func fingerprint() string { return fmt.Sprintf("%016x-%d", uint64(seed), draws) }
 
 func main() {
-	reseed()
+	reseed("")
 	port := os.Getenv("PORT")
 	if port == "" {
 		port = "8080"
@@ -54,12 +63,13 @@ func main() {
 		var event struct {
 			Event      string `json:"event"`
 			Generation int64  `json:"generation"`
+			Seed       string `json:"seed"`
 		}
 		_ = json.NewDecoder(r.Body).Decode(&event)
 		mu.Lock()
 		before := fingerprint()
 		if event.Event == "run" || event.Event == "resume" || event.Event == "validate" {
-			reseed()
+			reseed(event.Seed)
 			generation = event.Generation
 		}
 		line, _ := json.Marshal(map[string]any{"event": event.Event, "generation": event.Generation, "before": before, "after": fingerprint()})

@@ -2,8 +2,9 @@
 //
 // The trap: a java.util.Random (or a SecureRandom DRBG/SHA1PRNG instance) created during the image
 // build keeps its state in the snapshot, and every clone draws the same numbers. The fix: replace
-// it when the agent announces a new generation (for a SecureRandom: secureRandom.reseed(), Java 9+).
-// SecureRandom's NativePRNG reads /dev/urandom on every call and is safe as it is.
+// it when the agent announces a new generation, seeded from the kernel *and* the agent's
+// per-generation seed ("seed" in the event): under the platform's default capabilities and
+// without VMGenID the kernel can hand every clone the same bytes, the seed cannot.
 import com.sun.net.httpserver.HttpExchange;
 import com.sun.net.httpserver.HttpServer;
 import java.io.ByteArrayOutputStream;
@@ -32,8 +33,16 @@ public class App {
         return HexFormat.of().formatHex(d, 0, 8);
     }
 
-    static void reseed() {
-        rng = new Random(new SecureRandom().nextLong()); // NativePRNG: the freshly reseeded kernel
+    /** seed = SHA-256(kernel bytes || agent seed); never throws on a missing or odd seed. */
+    static void reseed(String agentSeedHex) throws Exception {
+        byte[] os = new byte[32];
+        new SecureRandom().nextBytes(os); // NativePRNG: the kernel
+        MessageDigest h = MessageDigest.getInstance("SHA-256");
+        h.update(os);
+        if (agentSeedHex.matches("[0-9a-f]{64}")) {
+            h.update(HexFormat.of().parseHex(agentSeedHex));
+        }
+        rng = new Random(java.nio.ByteBuffer.wrap(h.digest()).getLong());
     }
 
     static String field(String json, String name) {
@@ -67,7 +76,7 @@ public class App {
                 String event = field(body, "event");
                 String before = fingerprint();
                 if (event.equals("run") || event.equals("resume") || event.equals("validate")) {
-                    reseed();
+                    reseed(field(body, "seed"));
                     generation = Long.parseLong(field(body, "generation"));
                 }
                 System.out.printf("{\"event\":\"%s\",\"generation\":%s,\"before\":\"%s\",\"after\":\"%s\"}%n",

@@ -2,8 +2,12 @@
 
 The trap: `random` (and NumPy's global generator) is seeded once, when the module is imported,
 during the image build. Every VM cloned from the snapshot starts with the same state and draws
-the same "random" numbers. The fix: reseed when the agent announces a new generation.
-`secrets`, `os.urandom` and `uuid.uuid4()` read the kernel on every call and are safe as they are.
+the same "random" numbers. The fix: reseed when the agent announces a new generation, from the
+kernel *and* the agent's per-generation seed: under the platform's default capabilities (no
+CAP_SYS_ADMIN) and without VMGenID the kernel can hand every clone the same bytes (the agent's
+`kernel_crng` says "not-reseeded"), and the seed, keyed from what differs per clone, cannot.
+`secrets`, `os.urandom` and `uuid.uuid4()` read the kernel on every call: safe only where
+`kernel_crng` is "reseeded" or "platform".
 """
 import hashlib
 import json
@@ -22,9 +26,18 @@ def fingerprint():
     return hashlib.sha256(repr(random.getstate()).encode()).hexdigest()[:16]
 
 
-def reseed():
-    random.seed()  # no argument: seeded from os.urandom, i.e. the kernel the agent just reseeded
-    # With NumPy: np.random.seed(); and replace any np.random.default_rng() you keep.
+def reseed(agent_seed_hex):
+    # seed = hash(os_random || agent_seed): random.seed() hashes bytes with SHA-512.
+    agent_seed = bytes.fromhex(agent_seed_hex or "")
+    if not agent_seed:  # e.g. told by a signal: the same seed is in the state directory
+        try:
+            with open(os.path.join(STATE_DIR, "seed"), "rb") as f:
+                agent_seed = f.read()
+        except OSError:
+            agent_seed = b""
+    random.seed(os.urandom(32) + agent_seed)
+    # With NumPy: np.random.seed(int.from_bytes(hashlib.sha256(os.urandom(32) + agent_seed)
+    # .digest()[:4], "little")), and replace any np.random.default_rng() you keep the same way.
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -45,7 +58,7 @@ class Handler(BaseHTTPRequestHandler):
         event = json.loads(self.rfile.read(length) or b"{}")
         before = fingerprint()
         if event.get("event") in ("run", "resume", "validate"):
-            reseed()
+            reseed(event.get("seed"))
             generation = event.get("generation", generation)
         print(json.dumps({"event": event.get("event"), "generation": event.get("generation"),
                           "before": before, "after": fingerprint()}), flush=True)

@@ -1,21 +1,32 @@
 //! A clone-safe Rust app for microvm-agent (std HTTP, `rand` 0.9).
 //!
-//! The trap: `rand::rng()` (ThreadRng) and any `StdRng` you keep are seeded once, during the image
-//! build, and only reseed after 64 KiB of output: every clone draws the same numbers. The fix:
-//! replace (or `reseed()`, per thread for ThreadRng) when the agent announces a new generation.
-//! `OsRng` / `getrandom` read the kernel on every call and are safe as they are.
+//! The trap: any `StdRng` you keep is seeded once, during the image build, and never reseeds by
+//! itself (`rand::rng()`, ThreadRng, reseeds only after 64 KiB of output): every clone draws the
+//! same numbers. The fix: replace it when the agent announces a new generation, seeded from the
+//! kernel *and* the agent's per-generation seed ("seed" in the event): under the platform's
+//! default capabilities and without VMGenID, `OsRng` can return the same bytes in every clone;
+//! the seed cannot.
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::sync::Mutex;
 
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::{Rng, SeedableRng, TryRngCore};
 
 static RNG: Mutex<Option<StdRng>> = Mutex::new(None);
 static GENERATION: Mutex<u64> = Mutex::new(0);
 
-fn reseed() {
-    *RNG.lock().unwrap() = Some(StdRng::from_os_rng()); // the kernel the agent just reseeded
+/// The kernel's bytes XOR the agent's seed: uniform if either is, different per clone if the
+/// seed is (two independent 32-byte values; no hash crate needed).
+fn reseed(agent_seed_hex: &str) {
+    let mut seed = <StdRng as SeedableRng>::Seed::default();
+    rand::rngs::OsRng.try_fill_bytes(&mut seed).expect("getrandom");
+    if agent_seed_hex.len() == 64 {
+        for (i, s) in seed.iter_mut().enumerate() {
+            *s ^= u8::from_str_radix(&agent_seed_hex[2 * i..2 * i + 2], 16).unwrap_or(0);
+        }
+    }
+    *RNG.lock().unwrap() = Some(StdRng::from_seed(seed));
 }
 
 /// The generator's next value, drawn from a copy: a fingerprint of its state.
@@ -30,7 +41,7 @@ fn field<'a>(json: &'a str, name: &str) -> &'a str {
 }
 
 fn main() {
-    reseed();
+    reseed("");
     let port = std::env::var("PORT").unwrap_or_else(|_| "8080".into());
     let listener = TcpListener::bind(format!("0.0.0.0:{port}")).expect("bind");
     for conn in listener.incoming().flatten() {
@@ -65,7 +76,7 @@ fn main() {
                     let (event, generation) = (field(&body, "event"), field(&body, "generation"));
                     let before = fingerprint();
                     if matches!(event, "run" | "resume" | "validate") {
-                        reseed();
+                        reseed(field(&body, "seed"));
                         *GENERATION.lock().unwrap() = generation.parse().unwrap_or(0);
                     }
                     println!(r#"{{"event":"{event}","generation":{generation},"before":"{before}","after":"{}"}}"#, fingerprint());

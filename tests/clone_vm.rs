@@ -442,6 +442,8 @@ struct Values {
     generation_id: String,
     kernel_reseed: String,
     kernel_crng: String,
+    /// What fed the agent's per-clone input besides the body, the id and clocks.
+    hardware_random: String,
     secret: String,
     seed: String,
     machine_id: String,
@@ -459,6 +461,7 @@ fn collect(vm: &Vm) -> Values {
         generation_id: field("id"),
         kernel_reseed: field("kernel_reseed"),
         kernel_crng: field("kernel_crng"),
+        hardware_random: field("hardware_random"),
         secret: vm.app("/secret"),
         seed: vm.app("/seed"),
         machine_id: vm.app("/machine-id"),

@@ -594,6 +594,10 @@ fn check_clones(lab: &Lab, mode: Mode, mut origin: Vm, booted: Instant) {
         };
         assert_eq!(v.kernel_reseed, reseed, "[{tag}] {v:?}");
         assert_eq!(v.kernel_crng, crng, "[{tag}] {v:?}");
+        assert!(
+            ["rdseed", "rdrand", "none"].contains(&v.hardware_random.as_str()),
+            "[{tag}] the generation says what fed the input: {v:?}"
+        );
         assert_ne!(
             v.machine_id, "0123456789abcdef0123456789abcdef",
             "[{tag}] machine-id rewritten"

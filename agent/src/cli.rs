@@ -19,7 +19,19 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
             return ExitCode::from(EX_OSERR);
         }
     };
-    let action = config::parse_args(args, |k| std::env::var(k).ok());
+    let action = config::check_env(|k| std::env::var_os(k))
+        .and_then(|()| config::parse_args(args, |k| std::env::var(k).ok()))
+        .and_then(|action| {
+            // The app's user is resolved before anything starts (and in --check): an unknown one
+            // is a configuration error, not a start that binds the port and then fails.
+            if let Action::Check(c) | Action::Run(c) = &action {
+                if let Some(spec) = c.app.as_ref().and_then(|a| a.user.as_ref()) {
+                    crate::spawn::resolve_user(spec)
+                        .map_err(|e| config::ConfigError::new("app.user", e))?;
+                }
+            }
+            Ok(action)
+        });
     let config = match action {
         Err(e) => {
             eprintln!("microvm-agent: configuration error: {e}");

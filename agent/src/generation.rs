@@ -83,7 +83,7 @@ impl Generations {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        *self.rng.lock().expect("rng lock") = Some(rng);
+        *crate::lock(&self.rng) = Some(rng);
         Generation {
             generation: self.number() + 1,
             id,
@@ -99,11 +99,7 @@ impl Generations {
     /// Draws from the agent's generator; `None` before the first routine (by design: nothing may
     /// come from a generator keyed before the snapshot).
     pub fn draw(&self, n: usize) -> Option<Vec<u8>> {
-        self.rng
-            .lock()
-            .expect("rng lock")
-            .as_mut()
-            .map(|r| entropy::draw(r, n))
+        crate::lock(&self.rng).as_mut().map(|r| entropy::draw(r, n))
     }
 
     /// Publishes `generation` in the state directory, then to `/generation` watchers.

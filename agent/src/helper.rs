@@ -24,11 +24,16 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// The most of a helper's stdout that is kept (a secret's value).
+pub const CAPTURE_LIMIT: usize = 64 * 1024;
+
 /// What a helper did.
 pub struct Finished {
     pub exit: Exit,
-    /// Its stdout when `capture` was asked for (capped at 64 KiB).
+    /// Its stdout when `capture` was asked for (at most [`CAPTURE_LIMIT`] bytes).
     pub stdout: Vec<u8>,
+    /// The helper wrote more than [`CAPTURE_LIMIT`]: `stdout` is empty, never a cut value.
+    pub overflowed: bool,
 }
 
 pub struct HelperSpec<'a> {
@@ -67,13 +72,27 @@ pub async fn run(
         if let Some(out) = spawned.stdout {
             let fd = OwnedFd::from(out);
             if let Ok(pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
-                let _ = pipe.take(64 * 1024).read_to_end(&mut stdout).await;
+                // One byte more than the limit tells "too long" from "exactly the limit"; the
+                // pipe is closed right after, so a helper that writes on gets EPIPE, not stuck.
+                let _ = pipe
+                    .take(CAPTURE_LIMIT as u64 + 1)
+                    .read_to_end(&mut stdout)
+                    .await;
             }
+        }
+        let overflowed = stdout.len() > CAPTURE_LIMIT;
+        if overflowed {
+            zeroize::Zeroize::zeroize(&mut stdout);
+            stdout.clear();
         }
         let exit = exited
             .await
             .map_err(|_| "the helper's exit was lost".to_string())?;
-        Ok::<_, String>(Finished { exit, stdout })
+        Ok::<_, String>(Finished {
+            exit,
+            stdout,
+            overflowed,
+        })
     };
     match tokio::time::timeout(limit, work).await {
         Ok(result) => {

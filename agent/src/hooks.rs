@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, Response, StatusCode};
@@ -120,6 +120,14 @@ fn query_u64(query: Option<&str>, key: &str) -> Result<Option<u64>, String> {
     Ok(None)
 }
 
+/// A body must arrive within this long of its headers (as headers have `HEADER_TIMEOUT`).
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads the body into one buffer as it arrives, within [`BODY_TIMEOUT`] and [`BODY_LIMIT`].
+///
+/// Each frame is copied and dropped at once: a frame is a slice of hyper's read buffer, and
+/// keeping thousands of one-byte frames (a body trickled a byte per TCP segment) would keep
+/// thousands of read buffers alive (measured: 1 GB of RSS for 256 KB of trickled body).
 async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Full<Bytes>>> {
     let too_large = || {
         refuse(
@@ -135,14 +143,35 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Full<Bytes>
     if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
         return Err(too_large());
     }
-    match Limited::new(req.into_body(), BODY_LIMIT).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(_) => Err(refuse(
-            StatusCode::BAD_REQUEST,
-            "the request body could not be read",
-        )),
+    let mut body = req.into_body();
+    let mut buf = Vec::with_capacity(declared.unwrap_or(0) as usize);
+    let collect = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| {
+                refuse(
+                    StatusCode::BAD_REQUEST,
+                    "the request body could not be read",
+                )
+            })?;
+            if let Ok(data) = frame.into_data() {
+                if buf.len() + data.len() > BODY_LIMIT {
+                    return Err(too_large());
+                }
+                buf.extend_from_slice(&data);
+            }
+        }
+        Ok(())
+    };
+    tokio::select! {
+        done = collect => done?,
+        () = crate::clock::AwakeSleep::new(BODY_TIMEOUT) => {
+            return Err(refuse(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the request body did not arrive within {} s", BODY_TIMEOUT.as_secs()),
+            ))
+        }
     }
+    Ok(Bytes::from(buf))
 }
 
 pub async fn handle(agent: &Arc<Agent>, req: Request<Incoming>) -> Response<Full<Bytes>> {

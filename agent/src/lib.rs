@@ -53,6 +53,8 @@
 //! - **Configuration is parsed once, validated completely, then immutable.** An invalid value
 //!   exits 64 before anything starts.
 //! - **One thread.** The tokio runtime is current-thread; the agent's memory is in every snapshot.
+//! - **No panic takes the hook port down.** Hook work runs in its own task (a panic answers 500),
+//!   and locks are taken with `lock()`, which ignores poisoning.
 //! - **Exactly one `waitpid`** (the reaper); everyone else learns of exits from it.
 //! - **Stop signals go to the app's process group** (and to descendants that left it); SIGKILL
 //!   follows `stop_timeout`; the agent exits as soon as the tree is gone.
@@ -107,6 +109,13 @@ use lifecycle::Health;
 use reaper::Reaper;
 use signals::Signals;
 use supervisor::Supervisor;
+
+/// Locks `m`, whether or not a panic poisoned it. Every mutex of the agent guards plain data
+/// that a panic cannot leave half-updated in a way that matters more than the hook port: a hook
+/// task that panics answers 500, and every later hook must still get an answer.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// sysexits' EX_USAGE: the configuration is wrong (here: a user that does not exist).
 pub const EX_USAGE: i32 = 64;

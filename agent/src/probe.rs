@@ -78,7 +78,7 @@ pub async fn until_ready(ready: &Ready, ctx: &ProbeCtx) {
         attempts += 1;
         match check(probe, ready.timeout, ctx).await {
             Ok(()) => {
-                *ctx.last_result.lock().expect("probe lock") = None;
+                *crate::lock(&ctx.last_result) = None;
                 tracing::info!(
                     attempts,
                     waited_ms = started.elapsed().as_millis() as u64,
@@ -91,7 +91,7 @@ pub async fn until_ready(ready: &Ready, ctx: &ProbeCtx) {
                     tracing::info!(attempts, last_result = %e, "waiting for the app to be ready");
                     logged = Instant::now();
                 }
-                *ctx.last_result.lock().expect("probe lock") = Some(e);
+                *crate::lock(&ctx.last_result) = Some(e);
             }
         }
         tokio::time::sleep(ready.interval).await;

@@ -93,6 +93,12 @@ pub async fn rotate(
                 };
                 let limit = deadline.saturating_duration_since(Instant::now());
                 let mut done = helper::run(ctx.reaper, spec, limit).await.map_err(fail)?;
+                if done.overflowed {
+                    return Err(fail(format!(
+                        "the command wrote more than {} bytes, the limit for a secret",
+                        helper::CAPTURE_LIMIT
+                    )));
+                }
                 if !done.exit.success() {
                     done.stdout.zeroize();
                     return Err(fail(format!("the command ended with {}", done.exit)));

@@ -66,7 +66,7 @@ struct Slot(Arc<Mutex<Slots>>, u64);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut slots = self.0.lock().expect("slots lock");
+        let mut slots = crate::lock(&self.0);
         slots.remove(self.1);
         if slots.live.is_empty() {
             release_memory();
@@ -125,7 +125,7 @@ pub async fn serve(listener: TcpListener, agent: Arc<Agent>, stop: impl Future<O
         let _ = stream.set_nodelay(true);
         let agent = agent.clone();
         let mut closing = closing_rx.clone();
-        let (id, evict) = slots.lock().expect("slots lock").admit();
+        let (id, evict) = crate::lock(&slots).admit();
         let slot = Slot(slots.clone(), id);
         tokio::spawn(async move {
             let _slot = slot;
@@ -137,6 +137,9 @@ pub async fn serve(listener: TcpListener, agent: Arc<Agent>, stop: impl Future<O
                 // Header deadlines that a freeze does not use up (`clock`).
                 .timer(crate::clock::AwakeTimer)
                 .header_read_timeout(HEADER_TIMEOUT)
+                // HTTP/1.1 allows a client to half-close after its request: answer it. (Off, hyper
+                // drops the answer, while the hook it carried still acts.)
+                .half_close(true)
                 .max_buf_size(MAX_HEADER_BUF)
                 .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);

@@ -226,6 +226,13 @@ pub fn spawn(spec: Spec) -> Result<Spawned, SpawnError> {
             pid: child.id() as i32,
             stdout: child.stdout.take(),
         }),
+        Err(e) if spec.workdir.is_some_and(|d| !d.is_dir()) => Err(SpawnError {
+            code: 126,
+            message: format!(
+                "the working directory {} (app.workdir) cannot be entered: {e}",
+                spec.workdir.map(Path::display).unwrap()
+            ),
+        }),
         Err(e) => {
             let code = match e.raw_os_error() {
                 Some(libc::ENOENT) => 127,

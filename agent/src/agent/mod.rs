@@ -202,7 +202,7 @@ impl Agent {
     }
 
     pub fn state(&self) -> State {
-        self.machine.lock().expect("machine lock").state()
+        crate::lock(&self.machine).state()
     }
 
     /// Whether the platform (a build polling us, not a stranger) has asked `/ready`.
@@ -252,7 +252,7 @@ impl Agent {
             _ => self.acting(hook, body, deadline).await,
         };
         let answer = self.fail_policy(hook, answer);
-        let mut stats = self.stats.lock().expect("stats lock");
+        let mut stats = crate::lock(&self.stats);
         let s = &mut stats[hook as usize];
         s.count += 1;
         s.last_status = answer.status.as_u16();
@@ -312,11 +312,7 @@ impl Agent {
             self.platform_polled_ready
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
-        let verdict = self
-            .machine
-            .lock()
-            .expect("machine lock")
-            .ready(self.health());
+        let verdict = crate::lock(&self.machine).ready(self.health());
         match verdict {
             Verdict::Act => Answer::ok("ready"),
             Verdict::Failed => {
@@ -334,7 +330,7 @@ impl Agent {
                 )
             }
             Verdict::NotYet(why) => {
-                let probe = self.links.last_probe.lock().expect("probe lock").clone();
+                let probe = crate::lock(&self.links.last_probe).clone();
                 Answer::with(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "not-ready",
@@ -348,7 +344,7 @@ impl Agent {
     /// Starts the stop path and waits for the app to be gone until just before the deadline;
     /// then answers either way and lets the stop finish. A failed acknowledgement is reported (the answer is still 200: see `fail_policy`).
     async fn terminate(&self, deadline: Instant) -> Answer {
-        let first = self.machine.lock().expect("machine lock").terminate() == Verdict::Act;
+        let first = crate::lock(&self.machine).terminate() == Verdict::Act;
         let mut unacknowledged = None;
         if first {
             // The app hears of it first (it may want to flush), then the stop begins.
@@ -391,6 +387,15 @@ impl Agent {
     }
 
     async fn acting(self: &Arc<Self>, hook: Hook, body: Bytes, deadline: Instant) -> Answer {
+        // The warm-up holds the action guard for as long as it runs (minutes, maybe): the
+        // platform's polls meanwhile get their answer at once instead of waiting out the budget.
+        if hook == Hook::Validate && *crate::lock(&self.warmup) == Warmup::Running {
+            return Answer::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "warming-up",
+                "the warm-up requests are still running; ask again",
+            );
+        }
         let Ok(guard) = tokio::time::timeout_at(deadline, self.actions.clone().lock_owned()).await
         else {
             return Answer::error(
@@ -400,7 +405,7 @@ impl Agent {
             );
         };
         let verdict = {
-            let mut m = self.machine.lock().expect("machine lock");
+            let mut m = crate::lock(&self.machine);
             match hook {
                 Hook::Validate => m.validate(self.health()),
                 Hook::Run => m.run(&body),
@@ -469,13 +474,7 @@ impl Agent {
             Hook::Ready | Hook::Terminate => unreachable!("not an acting hook"),
         };
         let frozen = (hook == Hook::Resume)
-            .then(|| {
-                self.suspended_at
-                    .lock()
-                    .expect("suspend lock")
-                    .take()
-                    .map(Clocks::since)
-            })
+            .then(|| crate::lock(&self.suspended_at).take().map(Clocks::since))
             .flatten();
         match generation {
             Ok(g) => Answer::with(
@@ -503,7 +502,7 @@ impl Agent {
             }
             _ => {}
         }
-        *self.suspended_at.lock().expect("suspend lock") = Some(Clocks::now());
+        *crate::lock(&self.suspended_at) = Some(Clocks::now());
         // The agent keeps no outbound connection (every client request uses a fresh one), so
         // there is nothing of ours to drop before the freeze.
         if !scrubbed.failed.is_empty() {
@@ -536,7 +535,7 @@ impl Agent {
     async fn validate(&self, deadline: Instant) -> Answer {
         let requests = &self.config.validate;
         let start = {
-            let mut w = self.warmup.lock().expect("warmup lock");
+            let mut w = crate::lock(&self.warmup);
             let start = *w == Warmup::NotStarted;
             if start {
                 *w = Warmup::Running;
@@ -547,7 +546,7 @@ impl Agent {
             // The validate VM is a clone too: it gets its own generation before the warm-up, so
             // the requests exercise the app as it will run after /run.
             if let Err(answer) = self.hook_generation(Event::Validate, &[], deadline).await {
-                *self.warmup.lock().expect("warmup lock") = Warmup::Failed(
+                *crate::lock(&self.warmup) = Warmup::Failed(
                     answer.extra["error"]
                         .as_str()
                         .unwrap_or("the routine failed")
@@ -563,7 +562,7 @@ impl Agent {
             // Each request may take longer than one poll: the warm-up outlives the polls.
             let per_request = self.config.hooks.validate_timeout.max(WARMUP_REQUEST_LIMIT);
             let result = probe::warm_up(requests, per_request).await;
-            let mut w = self.warmup.lock().expect("warmup lock");
+            let mut w = crate::lock(&self.warmup);
             *w = match result {
                 Ok(n) => {
                     tracing::info!(sent = n, "warm-up passed");
@@ -575,7 +574,7 @@ impl Agent {
                 }
             };
         }
-        match self.warmup.lock().expect("warmup lock").clone() {
+        match crate::lock(&self.warmup).clone() {
             Warmup::Passed(n) => {
                 Answer::with(StatusCode::OK, "valid", json!({ "warmup_requests": n }))
             }
@@ -614,7 +613,7 @@ impl Agent {
                 format!("cannot write the run payload in {}: {e}", dir.display()),
             ));
         }
-        *self.microvm_id.lock().expect("id lock") = parsed.microvm_id;
+        *crate::lock(&self.microvm_id) = parsed.microvm_id;
         Ok(())
     }
 
@@ -648,7 +647,7 @@ impl Agent {
         if let Value::Object(m) = &mut v {
             m.insert(
                 "last_probe".into(),
-                json!(*self.links.last_probe.lock().expect("probe lock")),
+                json!(*crate::lock(&self.links.last_probe)),
             );
         }
         v
@@ -656,8 +655,8 @@ impl Agent {
 
     /// `GET /status`: what an operator (or a test) needs to see the agent's state at a glance.
     pub fn status(&self) -> Value {
-        let state = self.machine.lock().expect("machine lock").state();
-        let stats = self.stats.lock().expect("stats lock").clone();
+        let state = crate::lock(&self.machine).state();
+        let stats = crate::lock(&self.stats).clone();
         let mut hooks = Map::new();
         for hook in Hook::ALL {
             let s = &stats[hook as usize];
@@ -675,9 +674,9 @@ impl Agent {
             "health": self.health(),
             "mode": if self.config.app.is_some() { "supervisor" } else { "sidecar" },
             "uptime_ms": self.started.elapsed().as_millis() as u64,
-            "microvm_id": *self.microvm_id.lock().expect("id lock"),
+            "microvm_id": *crate::lock(&self.microvm_id),
             "generation": self.generations.current(),
-            "last_routine": *self.last_routine.lock().expect("routine lock"),
+            "last_routine": *crate::lock(&self.last_routine),
             "restore_detection": self.restore_sources.get(),
             "platform": crate::platform_env::get(),
             "app": self.app_json(),

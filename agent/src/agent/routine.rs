@@ -71,7 +71,7 @@ impl Agent {
         deadline: Instant,
     ) -> Result<Generation, Answer> {
         let mut rec = Record::new(reason);
-        let microvm_id = self.microvm_id.lock().expect("id lock").clone();
+        let microvm_id = crate::lock(&self.microvm_id).clone();
 
         let t = Instant::now();
         let input = {
@@ -230,7 +230,7 @@ impl Agent {
             .iter()
             .map(|(step, us)| json!({ "step": step, "us": us }))
             .collect::<Vec<_>>());
-        *self.last_routine.lock().expect("routine lock") = v;
+        *crate::lock(&self.last_routine) = v;
     }
 
     fn failed(&self, mut rec: Record, outcome: &'static str, message: String) -> Answer {
@@ -252,7 +252,7 @@ impl Agent {
         }
         let current = self.generations.current();
         let generation = generation.or(current.as_ref());
-        let microvm_id = self.microvm_id.lock().expect("id lock").clone();
+        let microvm_id = crate::lock(&self.microvm_id).clone();
         let ctx = notify::Ctx {
             state_dir: &self.config.state_dir,
             reaper: &self.links.reaper,
@@ -300,7 +300,7 @@ impl Agent {
         inputs: &[&[u8]],
         deadline: Instant,
     ) -> Result<Generation, Answer> {
-        *self.last_hook_routine.lock().expect("routine lock") = Some(Instant::now());
+        *crate::lock(&self.last_hook_routine) = Some(Instant::now());
         self.new_generation(event, event.as_str(), inputs, deadline)
             .await
     }
@@ -308,11 +308,8 @@ impl Agent {
     /// A restore noticed without a hook (VM generation counter, VMGenID uevent, clock step).
     /// Runs the routine unless a hook just did, on a VM whose app is up.
     pub async fn restore_detected(&self, source: &'static str) {
-        let recent = self
-            .last_hook_routine
-            .lock()
-            .expect("routine lock")
-            .is_some_and(|t| t.elapsed() < SAME_RESTORE);
+        let recent =
+            crate::lock(&self.last_hook_routine).is_some_and(|t| t.elapsed() < SAME_RESTORE);
         let state = self.state();
         // Ready counts: a clone restored from the build snapshot whose /run hook is disabled (or
         // late) is exactly what this defence is for. Booting does not: the app is not up yet, and
@@ -328,7 +325,7 @@ impl Agent {
             return;
         }
         let _guard = self.actions.lock().await;
-        self.machine.lock().expect("machine lock").restored();
+        crate::lock(&self.machine).restored();
         tracing::warn!(
             source,
             "restore detected without a hook: making a new generation"
@@ -418,6 +415,33 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(g2.generation, 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_lock_poisoned_by_a_panic_does_not_silence_the_hooks() {
+        let dir = tmp("poison");
+        let a = agent("", &dir);
+        for _ in 0..2 {
+            let a = a.clone();
+            let _ = std::thread::spawn(move || {
+                let _stats = a.stats.lock().unwrap();
+                let _machine = a.machine.lock().unwrap();
+                panic!("a bug while holding the agent's locks");
+            })
+            .join();
+        }
+        assert!(a.stats.is_poisoned() && a.machine.is_poisoned());
+        let answer = a
+            .hook(
+                crate::lifecycle::Hook::Ready,
+                super::super::Caller::Platform,
+                bytes::Bytes::new(),
+                Instant::now(),
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+        assert_eq!(a.status()["hooks"]["ready"]["count"], 1);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -41,6 +41,26 @@ pub enum Action {
     Help,
 }
 
+/// The environment variables the agent reads.
+pub const ENV_VARS: [&str; 5] = [
+    "MICROVM_AGENT_CONFIG",
+    "MICROVM_AGENT_LISTEN",
+    "MICROVM_AGENT_STATE_DIR",
+    "MICROVM_AGENT_LOG_FORMAT",
+    "MICROVM_AGENT_LOG",
+];
+
+/// Every variable the agent reads must be UTF-8: a value that is not would otherwise be read as
+/// unset, and `MICROVM_AGENT_CONFIG` would then silently mean "no file".
+pub fn check_env(var_os: impl Fn(&str) -> Option<OsString>) -> Result<(), ConfigError> {
+    for name in ENV_VARS {
+        if var_os(name).is_some_and(|v| v.to_str().is_none()) {
+            return Err(ConfigError::new(name, "is not valid UTF-8"));
+        }
+    }
+    Ok(())
+}
+
 /// Parses `args` (without the program name) with `env` as the environment lookup, then loads
 /// and validates the configuration.
 pub fn parse_args(

@@ -49,8 +49,30 @@ pub fn load(paths: &[PathBuf], required: bool) -> Result<(Table, Vec<PathBuf>), 
     Ok((merged, read))
 }
 
+/// The largest configuration file read. Ours are a few KiB; a bigger one is a mistake (or
+/// `/dev/zero`), and must not eat the memory of the VM.
+pub const MAX_FILE: u64 = 1024 * 1024;
+
+/// Reads a configuration file: a regular file (a FIFO would hang the start, a device would
+/// never end) of at most [`MAX_FILE`] bytes.
+fn read_config(file: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let meta = std::fs::metadata(file).map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    let mut text = String::new();
+    std::fs::File::open(file)
+        .and_then(|f| f.take(MAX_FILE + 1).read_to_string(&mut text))
+        .map_err(|e| e.to_string())?;
+    if text.len() as u64 > MAX_FILE {
+        return Err(format!("larger than {MAX_FILE} bytes"));
+    }
+    Ok(text)
+}
+
 fn parse_file(file: &Path) -> Result<Table, ConfigError> {
-    let text = std::fs::read_to_string(file)
+    let text = read_config(file)
         .map_err(|e| ConfigError::new("config", format!("cannot read {}: {e}", file.display())))?;
     text.parse::<Table>().map_err(|e| {
         let line = e

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-pub use cli::{parse_args, Action, HELP};
+pub use cli::{check_env, parse_args, Action, HELP};
 use file::Section;
 use values::{HttpUrl, StatusSet, UserSpec};
 
@@ -350,14 +350,7 @@ pub fn from_table(
         }
     };
     let log_filter = env_log.unwrap_or("info").to_string();
-    log_filter
-        .parse::<tracing_subscriber::filter::Targets>()
-        .map_err(|e| {
-            ConfigError::new(
-                "MICROVM_AGENT_LOG",
-                format!("\"{log_filter}\" is not a filter ({e})"),
-            )
-        })?;
+    check_log_filter(&log_filter)?;
 
     let app = app(&root.table("app")?, &over.command)?;
     let ready = ready(&root.table("ready")?)?;
@@ -409,6 +402,32 @@ pub fn from_table(
         secrets,
         machine_id,
     })
+}
+
+const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// `MICROVM_AGENT_LOG`: `level` or `target=level`, comma-separated. `Targets` itself accepts a
+/// bare word as a *target* with no level, so `verbose` would silently turn every line off.
+fn check_log_filter(filter: &str) -> Result<(), ConfigError> {
+    let bad = |why: String| {
+        ConfigError::new(
+            "MICROVM_AGENT_LOG",
+            format!("\"{filter}\": {why} (e.g. \"info\", \"warn,microvm_agent=debug\")"),
+        )
+    };
+    for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let level = directive.rsplit_once('=').map_or(directive, |(_, l)| l);
+        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(bad(format!(
+                "\"{directive}\" names no level ({})",
+                LEVELS.join(", ")
+            )));
+        }
+    }
+    filter
+        .parse::<tracing_subscriber::filter::Targets>()
+        .map(|_| ())
+        .map_err(|e| bad(e.to_string()))
 }
 
 fn app(s: &Section, cli_command: &[OsString]) -> Result<Option<App>, ConfigError> {

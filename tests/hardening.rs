@@ -1,0 +1,272 @@
+//! Hardening, round two: each test reproduces a finding of the black-box attack on the agent (as
+//! it was run) and checks that it holds now. Real binary, real sockets, real child processes.
+
+mod common;
+
+use std::io::{BufReader, Read, Write};
+use std::os::unix::ffi::OsStringExt;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn check_with(config: &str, env: &[(&str, std::ffi::OsString)]) -> std::process::Output {
+    let dir = TempDir::new("hard");
+    let path = dir.join("c.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut c = agent_command();
+    c.arg("--check").arg("-c").arg(&path);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn environment_values_that_are_not_utf8_exit_64_naming_the_variable() {
+    for var in [
+        "MICROVM_AGENT_LISTEN",
+        "MICROVM_AGENT_CONFIG",
+        "MICROVM_AGENT_LOG",
+    ] {
+        let bad = std::ffi::OsString::from_vec(vec![0xff, 0xfe]);
+        let out = agent_command()
+            .arg("--check")
+            .env(var, bad)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{var}: {}", stderr(&out));
+        assert!(stderr(&out).contains(var), "{var}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn a_configuration_path_that_is_not_a_regular_file_exits_64_at_once() {
+    let dir = TempDir::new("fifo");
+    let fifo = dir.join("agent.toml");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    for path in [fifo.to_str().unwrap(), "/dev/zero"] {
+        let mut child = agent_command()
+            .args(["--check", "-c", path])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let t = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if t.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                panic!("{path}: the agent hung reading it");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(64), "{path}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("not a regular file"),
+            "{path}: {}",
+            stderr(&out)
+        );
+    }
+    // And one too large to be a configuration.
+    let big = dir.join("big.toml");
+    std::fs::write(&big, format!("# {}\n", "x".repeat(2 << 20))).unwrap();
+    let out = agent_command()
+        .args(["--check", "-c"])
+        .arg(&big)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    assert!(stderr(&out).contains("larger than"), "{}", stderr(&out));
+}
+
+#[test]
+fn an_unknown_app_user_fails_check_and_the_start_before_the_port_is_bound() {
+    let cfg = "[app]\ncommand = [\"true\"]\nuser = \"no-such-user-xyz\"\n";
+    let out = check_with(cfg, &[]);
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    assert!(stderr(&out).contains("app.user"), "{}", stderr(&out));
+    // A real start, with the hook port already taken: still 64 (configuration), not 71 (port).
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = TempDir::new("user");
+    let path = dir.join("c.toml");
+    std::fs::write(&path, cfg).unwrap();
+    let out = agent_command()
+        .args(["--listen", &format!("127.0.0.1:{port}"), "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    assert!(stderr(&out).contains("app.user"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_log_filter_that_names_no_level_exits_64() {
+    for bad in ["verbose", "info,noisy", "microvm_agent=loud"] {
+        let out = check_with("", &[("MICROVM_AGENT_LOG", bad.into())]);
+        assert_eq!(out.status.code(), Some(64), "{bad}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("MICROVM_AGENT_LOG"),
+            "{bad}: {}",
+            stderr(&out)
+        );
+    }
+    for good in ["info", "warn,microvm_agent=debug", "off", "DEBUG"] {
+        let out = check_with("", &[("MICROVM_AGENT_LOG", good.into())]);
+        assert_eq!(out.status.code(), Some(0), "{good}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn a_missing_working_directory_is_named() {
+    let mut a = Spec::default()
+        .config("[app]\nworkdir = \"/no/such/dir\"\n")
+        .app(&["true"])
+        .no_wait()
+        .start();
+    let code = a.exit_code();
+    assert_ne!(code, 0);
+    let text = a.stderr.text();
+    assert!(
+        text.contains("/no/such/dir") && text.contains("working directory"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_secret_command_writing_over_64_kib_fails_the_routine_naming_the_secret_and_the_limit() {
+    let cfg = "[[secret]]\nname = \"big\"\nexec = [\"sh\", \"-c\", \"head -c 65537 /dev/zero | tr '\\\\0' x\"]\n\
+               [[secret]]\nname = \"exact\"\nexec = [\"sh\", \"-c\", \"head -c 65536 /dev/zero | tr '\\\\0' y\"]\n";
+    let a = Spec::default().config(cfg).start();
+    let r = a.post("/run", b"");
+    assert_eq!(r.status, 500, "{}", r.text());
+    let error = r.json()["error"].as_str().unwrap().to_string();
+    assert!(
+        error.contains("\"big\"") && error.contains("65536"),
+        "{error}"
+    );
+    assert!(
+        !a.state("secrets/big").exists(),
+        "nothing cut was published"
+    );
+    assert!(!a.state("generation").exists());
+
+    let ok = Spec::default()
+        .config("[[secret]]\nname = \"exact\"\nexec = [\"sh\", \"-c\", \"head -c 65536 /dev/zero | tr '\\\\0' y\"]\n")
+        .start();
+    assert_eq!(ok.post("/run", b"").status, 200);
+    assert_eq!(
+        std::fs::read(ok.state("secrets/exact")).unwrap().len(),
+        65536
+    );
+}
+
+#[test]
+fn validate_polls_during_a_long_warm_up_answer_503_at_once() {
+    let port = free_port();
+    let dir = TempDir::new("warm");
+    let log = dir.join("log");
+    let cfg = format!(
+        "[ready]\ntcp = \"127.0.0.1:{port}\"\n[hooks]\nvalidate_timeout = \"2s\"\n[[validate.request]]\nurl = \"http://127.0.0.1:{port}/slow\"\n"
+    );
+    let a = Spec::default()
+        .config(&cfg)
+        .fixture(&["serve", &port.to_string(), "0", log.to_str().unwrap()])
+        .start();
+    assert_eq!(a.ready_settled().status, 200);
+    let first = a.post("/validate", b"");
+    assert_eq!(first.status, 503, "{}", first.text());
+    assert_eq!(first.json()["outcome"], "warming-up");
+    // The warm-up (5 s) still runs: a poll now must not wait out its 1.8 s answer deadline.
+    let t = Instant::now();
+    let poll = a.post("/validate", b"");
+    let took = t.elapsed();
+    assert_eq!(poll.status, 503, "{}", poll.text());
+    assert_eq!(poll.json()["outcome"], "warming-up");
+    assert!(
+        took < Duration::from_millis(900),
+        "the poll waited {took:?}"
+    );
+    eventually("the warm-up to pass", || {
+        a.post("/validate", b"").status == 200
+    });
+}
+
+#[test]
+fn a_client_that_half_closes_after_its_request_gets_its_answer() {
+    // The app takes 300 ms to acknowledge /run: hyper sees the client's EOF before the answer is
+    // ready, which is when an answer used to be dropped while the hook still acted.
+    let a = Spec::default()
+        .config("[notify]\nexec = [\"sleep\", \"0.3\"]\n")
+        .start();
+    let ask = |raw: &str| {
+        let mut s = connect(a.port);
+        s.write_all(raw.as_bytes()).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        read_response(&mut BufReader::new(s)).map(|r| r.status)
+    };
+    let run = "POST /run HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\nhi";
+    assert_eq!(ask(run), Some(200), "/run acted: it must answer");
+    assert_eq!(std::fs::read(a.state("run-payload")).unwrap(), b"hi");
+    for _ in 0..3 {
+        assert_eq!(
+            ask("POST /suspend HTTP/1.1\r\nHost: localhost\r\n\r\n"),
+            Some(200)
+        );
+        assert_eq!(
+            ask("POST /resume HTTP/1.1\r\nHost: localhost\r\n\r\n"),
+            Some(200)
+        );
+    }
+    for _ in 0..50 {
+        assert_eq!(
+            ask("GET /ready HTTP/1.1\r\nHost: localhost\r\n\r\n"),
+            Some(200)
+        );
+    }
+}
+
+#[test]
+fn a_trickled_body_costs_its_size_not_thousands_of_buffers_and_times_out_with_408() {
+    let a = Spec::default().start();
+    let before = rss_kib(a.pid());
+    let mut conns: Vec<std::net::TcpStream> = (0..16)
+        .map(|_| {
+            let mut s = connect(a.port);
+            s.set_nodelay(true).unwrap();
+            s.write_all(b"POST /run HTTP/1.1\r\nHost: localhost\r\nContent-Length: 65536\r\n\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    // 4 KiB each, one byte per segment: 64 KiB of body in all.
+    for _ in 0..4096 {
+        for s in &mut conns {
+            s.write_all(b"x").unwrap();
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let grown = rss_kib(a.pid()).saturating_sub(before);
+    assert!(
+        grown < 16 * 1024,
+        "64 KiB of trickled body grew the agent by {grown} KiB"
+    );
+    // Then they stall: each gets 408 once its body deadline passes.
+    let mut s = conns.pop().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(
+        !a.state("run-payload").exists(),
+        "a body that never arrived acted on nothing"
+    );
+    assert_eq!(a.get("/ready").status, 200);
+}

@@ -270,3 +270,97 @@ fn a_trickled_body_costs_its_size_not_thousands_of_buffers_and_times_out_with_40
     );
     assert_eq!(a.get("/ready").status, 200);
 }
+
+#[test]
+fn secret_rotation_is_all_or_nothing() {
+    let dir = TempDir::new("allornothing");
+    let flag = dir.join("fail-now");
+    let cfg = format!(
+        "[[secret]]\nname = \"ok\"\nexec = [\"sh\", \"-c\", \"echo value-$MICROVM_GENERATION\"]\n\
+         [[secret]]\nname = \"gen\"\nbytes = 16\n\
+         [[secret]]\nname = \"fail\"\nexec = [\"sh\", \"-c\", \"if [ -e {} ]; then exit 3; fi; echo fine\"]\n",
+        flag.display()
+    );
+    // A /run whose last secret fails: no secret file changes (here: none appears), no seed.
+    std::fs::write(&flag, "").unwrap();
+    let a = Spec::default().config(&cfg).start();
+    let r = a.post("/run", b"");
+    assert_eq!(r.status, 500, "{}", r.text());
+    for f in [
+        "secrets/ok",
+        "secrets/gen",
+        "secrets/fail",
+        "seed",
+        "generation",
+    ] {
+        assert!(!a.state(f).exists(), "{f} was written by a failed routine");
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(a.state("secrets"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+
+    // A good /run, then a /resume whose last secret fails: every file keeps /run's value.
+    std::fs::remove_file(&flag).unwrap();
+    let b = Spec::default().config(&cfg).start();
+    assert_eq!(b.post("/run", b"").status, 200);
+    let read = |f: &str| std::fs::read(b.state(f)).unwrap();
+    let (ok, gen, seed) = (read("secrets/ok"), read("secrets/gen"), read("seed"));
+    assert_eq!(ok, b"value-1\n");
+    assert_eq!(b.post("/suspend", b"").status, 200);
+    std::fs::write(&flag, "").unwrap();
+    let r = b.post("/resume", b"");
+    assert_eq!(
+        r.status,
+        200,
+        "/resume reports, it does not fail: {}",
+        r.text()
+    );
+    assert_eq!(r.json()["outcome"], "degraded", "{}", r.text());
+    assert_eq!(
+        read("secrets/ok"),
+        ok,
+        "ok changed although the rotation failed"
+    );
+    assert_eq!(
+        read("secrets/gen"),
+        gen,
+        "gen changed although the rotation failed"
+    );
+    assert!(
+        !b.state("seed").exists() || read("seed") == seed,
+        "the seed changed"
+    );
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&read("generation")).unwrap()["generation"],
+        1,
+        "no generation was published"
+    );
+}
+
+#[test]
+fn a_replay_of_a_failed_run_answers_the_same_failure() {
+    let cfg = "[[secret]]\nname = \"fail\"\nexec = [\"false\"]\n";
+    let a = Spec::default().config(cfg).start();
+    let body = br#"{"microvmId":"vm-r","runHookPayload":"p"}"#;
+    let first = a.post("/run", body);
+    assert_eq!(first.status, 500, "{}", first.text());
+    let again = a.post("/run", body);
+    assert_eq!(
+        again.status,
+        500,
+        "a replay must not report a success that did not happen: {}",
+        again.text()
+    );
+    assert_eq!(again.json()["outcome"], first.json()["outcome"]);
+    assert_eq!(again.json()["error"], first.json()["error"]);
+    assert_eq!(again.json()["replay"], true);
+    // A replay of a good /run is still a plain 200.
+    let b = Spec::default().start();
+    assert_eq!(b.post("/run", body).status, 200);
+    let r = b.post("/run", body);
+    assert_eq!(
+        (r.status, r.json()["outcome"].clone()),
+        (200, "replay".into())
+    );
+}

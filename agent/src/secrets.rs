@@ -39,16 +39,19 @@ pub fn dir(state_dir: &Path) -> PathBuf {
     state_dir.join("secrets")
 }
 
-/// Writes a new value of every secret; stops at the first that fails.
-pub async fn rotate(
+/// Produces and stages a new value of every secret, committing none: the caller commits them
+/// all (with the seed) once everything is staged, so that a secret that fails leaves every file
+/// holding the previous generation's value. Stops at the first that fails.
+pub async fn stage(
     secrets: &[Secret],
     generations: &Generations,
     generation: &Generation,
     ctx: &Ctx<'_>,
     deadline: Instant,
-) -> Result<usize, Failure> {
+) -> Result<Vec<state_files::Staged>, Failure> {
+    let mut staged = Vec::with_capacity(secrets.len());
     if secrets.is_empty() {
-        return Ok(0);
+        return Ok(staged);
     }
     let dir = dir(ctx.state_dir);
     let owner = ctx.run_as.map(|u| (u.uid, u.gid));
@@ -106,11 +109,11 @@ pub async fn rotate(
                 done.stdout
             }
         };
-        let written = state_files::write_atomic(&dir.join(&secret.name), &value, 0o600, owner);
+        let written = state_files::stage(&dir.join(&secret.name), &value, 0o600, owner);
         value.zeroize();
-        written.map_err(|e| fail(format!("cannot write it: {e}")))?;
+        staged.push(written.map_err(|e| fail(format!("cannot write it: {e}")))?);
     }
-    Ok(secrets.len())
+    Ok(staged)
 }
 
 /// What `/suspend`'s scrub did: how many files it removed, and which it could not remove.

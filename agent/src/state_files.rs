@@ -23,6 +23,45 @@ pub fn write_atomic(
     mode: u32,
     owner: Option<(u32, u32)>,
 ) -> io::Result<()> {
+    stage(path, bytes, mode, owner)?.commit()
+}
+
+/// A file written in full beside its target, not yet renamed over it: several can be staged and
+/// then committed together, so that either all of them change or (a stage failed) none does.
+/// Dropped uncommitted, the temporary file is removed.
+pub struct Staged {
+    tmp: PathBuf,
+    path: PathBuf,
+    committed: bool,
+}
+
+impl Staged {
+    /// Renames the staged file over its target and syncs the directory.
+    pub fn commit(mut self) -> io::Result<()> {
+        fs::rename(&self.tmp, &self.path)?;
+        self.committed = true;
+        match self.path.parent() {
+            Some(dir) => File::open(dir)?.sync_all(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Writes `bytes` to a temporary file beside `path` (mode, owner, fsync), for [`Staged::commit`].
+pub fn stage(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> io::Result<Staged> {
     let dir = path
         .parent()
         .ok_or_else(|| io::Error::other("no parent directory"))?;
@@ -49,14 +88,17 @@ pub fn write_atomic(
             std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
         }
         f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
+        f.sync_all()
     })();
-    if result.is_err() {
+    if let Err(e) = result {
         let _ = fs::remove_file(&tmp);
+        return Err(e);
     }
-    result
+    Ok(Staged {
+        tmp,
+        path: path.to_path_buf(),
+        committed: false,
+    })
 }
 
 #[cfg(test)]

@@ -160,6 +160,8 @@ pub struct Agent {
     last_routine: Mutex<Value>,
     /// When the last routine ran for a hook, so a restore detected right after is not redone.
     last_hook_routine: Mutex<Option<Instant>>,
+    /// How the `/run` that acted failed, if it did: its replays answer the same.
+    run_failure: Mutex<Option<(StatusCode, &'static str, Value)>>,
     /// Both clocks at `/suspend`, so that `/resume` can say how long the freeze looked.
     suspended_at: Mutex<Option<Clocks>>,
     /// Which restore-detection sources this VM offers, for `/status`.
@@ -193,6 +195,7 @@ impl Agent {
             last_routine: Mutex::new(Value::Null),
             last_hook_routine: Mutex::new(None),
             suspended_at: Mutex::new(None),
+            run_failure: Mutex::new(None),
             restore_sources: std::sync::OnceLock::new(),
         })
     }
@@ -416,7 +419,7 @@ impl Agent {
         };
         match verdict {
             Verdict::Act => {}
-            Verdict::Replay => return Answer::ok("replay"),
+            Verdict::Replay => return self.replay(),
             Verdict::Already => return Answer::ok("already"),
             Verdict::Ignored(why) => {
                 return Answer::with(StatusCode::OK, "ignored", json!({ "reason": why }))
@@ -459,8 +462,32 @@ impl Agent {
         }
     }
 
+    /// A `/run` with the body of the one that acted. It does not act again, and it answers what
+    /// that one did: a replay of a failed `/run` is the same failure, never a success that did
+    /// not happen. (Running the routine again would not help: the platform ends a VM whose `/run`
+    /// failed, and a local caller who retries gets the reason.)
+    fn replay(&self) -> Answer {
+        match &*crate::lock(&self.run_failure) {
+            None => Answer::ok("replay"),
+            Some((status, outcome, extra)) => {
+                let mut extra = extra.clone();
+                extra["replay"] = json!(true);
+                Answer::with(*status, outcome, extra)
+            }
+        }
+    }
+
     /// The work of an acting hook, after the state machine said yes.
     async fn act(&self, hook: Hook, body: Bytes, deadline: Instant) -> Answer {
+        let answer = self.act_inner(hook, body, deadline).await;
+        if hook == Hook::Run && !answer.status.is_success() {
+            *crate::lock(&self.run_failure) =
+                Some((answer.status, answer.outcome, answer.extra.clone()));
+        }
+        answer
+    }
+
+    async fn act_inner(&self, hook: Hook, body: Bytes, deadline: Instant) -> Answer {
         let generation = match hook {
             Hook::Run => {
                 if let Err(answer) = self.run(&body) {

@@ -121,7 +121,7 @@ impl Agent {
             reaper: &self.links.reaper,
             run_as: self.links.run_as.as_ref(),
         };
-        let rotated = secrets::rotate(
+        let rotated = secrets::stage(
             &self.config.secrets,
             &self.generations,
             &generation,
@@ -130,24 +130,33 @@ impl Agent {
         )
         .await;
         rec.step("secrets", t);
-        let rotated = match rotated {
-            Ok(n) => n,
+        let staged = match rotated {
+            Ok(staged) => staged,
             Err(f) => {
                 tracing::error!(secret = %f.name, reason = %f.reason, "a secret could not be produced; the new generation is not published");
                 let message = format!("secret \"{}\" could not be produced: {}", f.name, f.reason);
                 return Err(self.failed(rec, "secret-failed", message));
             }
         };
+        let rotated = staged.len();
         rec.fields["secrets"] = json!(rotated);
 
+        // The seed is staged too, then all of them are switched in together: a failure before
+        // this point leaves every file with the previous generation's value.
         let t = Instant::now();
         let mut seed = self.generations.draw(SEED_BYTES).unwrap_or_default();
-        let written = state_files::write_atomic(
+        let written = state_files::stage(
             &self.config.state_dir.join(SEED_FILE),
             &seed,
             0o600,
             self.app_owner(),
-        );
+        )
+        .and_then(|seed_file| {
+            staged
+                .into_iter()
+                .chain(std::iter::once(seed_file))
+                .try_for_each(state_files::Staged::commit)
+        });
         rec.step("seed", t);
         if let Err(e) = written {
             seed.zeroize();

@@ -364,3 +364,71 @@ fn a_replay_of_a_failed_run_answers_the_same_failure() {
         (200, "replay".into())
     );
 }
+
+#[test]
+fn a_stalled_log_reader_never_stops_the_hooks() {
+    use std::io::BufRead;
+    let dir = TempDir::new("stall");
+    let mut child = agent_command()
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--state-dir",
+        ])
+        .arg(dir.join("state"))
+        .env("MICROVM_AGENT_LOG", "debug")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read only until the agent says where it listens; then nobody reads its stderr.
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let port = loop {
+        let mut line = String::new();
+        assert!(err.read_line(&mut line).unwrap() > 0, "the agent ended");
+        if line.contains("serving hooks") {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            break v["listen"]
+                .as_str()
+                .unwrap()
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .parse::<u16>()
+                .unwrap();
+        }
+    };
+    // Each hook logs a line; 2000 of them are several times what the pipe holds.
+    for i in 0..2000 {
+        let r = http(port, "GET", "/ready", &[], b"");
+        assert_eq!(r.status, 200, "request {i}");
+    }
+    let r = http(port, "POST", "/run", &[], b"p");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let dropped = http(port, "GET", "/status", &[], b"").json()["log_lines_dropped"]
+        .as_u64()
+        .unwrap();
+    assert!(dropped > 1000, "{dropped} lines dropped");
+    // A reader again: the next line that gets through is preceded by the count of the lost ones.
+    let reader = std::thread::spawn(move || {
+        let mut seen = String::new();
+        for line in err.lines() {
+            let line = line.unwrap_or_default();
+            if line.contains("log lines dropped") {
+                seen = line;
+                break;
+            }
+        }
+        seen
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(http(port, "GET", "/ready", &[], b"").status, 200);
+    let notice = reader.join().unwrap();
+    let v: serde_json::Value = serde_json::from_str(&notice).unwrap();
+    assert!(v["dropped"].as_u64().unwrap() > 0, "{notice}");
+    let _ = child.kill();
+    let _ = child.wait();
+}

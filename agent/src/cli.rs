@@ -84,8 +84,10 @@ fn init_logging(config: &config::Config) {
     use tracing_subscriber::filter::Targets;
     use tracing_subscriber::prelude::*;
     let filter: Targets = config.log_filter.parse().unwrap_or_default();
+    // Never a blocking write to stderr: a stalled log reader must not stop the hooks.
+    let sink = crate::logwriter::Sink::stderr(config.log_format == LogFormat::Json);
     let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(sink)
         .with_ansi(false);
     match config.log_format {
         LogFormat::Json => tracing_subscriber::registry()

@@ -24,6 +24,7 @@
 //! | `budget` | every hook answers before `budget - margin`, even when its work is stuck |
 //! | `clock` | timers that tell a freeze from elapsed time (a late timer re-arms, never acts) |
 //! | `identity` | `/etc/machine-id` rewritten once per VM |
+//! | `logwriter` | log lines to stderr without ever blocking (dropped and counted when it is full) |
 //! | `machine` | what the machine offers for clone safety (CAP_SYS_ADMIN, VMGenID, vmclock, RNG) |
 //! | `platform_env` | the image's identity from the platform's environment, for `/status` |
 //! | `entropy`, `generation`, `secrets`, `notify` | the routine's steps |
@@ -39,6 +40,7 @@
 //!   ([`budget`]); work that is still running goes on in the background or fails cleanly.
 //! - **Nothing secret is ever logged**: not the `/run` body or payload, not secret values, not
 //!   header values. Hook log lines carry the hook, outcome, status and elapsed time only.
+//! - **Logging never blocks.** A stalled log reader drops lines (counted), never stalls a hook.
 //! - **stdout belongs to the app.** The agent logs to stderr; only `--check`, `--help` and
 //!   `--version` print to stdout, and they run no app.
 //! - **Only a failure before traffic is worth a dead VM.** A non-200 from `/suspend` makes the
@@ -81,6 +83,7 @@ pub mod helper;
 pub mod hooks;
 pub mod identity;
 pub mod lifecycle;
+pub mod logwriter;
 pub mod machine;
 pub mod notify;
 pub mod platform_env;

@@ -706,6 +706,7 @@ impl Agent {
             "last_routine": *crate::lock(&self.last_routine),
             "restore_detection": self.restore_sources.get(),
             "platform": crate::platform_env::get(),
+            "log_lines_dropped": crate::logwriter::dropped_total(),
             "app": self.app_json(),
             "hooks": hooks,
         })

@@ -24,16 +24,15 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// The most of a helper's stdout that is kept (a secret's value).
+/// The most of a helper's stdout that may be used (a secret's value). One byte more is read,
+/// so that the caller can tell "too long" from "exactly the limit" and refuse a cut value.
 pub const CAPTURE_LIMIT: usize = 64 * 1024;
 
 /// What a helper did.
 pub struct Finished {
     pub exit: Exit,
-    /// Its stdout when `capture` was asked for (at most [`CAPTURE_LIMIT`] bytes).
+    /// Its stdout when `capture` was asked for: at most [`CAPTURE_LIMIT`] + 1 bytes.
     pub stdout: Vec<u8>,
-    /// The helper wrote more than [`CAPTURE_LIMIT`]: `stdout` is empty, never a cut value.
-    pub overflowed: bool,
 }
 
 pub struct HelperSpec<'a> {
@@ -80,19 +79,10 @@ pub async fn run(
                     .await;
             }
         }
-        let overflowed = stdout.len() > CAPTURE_LIMIT;
-        if overflowed {
-            zeroize::Zeroize::zeroize(&mut stdout);
-            stdout.clear();
-        }
         let exit = exited
             .await
             .map_err(|_| "the helper's exit was lost".to_string())?;
-        Ok::<_, String>(Finished {
-            exit,
-            stdout,
-            overflowed,
-        })
+        Ok::<_, String>(Finished { exit, stdout })
     };
     match tokio::time::timeout(limit, work).await {
         Ok(result) => {

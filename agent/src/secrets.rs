@@ -96,17 +96,11 @@ pub async fn stage(
                 };
                 let limit = deadline.saturating_duration_since(Instant::now());
                 let mut done = helper::run(ctx.reaper, spec, limit).await.map_err(fail)?;
-                if done.overflowed {
-                    return Err(fail(format!(
-                        "the command wrote more than {} bytes, the limit for a secret",
-                        helper::CAPTURE_LIMIT
-                    )));
-                }
                 if !done.exit.success() {
                     done.stdout.zeroize();
                     return Err(fail(format!("the command ended with {}", done.exit)));
                 }
-                done.stdout
+                exec_value(done.stdout).map_err(fail)?
             }
         };
         let written = state_files::stage(&dir.join(&secret.name), &value, 0o600, owner);
@@ -141,7 +135,23 @@ pub fn scrub(secrets: &[Secret], state_dir: &Path) -> Scrubbed {
     out
 }
 
-fn encode(raw: &[u8], encoding: Encoding) -> Vec<u8> {
+/// The largest value an `exec` secret may have (its command's whole stdout).
+pub const MAX_VALUE: usize = helper::CAPTURE_LIMIT;
+
+/// An `exec` secret's value from its command's stdout: exactly those bytes (a trailing newline
+/// included), or, over [`MAX_VALUE`], the reason and nothing: a cut value is never published.
+pub fn exec_value(mut stdout: Vec<u8>) -> Result<Vec<u8>, String> {
+    if stdout.len() > MAX_VALUE {
+        stdout.zeroize();
+        return Err(format!(
+            "the command wrote more than {MAX_VALUE} bytes, the limit for a secret"
+        ));
+    }
+    Ok(stdout)
+}
+
+/// The text of a `bytes` secret in its encoding.
+pub fn encode(raw: &[u8], encoding: Encoding) -> Vec<u8> {
     match encoding {
         Encoding::Raw => raw.to_vec(),
         Encoding::Hex => raw

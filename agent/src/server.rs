@@ -102,6 +102,33 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(BACKLOG)
 }
 
+/// How every connection is served: HTTP/1.1, freeze-aware header deadline, bounded header
+/// buffer, half-close answered.
+pub fn http1() -> http1::Builder {
+    let mut b = http1::Builder::new();
+    // Header deadlines that a freeze does not use up (`clock`).
+    b.timer(crate::clock::AwakeTimer)
+        .header_read_timeout(HEADER_TIMEOUT)
+        // HTTP/1.1 allows a client to half-close after its request: answer it. (Off, hyper
+        // drops the answer, while the hook it carried still acts.)
+        .half_close(true)
+        .max_buf_size(MAX_HEADER_BUF);
+    b
+}
+
+/// Serves one connection to its end: what the accept loop runs for every client, and what the
+/// end-to-end fuzz target feeds arbitrary bytes through.
+pub async fn serve_connection<I>(io: I, agent: Arc<Agent>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let agent = agent.clone();
+        async move { Ok::<_, Infallible>(crate::hooks::handle(&agent, req).await) }
+    });
+    let _ = http1().serve_connection(TokioIo::new(io), service).await;
+}
+
 /// Serves hooks on `listener` until `stop` completes, then lets answers in flight finish
 /// (bounded by `DRAIN`) and returns.
 pub async fn serve(listener: TcpListener, agent: Arc<Agent>, stop: impl Future<Output = ()>) {
@@ -133,15 +160,7 @@ pub async fn serve(listener: TcpListener, agent: Arc<Agent>, stop: impl Future<O
                 let agent = agent.clone();
                 async move { Ok::<_, Infallible>(crate::hooks::handle(&agent, req).await) }
             });
-            let conn = http1::Builder::new()
-                // Header deadlines that a freeze does not use up (`clock`).
-                .timer(crate::clock::AwakeTimer)
-                .header_read_timeout(HEADER_TIMEOUT)
-                // HTTP/1.1 allows a client to half-close after its request: answer it. (Off, hyper
-                // drops the answer, while the hook it carried still acts.)
-                .half_close(true)
-                .max_buf_size(MAX_HEADER_BUF)
-                .serve_connection(TokioIo::new(stream), service);
+            let conn = http1().serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => return,

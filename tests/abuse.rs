@@ -5,7 +5,7 @@ mod common;
 
 use std::io::{BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -37,15 +37,15 @@ fn ten_thousand_idle_connections_do_not_lock_the_platform_out() {
             Err(e) => panic!("connect {} failed: {e}", idle.len()),
         }
     }
-    // During the flood, the platform's call gets through, inside its budget.
-    let t = Instant::now();
+    // During the flood, the platform's calls get through, and the work of each finished inside
+    // its budget (the agent answers "timeout" or "busy" when it does not): counted, not timed.
     let r = a.post("/run", br#"{"microvmId":"vm-flood"}"#);
-    let took = t.elapsed();
     assert_eq!(r.status, 200, "{}", r.text());
-    assert!(
-        took < Duration::from_millis(900),
-        "/run took {took:?} during the flood"
-    );
+    assert_eq!(r.json()["outcome"], "ok", "{}", r.text());
+    let answered = (0..20)
+        .filter(|_| a.get("/ready").json()["outcome"] == "ready")
+        .count();
+    assert_eq!(answered, 20, "platform polls answered during the flood");
     let during = rss_kib(a.pid());
     drop(idle);
     std::thread::sleep(Duration::from_millis(500));
@@ -70,15 +70,17 @@ fn a_client_sending_headers_a_byte_at_a_time_is_cut_off() {
     let a = Spec::default().start();
     let mut s = connect(a.port);
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let t = Instant::now();
+    // A byte every 500 ms: the 10 s header deadline lets about 20 in. Counted, not timed.
     let mut closed = false;
+    let mut accepted = 0;
     for b in b"GET /ready HTTP/1.1\r\nHost: localhost\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".iter() {
         if s.write_all(&[*b]).is_err() {
             closed = true;
             break;
         }
+        accepted += 1;
         std::thread::sleep(Duration::from_millis(500));
-        if t.elapsed() > Duration::from_secs(15) {
+        if accepted >= 30 {
             break;
         }
     }
@@ -87,12 +89,11 @@ fn a_client_sending_headers_a_byte_at_a_time_is_cut_off() {
         let _ = s.read_to_end(&mut out);
         closed = out.is_empty() || String::from_utf8_lossy(&out).starts_with("HTTP/1.1 408");
     }
-    assert!(closed, "the slow client was never cut off");
     assert!(
-        t.elapsed() < Duration::from_secs(15),
-        "cut off only after {:?}",
-        t.elapsed()
+        closed,
+        "the slow client was never cut off ({accepted} bytes accepted)"
     );
+    assert!(accepted < 30, "cut off only after {accepted} bytes");
     assert_eq!(a.get("/ready").status, 200, "the listener still serves");
 }
 
@@ -178,10 +179,9 @@ fn in_mount_ns(options: &str, prep: &str) -> Spec {
 #[test]
 fn a_read_only_state_directory_fails_run_clearly_and_writes_nothing() {
     let a = in_mount_ns("ro", "true").start();
-    let t = Instant::now();
     let r = a.post("/run", br#"{"runHookPayload":"x"}"#);
-    assert!(t.elapsed() < Duration::from_secs(1));
     assert_eq!(r.status, 500, "{}", r.text());
+    // The failure itself, not "timeout": it was found and answered inside the budget.
     assert_eq!(r.json()["outcome"], "state-dir-error");
     assert!(
         r.json()["error"].as_str().unwrap().contains("Read-only"),
@@ -266,15 +266,15 @@ fn stopped_for_seconds_in_a_restart_backoff_then_continued_every_hook_still_answ
     a.signal(libc::SIGSTOP);
     std::thread::sleep(Duration::from_secs(5));
     a.signal(libc::SIGCONT);
-    for hook in ["/run", "/suspend", "/resume"] {
-        let t = Instant::now();
+    // Each hook's work finished inside its budget (else "timeout" or "busy"): counted.
+    for (hook, outcome) in [
+        ("/run", "ok"),
+        ("/suspend", "suspended"),
+        ("/resume", "resumed"),
+    ] {
         let r = a.post(hook, b"");
-        assert!(
-            t.elapsed() < Duration::from_secs(1),
-            "{hook} took {:?} after the freeze",
-            t.elapsed()
-        );
         assert_eq!(r.status, 200, "{hook}: {}", r.text());
+        assert_eq!(r.json()["outcome"], outcome, "{hook}: {}", r.text());
     }
     // The backoff did not stall: the app is restarted again.
     let restarts = a.status()["app"]["restarts"].as_u64().unwrap();

@@ -1,0 +1,238 @@
+//! The Dockerfiles, tested by what they run (there is no Docker engine here): every `COPY` source
+//! exists in the documented build context and survives its `.dockerignore`, no BuildKit-only
+//! syntax is used, the final image's entrypoint is the agent, and each build stage's commands
+//! (cargo with the Dockerfile's target, go with its GOOS/GOARCH) run on this x86_64 host and
+//! produce a static aarch64 binary (checked with readelf). Stages that install packages from the
+//! base image's repositories (`dnf`) cannot run here and are not run.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+#[path = "sim_support/mod.rs"]
+mod support;
+
+/// One instruction, continuation lines joined.
+#[derive(Debug)]
+struct Instr {
+    op: String,
+    args: String,
+}
+
+fn parse(text: &str) -> Vec<Instr> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for line in text.lines() {
+        let t = line.trim();
+        if cur.is_empty() && (t.is_empty() || t.starts_with('#')) {
+            continue;
+        }
+        if let Some(part) = t.strip_suffix('\\') {
+            cur.push_str(part);
+            cur.push(' ');
+            continue;
+        }
+        cur.push_str(t);
+        let (op, args) = cur.split_once(' ').unwrap_or((&cur, ""));
+        out.push(Instr {
+            op: op.to_ascii_uppercase(),
+            args: args.trim().to_string(),
+        });
+        cur.clear();
+    }
+    out
+}
+
+/// The `COPY` sources of the build context (not `--from` a stage), and the destination.
+fn context_copies(instrs: &[Instr]) -> Vec<(Vec<String>, String)> {
+    instrs
+        .iter()
+        .filter(|i| i.op == "COPY" && !i.args.starts_with("--from"))
+        .map(|i| {
+            let mut words: Vec<String> = i.args.split_whitespace().map(String::from).collect();
+            let dest = words.pop().unwrap();
+            (words, dest)
+        })
+        .collect()
+}
+
+fn check_common(name: &str, text: &str, instrs: &[Instr]) {
+    for bad in ["--chmod", "--chown=", "--mount", "<<", "# syntax="] {
+        assert!(!text.contains(bad), "{name}: BuildKit-only syntax {bad:?}");
+    }
+    let last_from = instrs.iter().rposition(|i| i.op == "FROM").unwrap();
+    let final_stage = &instrs[last_from..];
+    assert!(
+        final_stage[0].args.starts_with("public.ecr.aws/lambda/microvms:al2023"),
+        "{name}: the image is built on the platform's base image"
+    );
+    let entry = final_stage.iter().find(|i| i.op == "ENTRYPOINT").expect("ENTRYPOINT");
+    assert!(
+        entry.args.starts_with("[\"microvm-agent\", \"-c\", \"/etc/microvm-agent.toml\", \"--\"]"),
+        "{name}: {}",
+        entry.args
+    );
+    assert!(final_stage.iter().any(|i| i.op == "CMD"), "{name}: the app is the CMD");
+    assert!(
+        final_stage
+            .iter()
+            .any(|i| i.op == "RUN" && i.args.contains("chmod 0755 /usr/local/bin/microvm-agent"))
+            || name == "Dockerfile.example",
+        "{name}: the agent is made executable without COPY --chmod"
+    );
+}
+
+/// The patterns a `.dockerignore` of the form `*` + `!name` lines lets in.
+fn let_in(ignore: &str) -> Vec<String> {
+    ignore
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix('!'))
+        .map(|p| p.trim_end_matches('/').to_string())
+        .collect()
+}
+
+/// Runs `cmd` (a Dockerfile RUN line) with `sh -c` in `dir`, with the image paths mapped.
+fn run_stage_command(cmd: &str, dir: &Path, out: &Path) {
+    let cmd = cmd.replace(" /server", &format!(" {}", out.display()));
+    let status = Command::new("sh").arg("-c").arg(&cmd).current_dir(dir).status().unwrap();
+    assert!(status.success(), "`{cmd}` failed in {}", dir.display());
+}
+
+fn assert_static_aarch64(bin: &Path) {
+    let headers = Command::new("readelf").args(["-lhW"]).arg(bin).output().unwrap();
+    let text = String::from_utf8_lossy(&headers.stdout);
+    assert!(text.contains("AArch64"), "{}: not aarch64:\n{text}", bin.display());
+    assert!(
+        !text.contains("INTERP") && !text.contains("DYNAMIC"),
+        "{}: not static:\n{text}",
+        bin.display()
+    );
+}
+
+fn tools_or_skip(tools: &[&str]) -> bool {
+    let missing: Vec<&&str> = tools
+        .iter()
+        .filter(|t| Command::new(t).arg("--version").output().is_err())
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    if std::env::var("MICROVM_AGENT_REQUIRE_TEMPLATES").is_ok_and(|v| v == "1") {
+        panic!("missing {missing:?}");
+    }
+    eprintln!("SKIP: missing {missing:?}");
+    false
+}
+
+fn template(name: &str) -> PathBuf {
+    support::root().join("templates").join(name)
+}
+
+/// Checks a template's Dockerfile against its directory (the build context), and runs its build
+/// stage when it has one.
+fn check_template(name: &str) {
+    let dir = template(name);
+    let text = std::fs::read_to_string(dir.join("Dockerfile")).unwrap();
+    let instrs = parse(&text);
+    check_common(&format!("templates/{name}/Dockerfile"), &text, &instrs);
+    assert!(
+        text.contains("dist/microvm-agent-aarch64"),
+        "{name}: the Dockerfile says where the agent binary comes from"
+    );
+    let ignore = std::fs::read_to_string(dir.join(".dockerignore"))
+        .unwrap_or_else(|_| panic!("{name}: no .dockerignore"));
+    let allowed = let_in(&ignore);
+    for (sources, _) in context_copies(&instrs) {
+        for src in sources {
+            let src = src.trim_end_matches('/').trim_start_matches("./");
+            assert!(allowed.iter().any(|a| a == src), "{name}: {src} is excluded by .dockerignore");
+            if src == "microvm-agent" {
+                continue; // the documented prebuilt binary, copied in by the image author
+            }
+            assert!(dir.join(src).exists(), "{name}: COPY {src}: not in the context");
+        }
+    }
+    // The build stage, if any, run on this host.
+    let Some(build_end) = instrs.iter().skip(1).position(|i| i.op == "FROM") else {
+        return;
+    };
+    let stage = &instrs[..=build_end];
+    let base = &stage[0].args;
+    let tools: &[&str] = if base.starts_with("rust:") {
+        &["cargo"]
+    } else if base.starts_with("golang:") {
+        &["go"]
+    } else {
+        panic!("{name}: unknown build stage {base}")
+    };
+    if !tools_or_skip(tools) {
+        return;
+    }
+    let work = std::env::temp_dir().join(format!("mva-docker-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).unwrap();
+    for (sources, _) in context_copies(stage) {
+        for src in sources {
+            let status = Command::new("cp").arg("-r").arg(dir.join(&src)).arg(&work).status().unwrap();
+            assert!(status.success(), "copy {src}");
+        }
+    }
+    let out = work.join("server");
+    for run in stage.iter().filter(|i| i.op == "RUN") {
+        run_stage_command(&run.args, &work, &out);
+    }
+    assert_static_aarch64(&out);
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+#[test]
+fn the_rust_template_builds_a_static_aarch64_binary_from_its_own_context() {
+    check_template("rust");
+}
+
+#[test]
+fn the_go_template_cross_compiles_for_arm64() {
+    check_template("go");
+}
+
+#[test]
+fn the_python_node_and_java_templates_copy_only_what_they_have() {
+    for name in ["python", "node", "java"] {
+        check_template(name);
+    }
+    let node = std::fs::read_to_string(template("node").join("Dockerfile")).unwrap();
+    assert!(node.contains("nodejs22") && node.contains("node-22"), "a current, pinned AL2023 Node");
+}
+
+#[test]
+fn dockerfile_example_builds_the_agent_from_the_documented_context() {
+    let root = support::root();
+    for file in ["Dockerfile.example", "Dockerfile.prebuilt.example"] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        check_common(file, &text, &parse(&text));
+    }
+    let text = std::fs::read_to_string(root.join("Dockerfile.example")).unwrap();
+    let instrs = parse(&text);
+    // The context it documents: microvm-agent/ (this repository), microvm-agent.toml, app/.
+    for (sources, _) in context_copies(&instrs) {
+        for src in sources {
+            assert!(
+                text.contains(&format!("#   {}", src.trim_end_matches('/')))
+                    || text.contains(&format!("#   {src}")),
+                "Dockerfile.example: {src} is not in the documented context"
+            );
+        }
+    }
+    assert!(root.join("Cargo.lock").exists() && root.join(".cargo/config.toml").exists());
+    if !tools_or_skip(&["cargo", "readelf"]) {
+        return;
+    }
+    // Its build stage, run in this repository (what `COPY microvm-agent/ .` puts in /src).
+    let run = instrs
+        .iter()
+        .find(|i| i.op == "RUN" && i.args.starts_with("cargo build"))
+        .expect("the agent's build");
+    let status = Command::new("sh").arg("-c").arg(&run.args).current_dir(&root).status().unwrap();
+    assert!(status.success(), "{}", run.args);
+    let target = std::env::var("CARGO_TARGET_DIR").map_or(root.join("target"), PathBuf::from);
+    assert_static_aarch64(&target.join("aarch64-unknown-linux-musl/release/microvm-agent"));
+}

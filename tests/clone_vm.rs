@@ -37,6 +37,7 @@ macro_rules! say {
 fn vm_dir() -> PathBuf {
     std::env::var_os("MICROVM_AGENT_VM_DIR")
         .map(PathBuf::from)
+        .or_else(|| std::env::var_os("CARGO_TARGET_DIR").map(|t| PathBuf::from(t).join("vm")))
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/vm"))
 }
 

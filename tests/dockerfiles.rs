@@ -62,16 +62,26 @@ fn check_common(name: &str, text: &str, instrs: &[Instr]) {
     let last_from = instrs.iter().rposition(|i| i.op == "FROM").unwrap();
     let final_stage = &instrs[last_from..];
     assert!(
-        final_stage[0].args.starts_with("public.ecr.aws/lambda/microvms:al2023"),
+        final_stage[0]
+            .args
+            .starts_with("public.ecr.aws/lambda/microvms:al2023"),
         "{name}: the image is built on the platform's base image"
     );
-    let entry = final_stage.iter().find(|i| i.op == "ENTRYPOINT").expect("ENTRYPOINT");
+    let entry = final_stage
+        .iter()
+        .find(|i| i.op == "ENTRYPOINT")
+        .expect("ENTRYPOINT");
     assert!(
-        entry.args.starts_with("[\"microvm-agent\", \"-c\", \"/etc/microvm-agent.toml\", \"--\"]"),
+        entry
+            .args
+            .starts_with("[\"microvm-agent\", \"-c\", \"/etc/microvm-agent.toml\", \"--\"]"),
         "{name}: {}",
         entry.args
     );
-    assert!(final_stage.iter().any(|i| i.op == "CMD"), "{name}: the app is the CMD");
+    assert!(
+        final_stage.iter().any(|i| i.op == "CMD"),
+        "{name}: the app is the CMD"
+    );
     assert!(
         final_stage
             .iter()
@@ -93,14 +103,27 @@ fn let_in(ignore: &str) -> Vec<String> {
 /// Runs `cmd` (a Dockerfile RUN line) with `sh -c` in `dir`, with the image paths mapped.
 fn run_stage_command(cmd: &str, dir: &Path, out: &Path) {
     let cmd = cmd.replace(" /server", &format!(" {}", out.display()));
-    let status = Command::new("sh").arg("-c").arg(&cmd).current_dir(dir).status().unwrap();
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(&cmd)
+        .current_dir(dir)
+        .status()
+        .unwrap();
     assert!(status.success(), "`{cmd}` failed in {}", dir.display());
 }
 
 fn assert_static_aarch64(bin: &Path) {
-    let headers = Command::new("readelf").args(["-lhW"]).arg(bin).output().unwrap();
+    let headers = Command::new("readelf")
+        .args(["-lhW"])
+        .arg(bin)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&headers.stdout);
-    assert!(text.contains("AArch64"), "{}: not aarch64:\n{text}", bin.display());
+    assert!(
+        text.contains("AArch64"),
+        "{}: not aarch64:\n{text}",
+        bin.display()
+    );
     assert!(
         !text.contains("INTERP") && !text.contains("DYNAMIC"),
         "{}: not static:\n{text}",
@@ -144,11 +167,17 @@ fn check_template(name: &str) {
     for (sources, _) in context_copies(&instrs) {
         for src in sources {
             let src = src.trim_end_matches('/').trim_start_matches("./");
-            assert!(allowed.iter().any(|a| a == src), "{name}: {src} is excluded by .dockerignore");
+            assert!(
+                allowed.iter().any(|a| a == src),
+                "{name}: {src} is excluded by .dockerignore"
+            );
             if src == "microvm-agent" {
                 continue; // the documented prebuilt binary, copied in by the image author
             }
-            assert!(dir.join(src).exists(), "{name}: COPY {src}: not in the context");
+            assert!(
+                dir.join(src).exists(),
+                "{name}: COPY {src}: not in the context"
+            );
         }
     }
     // The build stage, if any, run on this host.
@@ -172,7 +201,12 @@ fn check_template(name: &str) {
     std::fs::create_dir_all(&work).unwrap();
     for (sources, _) in context_copies(stage) {
         for src in sources {
-            let status = Command::new("cp").arg("-r").arg(dir.join(&src)).arg(&work).status().unwrap();
+            let status = Command::new("cp")
+                .arg("-r")
+                .arg(dir.join(&src))
+                .arg(&work)
+                .status()
+                .unwrap();
             assert!(status.success(), "copy {src}");
         }
     }
@@ -196,11 +230,14 @@ fn the_go_template_cross_compiles_for_arm64() {
 
 #[test]
 fn the_python_node_and_java_templates_copy_only_what_they_have() {
-    for name in ["python", "node", "java"] {
+    for name in ["python", "node", "java", "passthrough"] {
         check_template(name);
     }
     let node = std::fs::read_to_string(template("node").join("Dockerfile")).unwrap();
-    assert!(node.contains("nodejs22") && node.contains("node-22"), "a current, pinned AL2023 Node");
+    assert!(
+        node.contains("nodejs22") && node.contains("node-22"),
+        "a current, pinned AL2023 Node"
+    );
 }
 
 #[test]
@@ -231,7 +268,12 @@ fn dockerfile_example_builds_the_agent_from_the_documented_context() {
         .iter()
         .find(|i| i.op == "RUN" && i.args.starts_with("cargo build"))
         .expect("the agent's build");
-    let status = Command::new("sh").arg("-c").arg(&run.args).current_dir(&root).status().unwrap();
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(&run.args)
+        .current_dir(&root)
+        .status()
+        .unwrap();
     assert!(status.success(), "{}", run.args);
     let target = std::env::var("CARGO_TARGET_DIR").map_or(root.join("target"), PathBuf::from);
     assert_static_aarch64(&target.join("aarch64-unknown-linux-musl/release/microvm-agent"));

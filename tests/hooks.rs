@@ -623,7 +623,12 @@ bytes = 32
 fn version_and_help() {
     let out = agent_cmd(&["-V"]);
     assert_eq!(out.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("microvm-agent "));
+    let v = String::from_utf8_lossy(&out.stdout);
+    assert!(v.starts_with("microvm-agent "), "{v}");
+    assert!(
+        v.contains("(commit ") && v.contains("-linux-"),
+        "names the commit and target: {v}"
+    );
     let out = agent_cmd(&["--help"]);
     assert_eq!(out.status.code(), Some(0));
     let help = String::from_utf8_lossy(&out.stdout);

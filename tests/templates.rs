@@ -60,7 +60,9 @@ fn prepare(lang: &str, app_port: u16, hook_port: u16) -> (PathBuf, Vec<String>) 
     copy("hooks.json");
     let d = dir.display().to_string();
     let command = match lang {
-        "python" => vec!["python3".into(), src.join("app.py").display().to_string()],
+        "python" | "passthrough" => {
+            vec!["python3".into(), src.join("app.py").display().to_string()]
+        }
         "node" => vec!["node".into(), src.join("app.js").display().to_string()],
         "java" => {
             run(
@@ -82,7 +84,9 @@ fn prepare(lang: &str, app_port: u16, hook_port: u16) -> (PathBuf, Vec<String>) 
             vec![format!("{d}/server")]
         }
         "rust" => {
-            let target = root().join("target/template-rust");
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map_or(root().join("target"), PathBuf::from)
+                .join("template-rust");
             run(
                 Command::new("cargo")
                     .args(["build", "-q", "--release", "--manifest-path"])
@@ -202,6 +206,81 @@ fn template(lang: &str, runtime: &[&str]) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Runs microvm-sim over a template with `env` for the app; returns its exit code and output.
+fn sim_template(lang: &str, env: &[(&str, &str)], payload: &str) -> (i32, String) {
+    let (app_port, hook_port) = (free_port(), free_port());
+    let (dir, command) = prepare(lang, app_port, hook_port);
+    let mut args: Vec<String> = vec![
+        "--hooks".into(),
+        dir.join("hooks.json").display().to_string(),
+        "--payload".into(),
+        payload.into(),
+        "--suspend-for".into(),
+        "200ms".into(),
+        "--".into(),
+        agent(),
+        "-c".into(),
+        dir.join("microvm-agent.toml").display().to_string(),
+        "--listen".into(),
+        format!("127.0.0.1:{hook_port}"),
+        "--state-dir".into(),
+        dir.join("state").display().to_string(),
+        "--".into(),
+    ];
+    args.extend(command);
+    let mut cmd = Command::new(SIM);
+    cmd.args(&args).env("PORT", app_port.to_string());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn passthrough_template_gets_every_hook_on_its_own_handlers() {
+    if !have("python3") {
+        assert!(
+            std::env::var("MICROVM_AGENT_REQUIRE_TEMPLATES").is_err(),
+            "python3 missing"
+        );
+        return;
+    }
+    let payload = r#"{"tenant":"t-9","nonce":"8f1c"}"#;
+    let (code, text) = sim_template("passthrough", &[], payload);
+    assert_eq!(code, 0, "{text}");
+    let seen: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("hook").is_some() && v.get("path").is_some())
+        .collect();
+    let hooks: Vec<&str> = seen.iter().map(|v| v["hook"].as_str().unwrap()).collect();
+    assert_eq!(
+        hooks,
+        ["validate", "run", "suspend", "resume", "terminate"],
+        "every hook, in order, on the app's own handlers:\n{text}"
+    );
+    let run = &seen[1];
+    assert_eq!(run["payload"], payload, "the /run body exactly as received");
+    assert!(run["microvmId"].as_str().unwrap().starts_with("microvm-"));
+    assert!(
+        run["path"]
+            .as_str()
+            .unwrap()
+            .starts_with("/aws/lambda-microvms/runtime/v1/"),
+        "on the path it came on: {run}"
+    );
+
+    // The app refuses /run: with the default fail_on, /run fails, as the app asked.
+    let (code, text) = sim_template("passthrough", &[("RUN_STATUS", "500")], payload);
+    assert_ne!(code, 0, "{text}");
+    assert!(text.contains("TERMINATED: /run answered 500"), "{text}");
+    assert!(text.contains("app-refused"), "{text}");
+}
+
 #[test]
 fn python_template() {
     template("python", &["python3"]);
@@ -229,7 +308,7 @@ fn rust_template() {
 
 #[test]
 fn every_template_configuration_passes_check() {
-    for lang in ["python", "node", "java", "go", "rust"] {
+    for lang in ["python", "node", "java", "go", "rust", "passthrough"] {
         let path = root()
             .join("templates")
             .join(lang)

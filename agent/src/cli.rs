@@ -42,10 +42,14 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Ok(Action::Version) => {
-            println!("microvm-agent {}", env!("CARGO_PKG_VERSION"));
+            println!("{}", version());
             return ExitCode::SUCCESS;
         }
         Ok(Action::Check(c)) => {
+            if let Err(e) = writable(&c.state_dir) {
+                eprintln!("microvm-agent: configuration error: state_dir: {e}");
+                return ExitCode::from(EX_USAGE);
+            }
             print!("{c}");
             print!("{}", machine_report(&crate::machine::Facts::read()));
             return ExitCode::SUCCESS;
@@ -103,6 +107,40 @@ fn init_logging(config: &config::Config) {
             .with(fmt.with_filter(filter))
             .init(),
     }
+}
+
+/// `microvm-agent 0.1.0 (commit 1a2b3c4, aarch64-linux-musl)`: the release, the commit it was
+/// built from (`MICROVM_AGENT_COMMIT` at build time, which `scripts/dist.sh` sets), the target.
+pub fn version() -> String {
+    let env = if cfg!(target_env = "musl") {
+        "musl"
+    } else if cfg!(target_env = "gnu") {
+        "gnu"
+    } else {
+        "other"
+    };
+    format!(
+        "microvm-agent {} (commit {}, {}-{}-{env})",
+        env!("CARGO_PKG_VERSION"),
+        option_env!("MICROVM_AGENT_COMMIT").unwrap_or("unknown"),
+        std::env::consts::ARCH,
+        std::env::consts::OS,
+    )
+}
+
+/// `--check`: can the agent write its state directory? It creates it if needed (and removes
+/// what it created), and writes and removes one file in it.
+fn writable(dir: &std::path::Path) -> Result<(), String> {
+    let created = !dir.exists();
+    let probe = dir.join(".microvm-agent-check");
+    let result = crate::state_files::prepare(dir)
+        .and_then(|()| crate::state_files::write_atomic(&probe, b"", 0o600, None))
+        .and_then(|()| std::fs::remove_file(&probe))
+        .map_err(|e| format!("{}: cannot write there: {e}", dir.display()));
+    if created {
+        let _ = std::fs::remove_dir(dir);
+    }
+    result
 }
 
 /// What `--check` says about the machine it runs on (run it in the image at build time), as TOML

@@ -211,6 +211,7 @@ pub async fn handle(agent: &Arc<Agent>, req: Request<Incoming>) -> Response<Full
         );
     }
     let is_get = req.method() == Method::GET;
+    let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);
     let body = match read_body(req).await {
         Ok(b) => b,
@@ -227,7 +228,7 @@ pub async fn handle(agent: &Arc<Agent>, req: Request<Incoming>) -> Response<Full
         }
         Route::Hook(hook) => {
             let body = if is_get { Bytes::new() } else { body };
-            let answer = agent.hook(hook, caller, body, arrived).await;
+            let answer = agent.hook(hook, caller, &path, body, arrived).await;
             answer_to_response(hook, answer, arrived)
         }
     }

@@ -6,7 +6,8 @@
 # and installs qemu-system-x86 and busybox-static from the distribution when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-out=target/vm
+target_dir=${CARGO_TARGET_DIR:-target}
+out=$target_dir/vm
 mkdir -p "$out"
 
 pkgs=()
@@ -30,6 +31,6 @@ fi
 
 rustup target add x86_64-unknown-linux-musl >/dev/null 2>&1
 cargo build -q --release --target x86_64-unknown-linux-musl -p microvm-agent --bin microvm-agent --example mva-fixture
-cp target/x86_64-unknown-linux-musl/release/microvm-agent "$out/"
-cp target/x86_64-unknown-linux-musl/release/examples/mva-fixture "$out/"
+cp "$target_dir/x86_64-unknown-linux-musl/release/microvm-agent" "$out/"
+cp "$target_dir/x86_64-unknown-linux-musl/release/examples/mva-fixture" "$out/"
 echo "prepared $(ls "$out" | tr '\n' ' ')in $out"

@@ -25,6 +25,7 @@ use crate::supervisor::AppView;
 use crate::supervisor::Command;
 use crate::{probe, run_body, state_files};
 
+mod forward;
 mod routine;
 
 /// The monotonic and the wall clock, read together at `/suspend`, so that `/resume` can report how
@@ -245,14 +246,23 @@ impl Agent {
         self: &Arc<Self>,
         hook: Hook,
         caller: Caller,
+        path: &str,
         body: Bytes,
         arrived: Instant,
     ) -> Answer {
         let deadline = arrived + budget::deadline_after(self.budget(hook));
         let answer = match hook {
             Hook::Ready => self.ready(caller),
-            Hook::Terminate => self.terminate(deadline).await,
-            _ => self.acting(hook, body, deadline).await,
+            Hook::Terminate => self.terminate(path, deadline).await,
+            _ => self.acting(hook, body.clone(), deadline).await,
+        };
+        // The app's own hook handler, after the agent's work (`/terminate` forwards before the
+        // stop begins, inside `terminate`).
+        let acted = matches!(answer.outcome, "valid" | "ok" | "resumed" | "suspended");
+        let answer = if acted && hook != Hook::Terminate {
+            self.pass_through(hook, path, body, deadline, answer).await
+        } else {
+            answer
         };
         let answer = self.fail_policy(hook, answer);
         let mut stats = crate::lock(&self.stats);
@@ -346,12 +356,14 @@ impl Agent {
 
     /// Starts the stop path and waits for the app to be gone until just before the deadline;
     /// then answers either way and lets the stop finish. A failed acknowledgement is reported (the answer is still 200: see `fail_policy`).
-    async fn terminate(&self, deadline: Instant) -> Answer {
+    async fn terminate(&self, path: &str, deadline: Instant) -> Answer {
         let first = crate::lock(&self.machine).terminate() == Verdict::Act;
         let mut unacknowledged = None;
+        let mut app = None;
         if first {
             // The app hears of it first (it may want to flush), then the stop begins.
             let outcome = self.tell_app(Event::Terminate, None, None, deadline).await;
+            app = self.forward_to_app(path, Bytes::new(), deadline).await;
             self.terminate.send_replace(true);
             if !outcome.ok() {
                 unacknowledged = Some(outcome);
@@ -376,6 +388,16 @@ impl Agent {
                 Err(_) => Answer::with(StatusCode::OK, "stopping", json!({ "pid": view.pid })),
             }
         };
+        if let Some(app) = app {
+            let refused = app.refused;
+            answer.extra["app"] = app.json;
+            if let Some(e) = refused {
+                answer.extra["stop"] = json!(answer.outcome);
+                answer.extra["error"] = json!(format!("{e}; terminating anyway"));
+                answer.status = StatusCode::INTERNAL_SERVER_ERROR;
+                answer.outcome = "app-refused";
+            }
+        }
         if let Some(outcome) = unacknowledged {
             answer.extra["stop"] = json!(answer.outcome);
             answer.extra["error"] = json!(format!(

@@ -445,6 +445,7 @@ mod tests {
             .hook(
                 crate::lifecycle::Hook::Ready,
                 super::super::Caller::Platform,
+                "/ready",
                 bytes::Bytes::new(),
                 Instant::now(),
             )

@@ -153,6 +153,8 @@ pub enum MachineId {
 pub struct App {
     /// The program and its arguments, byte-exact (the CLI may pass non-UTF-8 arguments).
     pub command: Vec<OsString>,
+    /// The command came after `--` on the command line (an image's CMD), not from `[app]`.
+    pub command_from_cli: bool,
     pub user: Option<UserSpec>,
     pub workdir: Option<PathBuf>,
     pub restart: Restart,
@@ -223,6 +225,9 @@ impl Hooks {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Notify {
     pub http: Option<HttpUrl>,
+    /// `forward`: the app's own hook server (a base URL). Each platform hook is passed through
+    /// to it on the same path after the agent's own work; the app's 2xx acknowledges.
+    pub forward: Option<HttpUrl>,
     pub signal: Option<Signal>,
     pub exec: Option<Vec<String>>,
     pub restart_on: Vec<Event>,
@@ -485,6 +490,7 @@ fn app(s: &Section, cli_command: &[OsString]) -> Result<Option<App>, ConfigError
     };
     Ok(command.map(|command| App {
         command,
+        command_from_cli: !cli_command.is_empty(),
         user,
         workdir,
         restart,
@@ -676,6 +682,13 @@ fn fail_on(s: &Section) -> Result<Vec<Event>, ConfigError> {
 
 fn notify(s: &Section, hooks: &Hooks) -> Result<Notify, ConfigError> {
     let http = s.parsed("http", values::http_url)?;
+    let forward = s.parsed("forward", values::http_url)?;
+    if forward.as_ref().is_some_and(|u| u.path != "/") {
+        return Err(ConfigError::new(
+            s.key("forward"),
+            "takes the app's base URL (http://HOST:PORT): each hook goes to the path it came on",
+        ));
+    }
     let signal = s.parsed("signal", values::signal)?;
     if matches!(signal, Some(Signal::SIGKILL | Signal::SIGSTOP)) {
         return Err(ConfigError::new(
@@ -735,6 +748,7 @@ fn notify(s: &Section, hooks: &Hooks) -> Result<Notify, ConfigError> {
     s.finish()?;
     Ok(Notify {
         http,
+        forward,
         signal,
         exec,
         restart_on,

@@ -42,9 +42,18 @@ impl fmt::Display for Config {
         match &self.app {
             None => writeln!(
                 o,
-                "# mode: sidecar (no app command: the agent serves the hooks alone)"
+                "# mode: sidecar: no app command in the files or on the command line, so the agent\n\
+                 #   serves the hooks alone. In an image whose ENTRYPOINT ends in \"--\", the CMD is\n\
+                 #   the app: check with it, `microvm-agent -c FILE --check -- CMD...`"
             )?,
-            Some(_) => writeln!(o, "# mode: supervising the app below")?,
+            Some(a) if a.command_from_cli => writeln!(
+                o,
+                "# mode: supervising the app below; its command comes from the command line"
+            )?,
+            Some(_) => writeln!(
+                o,
+                "# mode: supervising the app below; its command comes from [app] command"
+            )?,
         }
         writeln!(o, "listen = {}", q(&self.listen.to_string()))?;
         writeln!(
@@ -170,6 +179,9 @@ impl fmt::Display for Config {
         writeln!(o, "\n[notify]")?;
         if let Some(u) = &n.http {
             writeln!(o, "http = {}", q(&u.to_string()))?;
+        }
+        if let Some(u) = &n.forward {
+            writeln!(o, "forward = {}", q(&u.to_string()))?;
         }
         if let Some(s) = n.signal {
             writeln!(o, "signal = {}", q(sig(s)))?;

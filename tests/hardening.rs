@@ -432,3 +432,43 @@ fn a_stalled_log_reader_never_stops_the_hooks() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn check_names_where_the_command_comes_from_and_finds_an_unwritable_state_directory() {
+    let dir = TempDir::new("checkcmd");
+    let state = dir.join("state").display().to_string();
+    let check = |extra: &[&str], toml: &str| {
+        let path = dir.join("c.toml");
+        std::fs::write(&path, toml).unwrap();
+        let mut c = agent_command();
+        c.args(["--check", "--state-dir", &state, "-c"])
+            .arg(&path)
+            .args(extra);
+        c.output().unwrap()
+    };
+    let out = check(&["--", "python3", "/app/app.py"], "");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("its command comes from the command line")
+    );
+    let out = check(&[], "[app]\ncommand = [\"/app/server\"]\n");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("its command comes from [app] command"));
+    let out = check(&[], "");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("sidecar") && text.contains("the CMD is"),
+        "{text}"
+    );
+    assert!(
+        !std::path::Path::new(&state).exists(),
+        "--check removes the directory it made"
+    );
+
+    // A state directory the agent cannot write: 64, naming state_dir.
+    let out = agent_command()
+        .args(["--check", "--state-dir", "/proc/1/microvm-agent"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    assert!(stderr(&out).contains("state_dir") && stderr(&out).contains("/proc/1/microvm-agent"));
+}

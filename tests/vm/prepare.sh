@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Prepares what the clone test (tests/clone_vm.rs) needs, into target/vm/:
+# Prepares what the clone test (tests/clone_vm.rs) needs, into target/vm/ ($CARGO_TARGET_DIR/vm):
 #   vmlinuz, e1000.ko       from Debian's kernel package, extracted with dpkg -x (not installed)
 #   microvm-agent           the agent, static (x86_64-unknown-linux-musl)
 #   mva-fixture             the fixture app, static
-# and installs qemu-system-x86 and busybox-static from the distribution when they are missing.
+#   aarch64/                the same for the platform's architecture: Debian's arm64 6.1 kernel and
+#                           e1000.ko, busybox-static:arm64 (all extracted, nothing installed), and
+#                           the static aarch64-unknown-linux-musl agent and fixture
+# and installs qemu-system-x86, qemu-system-arm and busybox-static when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 target_dir=${CARGO_TARGET_DIR:-target}
@@ -12,6 +15,7 @@ mkdir -p "$out"
 
 pkgs=()
 command -v qemu-system-x86_64 >/dev/null || pkgs+=(qemu-system-x86)
+command -v qemu-system-aarch64 >/dev/null || pkgs+=(qemu-system-arm)
 dpkg -s busybox-static >/dev/null 2>&1 || pkgs+=(busybox-static)
 if [ ${#pkgs[@]} -gt 0 ]; then
   apt-get update -qq
@@ -33,4 +37,27 @@ rustup target add x86_64-unknown-linux-musl >/dev/null 2>&1
 cargo build -q --release --target x86_64-unknown-linux-musl -p microvm-agent --bin microvm-agent --example mva-fixture
 cp "$target_dir/x86_64-unknown-linux-musl/release/microvm-agent" "$out/"
 cp "$target_dir/x86_64-unknown-linux-musl/release/examples/mva-fixture" "$out/"
-echo "prepared $(ls "$out" | tr '\n' ' ')in $out"
+
+# The aarch64 guest. Its packages come from Debian's arm64 archive: the index is added for
+# downloads only (dpkg -x extracts them; nothing of arm64 is installed).
+arm=$out/aarch64
+mkdir -p "$arm"
+if [ ! -f "$arm/vmlinuz" ] || [ ! -f "$arm/e1000.ko" ] || [ ! -f "$arm/busybox" ]; then
+  if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+    dpkg --add-architecture arm64
+  fi
+  apt-get update -qq
+  image=$(apt-cache depends linux-image-arm64:arm64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+  tmp=$(mktemp -d)
+  (cd "$tmp" && apt-get download "$image" busybox-static:arm64 >/dev/null 2>&1)
+  for deb in "$tmp"/*.deb; do dpkg -x "$deb" "$tmp/root"; done
+  cp "$tmp"/root/boot/vmlinuz-* "$arm/vmlinuz"
+  find "$tmp/root/lib/modules" -name e1000.ko -exec cp {} "$arm/e1000.ko" \;
+  cp "$tmp/root/bin/busybox" "$arm/busybox"
+  rm -rf "$tmp"
+fi
+rustup target add aarch64-unknown-linux-musl >/dev/null 2>&1
+cargo build -q --release --target aarch64-unknown-linux-musl -p microvm-agent --bin microvm-agent --example mva-fixture
+cp "$target_dir/aarch64-unknown-linux-musl/release/microvm-agent" "$arm/"
+cp "$target_dir/aarch64-unknown-linux-musl/release/examples/mva-fixture" "$arm/"
+echo "prepared $(ls "$out" | tr '\n' ' ')in $out; $(ls "$arm" | tr '\n' ' ')in $arm"

@@ -68,24 +68,25 @@ pub fn gather(extra: &[&[u8]]) -> Input {
         bytes.extend_from_slice(e);
     }
     let hw = hardware_random(&mut bytes);
+    use nix::time::{clock_gettime, ClockId};
     for clock in [
-        libc::CLOCK_MONOTONIC,
-        libc::CLOCK_REALTIME,
-        libc::CLOCK_BOOTTIME,
-        libc::CLOCK_MONOTONIC_RAW,
-        libc::CLOCK_PROCESS_CPUTIME_ID,
+        ClockId::CLOCK_MONOTONIC,
+        ClockId::CLOCK_REALTIME,
+        ClockId::CLOCK_BOOTTIME,
+        ClockId::CLOCK_MONOTONIC_RAW,
+        ClockId::CLOCK_PROCESS_CPUTIME_ID,
     ] {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        unsafe { libc::clock_gettime(clock, &mut ts) };
-        bytes.extend_from_slice(&ts.tv_sec.to_le_bytes());
-        bytes.extend_from_slice(&ts.tv_nsec.to_le_bytes());
+        if let Ok(ts) = clock_gettime(clock) {
+            bytes.extend_from_slice(&ts.tv_sec().to_le_bytes());
+            bytes.extend_from_slice(&ts.tv_nsec().to_le_bytes());
+        }
     }
     let mut os = [0u8; 32];
-    getrandom(&mut os);
-    bytes.extend_from_slice(&os);
+    match getrandom(&mut os) {
+        Ok(()) => bytes.extend_from_slice(&os),
+        // The other inputs still differ per clone; the generator step fails loudly on its own.
+        Err(e) => tracing::error!(error = %e, "getrandom failed while gathering input"),
+    }
     os.zeroize();
     // Only the hardware generator's output is credited: the body and id are unique but not secret,
     // clocks are guessable, and getrandom may still be the cloned state.
@@ -168,22 +169,13 @@ fn collect(out: &mut Vec<u8>, mut next: impl FnMut() -> Option<u64>) -> usize {
     n
 }
 
-/// `getrandom(2)`, retried on EINTR; never fails on a booted kernel.
-pub fn getrandom(buf: &mut [u8]) {
-    let mut filled = 0;
-    while filled < buf.len() {
-        let n =
-            unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
-        if n > 0 {
-            filled += n as usize;
-        } else if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            // Unreachable on Linux >= 3.17; fall back to /dev/urandom rather than leave zeros.
-            if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-                let _ = std::io::Read::read_exact(&mut f, &mut buf[filled..]);
-            }
-            return;
-        }
-    }
+/// The OS's randomness (`getrandom(2)`, through the `getrandom` crate). An error is returned,
+/// never a buffer left zeroed: a generator keyed from zeros would be the same in every clone.
+pub fn getrandom(buf: &mut [u8]) -> Result<(), String> {
+    getrandom::fill(buf).map_err(|e| {
+        buf.zeroize();
+        format!("getrandom: {e}")
+    })
 }
 
 /// `struct rand_pool_info` with room for our input.
@@ -260,12 +252,12 @@ pub fn reseed_kernel(mode: KernelReseed, input: &Input) -> (Reseeded, Option<Str
 /// VMGenID, `getrandom` may still return the cloned state, and secrets drawn from a generator keyed
 /// by it alone would be the same in every clone. Each 32-byte block of input re-keys the
 /// generator with its own output XOR the block (ChaCha20 as the mixing function).
-pub fn fresh_generator(input: &Input) -> ChaCha20Rng {
+pub fn fresh_generator(input: &Input) -> Result<ChaCha20Rng, String> {
     let mut seed = [0u8; 32];
-    getrandom(&mut seed);
+    getrandom(&mut seed)?;
     let rng = keyed(seed, &input.bytes);
     seed.zeroize();
-    rng
+    Ok(rng)
 }
 
 /// A generator keyed by `seed`, then by every 32-byte block of `input`.
@@ -338,7 +330,10 @@ mod tests {
     #[test]
     fn generators_are_independent() {
         let input = gather(&[b"same"]);
-        let (mut a, mut b) = (fresh_generator(&input), fresh_generator(&input));
+        let (mut a, mut b) = (
+            fresh_generator(&input).unwrap(),
+            fresh_generator(&input).unwrap(),
+        );
         assert_ne!(draw(&mut a, 32), draw(&mut b, 32));
     }
 }

@@ -70,21 +70,22 @@ impl Generations {
     }
 
     /// Step 2 and 3: re-keys the agent's generator (call after the kernel reseed) and makes the
-    /// next generation, not yet published.
+    /// next generation, not yet published. `Err` when the OS has no randomness to give: then no
+    /// generation is made (never one keyed from zeros).
     pub fn next(
         &self,
         reason: &'static str,
         microvm_id: Option<String>,
         kernel: KernelStep,
         input: &entropy::Input,
-    ) -> Generation {
-        let mut rng = entropy::fresh_generator(input);
+    ) -> Result<Generation, String> {
+        let mut rng = entropy::fresh_generator(input)?;
         let id: String = entropy::draw(&mut rng, 16)
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
         *crate::lock(&self.rng) = Some(rng);
-        Generation {
+        Ok(Generation {
             generation: self.number() + 1,
             id,
             reason,
@@ -93,7 +94,7 @@ impl Generations {
             kernel_crng: kernel.crng,
             hardware_random: kernel.hardware_random,
             at: rfc3339_now(),
-        }
+        })
     }
 
     /// Draws from the agent's generator; `None` before the first routine (by design: nothing may
@@ -169,10 +170,14 @@ mod tests {
             crng: KernelCrng::NotReseeded,
             hardware_random: "none",
         };
-        let one = g.next("run", Some("vm".into()), k, &entropy::gather(&[b"a"]));
+        let one = g
+            .next("run", Some("vm".into()), k, &entropy::gather(&[b"a"]))
+            .unwrap();
         assert_eq!(one.generation, 1);
         g.publish(&dir, one.clone()).unwrap();
-        let two = g.next("resume", None, k, &entropy::gather(&[b"b"]));
+        let two = g
+            .next("resume", None, k, &entropy::gather(&[b"b"]))
+            .unwrap();
         assert_eq!(two.generation, 2);
         assert_ne!(one.id, two.id);
         assert_eq!(one.id.len(), 32);

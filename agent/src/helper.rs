@@ -19,7 +19,7 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         if let Some(pgid) = self.0 {
             // The group still exists: its leader is not reaped until the reaper sees it.
-            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            let _ = crate::signals::kill(-pgid, libc::SIGKILL);
         }
     }
 }

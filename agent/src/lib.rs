@@ -71,6 +71,9 @@
 //! - No `EnvFilter`: `MICROVM_AGENT_LOG` uses `tracing_subscriber::filter::Targets` syntax, which
 //!   needs no regex engine.
 
+// Every `unsafe` block says why it is sound (SAFETY comments), enforced.
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod agent;
 pub mod budget;
 pub mod cli;

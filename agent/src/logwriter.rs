@@ -212,9 +212,11 @@ mod tests {
     fn a_full_pipe_drops_lines_instead_of_blocking() {
         let mut fds = [0; 2];
         assert_eq!(
+            // SAFETY: pipe2 fills the two-int array we own.
             unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) },
             0
         );
+        // SAFETY: the two descriptors pipe2 just made, owned by nobody else.
         let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         let sink = Sink::new(w.as_raw_fd(), None, Kind::Other, true);
         let line = vec![b'x'; 999]
@@ -228,6 +230,7 @@ mod tests {
         assert!(dropped > 100, "{dropped} dropped");
         // Drain the pipe, then one more line: the notice first, then the line, both whole.
         let mut buf = vec![0u8; 1 << 20];
+        // SAFETY: read into a buffer we own, of its length.
         let n = unsafe { libc::read(r.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
         assert!(n > 0);
         let text = String::from_utf8_lossy(&buf[..n as usize]).into_owned();
@@ -237,6 +240,7 @@ mod tests {
             "whole lines, and at most the start of the last one"
         );
         sink.line(b"after\n");
+        // SAFETY: read into a buffer we own, of its length.
         let n = unsafe { libc::read(r.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
         let text = String::from_utf8_lossy(&buf[..n as usize]).into_owned();
         // What was cut short of the last line comes first, then the notice, then the new line.

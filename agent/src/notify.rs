@@ -114,13 +114,9 @@ pub async fn notify(
     };
     let signal = async {
         let sig = cfg.signal.filter(|_| !restarting)?;
-        let r = match ctx.app_pid {
-            Some(pid) if unsafe { libc::kill(pid, sig as i32) } == 0 => Ok(()),
-            Some(_) => Err(format!(
-                "cannot send {}: {}",
-                sig.as_str(),
-                std::io::Error::last_os_error()
-            )),
+        let r = match ctx.app_pid.map(|pid| crate::signals::kill(pid, sig as i32)) {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err(format!("cannot send {}: {e}", sig.as_str())),
             None => Err("no app is running".to_string()),
         };
         Some(("signal", r))

@@ -82,15 +82,13 @@ pub fn vmclock_counter(page: &[u8]) -> Option<u64> {
 }
 
 fn offset_now() -> i128 {
+    use nix::time::{clock_gettime, ClockId};
     let ns = |clock| {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        unsafe { libc::clock_gettime(clock, &mut ts) };
-        i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+        clock_gettime(clock)
+            .map(|ts| i128::from(ts.tv_sec()) * 1_000_000_000 + i128::from(ts.tv_nsec()))
+            .unwrap_or(0)
     };
-    ns(libc::CLOCK_REALTIME) - ns(libc::CLOCK_MONOTONIC)
+    ns(ClockId::CLOCK_REALTIME) - ns(ClockId::CLOCK_MONOTONIC)
 }
 
 /// The sources that could be opened, for `/status`.

@@ -15,6 +15,18 @@
 use std::io;
 
 use nix::sys::signal::{SigSet, SigmaskHow};
+
+/// Sends signal number `sig` to `pid` (a negative `pid` is a process group), for every caller
+/// that forwards or stops: one place that talks to `kill(2)`. A number, not `nix`'s `Signal`,
+/// because a forwarded signal may be one `Signal` does not name (a real-time signal).
+pub fn kill(pid: i32, sig: i32) -> std::io::Result<()> {
+    // SAFETY: kill(2) takes two integers and touches no memory of ours.
+    if unsafe { libc::kill(pid, sig) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use tokio::io::unix::AsyncFd;
 

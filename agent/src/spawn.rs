@@ -154,11 +154,11 @@ pub fn spawn(spec: Spec) -> Result<Spawned, SpawnError> {
             cmd.stdout(Stdio::null()).stdin(Stdio::null());
         }
     }
+    let nofile = INHERITED_NOFILE.get().copied();
     // SAFETY: only async-signal-safe calls. A clean signal state for the child: the agent blocks
     // every signal (they arrive through its signalfd) and the Rust runtime ignores SIGPIPE; both
     // would be inherited across exec. std documents a reset of its own, but we measured the mask
     // leaking into children, so we do not rely on it.
-    let nofile = INHERITED_NOFILE.get().copied();
     unsafe {
         cmd.pre_exec(move || {
             if let Some(lim) = nofile {
@@ -208,7 +208,7 @@ pub fn spawn(spec: Spec) -> Result<Spawned, SpawnError> {
             });
         }
     }
-    if spec.foreground && unsafe { libc::isatty(0) } == 1 {
+    if spec.foreground && std::io::IsTerminal::is_terminal(&std::io::stdin()) {
         // SAFETY: async-signal-safe calls only. SIGTTOU is ignored around tcsetpgrp because a
         // background group may not change the foreground group otherwise.
         unsafe {

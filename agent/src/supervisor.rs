@@ -241,7 +241,7 @@ impl Supervisor {
     pub fn forward(&self, sig: i32) {
         if let Some(c) = &self.current {
             tracing::debug!(signal = sig, pid = c.pid, "forwarding");
-            unsafe { libc::kill(c.pid, sig) };
+            let _ = crate::signals::kill(c.pid, sig);
         }
     }
 
@@ -500,10 +500,10 @@ impl Supervisor {
         let group_alive =
             self.current.is_some() || self.group.is_some_and(|g| tree.iter().any(|p| p.pgrp == g));
         if let (Some(g), true) = (self.group, group_alive) {
-            unsafe { libc::kill(-g, sig as i32) };
+            let _ = crate::signals::kill(-g, sig as i32);
         }
         for p in tree.iter().filter(|p| Some(p.pgrp) != self.group) {
-            unsafe { libc::kill(p.pid, sig as i32) };
+            let _ = crate::signals::kill(p.pid, sig as i32);
         }
     }
 }

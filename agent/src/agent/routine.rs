@@ -113,6 +113,13 @@ impl Agent {
         let generation = self.generations.next(reason, microvm_id, kernel, &input);
         drop(input);
         rec.step("generator", t);
+        let generation = match generation {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::error!(error = %e, "no randomness from the OS: no new generation");
+                return Err(self.failed(rec, "entropy-failed", e));
+            }
+        };
         rec.fields["generation"] = json!(generation.generation);
 
         let t = Instant::now();

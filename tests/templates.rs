@@ -43,6 +43,16 @@ fn run(cmd: &mut Command, what: &str) {
 /// Copies a template into a fresh directory with its ports replaced, builds it, and returns the
 /// directory and the app's command.
 fn prepare(lang: &str, app_port: u16, hook_port: u16) -> (PathBuf, Vec<String>) {
+    prepare_with(lang, app_port, hook_port, None)
+}
+
+/// `prepare`, with the Python app replaced by `app` (a broken copy, for the test of the test).
+fn prepare_with(
+    lang: &str,
+    app_port: u16,
+    hook_port: u16,
+    app: Option<&std::path::Path>,
+) -> (PathBuf, Vec<String>) {
     let src = root().join("templates").join(lang);
     let dir = std::env::temp_dir().join(format!("mva-template-{lang}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -61,7 +71,8 @@ fn prepare(lang: &str, app_port: u16, hook_port: u16) -> (PathBuf, Vec<String>) 
     let d = dir.display().to_string();
     let command = match lang {
         "python" | "passthrough" => {
-            vec!["python3".into(), src.join("app.py").display().to_string()]
+            let script = app.map_or(src.join("app.py"), std::path::Path::to_path_buf);
+            vec!["python3".into(), script.display().to_string()]
         }
         "node" => vec!["node".into(), src.join("app.js").display().to_string()],
         "java" => {
@@ -109,16 +120,37 @@ fn events(out: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-fn template(lang: &str, runtime: &[&str]) {
+/// Whether the runtimes are there (a missing one fails under MICROVM_AGENT_REQUIRE_TEMPLATES).
+fn runtimes(lang: &str, runtime: &[&str]) -> bool {
     if let Some(missing) = runtime.iter().find(|r| !have(r)) {
         if std::env::var("MICROVM_AGENT_REQUIRE_TEMPLATES").is_ok_and(|v| v == "1") {
             panic!("the {lang} template needs {missing}, which is not installed");
         }
         eprintln!("\n*** {lang} template SKIPPED: {missing} is not installed ***\n");
+        return false;
+    }
+    true
+}
+
+/// Runs the template twice, as two VMs of one image: each must pass on its own, and the app's
+/// generator after `/run` must differ between them (a handler that reseeds with something the
+/// same in every VM, a constant or the generation number, passes each run and fails this).
+fn template(lang: &str, runtime: &[&str]) {
+    if !runtimes(lang, runtime) {
         return;
     }
+    let one = template_run(lang, None);
+    let two = template_run(lang, None);
+    assert_ne!(
+        one, two,
+        "{lang}: two VMs drew the same values after /run: the handler's seed is not per-VM"
+    );
+}
+
+/// One run under microvm-sim; returns the fingerprint of the app's generator after `/run`.
+fn template_run(lang: &str, app: Option<&std::path::Path>) -> String {
     let (app_port, hook_port) = (free_port(), free_port());
-    let (dir, command) = prepare(lang, app_port, hook_port);
+    let (dir, command) = prepare_with(lang, app_port, hook_port, app);
     let mut args: Vec<String> = vec![
         "--hooks".into(),
         dir.join("hooks.json").display().to_string(),
@@ -182,6 +214,9 @@ fn template(lang: &str, runtime: &[&str]) {
             !ev.iter().any(|e| e["event"] == "run"),
             "{lang}: the instance being replaced is not told of /run"
         );
+        let after_run = starts[1]["fingerprint"].to_string();
+        finish(lang, t, &ev, &dir);
+        return after_run;
     } else {
         for event in ["validate", "run", "resume"] {
             let e = ev
@@ -198,12 +233,48 @@ fn template(lang: &str, runtime: &[&str]) {
             "{lang}: told of the suspend:\n{text}"
         );
     }
+    let after_run = ev
+        .iter()
+        .find(|e| e["event"] == "run")
+        .map(|e| e["after"].to_string())
+        .unwrap_or_default();
+    finish(lang, t, &ev, &dir);
+    after_run
+}
+
+fn finish(lang: &str, t: Instant, ev: &[serde_json::Value], dir: &std::path::Path) {
     eprintln!(
         "{lang}: passed under microvm-sim in {:?} ({} events)",
         t.elapsed(),
         ev.len()
     );
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_template_that_reseeds_with_something_the_same_in_every_vm_fails_the_template_test() {
+    // The test of the test: the Python template broken the way a careful reader found it could
+    // be, `random.seed(event["generation"])`. Each run passes on its own (the generator does
+    // change on every event); two runs, like two VMs of one image, agree, which the template
+    // test must catch.
+    if !runtimes("python", &["python3"]) {
+        return;
+    }
+    let text = std::fs::read_to_string(root().join("templates/python/app.py")).unwrap();
+    let broken = text.replace(
+        "reseed(event.get(\"seed\"))",
+        "random.seed(event[\"generation\"])",
+    );
+    assert_ne!(broken, text, "the fixture no longer matches the template");
+    let path = std::env::temp_dir().join(format!("mva-broken-template-{}.py", std::process::id()));
+    std::fs::write(&path, broken).unwrap();
+    let one = template_run("python", Some(&path));
+    let two = template_run("python", Some(&path));
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(
+        one, two,
+        "the broken template must draw the same values in both runs, or the template test could not catch it"
+    );
 }
 
 /// Runs microvm-sim over a template with `env` for the app; returns its exit code and output.

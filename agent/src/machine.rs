@@ -58,6 +58,16 @@ pub struct Facts {
 }
 
 impl Facts {
+    /// The facts, read once per process on first use (the first routine; normally in each clone,
+    /// after the restore). They describe the machine, not the VM: the image's capability set, the
+    /// machine type's devices, the CPU model are the same for the build VM and all its clones,
+    /// so even a value read before the snapshot holds after it. Keeps a few sysfs reads off every
+    /// hook's path.
+    pub fn get() -> &'static Facts {
+        static FACTS: std::sync::OnceLock<Facts> = std::sync::OnceLock::new();
+        FACTS.get_or_init(Facts::read)
+    }
+
     pub fn read() -> Facts {
         Facts {
             cap_sys_admin: has_cap_sys_admin(),

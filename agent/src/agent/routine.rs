@@ -81,10 +81,10 @@ impl Agent {
             entropy::gather(&all)
         };
         let (reseeded, kernel_note) = entropy::reseed_kernel(self.config.kernel_reseed, &input);
-        let facts = Facts::read();
+        let facts = Facts::get();
         let kernel = KernelStep {
             reseeded,
-            crng: KernelCrng::verdict(reseeded, &facts),
+            crng: KernelCrng::verdict(reseeded, facts),
             hardware_random: facts.hardware_random,
         };
         rec.step("kernel", t);

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use crate::config::{self, Action, LogFormat};
-use crate::signals::Signals;
+use crate::sys::signals::Signals;
 
 const EX_USAGE: u8 = crate::EX_USAGE as u8;
 const EX_OSERR: u8 = crate::EX_OSERR as u8;
@@ -26,7 +26,7 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
             // is a configuration error, not a start that binds the port and then fails.
             if let Action::Check(c) | Action::Run(c) = &action {
                 if let Some(spec) = c.app.as_ref().and_then(|a| a.user.as_ref()) {
-                    crate::spawn::resolve_user(spec)
+                    crate::supervise::spawn::resolve_user(spec)
                         .map_err(|e| config::ConfigError::new("app.user", e))?;
                 }
             }
@@ -51,13 +51,13 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
                 return ExitCode::from(EX_USAGE);
             }
             print!("{c}");
-            print!("{}", machine_report(&crate::machine::Facts::read()));
+            print!("{}", machine_report(&crate::clone::machine::Facts::read()));
             return ExitCode::SUCCESS;
         }
         Ok(Action::Run(c)) => *c,
     };
     init_logging(&config);
-    crate::spawn::raise_nofile();
+    crate::supervise::spawn::raise_nofile();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
@@ -72,7 +72,7 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
         }
     };
     let code = runtime.block_on(async {
-        let listener = match crate::server::bind(config.listen) {
+        let listener = match crate::http::accept::bind(config.listen) {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(error = %e, listen = %config.listen, "cannot listen on the hook port");
@@ -89,7 +89,7 @@ fn init_logging(config: &config::Config) {
     use tracing_subscriber::prelude::*;
     let filter: Targets = config.log_filter.parse().unwrap_or_default();
     // Never a blocking write to stderr: a stalled log reader must not stop the hooks.
-    let sink = crate::logwriter::Sink::stderr(config.log_format == LogFormat::Json);
+    let sink = crate::sys::logwriter::Sink::stderr(config.log_format == LogFormat::Json);
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(sink)
         .with_ansi(false);
@@ -133,8 +133,8 @@ pub fn version() -> String {
 fn writable(dir: &std::path::Path) -> Result<(), String> {
     let created = !dir.exists();
     let probe = dir.join(".microvm-agent-check");
-    let result = crate::state_files::prepare(dir)
-        .and_then(|()| crate::state_files::write_atomic(&probe, b"", 0o600, None))
+    let result = crate::sys::state_files::prepare(dir)
+        .and_then(|()| crate::sys::state_files::write_atomic(&probe, b"", 0o600, None))
         .and_then(|()| std::fs::remove_file(&probe))
         .map_err(|e| format!("{}: cannot write there: {e}", dir.display()));
     if created {
@@ -145,7 +145,7 @@ fn writable(dir: &std::path::Path) -> Result<(), String> {
 
 /// What `--check` says about the machine it runs on (run it in the image at build time), as TOML
 /// comments so the output still reads back as configuration.
-fn machine_report(f: &crate::machine::Facts) -> String {
+fn machine_report(f: &crate::clone::machine::Facts) -> String {
     let yes = |b: bool| if b { "yes" } else { "no" };
     let crng = if f.cap_sys_admin {
         "reseeded (the agent's RNDRESEEDCRNG will work)"

@@ -5,39 +5,37 @@
 //! like a good PID 1, and makes every clone of the build snapshot unique again.
 //!
 //! ## Map
+//! One folder per subsystem; dependencies point one way, down this table:
+//! `http -> hooks -> clone -> supervise -> sys` (`config` beside `sys`). `tests/layout.rs`
+//! checks it, and lists the two back edges still to cut (the supervisor and restore detection
+//! still reach the `Agent`).
+//!
 //! | module | responsibility |
 //! |---|---|
-//! | `cli` | the command: configuration (exit 64), logging to stderr, the current-thread runtime |
-//! | `config` | CLI + env + TOML into one validated, immutable [`config::Config`]; errors name the key |
+//! | `cli` | the command: configuration (exit 64), logging, `--check`, the current-thread runtime |
 //! | [`run`] (here) | wiring, and the one event loop: signals, deadlines, stop requests, commands |
-//! | `signals` | every signal arrives through one `signalfd` |
-//! | `reaper` | the only `waitpid`; exits go to whoever registered the pid |
-//! | `spawn`, `helper` | starting the app and helper commands (clean signal state, own group, user) |
-//! | `supervisor` | the app's life: restart policy, the one stop path, leftovers, linger |
-//! | `proctree` | the processes below the agent, for the stop path |
-//! | `probe`, `client` | readiness probes and warm-up requests; the HTTP client (no pool) |
-//! | `server` | the hook port: accept loop, `TCP_NODELAY`, header deadline, connection table |
-//! | `hooks` | HTTP surface: routes, methods, origin check, body limit, JSON answers |
-//! | `agent` | shared state and what each hook does: the only place hooks turn into actions |
-//! | `agent::routine` | the new-generation routine, notification of the app, restore handling |
-//! | `lifecycle` | the pure state machine: which hook may act in which state |
-//! | `budget` | every hook answers before `budget - margin`, even when its work is stuck |
-//! | `clock` | timers that tell a freeze from elapsed time (a late timer re-arms, never acts) |
-//! | `identity` | `/etc/machine-id` rewritten once per VM |
-//! | `logwriter` | log lines to stderr without ever blocking (dropped and counted when it is full) |
-//! | `machine` | what the machine offers for clone safety (CAP_SYS_ADMIN, VMGenID, vmclock, RNG) |
-//! | `platform_env` | the image's identity from the platform's environment, for `/status` |
-//! | `entropy`, `generation`, `secrets`, `notify` | the routine's steps |
-//! | `restore` | noticing a restore without a hook (vmclock, VMGenID uevent, clock steps) |
-//! | `run_body` | the `/run` body: wrapper JSON or raw payload; never fails |
-//! | `state_files` | atomic writes into the state directory |
+//! | `http::accept` | the hook port: accept loop, `TCP_NODELAY`, header and body deadlines, connection table |
+//! | `http::routes` | HTTP surface: routes, methods, origin check, body limit, JSON answers |
+//! | `hooks` | the `Agent`: shared state and what each hook does, the failure policy (`fail_on`) |
+//! | `hooks::routine` | the new-generation routine: its steps in order, notification, restore handling |
+//! | `hooks::{answer, status, stop, warmup, forward}` | answers and callers; `/status`; `/suspend` and `/terminate`; `/validate`'s warm-up; the hook pass-through |
+//! | `hooks::lifecycle` | the pure state machine: which hook may act in which state |
+//! | `hooks::budget` | every hook answers before `budget - margin`, even when its work is stuck |
+//! | `hooks::run_body` | the `/run` body: wrapper JSON or raw payload; never fails |
+//! | `clone::{entropy, generation, secrets, identity, notify}` | the routine's steps: kernel reseed and the agent's generator; generations; secrets and the seed's staging; `/etc/machine-id`; telling the app |
+//! | `clone::machine` | what the machine offers for clone safety (CAP_SYS_ADMIN, VMGenID, vmclock, RNG) |
+//! | `clone::restore` | noticing a restore without a hook (vmclock, VMGenID uevent, clock steps) |
+//! | `supervise::supervisor` (+ `phase`) | the app's life: restart policy, the one stop path, leftovers, linger |
+//! | `supervise::{reaper, spawn, helper, proctree, probe}` | the only `waitpid`; starting the app and helpers; the process tree; readiness probes and warm-up requests |
+//! | `sys::{state_files, clock, logwriter, signals, client, platform_env}` | atomic files; freeze-aware timers and RFC 3339; the non-blocking log; the signalfd and `kill`; the HTTP client (no pool); the platform's environment |
+//! | `config` | CLI + env + TOML into one validated, immutable [`config::Config`]; errors name the key |
 //!
 //! ## Invariants (keep them)
 //! - **Nothing per-VM at start-up.** Whatever the agent does when it starts happens once, in the
 //!   build VM, and is copied into every clone. Per-VM state is made on `/run`, `/resume`,
 //!   `/validate` or a detected restore, never before.
 //! - **A hook never blocks past its budget.** The answer leaves at `budget - margin` at the latest
-//!   ([`budget`]); work that is still running goes on in the background or fails cleanly.
+//!   ([`hooks::budget`]); work that is still running goes on in the background or fails cleanly.
 //! - **Nothing secret is ever logged**: not the `/run` body or payload, not secret values, not
 //!   header values. Hook log lines carry the hook, outcome, status and elapsed time only.
 //! - **Logging never blocks.** A stalled log reader drops lines (counted), never stalls a hook.
@@ -47,7 +45,7 @@
 //!   platform terminate the VM (measured); only the hooks in `[hooks] fail_on` (default `/run`,
 //!   `/validate`) answer their failures, every other hook answers 200 `"degraded"` and reports.
 //! - **A freeze is not elapsed work.** The monotonic clock advances across a suspend (measured),
-//!   so a timer that fires long after its deadline re-arms for its whole length (`clock`).
+//!   so a timer that fires long after its deadline re-arms for its whole length (`sys::clock`).
 //! - **Idle means idle.** No periodic timers while nothing happens: the VM may be suspended for
 //!   hours, and every wake-up is paid in every VM. Everything is driven by events (sockets, the
 //!   signalfd).
@@ -74,33 +72,13 @@
 // Every `unsafe` block says why it is sound (SAFETY comments), enforced.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
-pub mod agent;
-pub mod budget;
 pub mod cli;
-pub mod client;
-pub mod clock;
+pub mod clone;
 pub mod config;
-pub mod entropy;
-pub mod generation;
-pub mod helper;
 pub mod hooks;
-pub mod identity;
-pub mod lifecycle;
-pub mod logwriter;
-pub mod machine;
-pub mod notify;
-pub mod platform_env;
-pub mod probe;
-pub mod proctree;
-pub mod reaper;
-pub mod restore;
-pub mod run_body;
-pub mod secrets;
-pub mod server;
-pub mod signals;
-pub mod spawn;
-pub mod state_files;
-pub mod supervisor;
+pub mod http;
+pub mod supervise;
+pub mod sys;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -109,19 +87,12 @@ use nix::sys::signal::Signal;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use agent::Agent;
 use config::Config;
-use lifecycle::Health;
-use reaper::Reaper;
-use signals::Signals;
-use supervisor::Supervisor;
-
-/// Locks `m`, whether or not a panic poisoned it. Every mutex of the agent guards plain data
-/// that a panic cannot leave half-updated in a way that matters more than the hook port: a hook
-/// task that panics answers 500, and every later hook must still get an answer.
-pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+use hooks::Agent;
+use supervise::reaper::Reaper;
+use supervise::supervisor::Supervisor;
+use supervise::Health;
+use sys::signals::Signals;
 
 /// sysexits' EX_USAGE: the configuration is wrong (here: a user that does not exist).
 pub const EX_USAGE: i32 = 64;
@@ -139,7 +110,7 @@ pub async fn run(
     mut signals: Signals,
     shutdown: impl Future<Output = ()>,
 ) -> i32 {
-    if let Err(e) = state_files::prepare(&config.state_dir) {
+    if let Err(e) = sys::state_files::prepare(&config.state_dir) {
         // Not fatal: the hooks still answer, and the ones that need the directory say why they fail.
         tracing::error!(error = %e, dir = %config.state_dir.display(), "cannot prepare the state directory");
     }
@@ -150,7 +121,7 @@ pub async fn run(
         }
     }
     let run_as = match config.app.as_ref().and_then(|a| a.user.as_ref()) {
-        Some(spec) => match spawn::resolve_user(spec) {
+        Some(spec) => match supervise::spawn::resolve_user(spec) {
             Ok(u) => Some(u),
             Err(e) => {
                 eprintln!("microvm-agent: configuration error: app.user: {e}");
@@ -166,10 +137,10 @@ pub async fn run(
     } else {
         Health::Starting
     });
-    let (view_tx, view_rx) = watch::channel(supervisor::AppView::default());
+    let (view_tx, view_rx) = watch::channel(supervise::supervisor::AppView::default());
     let (commands_tx, mut commands) = tokio::sync::mpsc::unbounded_channel();
     let app = config.app.clone();
-    let links = agent::Links {
+    let links = hooks::Links {
         health: health_rx,
         app: view_rx,
         reaper: reaper.clone(),
@@ -191,7 +162,7 @@ pub async fn run(
         .app
         .as_ref()
         .map_or(Signal::SIGTERM, |a| a.stop_signal);
-    let image = platform_env::get();
+    let image = sys::platform_env::get();
     tracing::info!(
         listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         mode = if sidecar { "sidecar" } else { "supervisor" },
@@ -200,11 +171,13 @@ pub async fn run(
         on_platform = image.is_some(),
         "serving hooks"
     );
-    let sources = restore::Sources::open();
-    let _ = agent.restore_sources.set(restore::describe(&sources));
-    tokio::spawn(restore::watch(sources, agent.clone()));
+    let sources = clone::restore::Sources::open();
+    let _ = agent
+        .restore_sources
+        .set(clone::restore::describe(&sources));
+    tokio::spawn(clone::restore::watch(sources, agent.clone()));
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(server::serve(listener, agent.clone(), async move {
+    let server = tokio::spawn(http::accept::serve(listener, agent.clone(), async move {
         let _ = done_rx.await;
     }));
     let terminate = agent.terminate_requested();
@@ -224,7 +197,7 @@ pub async fn run(
                     Err(e) => { tracing::error!(error = %e, "cannot read signals"); break EX_SOFTWARE; }
                 },
                 // No app to restart.
-                Some(supervisor::Command::Restart(reply)) = commands.recv() => { let _ = reply.send(false); }
+                Some(supervise::supervisor::Command::Restart(reply)) = commands.recv() => { let _ = reply.send(false); }
                 () = &mut shutdown => break 0,
             }
             continue;
@@ -244,8 +217,8 @@ pub async fn run(
             },
             () = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
                 // A deadline that fires long after it was due was frozen (the monotonic clock
-                // runs on through a suspend): armed again, not acted on (`clock`).
-                match deadline.and_then(clock::frozen_past) {
+                // runs on through a suspend): armed again, not acted on (`sys::clock`).
+                match deadline.and_then(sys::clock::frozen_past) {
                     Some(late) => s.after_freeze(late),
                     None => s.on_deadline(),
                 }

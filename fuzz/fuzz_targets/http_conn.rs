@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use microvm_agent::agent::{Agent, Links};
+use microvm_agent::hooks::{Agent, Links};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn runtime() -> &'static tokio::runtime::Runtime {
@@ -30,7 +30,7 @@ fn agent() -> Arc<Agent> {
     let table: toml::Table = text.parse().unwrap();
     let config = microvm_agent::config::from_table(&table, &Default::default(), None).unwrap();
     let links = Links {
-        health: tokio::sync::watch::channel(microvm_agent::lifecycle::Health::Up).1,
+        health: tokio::sync::watch::channel(microvm_agent::supervise::Health::Up).1,
         app: tokio::sync::watch::channel(Default::default()).1,
         reaper: Arc::default(),
         last_probe: Arc::default(),
@@ -43,7 +43,7 @@ fn agent() -> Arc<Agent> {
 fuzz_target!(|data: &[u8]| {
     runtime().block_on(async {
         let (client, server) = tokio::io::duplex(64 * 1024);
-        tokio::spawn(microvm_agent::server::serve_connection(server, agent()));
+        tokio::spawn(microvm_agent::http::accept::serve_connection(server, agent()));
         let (mut rd, mut wr) = tokio::io::split(client);
         let exchange = async {
             let _ = wr.write_all(data).await;

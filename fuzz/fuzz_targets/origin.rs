@@ -1,7 +1,7 @@
 //! The origin check never panics, and only the exact loopback names ever count as local.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use microvm_agent::hooks::is_forwarded;
+use microvm_agent::http::routes::is_forwarded;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(value) = hyper::header::HeaderValue::from_bytes(data) else { return };

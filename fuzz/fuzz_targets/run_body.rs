@@ -1,7 +1,7 @@
 //! The /run body never fails to parse; a body that is not the wrapper is the payload, exactly.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use microvm_agent::run_body;
+use microvm_agent::hooks::run_body;
 
 fuzz_target!(|data: &[u8]| {
     let r = run_body::parse(data);

@@ -6,7 +6,7 @@
 use std::os::unix::fs::PermissionsExt;
 
 use libfuzzer_sys::fuzz_target;
-use microvm_agent::secrets;
+use microvm_agent::clone::secrets;
 
 fuzz_target!(|data: &[u8]| {
     let dir = std::env::temp_dir().join(format!("mva-fuzz-secret-{}", std::process::id()));
@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
     match secrets::exec_value(output.clone()) {
         Ok(value) => {
             assert!(output.len() <= secrets::MAX_VALUE, "{} bytes accepted", output.len());
-            microvm_agent::state_files::write_atomic(&file, &value, 0o600, None).unwrap();
+            microvm_agent::sys::state_files::write_atomic(&file, &value, 0o600, None).unwrap();
             assert_eq!(std::fs::read(&file).unwrap(), output, "the value must be the bytes, exactly");
             let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600);

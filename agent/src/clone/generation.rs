@@ -12,9 +12,9 @@ use rand_chacha::ChaCha20Rng;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::entropy::{self, Reseeded};
-use crate::machine::KernelCrng;
-use crate::state_files;
+use crate::clone::entropy::{self, Reseeded};
+use crate::clone::machine::KernelCrng;
+use crate::sys::state_files;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Generation {
@@ -84,7 +84,7 @@ impl Generations {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        *crate::lock(&self.rng) = Some(rng);
+        *crate::sys::lock(&self.rng) = Some(rng);
         Ok(Generation {
             generation: self.number() + 1,
             id,
@@ -93,14 +93,16 @@ impl Generations {
             kernel_reseed: kernel.reseeded,
             kernel_crng: kernel.crng,
             hardware_random: kernel.hardware_random,
-            at: rfc3339_now(),
+            at: crate::sys::clock::rfc3339_now(),
         })
     }
 
     /// Draws from the agent's generator; `None` before the first routine (by design: nothing may
     /// come from a generator keyed before the snapshot).
     pub fn draw(&self, n: usize) -> Option<Vec<u8>> {
-        crate::lock(&self.rng).as_mut().map(|r| entropy::draw(r, n))
+        crate::sys::lock(&self.rng)
+            .as_mut()
+            .map(|r| entropy::draw(r, n))
     }
 
     /// Publishes `generation` in the state directory, then to `/generation` watchers.
@@ -113,48 +115,9 @@ impl Generations {
     }
 }
 
-/// The current time as RFC 3339 UTC with microseconds, without a date library.
-pub fn rfc3339_now() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    rfc3339(now.as_secs() as i64, now.subsec_micros())
-}
-
-fn rfc3339(secs: i64, micros: u32) -> String {
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc3339_dates() {
-        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000000Z");
-        assert_eq!(rfc3339(951_782_400, 5), "2000-02-29T00:00:00.000005Z");
-        assert_eq!(rfc3339(1_795_900_000, 0), "2026-11-28T21:06:40.000000Z");
-        assert_eq!(
-            rfc3339(4_107_542_399, 999_999),
-            "2100-02-28T23:59:59.999999Z"
-        );
-    }
 
     #[test]
     fn generations_count_up_with_fresh_ids_and_no_draw_before_the_first() {

@@ -20,79 +20,25 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use serde::Serialize;
-use tokio::sync::{oneshot, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::agent::Agent;
 use crate::config::{App, Ready, Restart};
-use crate::lifecycle::{Health, State};
-use crate::probe::{self, ProbeCtx};
-use crate::proctree;
-use crate::reaper::{Exit, Reaper};
-use crate::spawn::{self, Output, RunAs, SpawnError};
+use crate::hooks::lifecycle::State;
+use crate::hooks::Agent;
+use crate::supervise::probe::{self, ProbeCtx};
+use crate::supervise::proctree;
+use crate::supervise::reaper::{Exit, Reaper};
+use crate::supervise::spawn::{self, Output, RunAs, SpawnError};
+use crate::supervise::Health;
+
+pub use super::phase::{AppView, Command};
+use super::phase::{Current, Phase, Then};
 
 /// Crash-loop backoff: `restart_delay` (100 ms), doubling, at most this (or 50 delays).
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long a build-time failure keeps `/ready` answering 500 when nobody asks.
 const FAIL_LINGER: Duration = Duration::from_secs(10);
-
-/// What hooks ask of the event loop.
-#[derive(Debug)]
-pub enum Command {
-    /// Restart the app now (`notify.restart_on`), outside the crash-loop accounting; the reply
-    /// says whether a restart began.
-    Restart(oneshot::Sender<bool>),
-}
-
-/// What `/status` and `/terminate` see of the app.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct AppView {
-    pub pid: Option<i32>,
-    pub phase: &'static str,
-    pub restarts: u32,
-    pub last_exit: Option<String>,
-    pub last_exit_code: Option<i32>,
-}
-
-struct Current {
-    pid: i32,
-    started: Instant,
-    exited: oneshot::Receiver<Exit>,
-    probe: JoinHandle<()>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Then {
-    Exit,
-    /// After a crash: the restart policy, with backoff.
-    Restart,
-    /// Asked for (`restart_on`): at once, not counted as a failure.
-    RestartNow,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
-    Running,
-    Backoff {
-        until: Instant,
-        /// The whole delay, to arm it again after a freeze.
-        delay: Duration,
-    },
-    Draining {
-        deadline: Instant,
-        killed: bool,
-        then: Then,
-    },
-    /// The app failed before `/run` while a platform was polling `/ready`: keep answering 500
-    /// until that has been said once (or [`FAIL_LINGER`] passes), so the build fails fast.
-    Lingering {
-        until: Instant,
-        code: i32,
-    },
-    Done(i32),
-}
 
 pub struct Supervisor {
     app: App,
@@ -241,7 +187,7 @@ impl Supervisor {
     pub fn forward(&self, sig: i32) {
         if let Some(c) = &self.current {
             tracing::debug!(signal = sig, pid = c.pid, "forwarding");
-            let _ = crate::signals::kill(c.pid, sig);
+            let _ = crate::sys::signals::kill(c.pid, sig);
         }
     }
 
@@ -420,7 +366,7 @@ impl Supervisor {
         self.publish();
     }
 
-    /// The pending deadline was due long ago: the VM was frozen (`clock`). The app got none of
+    /// The pending deadline was due long ago: the VM was frozen (`sys::clock`). The app got none of
     /// that time as grace, nor the crash loop as backoff: arm the deadline again for its whole
     /// length, so that nothing fires in a burst at the thaw.
     pub fn after_freeze(&mut self, late: std::time::Duration) {
@@ -500,10 +446,10 @@ impl Supervisor {
         let group_alive =
             self.current.is_some() || self.group.is_some_and(|g| tree.iter().any(|p| p.pgrp == g));
         if let (Some(g), true) = (self.group, group_alive) {
-            let _ = crate::signals::kill(-g, sig as i32);
+            let _ = crate::sys::signals::kill(-g, sig as i32);
         }
         for p in tree.iter().filter(|p| Some(p.pgrp) != self.group) {
-            let _ = crate::signals::kill(p.pid, sig as i32);
+            let _ = crate::sys::signals::kill(p.pid, sig as i32);
         }
     }
 }

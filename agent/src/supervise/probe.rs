@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::client;
 use crate::config::{Probe, Ready, Validate};
-use crate::helper::{self, HelperSpec};
-use crate::reaper::Reaper;
-use crate::spawn::RunAs;
+use crate::supervise::helper::{self, HelperSpec};
+use crate::supervise::reaper::Reaper;
+use crate::supervise::spawn::RunAs;
+use crate::sys::client;
 
 /// While waiting, the last probe result is logged this often, not on every try.
 const LOG_EVERY: Duration = Duration::from_secs(5);
@@ -78,7 +78,7 @@ pub async fn until_ready(ready: &Ready, ctx: &ProbeCtx) {
         attempts += 1;
         match check(probe, ready.timeout, ctx).await {
             Ok(()) => {
-                *crate::lock(&ctx.last_result) = None;
+                *crate::sys::lock(&ctx.last_result) = None;
                 tracing::info!(
                     attempts,
                     waited_ms = started.elapsed().as_millis() as u64,
@@ -91,7 +91,7 @@ pub async fn until_ready(ready: &Ready, ctx: &ProbeCtx) {
                     tracing::info!(attempts, last_result = %e, "waiting for the app to be ready");
                     logged = Instant::now();
                 }
-                *crate::lock(&ctx.last_result) = Some(e);
+                *crate::sys::lock(&ctx.last_result) = Some(e);
             }
         }
         tokio::time::sleep(ready.interval).await;

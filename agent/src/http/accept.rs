@@ -18,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
-use crate::agent::Agent;
+use crate::hooks::Agent;
 
 /// A client has this long to send a request's headers once it has started one.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -66,7 +66,7 @@ struct Slot(Arc<Mutex<Slots>>, u64);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut slots = crate::lock(&self.0);
+        let mut slots = crate::sys::lock(&self.0);
         slots.remove(self.1);
         if slots.live.is_empty() {
             release_memory();
@@ -106,8 +106,8 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 /// buffer, half-close answered.
 pub fn http1() -> http1::Builder {
     let mut b = http1::Builder::new();
-    // Header deadlines that a freeze does not use up (`clock`).
-    b.timer(crate::clock::AwakeTimer)
+    // Header deadlines that a freeze does not use up (`sys::clock`).
+    b.timer(crate::sys::clock::AwakeTimer)
         .header_read_timeout(HEADER_TIMEOUT)
         // HTTP/1.1 allows a client to half-close after its request: answer it. (Off, hyper
         // drops the answer, while the hook it carried still acts.)
@@ -124,7 +124,7 @@ where
 {
     let service = service_fn(move |req| {
         let agent = agent.clone();
-        async move { Ok::<_, Infallible>(crate::hooks::handle(&agent, req).await) }
+        async move { Ok::<_, Infallible>(crate::http::routes::handle(&agent, req).await) }
     });
     let _ = http1().serve_connection(TokioIo::new(io), service).await;
 }
@@ -152,13 +152,13 @@ pub async fn serve(listener: TcpListener, agent: Arc<Agent>, stop: impl Future<O
         let _ = stream.set_nodelay(true);
         let agent = agent.clone();
         let mut closing = closing_rx.clone();
-        let (id, evict) = crate::lock(&slots).admit();
+        let (id, evict) = crate::sys::lock(&slots).admit();
         let slot = Slot(slots.clone(), id);
         tokio::spawn(async move {
             let _slot = slot;
             let service = service_fn(move |req| {
                 let agent = agent.clone();
-                async move { Ok::<_, Infallible>(crate::hooks::handle(&agent, req).await) }
+                async move { Ok::<_, Infallible>(crate::http::routes::handle(&agent, req).await) }
             });
             let conn = http1().serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);

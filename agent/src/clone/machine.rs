@@ -9,7 +9,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::entropy::Reseeded;
+use crate::clone::entropy::Reseeded;
 
 /// Whether the kernel's CRNG is known to differ between clones after this generation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -73,7 +73,7 @@ impl Facts {
             cap_sys_admin: has_cap_sys_admin(),
             vmgenid: vmgenid_bound(),
             vmclock: vmclock_counts_generations(),
-            hardware_random: crate::entropy::hardware_random_source(),
+            hardware_random: crate::clone::entropy::hardware_random_source(),
         }
     }
 }
@@ -117,7 +117,7 @@ fn vmclock_counts_generations() -> bool {
         return false;
     };
     let mut page = [0u8; 128];
-    file.read_at(&mut page, 0).is_ok() && crate::restore::vmclock_counter(&page).is_some()
+    file.read_at(&mut page, 0).is_ok() && crate::clone::restore::vmclock_counter(&page).is_some()
 }
 
 #[cfg(test)]

@@ -15,9 +15,9 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use crate::agent::{Agent, Answer, Caller};
 use crate::config::Trust;
-use crate::lifecycle::Hook;
+use crate::hooks::lifecycle::Hook;
+use crate::hooks::{Agent, Answer, Caller};
 
 /// Larger than any `/run` body the platform can send (16 KiB payload plus the wrapper), small
 /// enough that no caller can make the agent hold much memory.
@@ -164,7 +164,7 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Full<Bytes>
     };
     tokio::select! {
         done = collect => done?,
-        () = crate::clock::AwakeSleep::new(BODY_TIMEOUT) => {
+        () = crate::sys::clock::AwakeSleep::new(BODY_TIMEOUT) => {
             return Err(refuse(
                 StatusCode::REQUEST_TIMEOUT,
                 format!("the request body did not arrive within {} s", BODY_TIMEOUT.as_secs()),

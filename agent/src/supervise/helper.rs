@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 
-use crate::reaper::{Exit, Reaper};
-use crate::spawn::{self, Output, RunAs};
+use crate::supervise::reaper::{Exit, Reaper};
+use crate::supervise::spawn::{self, Output, RunAs};
 
 /// Kills the helper's process group unless disarmed (the helper exited on its own).
 struct KillOnDrop(Option<i32>);
@@ -19,7 +19,7 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         if let Some(pgid) = self.0 {
             // The group still exists: its leader is not reaped until the reaper sees it.
-            let _ = crate::signals::kill(-pgid, libc::SIGKILL);
+            let _ = crate::sys::signals::kill(-pgid, libc::SIGKILL);
         }
     }
 }

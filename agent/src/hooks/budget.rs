@@ -10,17 +10,12 @@
 //! to finish or fail on its own; the caller records what happened when it does.
 
 use std::future::Future;
-use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// The longest margin kept between our answer and the platform's timeout.
-pub const MAX_MARGIN: Duration = Duration::from_millis(250);
-
-/// How long after a hook arrives its answer must be sent.
-pub fn deadline_after(budget: Duration) -> Duration {
-    budget - (budget / 10).min(MAX_MARGIN)
-}
+// The margin is part of the configuration's checks too (a notify timeout must fit inside it),
+// so it lives with the configuration, below every subsystem.
+pub use crate::config::{deadline_after, MAX_MARGIN};
 
 /// Why work did not produce a value in time.
 #[derive(Debug, PartialEq, Eq)]
@@ -51,6 +46,7 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
+    use std::time::Duration;
 
     #[test]
     fn margins() {

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
 
-use crate::agent::Agent;
+use crate::hooks::Agent;
 
 /// A wall-clock step at least this far forward counts as a restore.
 pub const CLOCK_STEP: Duration = Duration::from_secs(1);
@@ -129,7 +129,7 @@ fn open_vmclock() -> Option<AsyncFd<File>> {
     file.read_at(&mut page, 0).ok()?;
     vmclock_counter(&page)?;
     // Registration fails (EPERM) on a device without poll support: then it is no source.
-    crate::signals::watch_readable(file).ok()
+    crate::sys::signals::watch_readable(file).ok()
 }
 
 fn open_uevent() -> Option<AsyncFd<OwnedFd>> {
@@ -156,7 +156,7 @@ fn open_uevent() -> Option<AsyncFd<OwnedFd>> {
         {
             return None;
         }
-        crate::signals::watch_readable(fd).ok()
+        crate::sys::signals::watch_readable(fd).ok()
     }
 }
 
@@ -196,7 +196,7 @@ fn open_clock() -> Option<AsyncFd<OwnedFd>> {
     if !arm(&timer) {
         return None;
     }
-    crate::signals::watch_readable(timer).ok()
+    crate::sys::signals::watch_readable(timer).ok()
 }
 
 /// Watches every open source until the process ends, and tells the agent of each restore.

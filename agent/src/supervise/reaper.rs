@@ -61,7 +61,7 @@ impl Reaper {
     /// Registers interest in `pid`'s exit. Call it right after spawning, before any await.
     pub fn watch(&self, pid: i32) -> oneshot::Receiver<Exit> {
         let (tx, rx) = oneshot::channel();
-        crate::lock(&self.waiters).insert(pid, tx);
+        crate::sys::lock(&self.waiters).insert(pid, tx);
         rx
     }
 
@@ -88,7 +88,7 @@ impl Reaper {
     }
 
     fn deliver(&self, pid: i32, exit: Exit) {
-        match crate::lock(&self.waiters).remove(&pid) {
+        match crate::sys::lock(&self.waiters).remove(&pid) {
             Some(tx) => {
                 let _ = tx.send(exit);
             }

@@ -25,14 +25,14 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use crate::client;
+use crate::clone::generation::Generation;
 use crate::config::{Event, Notify};
-use crate::generation::Generation;
-use crate::helper::{self, HelperSpec};
-use crate::lifecycle::Health;
-use crate::reaper::Reaper;
-use crate::spawn::RunAs;
-use crate::supervisor::Command;
+use crate::supervise::helper::{self, HelperSpec};
+use crate::supervise::reaper::Reaper;
+use crate::supervise::spawn::RunAs;
+use crate::supervise::supervisor::Command;
+use crate::supervise::Health;
+use crate::sys::client;
 
 pub struct Ctx<'a> {
     pub state_dir: &'a Path,
@@ -114,7 +114,10 @@ pub async fn notify(
     };
     let signal = async {
         let sig = cfg.signal.filter(|_| !restarting)?;
-        let r = match ctx.app_pid.map(|pid| crate::signals::kill(pid, sig as i32)) {
+        let r = match ctx
+            .app_pid
+            .map(|pid| crate::sys::signals::kill(pid, sig as i32))
+        {
             Some(Ok(())) => Ok(()),
             Some(Err(e)) => Err(format!("cannot send {}: {e}", sig.as_str())),
             None => Err("no app is running".to_string()),

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use super::{Agent, Answer};
 use crate::config::values::HttpUrl;
 use crate::config::{Event, OnTimeout};
-use crate::lifecycle::Hook;
+use crate::hooks::lifecycle::Hook;
 
 /// How much of the app's answer is folded into ours.
 const FOLD_LIMIT: usize = 4096;
@@ -47,7 +47,7 @@ impl Agent {
             vec![("content-type".to_string(), "application/json".to_string())]
         };
         Some(
-            match crate::client::request(&url, "POST", &headers, body, limit).await {
+            match crate::sys::client::request(&url, "POST", &headers, body, limit).await {
                 Ok(reply) => {
                     let text = &reply.body[..reply.body.len().min(FOLD_LIMIT)];
                     let body = serde_json::from_slice::<Value>(text)

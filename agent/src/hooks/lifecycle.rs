@@ -26,17 +26,8 @@ pub enum State {
     Terminating,
 }
 
-/// The app's health as the supervisor sees it (sidecar mode: always `Up`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Health {
-    /// Starting, or restarting: not ready.
-    Starting,
-    /// Readiness passed.
-    Up,
-    /// Exited for good (crash loop, or exited with no restart): the build must fail fast.
-    Failed,
-}
+/// The app's health comes from the supervisor; the state machine only reads it.
+pub use crate::supervise::Health;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {

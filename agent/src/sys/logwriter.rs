@@ -119,7 +119,7 @@ impl Sink {
 
     /// Writes one whole line (ending in `\n`), or drops it and counts it.
     pub fn line(&self, line: &[u8]) {
-        let mut st = crate::lock(&self.state);
+        let mut st = crate::sys::lock(&self.state);
         if !st.pending.is_empty() {
             let pending = std::mem::take(&mut st.pending);
             match self.try_write(&pending) {
@@ -155,7 +155,7 @@ impl Sink {
     }
 
     fn notice(&self, n: u64) -> Vec<u8> {
-        let at = crate::generation::rfc3339_now();
+        let at = crate::sys::clock::rfc3339_now();
         let text = "log lines dropped: stderr was not being read";
         if self.json {
             format!("{{\"timestamp\":\"{at}\",\"level\":\"WARN\",\"message\":\"{text}\",\"dropped\":{n},\"target\":\"microvm_agent::logwriter\"}}\n")
@@ -226,7 +226,7 @@ mod tests {
         for _ in 0..200 {
             sink.line(&line); // 200 KB into a 64 KiB pipe: returns at once every time
         }
-        let dropped = crate::lock(&sink.state).dropped;
+        let dropped = crate::sys::lock(&sink.state).dropped;
         assert!(dropped > 100, "{dropped} dropped");
         // Drain the pipe, then one more line: the notice first, then the line, both whole.
         let mut buf = vec![0u8; 1 << 20];

@@ -28,12 +28,15 @@ use tokio::time::Instant;
 use zeroize::Zeroize;
 
 use super::{Agent, Answer};
+use crate::clone::entropy;
+use crate::clone::entropy::Reseeded;
+use crate::clone::generation::{Generation, KernelStep};
+use crate::clone::identity;
+use crate::clone::machine::{Facts, KernelCrng};
+use crate::clone::notify::{self, Outcome};
+use crate::clone::secrets;
 use crate::config::{Event, MachineId, OnTimeout};
-use crate::entropy::Reseeded;
-use crate::generation::{Generation, KernelStep};
-use crate::machine::{Facts, KernelCrng};
-use crate::notify::{self, Outcome};
-use crate::{entropy, identity, secrets, state_files};
+use crate::sys::state_files;
 
 /// The app's per-generation seed: `<state_dir>/seed`, 32 raw bytes, 0600.
 pub const SEED_FILE: &str = "seed";
@@ -71,7 +74,7 @@ impl Agent {
         deadline: Instant,
     ) -> Result<Generation, Answer> {
         let mut rec = Record::new(reason);
-        let microvm_id = crate::lock(&self.microvm_id).clone();
+        let microvm_id = crate::sys::lock(&self.microvm_id).clone();
 
         let t = Instant::now();
         let input = {
@@ -178,7 +181,7 @@ impl Agent {
         let rewrite_id = match self.config.machine_id {
             MachineId::Always => true,
             MachineId::Never => false,
-            MachineId::Auto => crate::platform_env::get().is_some() || std::process::id() == 1,
+            MachineId::Auto => crate::sys::platform_env::get().is_some() || std::process::id() == 1,
         };
         if event == Event::Run && rewrite_id {
             let t = Instant::now();
@@ -246,7 +249,7 @@ impl Agent {
             .iter()
             .map(|(step, us)| json!({ "step": step, "us": us }))
             .collect::<Vec<_>>());
-        *crate::lock(&self.last_routine) = v;
+        *crate::sys::lock(&self.last_routine) = v;
     }
 
     fn failed(&self, mut rec: Record, outcome: &'static str, message: String) -> Answer {
@@ -268,7 +271,7 @@ impl Agent {
         }
         let current = self.generations.current();
         let generation = generation.or(current.as_ref());
-        let microvm_id = crate::lock(&self.microvm_id).clone();
+        let microvm_id = crate::sys::lock(&self.microvm_id).clone();
         let ctx = notify::Ctx {
             state_dir: &self.config.state_dir,
             reaper: &self.links.reaper,
@@ -316,7 +319,7 @@ impl Agent {
         inputs: &[&[u8]],
         deadline: Instant,
     ) -> Result<Generation, Answer> {
-        *crate::lock(&self.last_hook_routine) = Some(Instant::now());
+        *crate::sys::lock(&self.last_hook_routine) = Some(Instant::now());
         self.new_generation(event, event.as_str(), inputs, deadline)
             .await
     }
@@ -325,12 +328,12 @@ impl Agent {
     /// Runs the routine unless a hook just did, on a VM whose app is up.
     pub async fn restore_detected(&self, source: &'static str) {
         let recent =
-            crate::lock(&self.last_hook_routine).is_some_and(|t| t.elapsed() < SAME_RESTORE);
+            crate::sys::lock(&self.last_hook_routine).is_some_and(|t| t.elapsed() < SAME_RESTORE);
         let state = self.state();
         // Ready counts: a clone restored from the build snapshot whose /run hook is disabled (or
         // late) is exactly what this defence is for. Booting does not: the app is not up yet, and
         // the build VM itself is never restored before its snapshot.
-        use crate::lifecycle::State::{Ready, Running, Suspended};
+        use crate::hooks::lifecycle::State::{Ready, Running, Suspended};
         if recent || !matches!(state, Ready | Running | Suspended) {
             tracing::info!(
                 source,
@@ -341,13 +344,13 @@ impl Agent {
             return;
         }
         let _guard = self.actions.lock().await;
-        crate::lock(&self.machine).restored();
+        crate::sys::lock(&self.machine).restored();
         tracing::warn!(
             source,
             "restore detected without a hook: making a new generation"
         );
         let deadline =
-            Instant::now() + crate::budget::deadline_after(self.config.hooks.resume_timeout);
+            Instant::now() + crate::hooks::budget::deadline_after(self.config.hooks.resume_timeout);
         let _ = self
             .new_generation(
                 Event::Resume,
@@ -366,8 +369,8 @@ mod tests {
     use tokio::sync::{mpsc, watch};
 
     use super::*;
-    use crate::agent::Links;
-    use crate::lifecycle::Health;
+    use crate::hooks::lifecycle::Health;
+    use crate::hooks::Links;
 
     fn agent(extra: &str, dir: &std::path::Path) -> Arc<Agent> {
         let text = format!(
@@ -450,7 +453,7 @@ mod tests {
         assert!(a.stats.is_poisoned() && a.machine.is_poisoned());
         let answer = a
             .hook(
-                crate::lifecycle::Hook::Ready,
+                crate::hooks::lifecycle::Hook::Ready,
                 super::super::Caller::Platform,
                 "/ready",
                 bytes::Bytes::new(),

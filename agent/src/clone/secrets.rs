@@ -15,12 +15,12 @@ use std::path::{Path, PathBuf};
 use tokio::time::Instant;
 use zeroize::Zeroize;
 
+use crate::clone::generation::{Generation, Generations};
 use crate::config::{Encoding, Secret, SecretSource};
-use crate::generation::{Generation, Generations};
-use crate::helper::{self, HelperSpec};
-use crate::reaper::Reaper;
-use crate::spawn::RunAs;
-use crate::state_files;
+use crate::supervise::helper::{self, HelperSpec};
+use crate::supervise::reaper::Reaper;
+use crate::supervise::spawn::RunAs;
+use crate::sys::state_files;
 
 /// A secret that could not be produced: which one, and why (never its value).
 #[derive(Debug, Clone, PartialEq, Eq)]

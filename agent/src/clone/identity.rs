@@ -26,7 +26,12 @@ pub fn rewrite_machine_id(path: &Path, id_hex: &str) -> Result<&'static str, Str
     }
     let content = format!("{id_hex}\n");
     let owner = Some((meta.uid(), meta.gid()));
-    match crate::state_files::write_atomic(path, content.as_bytes(), meta.mode() & 0o7777, owner) {
+    match crate::sys::state_files::write_atomic(
+        path,
+        content.as_bytes(),
+        meta.mode() & 0o7777,
+        owner,
+    ) {
         Ok(()) => Ok("rewritten"),
         // A file bind-mounted into the container cannot be renamed over: write it in place (one
         // 33-byte write; a reader sees the old or the new id).

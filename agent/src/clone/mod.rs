@@ -1,0 +1,12 @@
+//! Making every clone of the build snapshot unique again: the steps of the new-generation routine
+//! (`entropy`, `generation`, `secrets`, `identity`, `notify`), what the machine offers for it
+//! (`machine`), and noticing a restore without a hook (`restore`). The routine itself, which runs
+//! these steps in order for a hook, is `hooks::routine`.
+
+pub mod entropy;
+pub mod generation;
+pub mod identity;
+pub mod machine;
+pub mod notify;
+pub mod restore;
+pub mod secrets;

@@ -1,0 +1,77 @@
+//! What an operator sees: `GET /status` and `GET /generation` (presentation only; the state is
+//! the agent's).
+
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+
+use super::Agent;
+use crate::hooks::lifecycle::Hook;
+
+/// The longest a `GET /generation?after=N` waits.
+const LONG_POLL: Duration = Duration::from_secs(60);
+
+impl Agent {
+    /// `GET /generation[?after=N]`: the current generation, at once or, with `after`, once it
+    /// exceeds N (at most `LONG_POLL` later: then the current one, and the client asks again).
+    pub async fn generation_after(&self, after: Option<u64>) -> Value {
+        if let Some(n) = after {
+            let mut rx = self.generations.subscribe();
+            let _ = tokio::time::timeout(
+                LONG_POLL,
+                rx.wait_for(|g| g.as_ref().map_or(0, |g| g.generation) > n),
+            )
+            .await;
+        }
+        match self.generations.current() {
+            Some(g) => serde_json::to_value(g).unwrap_or_default(),
+            None => json!({ "generation": 0 }),
+        }
+    }
+
+    pub(super) fn app_json(&self) -> Value {
+        if self.config.app.is_none() {
+            return Value::Null;
+        }
+        let mut v = serde_json::to_value(self.links.app.borrow().clone()).unwrap_or_default();
+        if let Value::Object(m) = &mut v {
+            m.insert(
+                "last_probe".into(),
+                json!(*crate::sys::lock(&self.links.last_probe)),
+            );
+        }
+        v
+    }
+
+    /// `GET /status`: what an operator (or a test) needs to see the agent's state at a glance.
+    pub fn status(&self) -> Value {
+        let state = crate::sys::lock(&self.machine).state();
+        let stats = crate::sys::lock(&self.stats).clone();
+        let mut hooks = Map::new();
+        for hook in Hook::ALL {
+            let s = &stats[hook as usize];
+            let v = if s.count == 0 {
+                json!({ "count": 0 })
+            } else {
+                json!({ "count": s.count, "last_status": s.last_status, "last_outcome": s.last_outcome, "last_elapsed_us": s.last_elapsed_us, "degraded": s.degraded, "last_error": s.last_error })
+            };
+            hooks.insert(hook.name().to_string(), v);
+        }
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "pid": std::process::id(),
+            "state": state,
+            "health": self.health(),
+            "mode": if self.config.app.is_some() { "supervisor" } else { "sidecar" },
+            "uptime_ms": self.started.elapsed().as_millis() as u64,
+            "microvm_id": *crate::sys::lock(&self.microvm_id),
+            "generation": self.generations.current(),
+            "last_routine": *crate::sys::lock(&self.last_routine),
+            "restore_detection": self.restore_sources.get(),
+            "platform": crate::sys::platform_env::get(),
+            "log_lines_dropped": crate::sys::logwriter::dropped_total(),
+            "app": self.app_json(),
+            "hooks": hooks,
+        })
+    }
+}

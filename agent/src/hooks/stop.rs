@@ -1,0 +1,144 @@
+//! `/suspend` (tell the app, scrub, note the clocks) and `/terminate` (tell the app, forward,
+//! then the stop path, answered inside the budget either way).
+
+use bytes::Bytes;
+use hyper::StatusCode;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use super::{Agent, Answer};
+use crate::config::Event;
+use crate::hooks::lifecycle::Verdict;
+
+/// The monotonic and the wall clock, read together at `/suspend`, so that `/resume` can report how
+/// long the freeze looked on each.
+///
+/// On Lambda MicroVMs **both** clocks advance across a suspend, by the whole suspended time
+/// (measured: 313 s suspended, wall +313.15 s, monotonic +313.14 s; CONTRACT.md). So every
+/// deadline armed before a freeze is due at once after it: `sys::clock` is how the agent's own
+/// timers tell a freeze from elapsed work (a timer that fires late re-arms instead of acting).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Clocks {
+    mono: Instant,
+    wall: std::time::SystemTime,
+}
+
+impl Clocks {
+    pub(super) fn now() -> Self {
+        Clocks {
+            mono: Instant::now(),
+            wall: std::time::SystemTime::now(),
+        }
+    }
+
+    pub(super) fn since(then: Clocks) -> Value {
+        let wall = std::time::SystemTime::now()
+            .duration_since(then.wall)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(-1);
+        json!({ "monotonic_ms": then.mono.elapsed().as_millis() as u64, "wall_ms": wall })
+    }
+}
+impl Agent {
+    /// Starts the stop path and waits for the app to be gone until just before the deadline;
+    /// then answers either way and lets the stop finish. A failed acknowledgement is reported (the answer is still 200: see `fail_policy`).
+    pub(super) async fn terminate(&self, path: &str, deadline: Instant) -> Answer {
+        let first = crate::sys::lock(&self.machine).terminate() == Verdict::Act;
+        let mut unacknowledged = None;
+        let mut app = None;
+        if first {
+            // The app hears of it first (it may want to flush), then the stop begins.
+            let outcome = self.tell_app(Event::Terminate, None, None, deadline).await;
+            app = self.forward_to_app(path, Bytes::new(), deadline).await;
+            self.terminate.send_replace(true);
+            if !outcome.ok() {
+                unacknowledged = Some(outcome);
+            }
+        }
+        let mut answer = if self.config.app.is_none() {
+            Answer::ok(if first {
+                "terminating"
+            } else {
+                "already-terminating"
+            })
+        } else {
+            let mut app = self.links.app.clone();
+            let gone = tokio::time::timeout_at(deadline, app.wait_for(|a| a.pid.is_none())).await;
+            let view = self.links.app.borrow().clone();
+            match gone {
+                Ok(_) => Answer::with(
+                    StatusCode::OK,
+                    "stopped",
+                    json!({ "exit_code": view.last_exit_code }),
+                ),
+                Err(_) => Answer::with(StatusCode::OK, "stopping", json!({ "pid": view.pid })),
+            }
+        };
+        if let Some(app) = app {
+            let refused = app.refused;
+            answer.extra["app"] = app.json;
+            if let Some(e) = refused {
+                answer.extra["stop"] = json!(answer.outcome);
+                answer.extra["error"] = json!(format!("{e}; terminating anyway"));
+                answer.status = StatusCode::INTERNAL_SERVER_ERROR;
+                answer.outcome = "app-refused";
+            }
+        }
+        if let Some(outcome) = unacknowledged {
+            answer.extra["stop"] = json!(answer.outcome);
+            answer.extra["error"] = json!(format!(
+                "the app did not acknowledge: {}; terminating anyway",
+                outcome.summary()
+            ));
+            answer.extra["failed"] = json!(outcome.failed);
+            answer.status = StatusCode::INTERNAL_SERVER_ERROR;
+            answer.outcome = "not-acknowledged";
+        }
+        answer
+    }
+
+    /// Tells the app, scrubs the secrets marked for it, and notes when we were frozen. A secret
+    /// that could not be scrubbed is a failure (it stays on disk through the freeze), reported
+    /// as such; whether it answers non-200 is `fail_policy`'s call.
+    pub(super) async fn suspend(&self, deadline: Instant) -> Answer {
+        let outcome = self.tell_app(Event::Suspend, None, None, deadline).await;
+        let mut scrubbed =
+            crate::clone::secrets::scrub(&self.config.secrets, &self.config.state_dir);
+        // The app's seed goes the way of a scrub_on_suspend secret: a new one comes on /resume.
+        match std::fs::remove_file(self.config.state_dir.join(super::routine::SEED_FILE)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                scrubbed.failed.push(crate::clone::secrets::Failure {
+                    name: "(seed)".into(),
+                    reason: format!("cannot remove it: {e}"),
+                })
+            }
+            _ => {}
+        }
+        *crate::sys::lock(&self.suspended_at) = Some(Clocks::now());
+        // The agent keeps no outbound connection (every client request uses a fresh one), so
+        // there is nothing of ours to drop before the freeze.
+        if !scrubbed.failed.is_empty() {
+            let names: Vec<&str> = scrubbed.failed.iter().map(|f| f.name.as_str()).collect();
+            for f in &scrubbed.failed {
+                tracing::error!(secret = %f.name, reason = %f.reason, "a secret could not be scrubbed before the freeze");
+            }
+            return Answer::with(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "scrub-failed",
+                json!({
+                    "error": format!("secrets not scrubbed (still on disk): {}; {}", names.join(", "), scrubbed.failed[0].reason),
+                    "scrubbed": scrubbed.removed,
+                    "not_scrubbed": names,
+                }),
+            );
+        }
+        if let Err(answer) = self.check_ack(Event::Suspend, &outcome) {
+            return answer;
+        }
+        Answer::with(
+            StatusCode::OK,
+            "suspended",
+            json!({ "scrubbed": scrubbed.removed }),
+        )
+    }
+}

@@ -150,22 +150,6 @@ fn oversized_headers_invalid_paths_pipelining_and_half_closed_sockets() {
 
 // ------------------------------------------------------------------ faults
 
-/// A wrapper that runs `script` (then the agent, as `"$@"`) in a private mount namespace.
-fn private_mounts(script: &str) -> Vec<String> {
-    [
-        "unshare",
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        script,
-        "sh",
-    ]
-    .map(String::from)
-    .to_vec()
-}
-
 /// An agent whose state directory is a fresh tmpfs in its own mount namespace, mounted with
 /// `options` (e.g. `ro`, `size=16k`), after running `prep` in it.
 fn in_mount_ns(options: &str, prep: &str) -> Spec {

@@ -114,18 +114,7 @@ fn without_sys_admin(hide_vmgenid: bool) -> Vec<String> {
     let script = format!(
         "set -e; {hide}exec setpriv --bounding-set=-sys_admin --inh-caps=-sys_admin -- \"$@\""
     );
-    [
-        "unshare",
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        &script,
-        "sh",
-    ]
-    .map(String::from)
-    .to_vec()
+    private_mounts(&script)
 }
 
 fn vmgenid_visible() -> bool {
@@ -223,18 +212,7 @@ fn with_etc(machine_id: Option<&str>, config: &str) -> Agent {
         None => String::new(),
     };
     let script = format!("set -e; mount -t tmpfs tmpfs /etc; {write}exec \"$@\"");
-    let w: Vec<String> = [
-        "unshare",
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        &script,
-        "sh",
-    ]
-    .map(String::from)
-    .to_vec();
+    let w: Vec<String> = private_mounts(&script);
     let w: Vec<&str> = w.iter().map(String::as_str).collect();
     // On the platform (the default "auto" acts there, or as PID 1).
     Spec::default()
@@ -294,18 +272,7 @@ fn the_machine_id_is_rewritten_once_per_vm_and_left_alone_when_absent_or_disable
     // leaves the machine's identity alone.
     let script =
         format!("set -e; mount -t tmpfs tmpfs /etc; echo {cloned} > /etc/machine-id; exec \"$@\"");
-    let w: Vec<String> = [
-        "unshare",
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        &script,
-        "sh",
-    ]
-    .map(String::from)
-    .to_vec();
+    let w: Vec<String> = private_mounts(&script);
     let w: Vec<&str> = w.iter().map(String::as_str).collect();
     let local = Spec::default().wrapper(&w).start();
     assert_eq!(local.post("/run", b"").status, 200);

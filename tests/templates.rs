@@ -112,6 +112,36 @@ fn prepare_with(
     (dir, command)
 }
 
+/// microvm-sim's arguments for a prepared template: its hooks.json, `extra` simulator options,
+/// then the agent with the template's configuration, then the app's `command`.
+fn sim_args(
+    dir: &std::path::Path,
+    hook_port: u16,
+    extra: &[&str],
+    command: Vec<String>,
+) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "--hooks".into(),
+        dir.join("hooks.json").display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.extend([
+        "--suspend-for".into(),
+        "200ms".into(),
+        "--".into(),
+        agent(),
+        "-c".into(),
+        dir.join("microvm-agent.toml").display().to_string(),
+        "--listen".into(),
+        format!("127.0.0.1:{hook_port}"),
+        "--state-dir".into(),
+        dir.join("state").display().to_string(),
+        "--".into(),
+    ]);
+    args.extend(command);
+    args
+}
+
 /// The app's JSON lines from the simulator's output.
 fn events(out: &str) -> Vec<serde_json::Value> {
     out.lines()
@@ -151,24 +181,12 @@ fn template(lang: &str, runtime: &[&str]) {
 fn template_run(lang: &str, app: Option<&std::path::Path>) -> String {
     let (app_port, hook_port) = (free_port(), free_port());
     let (dir, command) = prepare_with(lang, app_port, hook_port, app);
-    let mut args: Vec<String> = vec![
-        "--hooks".into(),
-        dir.join("hooks.json").display().to_string(),
-        "--app-url".into(),
-        format!("http://127.0.0.1:{app_port}/healthz"),
-        "--suspend-for".into(),
-        "200ms".into(),
-        "--".into(),
-        agent(),
-        "-c".into(),
-        dir.join("microvm-agent.toml").display().to_string(),
-        "--listen".into(),
-        format!("127.0.0.1:{hook_port}"),
-        "--state-dir".into(),
-        dir.join("state").display().to_string(),
-        "--".into(),
-    ];
-    args.extend(command);
+    let args = sim_args(
+        &dir,
+        hook_port,
+        &["--app-url", &format!("http://127.0.0.1:{app_port}/healthz")],
+        command,
+    );
     let t = Instant::now();
     let mut child = Command::new(SIM)
         .args(&args)
@@ -281,24 +299,7 @@ fn a_template_that_reseeds_with_something_the_same_in_every_vm_fails_the_templat
 fn sim_template(lang: &str, env: &[(&str, &str)], payload: &str) -> (i32, String) {
     let (app_port, hook_port) = (free_port(), free_port());
     let (dir, command) = prepare(lang, app_port, hook_port);
-    let mut args: Vec<String> = vec![
-        "--hooks".into(),
-        dir.join("hooks.json").display().to_string(),
-        "--payload".into(),
-        payload.into(),
-        "--suspend-for".into(),
-        "200ms".into(),
-        "--".into(),
-        agent(),
-        "-c".into(),
-        dir.join("microvm-agent.toml").display().to_string(),
-        "--listen".into(),
-        format!("127.0.0.1:{hook_port}"),
-        "--state-dir".into(),
-        dir.join("state").display().to_string(),
-        "--".into(),
-    ];
-    args.extend(command);
+    let args = sim_args(&dir, hook_port, &["--payload", payload], command);
     let mut cmd = Command::new(SIM);
     cmd.args(&args).env("PORT", app_port.to_string());
     for (k, v) in env {

@@ -1,7 +1,10 @@
 // A clone-safe Go app for microvm-agent (standard library only).
 //
-// The trap: the math/rand (and math/rand/v2) global generators are seeded once when the process
-// starts, during the image build, and cannot be reseeded: every clone draws the same numbers.
+// The trap: the generators' state is made during the image build and every clone draws the same
+// numbers. math/rand's globals: with `go 1.19` in go.mod (this template) they start from seed 1
+// unless rand.Seed is called, and rand.Seed works; from a `go 1.24` go.mod on, Seed is a no-op.
+// math/rand/v2's top-level functions draw from runtime state seeded once at start: cloned, and
+// they cannot be reseeded.
 // The fix: keep your own *rand.Rand and replace it when the agent announces a new generation,
 // seeded from the kernel *and* the agent's per-generation seed ("seed" in the event): under the
 // platform's default capabilities and without VMGenID, crypto/rand can return the same bytes in

@@ -613,3 +613,20 @@ pub fn mode(path: &Path) -> u32 {
         .mode()
         & 0o7777
 }
+
+/// A wrapper (for `Spec::wrapper`) that runs `script`, then the agent as `"$@"`, in a private
+/// mount namespace: what the fault and identity tests mount there is theirs alone.
+pub fn private_mounts(script: &str) -> Vec<String> {
+    [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        script,
+        "sh",
+    ]
+    .map(String::from)
+    .to_vec()
+}

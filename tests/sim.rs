@@ -63,6 +63,22 @@ fn sim(args: &[&str]) -> (i32, String) {
     (status.code().unwrap_or(-1), text)
 }
 
+/// The simulator over the fixture's stand-in hook server, misbehaving in `mode`.
+fn fake_hooks(tag: &str, mode: &str) -> (i32, String) {
+    let dir = Tmp::new(tag);
+    let port = free_port();
+    let hooks = hooks_json(&dir, port, "");
+    sim(&[
+        "--hooks",
+        &hooks,
+        "--",
+        &fixture(),
+        "fake-hooks",
+        &port.to_string(),
+        mode,
+    ])
+}
+
 #[test]
 fn the_demo_runs_the_whole_lifecycle_and_exits_0() {
     let (code, out) = sim(&[]);
@@ -130,18 +146,7 @@ fn a_well_behaved_entrypoint_passes_and_disabled_hooks_are_skipped() {
 
 #[test]
 fn a_hook_over_its_budget_is_a_violation() {
-    let dir = Tmp::new("slow");
-    let port = free_port();
-    let hooks = hooks_json(&dir, port, "");
-    let (code, out) = sim(&[
-        "--hooks",
-        &hooks,
-        "--",
-        &fixture(),
-        "fake-hooks",
-        &port.to_string(),
-        "slow-run",
-    ]);
+    let (code, out) = fake_hooks("slow", "slow-run");
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains("/run did not answer within its 1 s budget"),
@@ -151,18 +156,7 @@ fn a_hook_over_its_budget_is_a_violation() {
 
 #[test]
 fn a_non_200_from_a_runtime_hook_is_a_violation() {
-    let dir = Tmp::new("500");
-    let port = free_port();
-    let hooks = hooks_json(&dir, port, "");
-    let (code, out) = sim(&[
-        "--hooks",
-        &hooks,
-        "--",
-        &fixture(),
-        "fake-hooks",
-        &port.to_string(),
-        "run-500",
-    ]);
+    let (code, out) = fake_hooks("500", "run-500");
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains("VM         TERMINATED: /run answered 500"),
@@ -172,18 +166,7 @@ fn a_non_200_from_a_runtime_hook_is_a_violation() {
 
 #[test]
 fn a_suspend_answering_500_terminates_the_vm() {
-    let dir = Tmp::new("s500");
-    let port = free_port();
-    let hooks = hooks_json(&dir, port, "");
-    let (code, out) = sim(&[
-        "--hooks",
-        &hooks,
-        "--",
-        &fixture(),
-        "fake-hooks",
-        &port.to_string(),
-        "suspend-500",
-    ]);
+    let (code, out) = fake_hooks("s500", "suspend-500");
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("TERMINATED: /suspend answered 500"), "{out}");
     assert!(
@@ -194,18 +177,7 @@ fn a_suspend_answering_500_terminates_the_vm() {
 
 #[test]
 fn build_hooks_come_with_the_builder_headers_and_refusing_them_fails_the_build() {
-    let dir = Tmp::new("strict");
-    let port = free_port();
-    let hooks = hooks_json(&dir, port, "");
-    let (code, out) = sim(&[
-        "--hooks",
-        &hooks,
-        "--",
-        &fixture(),
-        "fake-hooks",
-        &port.to_string(),
-        "strict-origin",
-    ]);
+    let (code, out) = fake_hooks("strict", "strict-origin");
     assert_ne!(code, 0, "{out}");
     assert!(
         out.contains("BUILD      FAILED: /validate answered 403"),

@@ -18,16 +18,11 @@ const LAYERS: [&[&str]; 5] = [
 ];
 
 /// Back edges that exist today, as (file, layer it reaches up to, why, and the cut).
-const KNOWN: [(&str, &str, &str); 2] = [
+const KNOWN: [(&str, &str, &str); 1] = [
     (
         "supervise/supervisor.rs",
         "hooks",
         "the supervisor holds the Agent (the lifecycle state and whether the platform polls /ready, for the build-failure linger); cut: an AppHandle, and the event loop makes the linger decision",
-    ),
-    (
-        "clone/restore.rs",
-        "hooks",
-        "restore detection calls Agent::restore_detected; cut: it sends the event on a channel that the wiring hands to the agent",
     ),
 ];
 

@@ -7,8 +7,7 @@
 //! ## Map
 //! One folder per subsystem; dependencies point one way, down this table:
 //! `http -> hooks -> clone -> supervise -> sys` (`config` beside `sys`). `tests/layout.rs`
-//! checks it, and lists the two back edges still to cut (the supervisor and restore detection
-//! still reach the `Agent`).
+//! checks it, and lists the back edge still to cut (the supervisor still reaches the `Agent`).
 //!
 //! | module | responsibility |
 //! |---|---|
@@ -175,7 +174,11 @@ pub async fn run(
     let _ = agent
         .restore_sources
         .set(clone::restore::describe(&sources));
-    tokio::spawn(clone::restore::watch(sources, agent.clone()));
+    let on_restore = agent.clone();
+    tokio::spawn(clone::restore::watch(sources, move |source| {
+        let agent = on_restore.clone();
+        async move { agent.restore_detected(source).await }
+    }));
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(http::accept::serve(listener, agent.clone(), async move {
         let _ = done_rx.await;

@@ -16,12 +16,9 @@
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
-
-use crate::hooks::Agent;
 
 /// A wall-clock step at least this far forward counts as a restore.
 pub const CLOCK_STEP: Duration = Duration::from_secs(1);
@@ -199,8 +196,14 @@ fn open_clock() -> Option<AsyncFd<OwnedFd>> {
     crate::sys::signals::watch_readable(timer).ok()
 }
 
-/// Watches every open source until the process ends, and tells the agent of each restore.
-pub async fn watch(mut sources: Sources, agent: Arc<Agent>) {
+/// Watches every open source until the process ends, and hands each restore to `on_restore`
+/// (the wiring passes `Agent::restore_detected`: this module does not know the agent, so the
+/// dependency points down, `hooks -> clone`). One restore is handled before the next is read.
+pub async fn watch<F, Fut>(mut sources: Sources, mut on_restore: F)
+where
+    F: FnMut(&'static str) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let (mut counter, mut clock) = (Detector::default(), Detector::default());
     if let Some(fd) = &sources.vmclock {
         let mut page = [0u8; 128];
@@ -216,7 +219,7 @@ pub async fn watch(mut sources: Sources, agent: Arc<Agent>) {
             Some(s) = next_clock(&mut sources.clock, &mut clock) => s,
             else => return,
         };
-        agent.restore_detected(source).await;
+        on_restore(source).await;
     }
 }
 

@@ -16,153 +16,22 @@
 //! agent and the fixture in `target/vm`). Without them the test says loudly that it was skipped;
 //! with `MICROVM_AGENT_REQUIRE_VM=1` (as in CI) a missing prerequisite fails it.
 
-mod common;
-use common::free_port;
+#[macro_use]
+#[path = "vm/mod.rs"]
+mod vm;
+use vm::{distinct, Arch, Cpio, Spec, Vm, PLATFORM_CAPS};
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Straight to the stderr handle: `cargo test` captures `eprintln!` of passing tests, and CI's log
-/// must show the values each clone was compared on.
-macro_rules! say {
-    ($($arg:tt)*) => {{
-        let _ = writeln!(std::io::stderr(), $($arg)*);
-    }};
-}
+/// The guest's ports: the hook port and the fixture app's.
+const HOOK: u16 = 9000;
+const APP: u16 = 8080;
 
-fn vm_dir() -> PathBuf {
-    std::env::var_os("MICROVM_AGENT_VM_DIR")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("CARGO_TARGET_DIR").map(|t| PathBuf::from(t).join("vm")))
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/vm"))
-}
-
-/// The guest's architecture: the platform's (aarch64, Graviton) or the development one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Arch {
-    X86_64,
-    Aarch64,
-}
-
-impl Arch {
-    /// Where `tests/vm/prepare.sh` put this architecture's kernel, module and static binaries.
-    fn dir(self) -> PathBuf {
-        match self {
-            Arch::X86_64 => vm_dir(),
-            Arch::Aarch64 => vm_dir().join("aarch64"),
-        }
-    }
-
-    fn busybox(self) -> PathBuf {
-        match self {
-            Arch::X86_64 => PathBuf::from("/bin/busybox"),
-            Arch::Aarch64 => self.dir().join("busybox"),
-        }
-    }
-
-    fn qemu(self) -> &'static str {
-        match self {
-            Arch::X86_64 => "qemu-system-x86_64",
-            Arch::Aarch64 => "qemu-system-aarch64",
-        }
-    }
-
-    fn console(self) -> &'static str {
-        match self {
-            Arch::X86_64 => "ttyS0",
-            Arch::Aarch64 => "ttyAMA0",
-        }
-    }
-}
-
-/// What is missing for `arch`, if anything.
-fn missing(arch: Arch) -> Vec<String> {
-    let dir = arch.dir();
-    let mut m: Vec<String> = ["vmlinuz", "e1000.ko", "microvm-agent", "mva-fixture"]
-        .iter()
-        .filter(|f| !dir.join(f).exists())
-        .map(|f| format!("{}/{f}", dir.display()))
-        .collect();
-    if !std::fs::read(arch.busybox()).is_ok_and(|b| is_static(&b)) {
-        m.push(format!("a static busybox at {}", arch.busybox().display()));
-    }
-    if Command::new(arch.qemu()).arg("--version").output().is_err() {
-        m.push(arch.qemu().to_string());
-    }
-    m
-}
-
-/// Fails (in CI) or skips loudly when the prerequisites are not there.
+/// Fails (in CI) or skips loudly when the prerequisites for `arch` are not there.
 fn prerequisites(arch: Arch) -> bool {
-    let missing = missing(arch);
-    if missing.is_empty() {
-        return true;
-    }
-    if std::env::var("MICROVM_AGENT_REQUIRE_VM").is_ok_and(|v| v == "1") {
-        panic!("MICROVM_AGENT_REQUIRE_VM=1 but the {arch:?} clone test cannot run; missing: {missing:?} (run tests/vm/prepare.sh)");
-    }
-    say!("\n*** {arch:?} clone test SKIPPED: missing {missing:?}; run tests/vm/prepare.sh to enable it ***\n");
-    false
-}
-
-/// An ELF64 file without a PT_INTERP program header needs no dynamic loader.
-fn is_static(elf: &[u8]) -> bool {
-    let u16_at = |o: usize| {
-        elf.get(o..o + 2)
-            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
-    };
-    let u64_at = |o: usize| {
-        elf.get(o..o + 8)
-            .map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize)
-    };
-    if elf.get(..4) != Some(b"\x7fELF") {
-        return false;
-    }
-    let (Some(phoff), Some(size), Some(num)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38)) else {
-        return false;
-    };
-    (0..num)
-        .all(|i| elf.get(phoff + i * size..phoff + i * size + 4) != Some(&3u32.to_le_bytes()[..]))
-}
-
-// ------------------------------------------------------------------ initramfs (cpio newc)
-
-struct Cpio(Vec<u8>, u32);
-
-impl Cpio {
-    fn entry(&mut self, name: &str, mode: u32, data: &[u8], rdev: (u32, u32)) {
-        self.1 += 1;
-        let header =
-            format!(
-            "070701{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
-            self.1, mode, 0, 0, 1, 0, data.len(), 0, 0, rdev.0, rdev.1, name.len() + 1, 0
-        );
-        self.0.extend_from_slice(header.as_bytes());
-        self.0.extend_from_slice(name.as_bytes());
-        self.0.push(0);
-        self.pad();
-        self.0.extend_from_slice(data);
-        self.pad();
-    }
-    fn pad(&mut self) {
-        while self.0.len() % 4 != 0 {
-            self.0.push(0);
-        }
-    }
-    fn dir(&mut self, name: &str) {
-        self.entry(name, 0o040755, b"", (0, 0));
-    }
-    fn file(&mut self, name: &str, mode: u32, data: &[u8]) {
-        self.entry(name, 0o100000 | mode, data, (0, 0));
-    }
-    fn finish(mut self) -> Vec<u8> {
-        self.entry("TRAILER!!!", 0, b"", (0, 0));
-        self.0
-    }
+    let files = ["vmlinuz", "e1000.ko", "microvm-agent", "mva-fixture"];
+    vm::prerequisites(&format!("{arch:?} clone test"), vm::missing(arch, &files))
 }
 
 const INIT: &str = r#"#!/bin/busybox sh
@@ -179,9 +48,6 @@ echo "init: network up; the agent becomes PID 1"
 export FIXTURE_BIND=0.0.0.0 MICROVM_AGENT_LOG=info
 exec __CAPS__ /bin/microvm-agent -c /etc/agent.toml --listen 0.0.0.0:9000 --state-dir /run/microvm-agent --log-format text -- /bin/mva-fixture clone-app 8080 /run/app.log
 "#;
-
-/// The platform's default capability set (measured; CONTRACT.md).
-const PLATFORM_CAPS: &str = "0xa80425fb";
 
 /// How one run of the test is set up.
 #[derive(Clone, Copy, Debug)]
@@ -247,12 +113,7 @@ fn initramfs(out: &Path, arch: Arch, platform_caps: bool) {
         String::new()
     };
     let init = INIT.replace("__CAPS__", &caps);
-    let read = |f: &str| std::fs::read(dir.join(f)).unwrap();
-    let mut c = Cpio(Vec::new(), 0);
-    for d in ["bin", "dev", "etc", "lib", "proc", "run", "sys", "tmp"] {
-        c.dir(d);
-    }
-    c.entry("dev/console", 0o020600, b"", (5, 1));
+    let mut c = Cpio::new();
     c.file("init", 0o755, init.as_bytes());
     // The build VM's machine-id, cloned into every VM unless the agent rewrites it.
     c.file(
@@ -260,34 +121,12 @@ fn initramfs(out: &Path, arch: Arch, platform_caps: bool) {
         0o444,
         b"0123456789abcdef0123456789abcdef\n",
     );
-    c.file(
-        "bin/busybox",
-        0o755,
-        &std::fs::read(arch.busybox()).unwrap(),
-    );
-    c.file("bin/microvm-agent", 0o755, &read("microvm-agent"));
-    c.file("bin/mva-fixture", 0o755, &read("mva-fixture"));
-    c.file("lib/e1000.ko", 0o644, &read("e1000.ko"));
+    c.copy("bin/busybox", 0o755, &arch.busybox());
+    c.copy("bin/microvm-agent", 0o755, &dir.join("microvm-agent"));
+    c.copy("bin/mva-fixture", 0o755, &dir.join("mva-fixture"));
+    c.copy("lib/e1000.ko", 0o644, &dir.join("e1000.ko"));
     c.file("etc/agent.toml", 0o644, AGENT_TOML.as_bytes());
-    std::fs::write(out, c.finish()).unwrap();
-}
-
-// ------------------------------------------------------------------ QEMU
-
-struct Vm {
-    child: Child,
-    qmp: Option<BufReader<UnixStream>>,
-    hook_port: u16,
-    app_port: u16,
-    console: PathBuf,
-    name: String,
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    c.write(out);
 }
 
 struct Lab {
@@ -300,207 +139,33 @@ struct Lab {
 
 impl Lab {
     fn boot(&self, name: &str, mode: Mode, incoming: Option<&Path>) -> Vm {
-        let vmgenid = mode.vmgenid;
-        let (hook_port, app_port) = (free_port(), free_port());
-        let console = self.dir.join(format!("{name}.console"));
-        let qmp = self.dir.join(format!("{name}.qmp"));
-        let mut cmd = Command::new(self.arch.qemu());
-        match self.arch {
-            Arch::X86_64 => cmd.args(["-machine", "pc", "-accel", self.accel, "-m", "192"]),
-            // The platform's architecture; `-cpu max` has FEAT_RNG (RNDR), cortex-a72 has not.
-            Arch::Aarch64 => cmd.args([
-                "-machine", "virt", "-accel", "tcg", "-m", "256", "-cpu", mode.cpu,
-            ]),
+        let spec = Spec {
+            arch: self.arch,
+            accel: self.accel,
+            mem_mib: if self.arch == Arch::X86_64 { 192 } else { 256 },
+            cpu: mode.cpu,
+            initrd: self.initrd[usize::from(mode.platform_caps)].clone(),
+            vmgenid: mode.vmgenid,
+            disk: None,
+            ports: vec![HOOK, APP],
+            dir: self.dir.clone(),
         };
-        cmd.args(["-smp", "1", "-display", "none", "-no-reboot", "-nodefaults"])
-            .arg("-kernel")
-            .arg(self.arch.dir().join("vmlinuz"))
-            .arg("-initrd")
-            .arg(&self.initrd[usize::from(mode.platform_caps)])
-            .args(["-append", &format!("console={} panic=-1 quiet", self.arch.console())])
-            .arg("-serial")
-            .arg(format!("file:{}", console.display()))
-            .arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", qmp.display()))
-            .args(["-netdev", &format!("user,id=n0,hostfwd=tcp:127.0.0.1:{hook_port}-:9000,hostfwd=tcp:127.0.0.1:{app_port}-:8080")])
-            .args(["-device", "e1000,netdev=n0"]);
-        if vmgenid {
-            cmd.args(["-device", "vmgenid,guid=auto"]);
-        }
-        if let Some(snap) = incoming {
-            cmd.args(["-incoming", &format!("exec:cat {}", snap.display())]);
-        }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("qemu starts");
-        let mut vm = Vm {
-            child,
-            qmp: None,
-            hook_port,
-            app_port,
-            console,
-            name: name.to_string(),
-        };
-        vm.qmp = Some(qmp_connect(&qmp));
-        vm
+        spec.boot(name, incoming)
     }
 }
 
-fn qmp_connect(path: &Path) -> BufReader<UnixStream> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let stream = loop {
-        match UnixStream::connect(path) {
-            Ok(s) => break s,
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => panic!("QMP socket {}: {e}", path.display()),
-        }
-    };
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
-    let mut r = BufReader::new(stream);
-    let mut greeting = String::new();
-    r.read_line(&mut greeting).unwrap();
-    assert!(greeting.contains("QMP"), "{greeting}");
-    qmp(&mut r, r#"{"execute":"qmp_capabilities"}"#);
-    r
+/// The fixture's and the agent's answers in one guest.
+trait Guest {
+    fn hook(&self, method: &str, path: &str, body: &[u8]) -> (u16, String);
+    fn app(&self, path: &str) -> String;
 }
 
-/// Sends one command and returns its `return` value (events in between are skipped).
-fn qmp(r: &mut BufReader<UnixStream>, command: &str) -> serde_json::Value {
-    r.get_mut()
-        .write_all(format!("{command}\n").as_bytes())
-        .unwrap();
-    loop {
-        let mut line = String::new();
-        r.read_line(&mut line).expect("QMP answer");
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        if let Some(ret) = v.get("return") {
-            return ret.clone();
-        }
-        assert!(v.get("error").is_none(), "QMP {command}: {line}");
-    }
-}
-
-impl Vm {
-    fn qmp(&mut self, command: &str) -> serde_json::Value {
-        qmp(self.qmp.as_mut().expect("qmp"), command)
-    }
-
-    fn console(&self) -> String {
-        std::fs::read_to_string(&self.console).unwrap_or_default()
-    }
-
-    /// One HTTP request through the host forward; `None` while nothing answers in the guest.
-    fn try_http(port: u16, method: &str, path: &str, body: &[u8]) -> Option<(u16, String)> {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
-        let req = format!("{method} {path} HTTP/1.1\r\nHost: localhost:{port}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len());
-        s.write_all(req.as_bytes()).ok()?;
-        s.write_all(body).ok()?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).ok()?;
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let status = text.split_whitespace().nth(1)?.parse().ok()?;
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        Some((status, body))
-    }
-
+impl Guest for Vm {
     fn hook(&self, method: &str, path: &str, body: &[u8]) -> (u16, String) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(r) = Self::try_http(self.hook_port, method, path, body) {
-                return r;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: no answer on {path}; console:\n{}",
-                self.name,
-                self.console()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.request(HOOK, method, path, body)
     }
-
     fn app(&self, path: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some((200, body)) = Self::try_http(self.app_port, "GET", path, b"") {
-                return body;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: the app does not answer {path}; console:\n{}",
-                self.name,
-                self.console()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn wait_ready(&self, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some((200, _)) = Self::try_http(self.hook_port, "GET", "/ready", b"") {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: /ready never said 200; console:\n{}",
-                self.name,
-                self.console()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// Stops the VM and writes its memory and device state to `snap`.
-    fn snapshot(&mut self, snap: &Path) {
-        self.qmp(r#"{"execute":"stop"}"#);
-        self.qmp(&format!(
-            r#"{{"execute":"migrate","arguments":{{"uri":"exec:cat > {}"}}}}"#,
-            snap.display()
-        ));
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let status = self.qmp(r#"{"execute":"query-migrate"}"#)["status"]
-                .as_str()
-                .unwrap_or("")
-                .to_string();
-            match status.as_str() {
-                "completed" => return,
-                "failed" | "cancelled" => panic!("snapshot failed: {status}"),
-                _ => {}
-            }
-            assert!(Instant::now() < deadline, "snapshot did not complete");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// After `-incoming`: waits for the state to load, then lets the clone run.
-    fn resume_clone(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let status = self.qmp(r#"{"execute":"query-status"}"#)["status"]
-                .as_str()
-                .unwrap_or("")
-                .to_string();
-            if status != "inmigrate" {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the clone never finished loading"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.qmp(r#"{"execute":"cont"}"#);
+        self.get_ok(APP, path, Duration::from_secs(30))
     }
 }
 
@@ -547,55 +212,8 @@ fn all_distinct(what: &str, values: &[String]) {
     assert!(distinct(values), "{what}: some clones agree: {values:?}");
 }
 
-fn distinct(values: &[String]) -> bool {
-    (0..values.len()).all(|i| (i + 1..values.len()).all(|j| values[i] != values[j]))
-}
-
 fn pick(values: &[Values], f: impl Fn(&Values) -> &String) -> Vec<String> {
     values.iter().map(|v| f(v).clone()).collect()
-}
-
-fn kvm_works(lab_dir: &Path) -> bool {
-    if !Path::new("/dev/kvm").exists() {
-        return false;
-    }
-    let console = lab_dir.join("kvm-probe.console");
-    let mut child = match Command::new("qemu-system-x86_64")
-        .args([
-            "-machine",
-            "pc",
-            "-accel",
-            "kvm",
-            "-m",
-            "128",
-            "-display",
-            "none",
-            "-no-reboot",
-            "-nodefaults",
-        ])
-        .arg("-kernel")
-        .arg(vm_dir().join("vmlinuz"))
-        .args(["-append", "console=ttyS0 panic=-1"])
-        .arg("-serial")
-        .arg(format!("file:{}", console.display()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(_) => return false,
-    };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut booted = false;
-    while Instant::now() < deadline && !booted {
-        booted = std::fs::read_to_string(&console)
-            .unwrap_or_default()
-            .contains("Linux version");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    booted
 }
 
 /// Boots the build VM of `mode` (its snapshot is taken later).
@@ -606,33 +224,21 @@ fn origin(lab: &Lab, mode: Mode) -> (Vm, Instant) {
     )
 }
 
-/// Waits until the guest is past the kernel's early-boot reseed schedule (every uptime/2 s for
-/// the first 120 s), then draws from `getrandom` in the guest, which reseeds a stale CRNG then
-/// and there: the snapshot taken right after holds a CRNG that the clones keep until the next
-/// scheduled reseed, a minute away in guest time.
-fn settle(vm: &Vm, tag: &str) {
-    loop {
-        let up: f64 = vm.app("/uptime").parse().unwrap_or(0.0);
-        if up >= 125.0 {
-            say!("[{tag}] settled: guest uptime {up:.0} s");
-            break;
-        }
-        std::thread::sleep(Duration::from_secs_f64((125.0 - up).clamp(0.2, 5.0)));
-    }
-    vm.app("/getrandom");
-}
-
 /// Snapshots `origin`, restores three clones, `/run`s each and checks what must be unique; then
 /// suspends and resumes one; then (without VMGenID) the negative control.
 fn check_clones(lab: &Lab, mode: Mode, mut origin: Vm, booted: Instant) {
     let tag = mode.tag();
-    origin.wait_ready(Duration::from_secs(180));
+    origin.get_ok(HOOK, "/ready", Duration::from_secs(180));
     say!("[{tag}] booted and ready in {:?}", booted.elapsed());
     // The settled snapshot is what makes the kernel's sameness deterministic for the test of the
     // test below (x86_64); the aarch64 run relies on the negative control instead.
     let settled = mode.platform_caps && lab.arch == Arch::X86_64;
     if settled {
-        settle(&origin, &tag);
+        vm::settle(
+            || origin.app("/uptime").parse().unwrap_or(0.0),
+            || drop(origin.app("/getrandom")),
+            &tag,
+        );
     }
     let snap = lab.dir.join(format!("snap-{}", mode.name()));
     let t = Instant::now();
@@ -772,7 +378,7 @@ fn lab(arch: Arch) -> Lab {
     ];
     initramfs(&initrd[0], arch, false);
     initramfs(&initrd[1], arch, true);
-    let accel = if arch == Arch::X86_64 && kvm_works(&dir) {
+    let accel = if arch == Arch::X86_64 && vm::kvm_works(&dir) {
         "kvm"
     } else {
         "tcg"

@@ -132,10 +132,7 @@ fn assert_static_aarch64(bin: &Path) {
 }
 
 fn tools_or_skip(tools: &[&str]) -> bool {
-    let missing: Vec<&&str> = tools
-        .iter()
-        .filter(|t| Command::new(t).arg("--version").output().is_err())
-        .collect();
+    let missing: Vec<&&str> = tools.iter().filter(|t| !support::have_tool(t)).collect();
     if missing.is_empty() {
         return true;
     }

@@ -11,24 +11,9 @@ use std::time::{Duration, Instant};
 
 #[path = "sim_support/mod.rs"]
 mod support;
-use support::{agent, free_port, root};
+use support::{agent, free_port, have_tool as have, root};
 
 const SIM: &str = env!("CARGO_BIN_EXE_microvm-sim");
-
-fn have(cmd: &str) -> bool {
-    Command::new(cmd)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
-        || Command::new(cmd)
-            .arg("-version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok()
-}
 
 fn run(cmd: &mut Command, what: &str) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
@@ -54,7 +39,11 @@ fn prepare_with(
     app: Option<&std::path::Path>,
 ) -> (PathBuf, Vec<String>) {
     let src = root().join("templates").join(lang);
-    let dir = std::env::temp_dir().join(format!("mva-template-{lang}-{}", std::process::id()));
+    // One directory per run: tests of one template run in parallel.
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let nth = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir =
+        std::env::temp_dir().join(format!("mva-template-{lang}-{}-{nth}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let copy = |name: &str| {
@@ -211,31 +200,7 @@ fn template_run(lang: &str, app: Option<&std::path::Path>) -> String {
         "{lang} under microvm-sim:\n{text}"
     );
     let ev = events(&text);
-    if lang == "node" {
-        // restart_on = ["run"]: a new process, with a generator of its own.
-        let starts: Vec<&serde_json::Value> = ev.iter().filter(|e| e["event"] == "start").collect();
-        assert_eq!(
-            starts.len(),
-            2,
-            "{lang}: started once, restarted once on /run:\n{text}"
-        );
-        assert_ne!(starts[0]["pid"], starts[1]["pid"]);
-        assert_ne!(
-            starts[0]["fingerprint"], starts[1]["fingerprint"],
-            "{lang}: the restarted app has a fresh generator"
-        );
-        assert!(
-            ev.iter().any(|e| e["event"] == "resume"),
-            "{lang}: told of the resume:\n{text}"
-        );
-        assert!(
-            !ev.iter().any(|e| e["event"] == "run"),
-            "{lang}: the instance being replaced is not told of /run"
-        );
-        let after_run = starts[1]["fingerprint"].to_string();
-        finish(lang, t, &ev, &dir);
-        return after_run;
-    } else {
+    {
         for event in ["validate", "run", "resume"] {
             let e = ev
                 .iter()
@@ -267,6 +232,31 @@ fn finish(lang: &str, t: Instant, ev: &[serde_json::Value], dir: &std::path::Pat
         ev.len()
     );
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_template_whose_handler_is_removed_fails_the_template_test() {
+    // The test of the test: the Python template with its handler's reseed removed. The
+    // generator does not change on the events, which one run must catch.
+    if !runtimes("python", &["python3"]) {
+        return;
+    }
+    let text = std::fs::read_to_string(root().join("templates/python/app.py")).unwrap();
+    let broken = text.replace("reseed(event.get(\"seed\"))", "pass");
+    assert_ne!(broken, text, "the fixture no longer matches the template");
+    let path = std::env::temp_dir().join(format!("mva-no-handler-{}.py", std::process::id()));
+    std::fs::write(&path, broken).unwrap();
+    let caught = std::panic::catch_unwind(|| template_run("python", Some(&path)));
+    let _ = std::fs::remove_file(&path);
+    let message = caught.expect_err("a template without a handler passed the template test");
+    let message = message
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        message.contains("the generator did not change"),
+        "it failed for another reason: {message}"
+    );
 }
 
 #[test]

@@ -1,3 +1,3 @@
 module example.com/microvm-app
 
-go 1.19
+go 1.24

@@ -1,14 +1,18 @@
-// A clone-safe Go app for microvm-agent (standard library only).
+// A clone-safe Go app for microvm-agent (standard library only; go.mod says go 1.24, built with
+// a current Go).
 //
 // The trap: the generators' state is made during the image build and every clone draws the same
-// numbers. math/rand's globals: with `go 1.19` in go.mod (this template) they start from seed 1
-// unless rand.Seed is called, and rand.Seed works; from a `go 1.24` go.mod on, Seed is a no-op.
-// math/rand/v2's top-level functions draw from runtime state seeded once at start: cloned, and
-// they cannot be reseeded.
+// numbers. The top-level functions of math/rand and math/rand/v2 draw from the runtime's
+// generator, seeded once at start-up: cloned, and with `go 1.24` or later in go.mod rand.Seed is
+// a no-op, so nothing reseeds them (under `go 1.19`..`1.23`, Seed still works).
 // The fix: keep your own *rand.Rand and replace it when the agent announces a new generation,
 // seeded from the kernel *and* the agent's per-generation seed ("seed" in the event): under the
 // platform's default capabilities and without VMGenID, crypto/rand can return the same bytes in
 // every clone; the seed cannot.
+//
+// GET /probe answers the next value of each common generator and what this template claims for
+// it ("safe", "kernel": safe only where the kernel was reseeded, "none"); tests/runtime_vm.rs
+// measures them in real clones.
 package main
 
 import (
@@ -18,15 +22,17 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"math/rand"
+	mrand "math/rand"
+	"math/rand/v2"
 	"net/http"
 	"os"
+	"runtime"
 	"sync"
 )
 
 var (
 	mu         sync.Mutex
-	seed       int64
+	seed       [32]byte
 	draws      int64
 	rng        *rand.Rand
 	generation int64
@@ -41,13 +47,41 @@ func reseed(agentSeedHex string) {
 	if s, err := hex.DecodeString(agentSeedHex); err == nil {
 		h.Write(s)
 	}
-	seed = int64(binary.LittleEndian.Uint64(h.Sum(nil)[:8]))
-	rng = rand.New(rand.NewSource(seed))
+	copy(seed[:], h.Sum(nil))
+	rng = rand.New(rand.NewChaCha8(seed))
 	draws = 0
 }
 
 // fingerprint identifies the generator's state: its seed and how far it has been drawn.
-func fingerprint() string { return fmt.Sprintf("%016x-%d", uint64(seed), draws) }
+func fingerprint() string {
+	return fmt.Sprintf("%016x-%d", binary.LittleEndian.Uint64(seed[:8]), draws)
+}
+
+var claims = map[string]string{
+	"*rand.Rand kept by the app (replaced by the handler)": "safe",
+	"math/rand top-level":    "none",
+	"math/rand/v2 top-level": "none",
+	"crypto/rand":            "kernel",
+}
+
+func probe() map[string]any {
+	mu.Lock()
+	defer mu.Unlock()
+	draws++
+	var b [16]byte
+	_, _ = crand.Read(b[:])
+	return map[string]any{
+		"runtime":    "Go " + runtime.Version(),
+		"generation": generation,
+		"claims":     claims,
+		"values": map[string]string{
+			"*rand.Rand kept by the app (replaced by the handler)": fmt.Sprint(rng.Uint64()),
+			"math/rand top-level":    fmt.Sprint(mrand.Int63()),
+			"math/rand/v2 top-level": fmt.Sprint(rand.Uint64()),
+			"crypto/rand":            hex.EncodeToString(b[:]),
+		},
+	}
+}
 
 func main() {
 	reseed("")
@@ -56,11 +90,12 @@ func main() {
 		port = "8080"
 	}
 	http.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, `{"ok":true}`) })
+	http.HandleFunc("/probe", func(w http.ResponseWriter, r *http.Request) { _ = json.NewEncoder(w).Encode(probe()) })
 	http.HandleFunc("/whoami", func(w http.ResponseWriter, r *http.Request) {
 		mu.Lock()
 		defer mu.Unlock()
 		draws++
-		_ = json.NewEncoder(w).Encode(map[string]any{"generation": generation, "random": rng.Int63(), "fingerprint": fingerprint()})
+		_ = json.NewEncoder(w).Encode(map[string]any{"generation": generation, "random": rng.Int64(), "fingerprint": fingerprint()})
 	})
 	http.HandleFunc("/__lifecycle", func(w http.ResponseWriter, r *http.Request) {
 		var event struct {

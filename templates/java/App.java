@@ -5,6 +5,15 @@
 // it when the agent announces a new generation, seeded from the kernel *and* the agent's
 // per-generation seed ("seed" in the event): under the platform's default capabilities and
 // without VMGenID the kernel can hand every clone the same bytes, the seed cannot.
+// What supports reseed(): a DRBG SecureRandom (reseeded here with the same mix, as additional
+// input). SHA1PRNG and NativePRNG throw UnsupportedOperationException from reseed() (JDK 17):
+// never call it on them from a handler. The default `new SecureRandom()` (NativePRNG) and
+// UUID.randomUUID() read the kernel: safe only where the agent's kernel_crng is "reseeded" or
+// "platform". A Random made at start-up that nobody replaces (a library's) stays cloned.
+//
+// GET /probe answers the next value of each common generator and what this template claims for
+// it ("safe", "kernel": safe only where the kernel was reseeded, "none"); tests/runtime_vm.rs
+// measures them in real clones.
 import com.sun.net.httpserver.HttpExchange;
 import com.sun.net.httpserver.HttpServer;
 import java.io.ByteArrayOutputStream;
@@ -13,7 +22,11 @@ import java.io.ObjectOutputStream;
 import java.net.InetSocketAddress;
 import java.nio.charset.StandardCharsets;
 import java.security.MessageDigest;
+import java.security.DrbgParameters;
 import java.security.SecureRandom;
+import java.util.LinkedHashMap;
+import java.util.Map;
+import java.util.UUID;
 import java.util.HexFormat;
 import java.util.Random;
 import java.util.regex.Matcher;
@@ -22,6 +35,50 @@ import java.util.regex.Pattern;
 public class App {
     static volatile Random rng = new Random();
     static volatile long generation = 0;
+    /** Made at start-up and never replaced: what a library keeps (the probe's trap). */
+    static final Random STARTUP_RANDOM = new Random();
+    static final SecureRandom STARTUP_SECURE = new SecureRandom();
+    static final SecureRandom DRBG = drbg();
+
+    static SecureRandom drbg() {
+        try {
+            return SecureRandom.getInstance("DRBG");
+        } catch (Exception e) {
+            throw new IllegalStateException(e);
+        }
+    }
+
+    static final String[][] CLAIMS = {
+        {"Random kept by the app (replaced by the handler)", "safe"},
+        {"Random made at start-up", "none"},
+        {"new Random()", "none"},
+        {"SecureRandom made at start-up (default)", "kernel"},
+        {"SecureRandom DRBG made at start-up (reseeded)", "safe"},
+        {"UUID.randomUUID()", "kernel"},
+    };
+
+    static String probe() {
+        Map<String, String> values = new LinkedHashMap<>();
+        byte[] b = new byte[16];
+        values.put(CLAIMS[0][0], Long.toString(rng.nextLong()));
+        values.put(CLAIMS[1][0], Long.toString(STARTUP_RANDOM.nextLong()));
+        values.put(CLAIMS[2][0], Long.toString(new Random().nextLong()));
+        STARTUP_SECURE.nextBytes(b);
+        values.put(CLAIMS[3][0], HexFormat.of().formatHex(b));
+        DRBG.nextBytes(b);
+        values.put(CLAIMS[4][0], HexFormat.of().formatHex(b));
+        values.put(CLAIMS[5][0], UUID.randomUUID().toString());
+        StringBuilder v = new StringBuilder();
+        StringBuilder c = new StringBuilder();
+        for (String[] claim : CLAIMS) {
+            v.append(v.length() == 0 ? "" : ",").append('"').append(claim[0]).append("\":\"")
+                    .append(values.get(claim[0])).append('"');
+            c.append(c.length() == 0 ? "" : ",").append('"').append(claim[0]).append("\":\"")
+                    .append(claim[1]).append('"');
+        }
+        return String.format("{\"runtime\":\"Java %s\",\"generation\":%d,\"values\":{%s},\"claims\":{%s}}",
+                System.getProperty("java.runtime.version"), generation, v, c);
+    }
 
     /** A digest of the generator's state, read by serialising it (nothing is drawn). */
     static String fingerprint() throws Exception {
@@ -42,7 +99,9 @@ public class App {
         if (agentSeedHex.matches("[0-9a-f]{64}")) {
             h.update(HexFormat.of().parseHex(agentSeedHex));
         }
-        rng = new Random(java.nio.ByteBuffer.wrap(h.digest()).getLong());
+        byte[] mix = h.digest();
+        rng = new Random(java.nio.ByteBuffer.wrap(mix).getLong());
+        DRBG.reseed(DrbgParameters.reseed(false, mix));
     }
 
     static String field(String json, String name) {
@@ -58,10 +117,23 @@ public class App {
         x.close();
     }
 
+    static void onEvent(String body) throws Exception {
+        String event = field(body, "event");
+        String before = fingerprint();
+        if (event.equals("run") || event.equals("resume") || event.equals("validate")) {
+            reseed(field(body, "seed"));
+            generation = Long.parseLong(field(body, "generation"));
+        }
+        System.out.printf("{\"event\":\"%s\",\"generation\":%s,\"before\":\"%s\",\"after\":\"%s\"}%n",
+                event, field(body, "generation"), before, fingerprint());
+        System.out.flush();
+    }
+
     public static void main(String[] args) throws Exception {
         int port = Integer.parseInt(System.getenv().getOrDefault("PORT", "8080"));
         HttpServer server = HttpServer.create(new InetSocketAddress("0.0.0.0", port), 0);
         server.createContext("/healthz", x -> reply(x, 200, "{\"ok\":true}"));
+        server.createContext("/probe", x -> reply(x, 200, probe()));
         server.createContext("/whoami", x -> {
             try {
                 reply(x, 200, String.format("{\"generation\":%d,\"random\":%d,\"fingerprint\":\"%s\"}",
@@ -72,21 +144,19 @@ public class App {
         });
         server.createContext("/__lifecycle", x -> {
             try {
-                String body = new String(x.getRequestBody().readAllBytes(), StandardCharsets.UTF_8);
-                String event = field(body, "event");
-                String before = fingerprint();
-                if (event.equals("run") || event.equals("resume") || event.equals("validate")) {
-                    reseed(field(body, "seed"));
-                    generation = Long.parseLong(field(body, "generation"));
-                }
-                System.out.printf("{\"event\":\"%s\",\"generation\":%s,\"before\":\"%s\",\"after\":\"%s\"}%n",
-                        event, field(body, "generation"), before, fingerprint());
-                System.out.flush();
+                onEvent(new String(x.getRequestBody().readAllBytes(), StandardCharsets.UTF_8));
                 reply(x, 200, "{\"acknowledged\":true}");
             } catch (Exception e) {
                 reply(x, 500, "{\"error\":\"" + e + "\"}");
             }
         });
+        // Run the handler's code once before the snapshot: a clone's first event must not pay
+        // for loading and verifying these classes inside /run's budget (measured: it did not fit
+        // in 800 ms on an emulated CPU).
+        reseed("");
+        field("{\"event\":\"warm-up\",\"generation\":0}", "event");
+        fingerprint();
+        probe();
         server.start();
     }
 }

@@ -1,13 +1,21 @@
 // A clone-safe Node.js app for microvm-agent.
 //
 // The trap: Math.random() is seeded once per V8 isolate, during the image build, and cannot be
-// reseeded from JavaScript; crypto.randomUUID() caches entropy; crypto.randomBytes() draws from
-// OpenSSL's in-process generator. Every clone would share them. The fix here: the agent restarts
-// this process on /run (`restart_on = ["run"]` in microvm-agent.toml), so every VM gets a fresh
-// isolate. Bytes that must differ per VM come from randomBytesPerVm() below: the kernel's bytes
-// mixed with the agent's per-generation seed (<state_dir>/seed, and "seed" in every event), which
-// differs per clone even when the kernel hands every clone the same bytes (the platform's
-// default capabilities, no VMGenID: the agent's kernel_crng says "not-reseeded").
+// reseeded from JavaScript; crypto.randomUUID(), crypto.randomBytes() and getRandomValues() draw
+// from OpenSSL's generator inside this process, which nothing outside it can reseed. Every clone
+// would share them. The fix here, in-process (the warm process the snapshot was made for stays):
+// on each new generation the handler replaces Math.random with a generator keyed by the agent's
+// per-generation seed, and bytes that must differ per VM come from randomBytesPerVm(): OpenSSL's
+// bytes mixed with that seed, which differs per clone even when the kernel hands every clone the
+// same bytes (the platform's default capabilities, no VMGenID: the agent's kernel_crng says
+// "not-reseeded"). Code that captured Math.random before the handler ran (`const r =
+// Math.random` in a library) keeps the cloned generator: if you depend on such code, use
+// `restart_on = ["run"]` instead, at the cost of a cold process per VM (start-up and readiness
+// again inside /run's budget, and the snapshot's warm-up lost).
+//
+// GET /probe answers the next value of each common generator and what this template claims for
+// it ("safe", "kernel": safe only where the kernel was reseeded, "none"); tests/runtime_vm.rs
+// measures them in real clones.
 'use strict';
 const http = require('http');
 const crypto = require('crypto');
@@ -20,7 +28,7 @@ const stateDir = process.env.MICROVM_AGENT_STATE_DIR || '/run/microvm-agent';
 let agentSeed = Buffer.alloc(0);
 try { agentSeed = fs.readFileSync(path.join(stateDir, 'seed')); } catch (_) { /* build VM: none yet */ }
 
-// HMAC-SHA256(agent seed, kernel bytes): different per clone if either is.
+// HMAC-SHA256(agent seed, OpenSSL's bytes): different per clone if either is.
 function randomBytesPerVm(n) {
   const out = [];
   for (let have = 0; have < n; have += 32) {
@@ -28,6 +36,30 @@ function randomBytesPerVm(n) {
   }
   return Buffer.concat(out).subarray(0, n);
 }
+
+// A Math.random replacement: 53-bit floats from HMAC-SHA256(key, counter).
+function keyedRandom(key) {
+  let counter = 0;
+  let pool = [];
+  return function random() {
+    if (pool.length === 0) {
+      const block = crypto.createHmac('sha256', key).update(String(counter++)).digest();
+      pool = [0, 8, 16, 24].map((i) => Number(block.readBigUInt64BE(i) >> 11n) / 2 ** 53);
+    }
+    return pool.pop();
+  };
+}
+
+// What a library does at import: keeps its own reference (the probe's trap).
+const capturedRandom = Math.random;
+const claims = {
+  'Math.random()': 'safe',
+  'Math.random captured at start-up': 'none',
+  'crypto.randomUUID()': 'none',
+  'crypto.randomBytes()': 'none',
+  'crypto.getRandomValues()': 'none',
+  'randomBytesPerVm()': 'safe',
+};
 
 const port = Number(process.env.PORT || 8080);
 let generation = 0;
@@ -43,6 +75,21 @@ function reply(res, status, body) {
 
 http.createServer((req, res) => {
   if (req.method === 'GET' && req.url === '/healthz') return reply(res, 200, { ok: true });
+  if (req.method === 'GET' && req.url === '/probe') {
+    return reply(res, 200, {
+      runtime: `Node.js ${process.version}`,
+      generation,
+      values: {
+        'Math.random()': String(Math.random()),
+        'Math.random captured at start-up': String(capturedRandom()),
+        'crypto.randomUUID()': crypto.randomUUID(),
+        'crypto.randomBytes()': crypto.randomBytes(16).toString('hex'),
+        'crypto.getRandomValues()': Buffer.from(crypto.getRandomValues(new Uint8Array(16))).toString('hex'),
+        'randomBytesPerVm()': randomBytesPerVm(16).toString('hex'),
+      },
+      claims,
+    });
+  }
   if (req.method === 'GET' && req.url === '/whoami') {
     return reply(res, 200, {
       generation, pid: process.pid, fingerprint, random: Math.random(),
@@ -54,13 +101,19 @@ http.createServer((req, res) => {
     let body = '';
     req.on('data', (c) => { body += c; });
     req.on('end', () => {
-      const event = JSON.parse(body || '{}');
+      let event;
+      try { event = JSON.parse(body || '{}'); } catch (e) { return reply(res, 400, { error: String(e) }); }
+      const before = Math.random === capturedRandom ? fingerprint : Math.random.fingerprint;
       if (['run', 'resume', 'validate'].includes(event.event)) {
         generation = event.generation;
         if (/^[0-9a-f]{64}$/.test(event.seed || '')) agentSeed = Buffer.from(event.seed, 'hex');
+        const key = randomBytesPerVm(32);
+        Math.random = keyedRandom(key);
+        Math.random.fingerprint = key.toString('hex').slice(0, 16);
       }
-      console.log(JSON.stringify({ event: event.event, generation: event.generation, pid: process.pid }));
-      reply(res, 200, { acknowledged: true });
+      const after = Math.random === capturedRandom ? fingerprint : Math.random.fingerprint;
+      console.log(JSON.stringify({ event: event.event, generation: event.generation, pid: process.pid, before, after }));
+      return reply(res, 200, { acknowledged: true });
     });
     return undefined;
   }

@@ -7,18 +7,38 @@ kernel *and* the agent's per-generation seed: under the platform's default capab
 CAP_SYS_ADMIN) and without VMGenID the kernel can hand every clone the same bytes (the agent's
 `kernel_crng` says "not-reseeded"), and the seed, keyed from what differs per clone, cannot.
 `secrets`, `os.urandom` and `uuid.uuid4()` read the kernel on every call: safe only where
-`kernel_crng` is "reseeded" or "platform".
+`kernel_crng` is "reseeded" or "platform". `ssl.RAND_bytes()` draws from OpenSSL's generator in
+this process (cloned state too): the handler feeds it the same mix with `ssl.RAND_add()`.
+A `random.Random()` made at import (yours or a library's) is cloned state that nothing reseeds
+unless your handler does: reseed every instance you keep, as `reseed()` does for `random`.
+
+GET /probe answers the next value of each common generator and what this template claims for it
+("safe": different in every clone after /run and /resume; "kernel": safe only where the kernel
+was reseeded; "none": not clone-safe). tests/runtime_vm.rs measures them in real clones.
 """
 import hashlib
 import json
 import os
 import random
+import secrets
+import ssl
+import sys
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 PORT = int(os.environ.get("PORT", "8080"))
 STATE_DIR = os.environ.get("MICROVM_AGENT_STATE_DIR", "/run/microvm-agent")
 generation = 0
+# A generator made at start-up and never reseeded: what a library keeps (the probe's trap).
+STARTUP_RNG = random.Random()
+CLAIMS = {
+    "random.random()": "safe",
+    "random.Random() made at start-up": "none",
+    "uuid.uuid4()": "kernel",
+    "secrets.token_hex()": "kernel",
+    "os.urandom()": "kernel",
+    "ssl.RAND_bytes()": "safe",
+}
 
 
 def fingerprint():
@@ -35,7 +55,10 @@ def reseed(agent_seed_hex):
                 agent_seed = f.read()
         except OSError:
             agent_seed = b""
-    random.seed(os.urandom(32) + agent_seed)
+    mix = os.urandom(32) + agent_seed
+    random.seed(mix)
+    # OpenSSL's generator: RAND_add reseeds it with the mix (Python's ssl module, OpenSSL 3).
+    ssl.RAND_add(hashlib.sha256(mix).digest(), 32.0)
     # With NumPy: np.random.seed(int.from_bytes(hashlib.sha256(os.urandom(32) + agent_seed)
     # .digest()[:4], "little")), and replace any np.random.default_rng() you keep the same way.
 
@@ -44,6 +67,19 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/healthz":
             return self.reply(200, {"ok": True})
+        if self.path == "/probe":
+            values = {
+                "random.random()": random.random(),
+                "random.Random() made at start-up": STARTUP_RNG.random(),
+                "uuid.uuid4()": str(uuid.uuid4()),
+                "secrets.token_hex()": secrets.token_hex(16),
+                "os.urandom()": os.urandom(16).hex(),
+                "ssl.RAND_bytes()": ssl.RAND_bytes(16).hex(),
+            }
+            return self.reply(200, {"runtime": "Python " + sys.version.split()[0],
+                                    "generation": generation,
+                                    "values": {k: str(v) for k, v in values.items()},
+                                    "claims": CLAIMS})
         if self.path == "/whoami":
             return self.reply(200, {"generation": generation, "random": random.random(),
                                     "uuid": str(uuid.uuid4()), "fingerprint": fingerprint(),

@@ -35,3 +35,24 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Whether `tool` runs here. For `go`: a Go new enough for the Go template's `go.mod` (1.24:
+/// `math/rand/v2`, and the `rand.Seed` semantics its comments describe); Debian 12's 1.19 is not.
+pub fn have_tool(tool: &str) -> bool {
+    use std::process::Command;
+    if tool == "go" {
+        let out = Command::new("go").arg("version").output();
+        let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+        let minor = text.ok().and_then(|t| {
+            let v = t
+                .split_whitespace()
+                .nth(2)?
+                .strip_prefix("go1.")?
+                .to_string();
+            v.split('.').next()?.parse::<u32>().ok()
+        });
+        return minor.is_some_and(|m| m >= 24);
+    }
+    Command::new(tool).arg("--version").output().is_ok()
+        || Command::new(tool).arg("-version").output().is_ok()
+}

@@ -6,7 +6,13 @@
 #   aarch64/                the same for the platform's architecture: Debian's arm64 6.1 kernel and
 #                           e1000.ko, busybox-static:arm64 (all extracted, nothing installed), and
 #                           the static aarch64-unknown-linux-musl agent and fixture
-# and installs qemu-system-x86, qemu-system-arm and busybox-static when they are missing.
+#   runtime/                the runtime clone test's guest (tests/runtime_vm.rs): rootfs.sqfs, a
+#                           read-only root file system from Debian's packages with Python 3,
+#                           Node.js and a Java 17 runtime (debootstrap, cached: delete the directory
+#                           to rebuild it), versions.txt naming them, and the kernel modules that
+#                           mount it (virtio-blk, squashfs)
+# and installs qemu-system-x86, qemu-system-arm, busybox-static, debootstrap and squashfs-tools
+# when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 target_dir=${CARGO_TARGET_DIR:-target}
@@ -17,12 +23,18 @@ pkgs=()
 command -v qemu-system-x86_64 >/dev/null || pkgs+=(qemu-system-x86)
 command -v qemu-system-aarch64 >/dev/null || pkgs+=(qemu-system-arm)
 dpkg -s busybox-static >/dev/null 2>&1 || pkgs+=(busybox-static)
+command -v debootstrap >/dev/null || pkgs+=(debootstrap)
+command -v mksquashfs >/dev/null || pkgs+=(squashfs-tools)
 if [ ${#pkgs[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
 fi
 
-if [ ! -f "$out/vmlinuz" ] || [ ! -f "$out/e1000.ko" ]; then
+rt=$out/runtime
+mods=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk squashfs)
+have_mods=1
+for m in "${mods[@]}"; do [ -f "$rt/$m.ko" ] || have_mods=0; done
+if [ ! -f "$out/vmlinuz" ] || [ ! -f "$out/e1000.ko" ] || [ $have_mods = 0 ]; then
   [ -n "$(apt-cache policy linux-image-amd64 2>/dev/null | grep Candidate)" ] || apt-get update -qq
   image=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
   tmp=$(mktemp -d)
@@ -30,6 +42,29 @@ if [ ! -f "$out/vmlinuz" ] || [ ! -f "$out/e1000.ko" ]; then
   dpkg -x "$tmp"/linux-image-*.deb "$tmp/root"
   cp "$tmp"/root/boot/vmlinuz-* "$out/vmlinuz"
   find "$tmp/root/lib/modules" -name e1000.ko -exec cp {} "$out/e1000.ko" \;
+  mkdir -p "$rt"
+  for m in "${mods[@]}"; do find "$tmp/root/lib/modules" -name "$m.ko" -exec cp {} "$rt/" \; ; done
+  rm -rf "$tmp"
+fi
+
+# The runtime guest's root: Debian's own runtimes, as an image's base layer would carry them.
+# Uncompressed squashfs: read-only by construction, one module to mount, and nothing to
+# decompress under TCG.
+if [ ! -f "$rt/rootfs.sqfs" ]; then
+  tmp=$(mktemp -d)
+  debootstrap --variant=minbase --include=python3,nodejs,openjdk-17-jre-headless \
+    bookworm "$tmp/root" http://deb.debian.org/debian >"$tmp/debootstrap.log" 2>&1 \
+    || { tail -20 "$tmp/debootstrap.log"; exit 1; }
+  rm -rf "$tmp"/root/usr/share/{doc,man,locale,info} "$tmp"/root/var/cache/apt/* "$tmp"/root/var/lib/apt/lists/*
+  mount -t proc proc "$tmp/root/proc"
+  {
+    chroot "$tmp/root" python3 --version
+    echo "Node.js $(chroot "$tmp/root" node --version)"
+    chroot "$tmp/root" java -version 2>&1 | head -2 | tail -1
+  } > "$rt/versions.txt"
+  umount "$tmp/root/proc"
+  mksquashfs "$tmp/root" "$rt/rootfs.sqfs.new" -noappend -noI -noD -noF -noX -quiet >/dev/null
+  mv "$rt/rootfs.sqfs.new" "$rt/rootfs.sqfs"
   rm -rf "$tmp"
 fi
 
@@ -60,4 +95,4 @@ rustup target add aarch64-unknown-linux-musl >/dev/null 2>&1
 cargo build -q --release --target aarch64-unknown-linux-musl -p microvm-agent --bin microvm-agent --example mva-fixture
 cp "$target_dir/aarch64-unknown-linux-musl/release/microvm-agent" "$arm/"
 cp "$target_dir/aarch64-unknown-linux-musl/release/examples/mva-fixture" "$arm/"
-echo "prepared $(ls "$out" | tr '\n' ' ')in $out; $(ls "$arm" | tr '\n' ' ')in $arm"
+echo "prepared $(ls "$out" | tr '\n' ' ')in $out; $(ls "$arm" | tr '\n' ' ')in $arm; $(ls "$rt" | tr '\n' ' ')in $rt"

@@ -5,7 +5,13 @@
 //! same numbers. The fix: replace it when the agent announces a new generation, seeded from the
 //! kernel *and* the agent's per-generation seed ("seed" in the event): under the platform's
 //! default capabilities and without VMGenID, `OsRng` can return the same bytes in every clone;
-//! the seed cannot.
+//! the seed cannot. `rand::rng()` is seeded from `OsRng` once per thread: in this
+//! thread-per-connection server every request gets a fresh one (safe only where the kernel was
+//! reseeded); in a long-lived thread (a pool, an async runtime's worker) it is cloned state.
+//!
+//! GET /probe answers the next value of each common generator and what this template claims for
+//! it ("safe", "kernel": safe only where the kernel was reseeded, "none"); tests/runtime_vm.rs
+//! measures them in real clones.
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::sync::Mutex;
@@ -15,6 +21,33 @@ use rand::{Rng, SeedableRng, TryRngCore};
 
 static RNG: Mutex<Option<StdRng>> = Mutex::new(None);
 static GENERATION: Mutex<u64> = Mutex::new(0);
+/// Made at start-up and never replaced: what a library keeps (the probe's trap).
+static STARTUP: Mutex<Option<StdRng>> = Mutex::new(None);
+
+const CLAIMS: [(&str, &str); 4] = [
+    ("StdRng kept by the app (replaced by the handler)", "safe"),
+    ("StdRng made at start-up", "none"),
+    ("rand::rng() in a new thread", "kernel"),
+    ("OsRng", "kernel"),
+];
+
+fn probe() -> String {
+    let mut os = [0u8; 16];
+    rand::rngs::OsRng.try_fill_bytes(&mut os).expect("getrandom");
+    let values = [
+        RNG.lock().unwrap().as_mut().expect("seeded").random::<u64>().to_string(),
+        STARTUP.lock().unwrap().as_mut().expect("seeded").random::<u64>().to_string(),
+        rand::rng().random::<u64>().to_string(),
+        os.iter().map(|b| format!("{b:02x}")).collect(),
+    ];
+    let join = |f: &dyn Fn(usize) -> String| (0..CLAIMS.len()).map(f).collect::<Vec<_>>().join(",");
+    format!(
+        r#"{{"runtime":"Rust (rand 0.9)","generation":{},"values":{{{}}},"claims":{{{}}}}}"#,
+        *GENERATION.lock().unwrap(),
+        join(&|i| format!(r#""{}":"{}""#, CLAIMS[i].0, values[i])),
+        join(&|i| format!(r#""{}":"{}""#, CLAIMS[i].0, CLAIMS[i].1)),
+    )
+}
 
 /// The kernel's bytes XOR the agent's seed: uniform if either is, different per clone if the
 /// seed is (two independent 32-byte values; no hash crate needed).
@@ -42,6 +75,7 @@ fn field<'a>(json: &'a str, name: &str) -> &'a str {
 
 fn main() {
     reseed("");
+    *STARTUP.lock().unwrap() = Some(StdRng::from_os_rng());
     let port = std::env::var("PORT").unwrap_or_else(|_| "8080".into());
     let listener = TcpListener::bind(format!("0.0.0.0:{port}")).expect("bind");
     for conn in listener.incoming().flatten() {
@@ -67,6 +101,7 @@ fn main() {
             let body = String::from_utf8_lossy(&body).into_owned();
             let (status, text) = match line.split_whitespace().nth(1).unwrap_or("/") {
                 "/healthz" => ("200 OK", r#"{"ok":true}"#.to_string()),
+                "/probe" => ("200 OK", probe()),
                 "/whoami" => {
                     let value: u64 = RNG.lock().unwrap().as_mut().expect("seeded").random();
                     let g = *GENERATION.lock().unwrap();

@@ -6,8 +6,9 @@
 //!
 //! ## Map
 //! One folder per subsystem; dependencies point one way, down this table:
-//! `http -> hooks -> clone -> supervise -> sys` (`config` beside `sys`). `tests/layout.rs`
-//! checks it, and lists the back edge still to cut (the supervisor still reaches the `Agent`).
+//! `http -> hooks -> clone -> supervise -> sys` (`config` beside `sys`), with no back edge:
+//! `tests/layout.rs` checks every `crate::` path. What crosses upwards is a value or a callback
+//! bound here in the wiring (the restore watcher's callback, the supervisor's `LingerWhen`).
 //!
 //! | module | responsibility |
 //! |---|---|
@@ -25,7 +26,9 @@
 //! | `clone::machine` | what the machine offers for clone safety (CAP_SYS_ADMIN, VMGenID, vmclock, RNG) |
 //! | `clone::restore` | noticing a restore without a hook (vmclock, VMGenID uevent, clock steps) |
 //! | `supervise::supervisor` (+ `phase`) | the app's life: restart policy, the one stop path, leftovers, linger |
-//! | `supervise::{reaper, spawn, helper, proctree, probe}` | the only `waitpid`; starting the app and helpers; the process tree; readiness probes and warm-up requests |
+//! | `supervise::handle` | `AppHandle`: what the rest of the agent holds of the app (health, view, last probe, restart and wait, wait until gone) |
+//! | `supervise::launcher` | `Launcher`: the one place that starts processes (the app and every helper), as the run-as user, watched by the reaper |
+//! | `supervise::{reaper, spawn, helper, proctree, probe}` | the only `waitpid`; `fork`/`exec` and a helper's time limit; the process tree; readiness probes and warm-up requests |
 //! | `sys::{state_files, clock, logwriter, signals, client, platform_env}` | atomic files; freeze-aware timers and RFC 3339; the non-blocking log; the signalfd and `kill`; the HTTP client (no pool); the platform's environment |
 //! | `config` | CLI + env + TOML into one validated, immutable [`config::Config`]; errors name the key |
 //!
@@ -54,7 +57,8 @@
 //! - **One thread.** The tokio runtime is current-thread; the agent's memory is in every snapshot.
 //! - **No panic takes the hook port down.** Hook work runs in its own task (a panic answers 500),
 //!   and locks are taken with `lock()`, which ignores poisoning.
-//! - **Exactly one `waitpid`** (the reaper); everyone else learns of exits from it.
+//! - **Exactly one `waitpid`** (the reaper); everyone else learns of exits from it, and every
+//!   process is started by the `Launcher`, which registers it with the reaper before any await.
 //! - **Stop signals go to the app's process group** (and to descendants that left it); SIGKILL
 //!   follows `stop_timeout`; the agent exits as soon as the tree is gone.
 //! - **No outbound connection outlives a request**: nothing pooled can be stale after a restore.
@@ -84,13 +88,14 @@ use std::sync::Arc;
 
 use nix::sys::signal::Signal;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use config::Config;
+use hooks::lifecycle::State;
 use hooks::Agent;
+use supervise::handle::AppHandle;
+use supervise::launcher::Launcher;
 use supervise::reaper::Reaper;
 use supervise::supervisor::Supervisor;
-use supervise::Health;
 use sys::signals::Signals;
 
 /// sysexits' EX_USAGE: the configuration is wrong (here: a user that does not exist).
@@ -131,24 +136,25 @@ pub async fn run(
     };
     let reaper = Arc::new(Reaper::default());
     let sidecar = config.app.is_none();
-    let (health_tx, health_rx) = watch::channel(if sidecar {
-        Health::Up
-    } else {
-        Health::Starting
-    });
-    let (view_tx, view_rx) = watch::channel(supervise::supervisor::AppView::default());
-    let (commands_tx, mut commands) = tokio::sync::mpsc::unbounded_channel();
-    let app = config.app.clone();
-    let links = hooks::Links {
-        health: health_rx,
-        app: view_rx,
+    let (handle, publisher, mut commands) = AppHandle::new(sidecar);
+    let launcher = Launcher {
         reaper: reaper.clone(),
-        last_probe: Arc::default(),
-        commands: commands_tx,
         run_as,
+        state_dir: config.state_dir.clone(),
+    };
+    let (app, ready) = (config.app.clone(), config.ready.clone());
+    let links = hooks::Links {
+        app: handle,
+        launcher: launcher.clone(),
     };
     let agent = Agent::new(config, links);
-    let mut sup = app.map(|app| Supervisor::new(app, agent.clone(), health_tx, view_tx));
+    // An app gone for good lingers (so that `/ready` can say 500) while a build polls before
+    // `/run`: the hooks know that, the supervisor does not.
+    let hooks_view = agent.clone();
+    let linger_when = Box::new(move || {
+        matches!(hooks_view.state(), State::Booting | State::Ready) && hooks_view.ready_polled()
+    });
+    let mut sup = app.map(|app| Supervisor::new(app, ready, launcher, publisher, linger_when));
     if let Some(s) = &mut sup {
         if let Err(e) = s.start() {
             tracing::error!(error = %e.message, code = e.code, "cannot start the app");

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 /// Straight to the stderr handle: `cargo test` captures `eprintln!` of passing tests, and CI's log
 /// must show the values each clone was compared on.
-
 macro_rules! say {
     ($($arg:tt)*) => {{
         use std::io::Write as _;

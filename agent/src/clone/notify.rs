@@ -16,31 +16,23 @@
 //!   directory.
 
 use std::ffi::OsString;
-use std::path::Path;
-use std::time::Duration;
 
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::json;
-use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::clone::generation::Generation;
 use crate::config::{Event, Notify};
-use crate::supervise::helper::{self, HelperSpec};
-use crate::supervise::reaper::Reaper;
-use crate::supervise::spawn::RunAs;
-use crate::supervise::supervisor::Command;
-use crate::supervise::Health;
+use crate::supervise::handle::AppHandle;
+use crate::supervise::launcher::Launcher;
 use crate::sys::client;
 
 pub struct Ctx<'a> {
-    pub state_dir: &'a Path,
-    pub reaper: &'a Reaper,
-    pub run_as: Option<&'a RunAs>,
-    pub app_pid: Option<i32>,
-    pub commands: &'a mpsc::UnboundedSender<Command>,
-    pub health: watch::Receiver<Health>,
+    /// Starts the exec channel's command.
+    pub launcher: &'a Launcher,
+    /// The app: its pid for the signal channel, and the restart for `restart_on`.
+    pub app: &'a AppHandle,
 }
 
 /// Which channels acknowledged, and which did not (with why).
@@ -115,7 +107,9 @@ pub async fn notify(
     let signal = async {
         let sig = cfg.signal.filter(|_| !restarting)?;
         let r = match ctx
-            .app_pid
+            .app
+            .view()
+            .pid
             .map(|pid| crate::sys::signals::kill(pid, sig as i32))
         {
             Some(Ok(())) => Ok(()),
@@ -134,14 +128,7 @@ pub async fn notify(
             ("MICROVM_ID", microvm_id.unwrap_or_default().to_string()),
             ("MICROVM_SEED", (*seed_hex).clone().unwrap_or_default()),
         ];
-        let spec = HelperSpec {
-            argv: &argv,
-            run_as: ctx.run_as,
-            state_dir: ctx.state_dir,
-            env,
-            capture: false,
-        };
-        let r = match helper::run(ctx.reaper, spec, limit).await {
+        let r = match ctx.launcher.helper(&argv, env, false, limit).await {
             Ok(done) if done.exit.success() => Ok(()),
             Ok(done) => Err(format!("the command ended with {}", done.exit)),
             Err(e) => Err(e),
@@ -152,10 +139,7 @@ pub async fn notify(
         if !restarting {
             return None;
         }
-        Some((
-            "restart",
-            restart(ctx.commands, ctx.health.clone(), limit).await,
-        ))
+        Some(("restart", ctx.app.restart_and_wait(limit).await))
     };
     let (a, b, c, d) = tokio::join!(http, signal, exec, restart);
     let mut outcome = Outcome::default();
@@ -166,34 +150,4 @@ pub async fn notify(
         }
     }
     outcome
-}
-
-/// Restarts the app and waits until the new instance is ready (or `limit` passes).
-async fn restart(
-    commands: &mpsc::UnboundedSender<Command>,
-    mut health: watch::Receiver<Health>,
-    limit: Duration,
-) -> Result<(), String> {
-    let work = async {
-        let (tx, rx) = oneshot::channel();
-        commands
-            .send(Command::Restart(tx))
-            .map_err(|_| "the supervisor is gone".to_string())?;
-        if !rx.await.unwrap_or(false) {
-            return Err("the app is not running, so it cannot be restarted".to_string());
-        }
-        // The restart marks the app Starting before it answers; wait for its readiness.
-        health.mark_unchanged();
-        health
-            .wait_for(|h| *h != Health::Starting)
-            .await
-            .map_err(|_| "the supervisor is gone".to_string())?;
-        match *health.borrow() {
-            Health::Up => Ok(()),
-            _ => Err("the restarted app failed".to_string()),
-        }
-    };
-    tokio::time::timeout(limit, work)
-        .await
-        .unwrap_or_else(|_| Err(format!("the restarted app was not ready within {limit:?}")))
 }

@@ -17,9 +17,7 @@ use zeroize::Zeroize;
 
 use crate::clone::generation::{Generation, Generations};
 use crate::config::{Encoding, Secret, SecretSource};
-use crate::supervise::helper::{self, HelperSpec};
-use crate::supervise::reaper::Reaper;
-use crate::supervise::spawn::RunAs;
+use crate::supervise::launcher::Launcher;
 use crate::sys::state_files;
 
 /// A secret that could not be produced: which one, and why (never its value).
@@ -27,12 +25,6 @@ use crate::sys::state_files;
 pub struct Failure {
     pub name: String,
     pub reason: String,
-}
-
-pub struct Ctx<'a> {
-    pub state_dir: &'a Path,
-    pub reaper: &'a Reaper,
-    pub run_as: Option<&'a RunAs>,
 }
 
 pub fn dir(state_dir: &Path) -> PathBuf {
@@ -46,15 +38,15 @@ pub async fn stage(
     secrets: &[Secret],
     generations: &Generations,
     generation: &Generation,
-    ctx: &Ctx<'_>,
+    launcher: &Launcher,
     deadline: Instant,
 ) -> Result<Vec<state_files::Staged>, Failure> {
     let mut staged = Vec::with_capacity(secrets.len());
     if secrets.is_empty() {
         return Ok(staged);
     }
-    let dir = dir(ctx.state_dir);
-    let owner = ctx.run_as.map(|u| (u.uid, u.gid));
+    let dir = dir(&launcher.state_dir);
+    let owner = launcher.owner();
     let prepared = fs::create_dir_all(&dir)
         .and_then(|()| fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)))
         .and_then(|()| match owner {
@@ -87,15 +79,11 @@ pub async fn stage(
                     ("MICROVM_GENERATION", generation.generation.to_string()),
                     ("MICROVM_SECRET", secret.name.clone()),
                 ];
-                let spec = HelperSpec {
-                    argv: &argv,
-                    run_as: ctx.run_as,
-                    state_dir: ctx.state_dir,
-                    env,
-                    capture: true,
-                };
                 let limit = deadline.saturating_duration_since(Instant::now());
-                let mut done = helper::run(ctx.reaper, spec, limit).await.map_err(fail)?;
+                let mut done = launcher
+                    .helper(&argv, env, true, limit)
+                    .await
+                    .map_err(fail)?;
                 if !done.exit.success() {
                     done.stdout.zeroize();
                     return Err(fail(format!("the command ended with {}", done.exit)));
@@ -136,7 +124,7 @@ pub fn scrub(secrets: &[Secret], state_dir: &Path) -> Scrubbed {
 }
 
 /// The largest value an `exec` secret may have (its command's whole stdout).
-pub const MAX_VALUE: usize = helper::CAPTURE_LIMIT;
+pub const MAX_VALUE: usize = crate::supervise::helper::CAPTURE_LIMIT;
 
 /// An `exec` secret's value from its command's stdout: exactly those bytes (a trailing newline
 /// included), or, over [`MAX_VALUE`], the reason and nothing: a cut value is never published.

@@ -12,16 +12,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::StatusCode;
 use serde_json::{json, Map, Value};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::clone::generation::Generations;
 use crate::config::{Config, Event};
 use crate::hooks::lifecycle::{Health, Hook, Machine, State, Verdict};
-use crate::supervise::reaper::Reaper;
-use crate::supervise::spawn::RunAs;
-use crate::supervise::supervisor::AppView;
-use crate::supervise::supervisor::Command;
+use crate::supervise::handle::AppHandle;
+use crate::supervise::launcher::Launcher;
 use crate::sys::state_files;
 use budget::Missed;
 
@@ -55,16 +53,10 @@ struct HookStat {
 
 /// What connects the agent to the rest of the process (built in `lib::run`).
 pub struct Links {
-    /// The app's health, published by the supervisor (always `Up` in sidecar mode).
-    pub health: watch::Receiver<Health>,
-    /// The app as the supervisor last published it (default in sidecar mode).
-    pub app: watch::Receiver<AppView>,
-    pub reaper: Arc<Reaper>,
-    /// The readiness probe's last failed attempt, written by the probe task.
-    pub last_probe: Arc<Mutex<Option<String>>>,
-    /// Requests to the event loop (restart the app for `restart_on`, re-arm after a resume).
-    pub commands: mpsc::UnboundedSender<Command>,
-    pub run_as: Option<RunAs>,
+    /// The app as the supervisor publishes it, and the restart for `restart_on`.
+    pub app: AppHandle,
+    /// Starts helper commands (notify and secret commands).
+    pub launcher: Launcher,
 }
 
 pub struct Agent {
@@ -156,7 +148,7 @@ impl Agent {
     }
 
     fn health(&self) -> Health {
-        *self.links.health.borrow()
+        self.links.app.health()
     }
 
     /// Answers one hook, always before its deadline.
@@ -253,7 +245,7 @@ impl Agent {
                 if caller != Caller::Public {
                     self.failure_reported.notify_one();
                 }
-                let app = self.links.app.borrow().clone();
+                let app = self.links.app.view();
                 Answer::with(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "failed",
@@ -261,7 +253,7 @@ impl Agent {
                 )
             }
             Verdict::NotYet(why) => {
-                let probe = crate::sys::lock(&self.links.last_probe).clone();
+                let probe = self.links.app.last_probe();
                 Answer::with(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "not-ready",
@@ -396,7 +388,7 @@ impl Agent {
                 if hook == Hook::Run { "ok" } else { "resumed" },
                 json!({ "generation": g.generation, "id": g.id, "microvm_id": g.microvm_id, "kernel_reseed": g.kernel_reseed, "kernel_crng": g.kernel_crng, "since_suspend": frozen }),
             ),
-            Err(answer) => answer,
+            Err(e) => e.into(),
         }
     }
 
@@ -432,6 +424,6 @@ impl Agent {
 
     /// Files only the app may read belong to the app's user.
     fn app_owner(&self) -> Option<(u32, u32)> {
-        self.links.run_as.as_ref().map(|u| (u.uid, u.gid))
+        self.links.launcher.owner()
     }
 }

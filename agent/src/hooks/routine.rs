@@ -45,6 +45,62 @@ const SEED_BYTES: usize = 32;
 /// A restore noticed this soon after a hook's routine is the same restore: not redone.
 const SAME_RESTORE: Duration = Duration::from_secs(2);
 
+/// Why the routine did not end with an acknowledged generation. What each means for the hook is
+/// for the caller to say (`Answer::from`): the routine knows nothing of HTTP.
+#[derive(Debug)]
+pub enum RoutineError {
+    /// No randomness from the OS: no generation was made.
+    Entropy(String),
+    /// A secret could not be produced: nothing was switched in or published.
+    Secret { name: String, reason: String },
+    /// The state directory refused the seed (nothing switched in) or the generation file.
+    StateDir(String),
+    /// The generation exists and was published, but the app did not acknowledge it.
+    NotAcknowledged { generation: u64, outcome: Outcome },
+}
+
+impl RoutineError {
+    /// The one-word outcome for logs, `/status` and the answer.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            RoutineError::Entropy(_) => "entropy-failed",
+            RoutineError::Secret { .. } => "secret-failed",
+            RoutineError::StateDir(_) => "state-dir-error",
+            RoutineError::NotAcknowledged { .. } => "not-acknowledged",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            RoutineError::Entropy(e) | RoutineError::StateDir(e) => e.clone(),
+            RoutineError::Secret { name, reason } => {
+                format!("secret \"{name}\" could not be produced: {reason}")
+            }
+            RoutineError::NotAcknowledged { outcome, .. } => unacknowledged(outcome),
+        }
+    }
+}
+
+fn unacknowledged(outcome: &Outcome) -> String {
+    format!("the app did not acknowledge: {}", outcome.summary())
+}
+
+impl From<RoutineError> for Answer {
+    fn from(e: RoutineError) -> Answer {
+        let mut answer = Answer::error(StatusCode::INTERNAL_SERVER_ERROR, e.outcome(), e.message());
+        if let RoutineError::NotAcknowledged {
+            generation,
+            outcome,
+        } = e
+        {
+            answer.extra["failed"] = json!(outcome.failed);
+            // The generation exists (published, the app may have seen it): say which it is.
+            answer.extra["generation"] = json!(generation);
+        }
+        answer
+    }
+}
+
 /// What `/status` shows of the last routine: its steps in the order they ran, with their times.
 struct Record {
     steps: Vec<(&'static str, u64)>,
@@ -65,14 +121,14 @@ impl Record {
 }
 
 impl Agent {
-    /// Runs the routine. `Err` is the hook's answer when a step failed.
+    /// Runs the routine; `Err` says which step failed (recorded for `/status` too).
     pub(crate) async fn new_generation(
         &self,
         event: Event,
         reason: &'static str,
         inputs: &[&[u8]],
         deadline: Instant,
-    ) -> Result<Generation, Answer> {
+    ) -> Result<Generation, RoutineError> {
         let mut rec = Record::new(reason);
         let microvm_id = crate::sys::lock(&self.microvm_id).clone();
 
@@ -120,22 +176,17 @@ impl Agent {
             Ok(g) => g,
             Err(e) => {
                 tracing::error!(error = %e, "no randomness from the OS: no new generation");
-                return Err(self.failed(rec, "entropy-failed", e));
+                return Err(self.failed(rec, RoutineError::Entropy(e)));
             }
         };
         rec.fields["generation"] = json!(generation.generation);
 
         let t = Instant::now();
-        let ctx = secrets::Ctx {
-            state_dir: &self.config.state_dir,
-            reaper: &self.links.reaper,
-            run_as: self.links.run_as.as_ref(),
-        };
         let rotated = secrets::stage(
             &self.config.secrets,
             &self.generations,
             &generation,
-            &ctx,
+            &self.links.launcher,
             deadline,
         )
         .await;
@@ -144,8 +195,13 @@ impl Agent {
             Ok(staged) => staged,
             Err(f) => {
                 tracing::error!(secret = %f.name, reason = %f.reason, "a secret could not be produced; the new generation is not published");
-                let message = format!("secret \"{}\" could not be produced: {}", f.name, f.reason);
-                return Err(self.failed(rec, "secret-failed", message));
+                return Err(self.failed(
+                    rec,
+                    RoutineError::Secret {
+                        name: f.name,
+                        reason: f.reason,
+                    },
+                ));
             }
         };
         let rotated = staged.len();
@@ -173,8 +229,7 @@ impl Agent {
             tracing::error!(error = %e, "cannot write the seed; the new generation is not published");
             return Err(self.failed(
                 rec,
-                "state-dir-error",
-                format!("cannot write the seed: {e}"),
+                RoutineError::StateDir(format!("cannot write the seed: {e}")),
             ));
         }
 
@@ -213,8 +268,7 @@ impl Agent {
             tracing::error!(error = %e, "cannot publish the generation");
             return Err(self.failed(
                 rec,
-                "state-dir-error",
-                format!("cannot publish the generation: {e}"),
+                RoutineError::StateDir(format!("cannot publish the generation: {e}")),
             ));
         }
         rec.step("publish", t);
@@ -234,10 +288,11 @@ impl Agent {
             secrets = rotated,
             "new generation"
         );
-        if let Err(mut answer) = self.check_ack(event, &outcome) {
-            // The generation exists (published, the app may have seen it): say which it is.
-            answer.extra["generation"] = json!(generation.generation);
-            return Err(answer);
+        if !self.acknowledged(event, &outcome) {
+            return Err(RoutineError::NotAcknowledged {
+                generation: generation.generation,
+                outcome,
+            });
         }
         Ok(generation)
     }
@@ -252,10 +307,10 @@ impl Agent {
         *crate::sys::lock(&self.last_routine) = v;
     }
 
-    fn failed(&self, mut rec: Record, outcome: &'static str, message: String) -> Answer {
-        rec.fields["error"] = json!(message);
+    fn failed(&self, mut rec: Record, e: RoutineError) -> RoutineError {
+        rec.fields["error"] = json!(e.message());
         self.keep(rec);
-        Answer::error(StatusCode::INTERNAL_SERVER_ERROR, outcome, message)
+        e
     }
 
     /// Tells the app about `event` (no new generation: suspend, terminate).
@@ -273,12 +328,8 @@ impl Agent {
         let generation = generation.or(current.as_ref());
         let microvm_id = crate::sys::lock(&self.microvm_id).clone();
         let ctx = notify::Ctx {
-            state_dir: &self.config.state_dir,
-            reaper: &self.links.reaper,
-            run_as: self.links.run_as.as_ref(),
-            app_pid: self.links.app.borrow().pid,
-            commands: &self.links.commands,
-            health: self.links.health.clone(),
+            launcher: &self.links.launcher,
+            app: &self.links.app,
         };
         let outcome = notify::notify(
             &self.config.notify,
@@ -299,16 +350,21 @@ impl Agent {
     /// A missing acknowledgement is a failure of the hook, except that for a hook in `fail_on`
     /// `on_timeout = "continue"` waives it. (For the other hooks it is always reported, and
     /// `fail_policy` turns it into a 200 that says so.)
-    pub(crate) fn check_ack(&self, event: Event, outcome: &Outcome) -> Result<(), Answer> {
+    pub(crate) fn acknowledged(&self, event: Event, outcome: &Outcome) -> bool {
         let waived = self.config.hooks.fails_on(event)
             && self.config.notify.on_timeout == OnTimeout::Continue;
-        if outcome.ok() || waived {
+        outcome.ok() || waived
+    }
+
+    /// The answer for a hook (no generation: `/suspend`) whose event the app did not acknowledge.
+    pub(crate) fn check_ack(&self, event: Event, outcome: &Outcome) -> Result<(), Answer> {
+        if self.acknowledged(event, outcome) {
             return Ok(());
         }
         Err(Answer::with(
             StatusCode::INTERNAL_SERVER_ERROR,
             "not-acknowledged",
-            json!({ "error": format!("the app did not acknowledge: {}", outcome.summary()), "failed": outcome.failed }),
+            json!({ "error": unacknowledged(outcome), "failed": outcome.failed }),
         ))
     }
 
@@ -318,7 +374,7 @@ impl Agent {
         event: Event,
         inputs: &[&[u8]],
         deadline: Instant,
-    ) -> Result<Generation, Answer> {
+    ) -> Result<Generation, RoutineError> {
         *crate::sys::lock(&self.last_hook_routine) = Some(Instant::now());
         self.new_generation(event, event.as_str(), inputs, deadline)
             .await
@@ -366,8 +422,6 @@ impl Agent {
 mod tests {
     use std::sync::Arc;
 
-    use tokio::sync::{mpsc, watch};
-
     use super::*;
     use crate::hooks::lifecycle::Health;
     use crate::hooks::Links;
@@ -380,12 +434,12 @@ mod tests {
         let config =
             crate::config::from_table(&text.parse().unwrap(), &Default::default(), None).unwrap();
         let links = Links {
-            health: watch::channel(Health::Up).1,
-            app: watch::channel(Default::default()).1,
-            reaper: Arc::default(),
-            last_probe: Arc::default(),
-            commands: mpsc::unbounded_channel().0,
-            run_as: None,
+            app: crate::supervise::handle::AppHandle::new(true).0,
+            launcher: crate::supervise::launcher::Launcher {
+                reaper: Arc::default(),
+                run_as: None,
+                state_dir: config.state_dir.clone(),
+            },
         };
         Agent::new(config, links)
     }
@@ -477,7 +531,7 @@ mod tests {
             .new_generation(Event::Run, "run", &[], deadline)
             .await
             .unwrap_err();
-        assert_eq!(err.outcome, "secret-failed");
+        assert_eq!(err.outcome(), "secret-failed");
         assert_eq!(
             steps(&a),
             ["kernel", "generator", "secrets"],

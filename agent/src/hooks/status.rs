@@ -33,12 +33,9 @@ impl Agent {
         if self.config.app.is_none() {
             return Value::Null;
         }
-        let mut v = serde_json::to_value(self.links.app.borrow().clone()).unwrap_or_default();
+        let mut v = serde_json::to_value(self.links.app.view()).unwrap_or_default();
         if let Value::Object(m) = &mut v {
-            m.insert(
-                "last_probe".into(),
-                json!(*crate::sys::lock(&self.links.last_probe)),
-            );
+            m.insert("last_probe".into(), json!(self.links.app.last_probe()));
         }
         v
     }

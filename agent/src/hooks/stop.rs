@@ -62,16 +62,15 @@ impl Agent {
                 "already-terminating"
             })
         } else {
-            let mut app = self.links.app.clone();
-            let gone = tokio::time::timeout_at(deadline, app.wait_for(|a| a.pid.is_none())).await;
-            let view = self.links.app.borrow().clone();
+            let gone = self.links.app.wait_gone(deadline).await;
+            let view = self.links.app.view();
             match gone {
-                Ok(_) => Answer::with(
+                true => Answer::with(
                     StatusCode::OK,
                     "stopped",
                     json!({ "exit_code": view.last_exit_code }),
                 ),
-                Err(_) => Answer::with(StatusCode::OK, "stopping", json!({ "pid": view.pid })),
+                false => Answer::with(StatusCode::OK, "stopping", json!({ "pid": view.pid })),
             }
         };
         if let Some(app) = app {

@@ -39,14 +39,9 @@ impl Agent {
         if start {
             // The validate VM is a clone too: it gets its own generation before the warm-up, so
             // the requests exercise the app as it will run after /run.
-            if let Err(answer) = self.hook_generation(Event::Validate, &[], deadline).await {
-                *crate::sys::lock(&self.warmup) = Warmup::Failed(
-                    answer.extra["error"]
-                        .as_str()
-                        .unwrap_or("the routine failed")
-                        .to_string(),
-                );
-                return answer;
+            if let Err(e) = self.hook_generation(Event::Validate, &[], deadline).await {
+                *crate::sys::lock(&self.warmup) = Warmup::Failed(e.message());
+                return e.into();
             }
             tracing::info!(
                 requests = requests.requests.len(),

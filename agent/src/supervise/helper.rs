@@ -4,13 +4,13 @@
 
 use std::ffi::OsString;
 use std::os::fd::OwnedFd;
-use std::path::Path;
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 
-use crate::supervise::reaper::{Exit, Reaper};
-use crate::supervise::spawn::{self, Output, RunAs};
+use crate::supervise::launcher::Launcher;
+use crate::supervise::reaper::Exit;
+use crate::supervise::spawn::{self, Output};
 
 /// Kills the helper's process group unless disarmed (the helper exited on its own).
 struct KillOnDrop(Option<i32>);
@@ -35,27 +35,21 @@ pub struct Finished {
     pub stdout: Vec<u8>,
 }
 
-pub struct HelperSpec<'a> {
-    pub argv: &'a [OsString],
-    pub run_as: Option<&'a RunAs>,
-    pub state_dir: &'a Path,
-    pub env: Vec<(&'static str, String)>,
-    pub capture: bool,
-}
-
 /// Runs the helper; `Err` says why it did not finish (could not start, or timed out).
-pub async fn run(
-    reaper: &Reaper,
-    spec: HelperSpec<'_>,
+pub(super) async fn run(
+    launcher: &Launcher,
+    argv: &[OsString],
+    env: Vec<(&'static str, String)>,
+    capture: bool,
     limit: Duration,
 ) -> Result<Finished, String> {
     let spawned = spawn::spawn(spawn::Spec {
-        argv: spec.argv,
-        run_as: spec.run_as,
+        argv,
+        run_as: launcher.run_as.as_ref(),
         workdir: None,
-        state_dir: spec.state_dir,
-        env: spec.env,
-        stdout: if spec.capture {
+        state_dir: &launcher.state_dir,
+        env,
+        stdout: if capture {
             Output::Capture
         } else {
             Output::Null
@@ -64,7 +58,7 @@ pub async fn run(
     })
     .map_err(|e| e.message)?;
     // Before any await: the reaper must know whom to tell.
-    let exited = reaper.watch(spawned.pid);
+    let exited = launcher.reaper.watch(spawned.pid);
     let mut guard = KillOnDrop(Some(spawned.pid));
     let work = async {
         let mut stdout = Vec::new();

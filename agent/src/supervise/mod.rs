@@ -1,8 +1,11 @@
 //! The app's life: the supervisor's state machine (`supervisor`), the one `waitpid` (`reaper`),
-//! starting the app and helper commands (`spawn`, `helper`), the process tree (`proctree`) and
-//! readiness probes and warm-up requests (`probe`).
+//! starting the app and helper commands (`launcher`, over `spawn` and `helper`), what the rest
+//! of the agent holds of the app (`handle`), the process tree (`proctree`) and readiness probes
+//! and warm-up requests (`probe`).
 
+pub mod handle;
 pub mod helper;
+pub mod launcher;
 mod phase;
 pub mod probe;
 pub mod proctree;

@@ -5,16 +5,13 @@
 //! nothing polls (idle means idle; the VM may be snapshotted or suspended for hours).
 
 use std::ffi::OsString;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::config::{Probe, Ready, Validate};
-use crate::supervise::helper::{self, HelperSpec};
-use crate::supervise::reaper::Reaper;
-use crate::supervise::spawn::RunAs;
+use crate::supervise::launcher::Launcher;
 use crate::sys::client;
 
 /// While waiting, the last probe result is logged this often, not on every try.
@@ -22,9 +19,8 @@ const LOG_EVERY: Duration = Duration::from_secs(5);
 
 /// What probes need from the agent.
 pub struct ProbeCtx {
-    pub reaper: Arc<Reaper>,
-    pub state_dir: PathBuf,
-    pub run_as: Option<RunAs>,
+    /// Starts exec probes.
+    pub launcher: Launcher,
     /// The last failed attempt, for `/status`.
     pub last_result: Arc<Mutex<Option<String>>>,
 }
@@ -51,14 +47,7 @@ pub async fn check(probe: &Probe, timeout: Duration, ctx: &ProbeCtx) -> Result<(
         }
         Probe::Exec { command } => {
             let argv: Vec<OsString> = command.iter().map(OsString::from).collect();
-            let spec = HelperSpec {
-                argv: &argv,
-                run_as: ctx.run_as.as_ref(),
-                state_dir: &ctx.state_dir,
-                env: vec![],
-                capture: false,
-            };
-            let done = helper::run(&ctx.reaper, spec, timeout).await?;
+            let done = ctx.launcher.helper(&argv, vec![], false, timeout).await?;
             if done.exit.success() {
                 Ok(())
             } else {

@@ -15,7 +15,6 @@
 //! Draining ends when the app has been reaped and the agent has no child left; orphans are
 //! re-parented to the agent (PID 1 or subreaper), so "no child" means "the whole tree is gone".
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,12 +23,12 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::{App, Ready, Restart};
-use crate::hooks::lifecycle::State;
-use crate::hooks::Agent;
+use crate::supervise::handle::Publisher;
+use crate::supervise::launcher::Launcher;
 use crate::supervise::probe::{self, ProbeCtx};
 use crate::supervise::proctree;
-use crate::supervise::reaper::{Exit, Reaper};
-use crate::supervise::spawn::{self, Output, RunAs, SpawnError};
+use crate::supervise::reaper::Exit;
+use crate::supervise::spawn::SpawnError;
 use crate::supervise::Health;
 
 pub use super::phase::{AppView, Command};
@@ -40,16 +39,25 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long a build-time failure keeps `/ready` answering 500 when nobody asks.
 const FAIL_LINGER: Duration = Duration::from_secs(10);
 
+/// Whether an app gone for good should linger (answer `/ready` 500 a while) before the agent
+/// exits: the wiring asks the hooks (a build that polls, before `/run`), which the supervisor
+/// does not know.
+pub type LingerWhen = Box<dyn Fn() -> bool + Send>;
+
 pub struct Supervisor {
+    /// What to run, and the restart and stop policy.
     app: App,
+    /// The readiness probe, run after every start.
     ready: Ready,
-    state_dir: PathBuf,
-    run_as: Option<RunAs>,
-    reaper: Arc<Reaper>,
-    agent: Arc<Agent>,
+    /// Starts the app and exec probes.
+    launcher: Launcher,
+    /// Where the app's health goes (shared with each start's probe task).
     health: Arc<watch::Sender<Health>>,
+    /// Where `/status` and `/terminate` read the app from.
     view: watch::Sender<AppView>,
+    /// The readiness probe's last failed attempt.
     last_probe: Arc<Mutex<Option<String>>>,
+    linger_when: LingerWhen,
     phase: Phase,
     current: Option<Current>,
     /// The app's process group; kept after the leader is reaped, for its leftovers.
@@ -63,24 +71,22 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    /// The supervisor of `app`; everything else it needs comes from the agent it reports to.
+    /// The supervisor of `app`, publishing through `to`.
     pub fn new(
         app: App,
-        agent: Arc<Agent>,
-        health: watch::Sender<Health>,
-        view: watch::Sender<AppView>,
+        ready: Ready,
+        launcher: Launcher,
+        to: Publisher,
+        linger_when: LingerWhen,
     ) -> Self {
-        let links = agent.links();
         Supervisor {
             app,
-            ready: agent.config.ready.clone(),
-            state_dir: agent.config.state_dir.clone(),
-            run_as: links.run_as.clone(),
-            reaper: links.reaper.clone(),
-            last_probe: links.last_probe.clone(),
-            agent,
-            health: Arc::new(health),
-            view,
+            ready,
+            launcher,
+            health: Arc::new(to.health),
+            view: to.view,
+            last_probe: to.last_probe,
+            linger_when,
             phase: Phase::Running,
             current: None,
             group: None,
@@ -98,22 +104,12 @@ impl Supervisor {
     }
 
     fn spawn_app(&mut self) -> Result<(), SpawnError> {
-        let spawned = spawn::spawn(spawn::Spec {
-            argv: &self.app.command,
-            run_as: self.run_as.as_ref(),
-            workdir: self.app.workdir.as_deref(),
-            state_dir: &self.state_dir,
-            env: vec![],
-            stdout: Output::Inherit,
-            foreground: true,
-        })?;
-        // Before any await: the reaper must know whom to tell.
-        let exited = self.reaper.watch(spawned.pid);
+        let started = self
+            .launcher
+            .app(&self.app.command, self.app.workdir.as_deref())?;
         self.health.send_replace(Health::Starting);
         let ctx = ProbeCtx {
-            reaper: self.reaper.clone(),
-            state_dir: self.state_dir.clone(),
-            run_as: self.run_as.clone(),
+            launcher: self.launcher.clone(),
             last_result: self.last_probe.clone(),
         };
         let (ready, health) = (self.ready.clone(), self.health.clone());
@@ -121,14 +117,14 @@ impl Supervisor {
             probe::until_ready(&ready, &ctx).await;
             health.send_replace(Health::Up);
         });
-        tracing::info!(pid = spawned.pid, attempt = self.restarts, "app started");
+        tracing::info!(pid = started.pid, attempt = self.restarts, "app started");
         self.current = Some(Current {
-            pid: spawned.pid,
+            pid: started.pid,
             started: Instant::now(),
-            exited,
+            exited: started.exited,
             probe,
         });
-        self.group = Some(spawned.pid);
+        self.group = Some(started.pid);
         self.phase = Phase::Running;
         self.publish();
         Ok(())
@@ -319,8 +315,7 @@ impl Supervisor {
             return;
         }
         let code = self.exit_code();
-        let build_time = matches!(self.agent.state(), State::Booting | State::Ready);
-        self.phase = if !self.stopping && build_time && self.agent.ready_polled() {
+        self.phase = if !self.stopping && (self.linger_when)() {
             tracing::info!(
                 linger_s = FAIL_LINGER.as_secs(),
                 "the app is gone before /run: answering /ready 500 so the build fails fast"

@@ -13,7 +13,9 @@
 //! | module | responsibility |
 //! |---|---|
 //! | `cli` | the command: configuration (exit 64), logging, `--check`, the current-thread runtime |
-//! | [`run`] (here) | wiring, and the one event loop: signals, deadlines, stop requests, commands |
+//! | [`run`] (here) | `boot::wire()`, the hook port's task, then the event loop |
+//! | `boot` | wiring: builds every part once and hands each what it needs |
+//! | `event_loop` | the one event loop, both modes: one method per arm (signals, deadlines, stop requests, the linger's end, commands) |
 //! | `http::accept` | the hook port: accept loop, `TCP_NODELAY`, header and body deadlines, connection table |
 //! | `http::routes` | HTTP surface: routes, methods, origin check, body limit, JSON answers |
 //! | `hooks` | the `Agent`: shared state and what each hook does, the failure policy (`fail_on`) |
@@ -75,27 +77,21 @@
 // Every `unsafe` block says why it is sound (SAFETY comments), enforced.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+mod boot;
 pub mod cli;
 pub mod clone;
 pub mod config;
+mod event_loop;
 pub mod hooks;
 pub mod http;
 pub mod supervise;
 pub mod sys;
 
 use std::future::Future;
-use std::sync::Arc;
 
-use nix::sys::signal::Signal;
 use tokio::net::TcpListener;
 
 use config::Config;
-use hooks::lifecycle::State;
-use hooks::Agent;
-use supervise::handle::AppHandle;
-use supervise::launcher::Launcher;
-use supervise::reaper::Reaper;
-use supervise::supervisor::Supervisor;
 use sys::signals::Signals;
 
 /// sysexits' EX_USAGE: the configuration is wrong (here: a user that does not exist).
@@ -111,133 +107,22 @@ pub const EX_OSERR: i32 = 71;
 pub async fn run(
     config: Config,
     listener: TcpListener,
-    mut signals: Signals,
+    signals: Signals,
     shutdown: impl Future<Output = ()>,
 ) -> i32 {
-    if let Err(e) = sys::state_files::prepare(&config.state_dir) {
-        // Not fatal: the hooks still answer, and the ones that need the directory say why they fail.
-        tracing::error!(error = %e, dir = %config.state_dir.display(), "cannot prepare the state directory");
-    }
-    if std::process::id() != 1 {
-        // Orphans of the app must still be reaped (and waited for) by us, not by the host's init.
-        if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
-            tracing::warn!(error = %e, "cannot become a child subreaper; orphans go to init");
-        }
-    }
-    let run_as = match config.app.as_ref().and_then(|a| a.user.as_ref()) {
-        Some(spec) => match supervise::spawn::resolve_user(spec) {
-            Ok(u) => Some(u),
-            Err(e) => {
-                eprintln!("microvm-agent: configuration error: app.user: {e}");
-                return EX_USAGE;
-            }
-        },
-        None => None,
+    let parts = match boot::wire(config, &listener) {
+        Ok(parts) => parts,
+        Err(code) => return code,
     };
-    let reaper = Arc::new(Reaper::default());
-    let sidecar = config.app.is_none();
-    let (handle, publisher, mut commands) = AppHandle::new(sidecar);
-    let launcher = Launcher {
-        reaper: reaper.clone(),
-        run_as,
-        state_dir: config.state_dir.clone(),
-    };
-    let (app, ready) = (config.app.clone(), config.ready.clone());
-    let links = hooks::Links {
-        app: handle,
-        launcher: launcher.clone(),
-    };
-    let agent = Agent::new(config, links);
-    // An app gone for good lingers (so that `/ready` can say 500) while a build polls before
-    // `/run`: the hooks know that, the supervisor does not.
-    let hooks_view = agent.clone();
-    let linger_when = Box::new(move || {
-        matches!(hooks_view.state(), State::Booting | State::Ready) && hooks_view.ready_polled()
-    });
-    let mut sup = app.map(|app| Supervisor::new(app, ready, launcher, publisher, linger_when));
-    if let Some(s) = &mut sup {
-        if let Err(e) = s.start() {
-            tracing::error!(error = %e.message, code = e.code, "cannot start the app");
-            eprintln!("microvm-agent: {}", e.message);
-            return e.code;
-        }
-    }
-    let stop_signal = agent
-        .config
-        .app
-        .as_ref()
-        .map_or(Signal::SIGTERM, |a| a.stop_signal);
-    let image = sys::platform_env::get();
-    tracing::info!(
-        listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-        mode = if sidecar { "sidecar" } else { "supervisor" },
-        image_name = image.and_then(|i| i.image_name.as_deref()).unwrap_or("-"),
-        image_version = image.and_then(|i| i.image_version.as_deref()).unwrap_or("-"),
-        on_platform = image.is_some(),
-        "serving hooks"
-    );
-    let sources = clone::restore::Sources::open();
-    let _ = agent
-        .restore_sources
-        .set(clone::restore::describe(&sources));
-    let on_restore = agent.clone();
-    tokio::spawn(clone::restore::watch(sources, move |source| {
-        let agent = on_restore.clone();
-        async move { agent.restore_detected(source).await }
-    }));
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(http::accept::serve(listener, agent.clone(), async move {
-        let _ = done_rx.await;
-    }));
-    let terminate = agent.terminate_requested();
-    tokio::pin!(shutdown, terminate);
-    let (mut terminated, mut shut) = (false, false);
-    let code = loop {
-        let Some(s) = sup.as_mut() else {
-            // Sidecar: no app to stop. After /terminate the agent's last duty is done and it
-            // exits 0 (its answer is still written: the server drains on the way out), as the
-            // supervisor does once its app is gone: the VM ends either way.
-            tokio::select! {
-                () = &mut terminate, if !terminated => break 0,
-                signal = signals.recv() => match signal {
-                    Ok(libc::SIGTERM | libc::SIGINT) => break 0,
-                    Ok(libc::SIGCHLD) => { reaper.reap(); }
-                    Ok(_) => {}
-                    Err(e) => { tracing::error!(error = %e, "cannot read signals"); break EX_SOFTWARE; }
-                },
-                // No app to restart.
-                Some(supervise::supervisor::Command::Restart(reply)) = commands.recv() => { let _ = reply.send(false); }
-                () = &mut shutdown => break 0,
-            }
-            continue;
-        };
-        if let Some(code) = s.finished() {
-            break code;
-        }
-        let deadline = s.next_deadline();
-        let lingering = s.lingering();
-        tokio::select! {
-            signal = signals.recv() => match signal {
-                Ok(libc::SIGCHLD) => { let left = reaper.reap(); s.after_reap(left); }
-                Ok(libc::SIGTERM) => s.stop(stop_signal),
-                Ok(libc::SIGINT) => s.stop(Signal::SIGINT),
-                Ok(other) => s.forward(other),
-                Err(e) => { tracing::error!(error = %e, "cannot read signals"); break EX_SOFTWARE; }
-            },
-            () = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
-                // A deadline that fires long after it was due was frozen (the monotonic clock
-                // runs on through a suspend): armed again, not acted on (`sys::clock`).
-                match deadline.and_then(sys::clock::frozen_past) {
-                    Some(late) => s.after_freeze(late),
-                    None => s.on_deadline(),
-                }
-            }
-            () = &mut terminate, if !terminated => { terminated = true; s.stop(stop_signal); }
-            () = &mut shutdown, if !shut => { shut = true; s.stop(stop_signal); }
-            () = agent.failure_reported(), if lingering => s.end_linger(),
-            Some(command) = commands.recv() => s.command(command),
-        }
-    };
+    let server = tokio::spawn(http::accept::serve(
+        listener,
+        parts.agent.clone(),
+        async move {
+            let _ = done_rx.await;
+        },
+    ));
+    let code = event_loop::run(parts, signals, shutdown).await;
     let _ = done_tx.send(());
     let _ = server.await;
     tracing::info!(code, "exiting");

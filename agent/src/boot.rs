@@ -1,0 +1,115 @@
+//! Wiring: the one place that builds every part of the agent and hands each what it needs. No
+//! part builds another; what crosses a layer upwards is bound here, as a callback (the restore
+//! watcher's, the supervisor's `LingerWhen`).
+
+use std::sync::Arc;
+
+use nix::sys::signal::Signal;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::hooks::lifecycle::State;
+use crate::hooks::{self, Agent};
+use crate::supervise::handle::AppHandle;
+use crate::supervise::launcher::Launcher;
+use crate::supervise::reaper::Reaper;
+use crate::supervise::supervisor::Command;
+use crate::supervise::supervisor::Supervisor;
+use crate::{clone, supervise, sys, EX_USAGE};
+
+/// Everything the event loop drives.
+pub struct Parts {
+    /// The hooks' shared state, served by the hook port.
+    pub agent: Arc<Agent>,
+    /// The app's supervisor; `None` in sidecar mode.
+    pub supervisor: Option<Supervisor>,
+    /// The one `waitpid`, run on every SIGCHLD.
+    pub reaper: Arc<Reaper>,
+    /// Requests from the hooks (restart for `restart_on`).
+    pub commands: mpsc::UnboundedReceiver<Command>,
+    /// What SIGTERM and `/terminate` send the app (`[app] stop_signal`).
+    pub stop_signal: Signal,
+}
+
+/// Builds the parts and starts the app; `Err` is the exit code when that cannot be done.
+pub fn wire(config: Config, listener: &TcpListener) -> Result<Parts, i32> {
+    if let Err(e) = sys::state_files::prepare(&config.state_dir) {
+        // Not fatal: the hooks still answer, and the ones that need the directory say why they fail.
+        tracing::error!(error = %e, dir = %config.state_dir.display(), "cannot prepare the state directory");
+    }
+    if std::process::id() != 1 {
+        // Orphans of the app must still be reaped (and waited for) by us, not by the host's init.
+        if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+            tracing::warn!(error = %e, "cannot become a child subreaper; orphans go to init");
+        }
+    }
+    let run_as = match config.app.as_ref().and_then(|a| a.user.as_ref()) {
+        Some(spec) => match supervise::spawn::resolve_user(spec) {
+            Ok(u) => Some(u),
+            Err(e) => {
+                eprintln!("microvm-agent: configuration error: app.user: {e}");
+                return Err(EX_USAGE);
+            }
+        },
+        None => None,
+    };
+    let reaper = Arc::new(Reaper::default());
+    let sidecar = config.app.is_none();
+    let stop_signal = config
+        .app
+        .as_ref()
+        .map_or(Signal::SIGTERM, |a| a.stop_signal);
+    let (handle, publisher, commands) = AppHandle::new(sidecar);
+    let launcher = Launcher {
+        reaper: reaper.clone(),
+        run_as,
+        state_dir: config.state_dir.clone(),
+    };
+    let (app, ready) = (config.app.clone(), config.ready.clone());
+    let links = hooks::Links {
+        app: handle,
+        launcher: launcher.clone(),
+    };
+    let agent = Agent::new(config, links);
+    // An app gone for good lingers (so that `/ready` can say 500) while a build polls before
+    // `/run`: the hooks know that, the supervisor does not.
+    let hooks_view = agent.clone();
+    let linger_when = Box::new(move || {
+        matches!(hooks_view.state(), State::Booting | State::Ready) && hooks_view.ready_polled()
+    });
+    let mut supervisor =
+        app.map(|app| Supervisor::new(app, ready, launcher, publisher, linger_when));
+    if let Some(s) = &mut supervisor {
+        if let Err(e) = s.start() {
+            tracing::error!(error = %e.message, code = e.code, "cannot start the app");
+            eprintln!("microvm-agent: {}", e.message);
+            return Err(e.code);
+        }
+    }
+    let image = sys::platform_env::get();
+    tracing::info!(
+        listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        mode = if sidecar { "sidecar" } else { "supervisor" },
+        image_name = image.and_then(|i| i.image_name.as_deref()).unwrap_or("-"),
+        image_version = image.and_then(|i| i.image_version.as_deref()).unwrap_or("-"),
+        on_platform = image.is_some(),
+        "serving hooks"
+    );
+    let sources = clone::restore::Sources::open();
+    let _ = agent
+        .restore_sources
+        .set(clone::restore::describe(&sources));
+    let on_restore = agent.clone();
+    tokio::spawn(clone::restore::watch(sources, move |source| {
+        let agent = on_restore.clone();
+        async move { agent.restore_detected(source).await }
+    }));
+    Ok(Parts {
+        agent,
+        supervisor,
+        reaper,
+        commands,
+        stop_signal,
+    })
+}

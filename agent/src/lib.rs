@@ -16,8 +16,9 @@
 //! | [`run`] (here) | `boot::wire()`, the hook port's task, then the event loop |
 //! | `boot` | wiring: builds every part once and hands each what it needs |
 //! | `event_loop` | the one event loop, both modes: one method per arm (signals, deadlines, stop requests, the linger's end, commands) |
-//! | `http::accept` | the hook port: accept loop, `TCP_NODELAY`, header and body deadlines, connection table |
-//! | `http::routes` | HTTP surface: routes, methods, origin check, body limit, JSON answers |
+//! | `http::accept` | the hook port: accept loop, `TCP_NODELAY`, the header deadline, connection table; serves the router through hyper |
+//! | `http::routes` | the axum `Router`: both path forms of the six hooks, `/status`, `/generation`, JSON 404/405 (with `Allow`) |
+//! | `http::layers` | the route layers: the origin check, the body limit and its deadline |
 //! | `hooks` | the `Agent`: shared state and what each hook does, the failure policy (`fail_on`) |
 //! | `hooks::routine` | the new-generation routine: its steps in order, notification, restore handling |
 //! | `hooks::{answer, status, stop, warmup, forward}` | answers and callers; `/status`; `/suspend` and `/terminate`; `/validate`'s warm-up; the hook pass-through |
@@ -68,8 +69,12 @@
 //!   only from the first new-generation routine on.
 //!
 //! ## Deliberately absent
-//! - No web framework (axum/tower): eight routes on hyper directly, so that we own the accept
-//!   loop (socket options, header deadline, connection limits) and the binary stays small.
+//! - No framework `serve`: the routes are an axum `Router` with its layers, but we own the
+//!   accept loop (socket options, header deadline, connection limits, draining).
+//! - No budget *layer*: the answer at a hook's deadline depends on which step overran
+//!   (`warming-up` for a validate warm-up, `timeout` and the fail policy for the rest, the
+//!   terminate's own `stopping`), which only the hook knows, and a second timer on the same
+//!   deadline would race the hook's own answer. The budget is `hooks::budget`, in the hook.
 //! - No TLS: the agent only talks to the platform and the app inside the VM.
 //! - No `EnvFilter`: `MICROVM_AGENT_LOG` uses `tracing_subscriber::filter::Targets` syntax, which
 //!   needs no regex engine.

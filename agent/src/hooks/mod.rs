@@ -59,6 +59,20 @@ pub struct Links {
     pub launcher: Launcher,
 }
 
+impl Links {
+    /// Links to no app, as a sidecar has: for tests and the fuzz targets.
+    pub fn without_app(state_dir: &std::path::Path) -> Links {
+        Links {
+            app: AppHandle::new(true).0,
+            launcher: Launcher {
+                reaper: Arc::default(),
+                run_as: None,
+                state_dir: state_dir.to_path_buf(),
+            },
+        }
+    }
+}
+
 pub struct Agent {
     pub config: Config,
     links: Links,

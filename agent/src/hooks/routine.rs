@@ -433,14 +433,7 @@ mod tests {
         );
         let config =
             crate::config::from_table(&text.parse().unwrap(), &Default::default(), None).unwrap();
-        let links = Links {
-            app: crate::supervise::handle::AppHandle::new(true).0,
-            launcher: crate::supervise::launcher::Launcher {
-                reaper: Arc::default(),
-                run_as: None,
-                state_dir: config.state_dir.clone(),
-            },
-        };
+        let links = Links::without_app(&config.state_dir);
         Agent::new(config, links)
     }
 

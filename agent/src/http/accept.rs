@@ -1,6 +1,7 @@
-//! The hook port's accept loop and connections (HTTP/1.1 on hyper, without a framework).
+//! The hook port's accept loop and connections: HTTP/1.1 on hyper, serving the axum router
+//! (`http::routes`).
 //!
-//! We own the loop instead of using a framework's `serve`, because the port faces callers we do
+//! We own the loop instead of using axum's `serve`, because the port faces callers we do
 //! not control (the public endpoint forwards to it): every socket gets `TCP_NODELAY` (a keep-alive
 //! client must not wait 40 ms for a delayed ACK), headers must arrive within a deadline, the
 //! header buffer is bounded, and on the way out idle connections close at once while a hook that is
@@ -12,13 +13,17 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::Router;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
+use tower::ServiceExt;
 
 use crate::hooks::Agent;
+use crate::http::routes::{self, Arrived};
 
 /// A client has this long to send a request's headers once it has started one.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -122,11 +127,27 @@ pub async fn serve_connection<I>(io: I, agent: Arc<Agent>)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(move |req| {
-        let agent = agent.clone();
-        async move { Ok::<_, Infallible>(crate::http::routes::handle(&agent, req).await) }
-    });
-    let _ = http1().serve_connection(TokioIo::new(io), service).await;
+    let _ = http1()
+        .serve_connection(TokioIo::new(io), service(routes::router(agent)))
+        .await;
+}
+
+/// The router as hyper's service. Each request is stamped with the moment its headers were read
+/// before routing: a hook's budget counts from there.
+fn service(
+    router: Router,
+) -> impl hyper::service::Service<
+    hyper::Request<Incoming>,
+    Response = hyper::Response<axum::body::Body>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<hyper::Response<axum::body::Body>, Infallible>> + Send,
+> + Clone {
+    service_fn(move |req: hyper::Request<Incoming>| {
+        let mut req = req.map(axum::body::Body::new);
+        req.extensions_mut()
+            .insert(Arrived(tokio::time::Instant::now()));
+        router.clone().oneshot(req)
+    })
 }
 
 /// Serves hooks on `listener` until `stop` completes, then lets answers in flight finish
@@ -134,6 +155,7 @@ where
 pub async fn serve(listener: TcpListener, agent: Arc<Agent>, stop: impl Future<Output = ()>) {
     let (closing, closing_rx) = watch::channel(false);
     let slots = Arc::new(Mutex::new(Slots::default()));
+    let router = routes::router(agent);
     tokio::pin!(stop);
     loop {
         let stream = tokio::select! {
@@ -150,16 +172,12 @@ pub async fn serve(listener: TcpListener, agent: Arc<Agent>, stop: impl Future<O
             () = &mut stop => break,
         };
         let _ = stream.set_nodelay(true);
-        let agent = agent.clone();
+        let service = service(router.clone());
         let mut closing = closing_rx.clone();
         let (id, evict) = crate::sys::lock(&slots).admit();
         let slot = Slot(slots.clone(), id);
         tokio::spawn(async move {
             let _slot = slot;
-            let service = service_fn(move |req| {
-                let agent = agent.clone();
-                async move { Ok::<_, Infallible>(crate::http::routes::handle(&agent, req).await) }
-            });
             let conn = http1().serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
             tokio::select! {

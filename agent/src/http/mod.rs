@@ -1,6 +1,8 @@
-//! The hook port: the accept loop and its connections (`accept`: socket options, header and body
-//! deadlines, the connection table), and the HTTP surface (`routes`: paths, methods, the origin
-//! check, the body limit, JSON answers). What a hook *does* is in `hooks`.
+//! The hook port: the accept loop and its connections (`accept`: socket options, the header
+//! deadline, the connection table), the axum router (`routes`: paths, methods, JSON answers) and
+//! its route layers (`layers`: the origin check, the body limit and deadline). What a hook
+//! *does* is in `hooks`.
 
 pub mod accept;
+pub mod layers;
 pub mod routes;

@@ -21,9 +21,9 @@ const LAYERS: [&[&str]; 5] = [
 const KNOWN: [(&str, &str, &str); 0] = [];
 
 /// A module past this many lines of code (the unit tests beside it not counted) has grown a
-/// second responsibility: split it. (The issue said "about 400"; the two largest, the
-/// supervisor's state machine and the configuration's section parsers, are at about 455.)
-const MAX_LINES: usize = 460;
+/// second responsibility: split it (as the acting hooks, the supervisor's after-exit logic, the
+/// `[notify]`/`[[secret]]` parsers and the routine's error type were).
+const MAX_LINES: usize = 400;
 
 fn layer(module: &str) -> Option<usize> {
     LAYERS.iter().position(|l| l.contains(&module))

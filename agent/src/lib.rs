@@ -20,7 +20,8 @@
 //! | `http::routes` | the axum `Router`: both path forms of the six hooks, `/status`, `/generation`, JSON 404/405 (with `Allow`) |
 //! | `http::layers` | the route layers: the origin check, the body limit and its deadline |
 //! | `hooks` | the `Agent`: shared state and what each hook does, the failure policy (`fail_on`) |
-//! | `hooks::routine` | the new-generation routine: its steps in order, notification, restore handling |
+//! | `hooks::acting` | the acting hooks (`/validate`, `/run`, `/resume`, `/suspend`): the action guard, the state machine's verdict, the work under the budget, the `/run` replay |
+//! | `hooks::routine` (+ `routine_error`) | the new-generation routine: its steps in order, notification, restore handling; how it fails, typed |
 //! | `hooks::{answer, status, stop, warmup, forward}` | answers and callers; `/status`; `/suspend` and `/terminate`; `/validate`'s warm-up; the hook pass-through |
 //! | `hooks::lifecycle` | the pure state machine: which hook may act in which state |
 //! | `hooks::budget` | every hook answers before `budget - margin`, even when its work is stuck |
@@ -28,12 +29,12 @@
 //! | `clone::{entropy, generation, secrets, identity, notify}` | the routine's steps: kernel reseed and the agent's generator; generations; secrets and the seed's staging; `/etc/machine-id`; telling the app |
 //! | `clone::machine` | what the machine offers for clone safety (CAP_SYS_ADMIN, VMGenID, vmclock, RNG) |
 //! | `clone::restore` | noticing a restore without a hook (vmclock, VMGenID uevent, clock steps) |
-//! | `supervise::supervisor` (+ `phase`) | the app's life: restart policy, the one stop path, leftovers, linger |
+//! | `supervise::supervisor` (+ `phase`, `exit`) | the app's life: the one stop path, leftovers; after an exit: restart policy, backoff, giving up, linger |
 //! | `supervise::handle` | `AppHandle`: what the rest of the agent holds of the app (health, view, last probe, restart and wait, wait until gone) |
 //! | `supervise::launcher` | `Launcher`: the one place that starts processes (the app and every helper), as the run-as user, watched by the reaper |
 //! | `supervise::{reaper, spawn, helper, proctree, probe}` | the only `waitpid`; `fork`/`exec` and a helper's time limit; the process tree; readiness probes and warm-up requests |
 //! | `sys::{state_files, clock, logwriter, signals, client, platform_env}` | atomic files; freeze-aware timers and RFC 3339; the non-blocking log; the signalfd and `kill`; the HTTP client (no pool); the platform's environment |
-//! | `config` | CLI + env + TOML into one validated, immutable [`config::Config`]; errors name the key |
+//! | `config` (+ `sections`, `telling`) | CLI + env + TOML into one validated, immutable [`config::Config`]; one parser per section; errors name the key |
 //!
 //! ## Invariants (keep them)
 //! - **Nothing per-VM at start-up.** Whatever the agent does when it starts happens once, in the

@@ -9,6 +9,7 @@ mod cli;
 mod file;
 mod render;
 mod sections;
+mod telling;
 pub mod values;
 
 use std::ffi::OsString;
@@ -21,7 +22,8 @@ use nix::sys::signal::Signal;
 
 pub use cli::{check_env, parse_args, Action, HELP};
 use file::Section;
-use sections::{app, check_log_filter, hooks, notify, ready, secrets, validate};
+use sections::{app, check_log_filter, hooks, ready, validate};
+use telling::{notify, secrets};
 use values::{HttpUrl, StatusSet, UserSpec};
 
 /// An invalid configuration: the key (a dotted TOML path, a `--flag` or an environment variable)

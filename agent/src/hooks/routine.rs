@@ -27,6 +27,8 @@ use tokio::time::Instant;
 
 use zeroize::Zeroize;
 
+use super::routine_error::unacknowledged;
+pub use super::routine_error::RoutineError;
 use super::{Agent, Answer};
 use crate::clone::entropy;
 use crate::clone::entropy::Reseeded;
@@ -44,62 +46,6 @@ const SEED_BYTES: usize = 32;
 
 /// A restore noticed this soon after a hook's routine is the same restore: not redone.
 const SAME_RESTORE: Duration = Duration::from_secs(2);
-
-/// Why the routine did not end with an acknowledged generation. What each means for the hook is
-/// for the caller to say (`Answer::from`): the routine knows nothing of HTTP.
-#[derive(Debug)]
-pub enum RoutineError {
-    /// No randomness from the OS: no generation was made.
-    Entropy(String),
-    /// A secret could not be produced: nothing was switched in or published.
-    Secret { name: String, reason: String },
-    /// The state directory refused the seed (nothing switched in) or the generation file.
-    StateDir(String),
-    /// The generation exists and was published, but the app did not acknowledge it.
-    NotAcknowledged { generation: u64, outcome: Outcome },
-}
-
-impl RoutineError {
-    /// The one-word outcome for logs, `/status` and the answer.
-    pub fn outcome(&self) -> &'static str {
-        match self {
-            RoutineError::Entropy(_) => "entropy-failed",
-            RoutineError::Secret { .. } => "secret-failed",
-            RoutineError::StateDir(_) => "state-dir-error",
-            RoutineError::NotAcknowledged { .. } => "not-acknowledged",
-        }
-    }
-
-    pub fn message(&self) -> String {
-        match self {
-            RoutineError::Entropy(e) | RoutineError::StateDir(e) => e.clone(),
-            RoutineError::Secret { name, reason } => {
-                format!("secret \"{name}\" could not be produced: {reason}")
-            }
-            RoutineError::NotAcknowledged { outcome, .. } => unacknowledged(outcome),
-        }
-    }
-}
-
-fn unacknowledged(outcome: &Outcome) -> String {
-    format!("the app did not acknowledge: {}", outcome.summary())
-}
-
-impl From<RoutineError> for Answer {
-    fn from(e: RoutineError) -> Answer {
-        let mut answer = Answer::error(StatusCode::INTERNAL_SERVER_ERROR, e.outcome(), e.message());
-        if let RoutineError::NotAcknowledged {
-            generation,
-            outcome,
-        } = e
-        {
-            answer.extra["failed"] = json!(outcome.failed);
-            // The generation exists (published, the app may have seen it): say which it is.
-            answer.extra["generation"] = json!(generation);
-        }
-        answer
-    }
-}
 
 /// What `/status` shows of the last routine: its steps in the order they ran, with their times.
 struct Record {

@@ -40,7 +40,10 @@ use warmup::Warmup;
 /// What `/status` shows for one hook.
 #[derive(Clone, Debug, Default)]
 struct HookStat {
+    /// Calls answered, every outcome counted.
     count: u64,
+    /// The last answer's status, outcome and time from headers to answer: what an operator
+    /// looks at first when a VM misbehaved.
     last_status: u16,
     last_outcome: &'static str,
     last_elapsed_us: u64,
@@ -50,7 +53,7 @@ struct HookStat {
     last_error: Option<String>,
 }
 
-/// What connects the agent to the rest of the process (built in `lib::run`).
+/// What connects the agent to the rest of the process (built in `boot::wire`).
 pub struct Links {
     /// The app as the supervisor publishes it, and the restart for `restart_on`.
     pub app: AppHandle,
@@ -72,11 +75,18 @@ impl Links {
     }
 }
 
+/// The hooks' shared state: one per process, behind an `Arc` that the hook port, the restore
+/// watcher and the event loop hold.
 pub struct Agent {
+    /// Validated once at start, never changed.
     pub config: Config,
+    /// The app and the process launcher.
     links: Links,
+    /// For `/status`'s uptime.
     started: Instant,
+    /// The lifecycle state machine: which hook may act now.
     machine: Mutex<Machine>,
+    /// Per hook, indexed by `Hook as usize`, for `/status`.
     stats: Mutex<[HookStat; 6]>,
     /// Whether the platform (not a stranger) has asked `/ready`: a build is polling us.
     platform_polled_ready: std::sync::atomic::AtomicBool,
@@ -84,10 +94,13 @@ pub struct Agent {
     actions: Arc<tokio::sync::Mutex<()>>,
     /// Tells the main loop to stop the app (and then exit).
     terminate: watch::Sender<bool>,
+    /// The VM's id from the `/run` body: per-clone input, and in every generation.
     microvm_id: Mutex<Option<String>>,
     /// Signalled when `/ready` has answered 500, which ends a build-time linger.
     failure_reported: tokio::sync::Notify,
+    /// Whether `/validate`'s warm-up requests have run, are running, or failed.
     warmup: Mutex<Warmup>,
+    /// The agent's generator and the published generations.
     pub generations: Generations,
     /// The last new-generation routine, for `/status`.
     last_routine: Mutex<Value>,

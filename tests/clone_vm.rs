@@ -226,7 +226,7 @@ fn origin(lab: &Lab, mode: Mode) -> (Vm, Instant) {
 
 /// Snapshots `origin`, restores three clones, `/run`s each and checks what must be unique; then
 /// suspends and resumes one; then (without VMGenID) the negative control.
-fn check_clones(lab: &Lab, mode: Mode, mut origin: Vm, booted: Instant) {
+fn check_clones(lab: &Lab, mode: Mode, origin: Vm, booted: Instant) {
     let tag = mode.tag();
     origin.get_ok(HOOK, "/ready", Duration::from_secs(180));
     say!("[{tag}] booted and ready in {:?}", booted.elapsed());
@@ -241,14 +241,7 @@ fn check_clones(lab: &Lab, mode: Mode, mut origin: Vm, booted: Instant) {
         );
     }
     let snap = lab.dir.join(format!("snap-{}", mode.name()));
-    let t = Instant::now();
-    origin.snapshot(&snap);
-    drop(origin);
-    say!(
-        "[{tag}] snapshot: {} MB in {:?}",
-        std::fs::metadata(&snap).unwrap().len() >> 20,
-        t.elapsed()
-    );
+    origin.snapshot_and_end(&snap, &tag);
 
     let mut clones = Vec::new();
     let mut values = Vec::new();

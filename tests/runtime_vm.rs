@@ -26,6 +26,7 @@ mod support;
 #[macro_use]
 #[path = "vm/mod.rs"]
 mod vm;
+use support::run;
 use vm::{distinct, Arch, Cpio, Spec, Vm, PLATFORM_CAPS};
 
 use std::collections::BTreeMap;
@@ -105,16 +106,6 @@ impl App {
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn run(cmd: &mut Command, what: &str) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn runtime_dir() -> PathBuf {
@@ -488,7 +479,7 @@ impl Cell {
 /// (app, generator) -> (runtime, claim, cell)
 type Measured = BTreeMap<(&'static str, String), (String, String, Cell)>;
 
-fn measure_mode(lab: &Lab, mode: Mode, mut origin: Vm, booted: Instant) -> Measured {
+fn measure_mode(lab: &Lab, mode: Mode, origin: Vm, booted: Instant) -> Measured {
     let tag = mode.tag();
     for app in &APPS {
         origin.get_ok(app.hook_port(), "/ready", Duration::from_secs(300));
@@ -507,14 +498,7 @@ fn measure_mode(lab: &Lab, mode: Mode, mut origin: Vm, booted: Instant) -> Measu
         );
     }
     let snap = lab.dir.join(format!("snap-{}", mode.name()));
-    let t = Instant::now();
-    origin.snapshot(&snap);
-    drop(origin);
-    say!(
-        "[{tag}] snapshot: {} MB in {:?}",
-        std::fs::metadata(&snap).unwrap().len() >> 20,
-        t.elapsed()
-    );
+    origin.snapshot_and_end(&snap, &tag);
     let spec = lab.spec(mode);
 
     // The negative control: two clones that get no /run.

@@ -11,19 +11,9 @@ use std::time::{Duration, Instant};
 
 #[path = "sim_support/mod.rs"]
 mod support;
-use support::{agent, free_port, have_tool as have, root};
+use support::{agent, free_port, have_tool as have, root, run};
 
 const SIM: &str = env!("CARGO_BIN_EXE_microvm-sim");
-
-fn run(cmd: &mut Command, what: &str) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// Copies a template into a fresh directory with its ports replaced, builds it, and returns the
 /// directory and the app's command.

@@ -56,3 +56,14 @@ pub fn have_tool(tool: &str) -> bool {
     Command::new(tool).arg("--version").output().is_ok()
         || Command::new(tool).arg("-version").output().is_ok()
 }
+
+/// Runs `cmd` to success, or fails the test with its output.
+pub fn run(cmd: &mut std::process::Command, what: &str) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

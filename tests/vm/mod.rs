@@ -410,6 +410,18 @@ impl Vm {
         }
     }
 
+    /// Snapshots the build VM into `snap` and ends it, saying how big and how long.
+    pub fn snapshot_and_end(mut self, snap: &Path, tag: &str) {
+        let t = Instant::now();
+        self.snapshot(snap);
+        drop(self);
+        say!(
+            "[{tag}] snapshot: {} MB in {:?}",
+            std::fs::metadata(snap).unwrap().len() >> 20,
+            t.elapsed()
+        );
+    }
+
     /// After `-incoming`: waits for the state to load, then lets the clone run.
     pub fn resume_clone(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(120);

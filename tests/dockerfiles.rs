@@ -3,7 +3,10 @@
 //! syntax is used, the final image's entrypoint is the agent, and each build stage's commands
 //! (cargo with the Dockerfile's target, go with its GOOS/GOARCH) run on this x86_64 host and
 //! produce a static aarch64 binary (checked with readelf). Stages that install packages from the
-//! base image's repositories (`dnf`) cannot run here and are not run.
+//! base image's repositories (`dnf`) cannot run here and are not run. A stage's
+//! `rustup target add` is not run either: it would install into the one toolchain every test
+//! shares while another test compiles with it (they raced on a fresh machine). The target is
+//! checked instead; `tests/vm/prepare.sh` (and so `.ci/run`) installs it before the tests.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -132,15 +135,40 @@ fn assert_static_aarch64(bin: &Path) {
 }
 
 fn tools_or_skip(tools: &[&str]) -> bool {
-    let missing: Vec<&&str> = tools.iter().filter(|t| !support::have_tool(t)).collect();
+    let missing: Vec<String> = tools
+        .iter()
+        .filter(|t| !support::have_tool(t))
+        .map(|t| t.to_string())
+        .collect();
+    present_or_skip(missing)
+}
+
+/// Fails under `MICROVM_AGENT_REQUIRE_TEMPLATES=1` (CI), skips loudly otherwise.
+fn present_or_skip(missing: Vec<String>) -> bool {
     if missing.is_empty() {
         return true;
     }
     if std::env::var("MICROVM_AGENT_REQUIRE_TEMPLATES").is_ok_and(|v| v == "1") {
-        panic!("missing {missing:?}");
+        panic!("missing {missing:?} (tests/vm/prepare.sh installs them)");
     }
-    eprintln!("SKIP: missing {missing:?}");
+    eprintln!("\n*** SKIPPED: missing {missing:?} (tests/vm/prepare.sh installs them) ***\n");
     false
+}
+
+/// The Rust targets of `rustup target add` lines in `runs`, checked rather than installed.
+fn rust_targets_or_skip<'a>(runs: impl Iterator<Item = &'a str>) -> bool {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let missing = runs
+        .filter_map(|r| r.strip_prefix("rustup target add "))
+        .flat_map(str::split_whitespace)
+        .filter(|t| !installed.lines().any(|l| l == *t))
+        .map(|t| format!("the {t} Rust target"))
+        .collect();
+    present_or_skip(missing)
 }
 
 fn template(name: &str) -> PathBuf {
@@ -190,7 +218,7 @@ fn check_template(name: &str) {
     } else {
         panic!("{name}: unknown build stage {base}")
     };
-    if !tools_or_skip(tools) {
+    if !tools_or_skip(tools) || !rust_targets_or_skip(stage.iter().map(|i| i.args.as_str())) {
         return;
     }
     let work = std::env::temp_dir().join(format!("mva-docker-{name}-{}", std::process::id()));
@@ -208,7 +236,10 @@ fn check_template(name: &str) {
         }
     }
     let out = work.join("server");
-    for run in stage.iter().filter(|i| i.op == "RUN") {
+    for run in stage
+        .iter()
+        .filter(|i| i.op == "RUN" && !i.args.starts_with("rustup target add"))
+    {
         run_stage_command(&run.args, &work, &out);
     }
     assert_static_aarch64(&out);
@@ -257,7 +288,9 @@ fn dockerfile_example_builds_the_agent_from_the_documented_context() {
         }
     }
     assert!(root.join("Cargo.lock").exists() && root.join(".cargo/config.toml").exists());
-    if !tools_or_skip(&["cargo", "readelf"]) {
+    if !tools_or_skip(&["cargo", "readelf"])
+        || !rust_targets_or_skip(instrs.iter().map(|i| i.args.as_str()))
+    {
         return;
     }
     // Its build stage, run in this repository (what `COPY microvm-agent/ .` puts in /src).

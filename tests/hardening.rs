@@ -84,6 +84,63 @@ fn a_configuration_path_that_is_not_a_regular_file_exits_64_at_once() {
     assert!(stderr(&out).contains("larger than"), "{}", stderr(&out));
 }
 
+/// `--check -c -` with `input` on a pipe (not a redirected file: a real FIFO, as `cat x |` gives).
+fn check_stdin(input: &[u8]) -> std::process::Output {
+    use std::process::Stdio;
+    let mut child = agent_command()
+        .args(["--check", "-c", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    // A writer thread: the agent stops reading past the bound, and the pipe must not deadlock us.
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    out
+}
+
+#[test]
+fn a_configuration_on_standard_input_gives_the_same_check_as_the_file() {
+    let cfg = "[app]\ncommand = [\"true\"]\nstop_timeout = \"3s\"\n[hooks]\nrun_timeout = \"2s\"\n";
+    let from_file = check_with(cfg, &[]);
+    let from_stdin = check_stdin(cfg.as_bytes());
+    assert_eq!(from_file.status.code(), Some(0), "{}", stderr(&from_file));
+    assert_eq!(from_stdin.status.code(), Some(0), "{}", stderr(&from_stdin));
+    // The resolved configuration is the same; only the line naming what was read differs.
+    let resolved = |o: &std::process::Output| -> Vec<String> {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| !l.starts_with("# files read"))
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(resolved(&from_file), resolved(&from_stdin));
+    assert!(
+        resolved(&from_stdin)
+            .iter()
+            .any(|l| l.contains("run_timeout = \"2s\"")),
+        "{}",
+        String::from_utf8_lossy(&from_stdin.stdout)
+    );
+    // Bad input on stdin is named like bad input in a file, and the bound holds.
+    let bad = check_stdin(b"[app]\nstop_timeout = \"10 parsecs\"\n");
+    assert_eq!(bad.status.code(), Some(64), "{}", stderr(&bad));
+    assert!(
+        stderr(&bad).contains("app.stop_timeout"),
+        "{}",
+        stderr(&bad)
+    );
+    let big = check_stdin(format!("# {}\n", "x".repeat(2 << 20)).as_bytes());
+    assert_eq!(big.status.code(), Some(64), "{}", stderr(&big));
+    assert!(stderr(&big).contains("larger than"), "{}", stderr(&big));
+}
+
 #[test]
 fn an_unknown_app_user_fails_check_and_the_start_before_the_port_is_bound() {
     let cfg = "[app]\ncommand = [\"true\"]\nuser = \"no-such-user-xyz\"\n";

@@ -43,7 +43,7 @@ fn the_seed_is_new_every_generation_private_to_the_app_scrubbed_on_suspend_and_n
     );
     let a = Spec::default()
         .config(&cfg)
-        .fixture(&["serve", &port.to_string(), "0", log.to_str().unwrap()])
+        .fixture_for_others(&["serve", &port.to_string(), "0", log.to_str().unwrap()])
         .start();
     assert_eq!(a.ready_settled().status, 200);
     let seed_file = a.state("seed");

@@ -897,7 +897,7 @@ fn a_failing_warm_up_request_is_named_and_a_slow_one_answers_503_first() {
 fn the_app_runs_as_another_user_with_home_and_groups() {
     let mut a = Spec::default()
         .config("[app]\nuser = \"nobody\"\nworkdir = \"/tmp\"\n")
-        .fixture(&["whoami"])
+        .fixture_for_others(&["whoami"])
         .start();
     assert_eq!(a.exit_code(), 0);
     let out = a.stdout.text();
@@ -915,7 +915,7 @@ fn the_app_runs_as_another_user_with_home_and_groups() {
 
     let mut a = Spec::default()
         .config("[app]\nuser = \"1234:4321\"\n")
-        .fixture(&["whoami"])
+        .fixture_for_others(&["whoami"])
         .start();
     assert_eq!(a.exit_code(), 0);
     assert!(

@@ -1,6 +1,6 @@
 //! `microvm-bench [--quick]`: microvm-agent side by side with its peers, in one run, on this
 //! machine. Full runs write `BENCHMARKS.md` and `bench/results.json`; `--quick` (CI) runs every
-//! measurement briefly and writes `target/bench-quick.json`, so the suite never rots. Nothing here
+//! measurement briefly and writes `bench-quick.json` in the target directory, so the suite never rots. Nothing here
 //! judges the numbers: the budget lines in BENCHMARKS.md compare them, with the peer measured in
 //! the same run.
 //!
@@ -29,6 +29,15 @@ impl Opts {
         } else {
             full
         }
+    }
+}
+
+/// Cargo's target directory: `CARGO_TARGET_DIR` when set (relative to the workspace, as cargo
+/// takes it), else the workspace's `target/`.
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) if !d.is_empty() => root().join(d),
+        _ => root().join("target"),
     }
 }
 
@@ -252,7 +261,7 @@ fn agent_bin() -> PathBuf {
         "--bin",
         "microvm-agent",
     ]);
-    root().join(format!("target/{target}/release/microvm-agent"))
+    target_dir().join(format!("{target}/release/microvm-agent"))
 }
 
 struct Agent {
@@ -692,7 +701,7 @@ fn main() {
     let results = Value::Object(r);
     let text = serde_json::to_string_pretty(&results).unwrap();
     let out = if o.quick {
-        root().join("target/bench-quick.json")
+        target_dir().join("bench-quick.json")
     } else {
         root().join("bench/results.json")
     };

@@ -60,6 +60,48 @@ pub fn fixture_str() -> String {
     fixture().display().to_string()
 }
 
+/// The fixture where another user (the tests' `user = "nobody"` apps) can execute it: a copy in a
+/// 0755 directory under the temporary directory, once per test process. A checkout inside a
+/// private (0700) home or temporary directory leaves `target/` out of that user's reach, and an
+/// app that cannot be executed is otherwise only a timeout. Every directory on the way is checked,
+/// and a test that cannot have it says why.
+pub fn fixture_for_others() -> String {
+    use std::os::unix::fs::PermissionsExt;
+    static COPY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let path = COPY.get_or_init(|| {
+        // Named by the build it copies, so runs reuse it and only a rebuild adds one.
+        let built = std::fs::metadata(fixture()).unwrap();
+        let stamp = built
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        let dir = std::env::temp_dir().join(format!("mva-shared-fixture-{stamp}-{}", built.len()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let copy = dir.join("mva-fixture");
+        if !copy.exists() {
+            // Copied aside and renamed: test processes running at once never see half a binary.
+            let part = dir.join(format!("mva-fixture.{}", std::process::id()));
+            std::fs::copy(fixture(), &part).unwrap();
+            std::fs::set_permissions(&part, std::fs::Permissions::from_mode(0o755)).unwrap();
+            std::fs::rename(&part, &copy).unwrap();
+        }
+        for up in dir.ancestors() {
+            let mode = std::fs::metadata(up).map_or(0, |m| m.permissions().mode());
+            assert!(
+                mode & 0o001 != 0,
+                "{} (mode {mode:o}) cannot be entered by other users, so an app run as \
+                 `nobody` cannot reach {}: set TMPDIR to a directory they can reach",
+                up.display(),
+                copy.display()
+            );
+        }
+        copy
+    });
+    path.display().to_string()
+}
+
 /// A directory removed when dropped.
 pub struct TempDir(pub PathBuf);
 
@@ -193,6 +235,12 @@ impl Spec {
     /// The fixture app with these arguments.
     pub fn fixture(self, args: &[&str]) -> Self {
         let mut argv = vec![fixture_str()];
+        argv.extend(args.iter().map(|s| s.to_string()));
+        self.app(&argv)
+    }
+    /// The fixture for an app that runs as another user ([`fixture_for_others`]).
+    pub fn fixture_for_others(self, args: &[&str]) -> Self {
+        let mut argv = vec![fixture_for_others()];
         argv.extend(args.iter().map(|s| s.to_string()));
         self.app(&argv)
     }

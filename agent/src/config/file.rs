@@ -17,11 +17,26 @@ use super::ConfigError;
 /// Reads `paths` in order: a file is read as it is, a directory contributes its `*.toml` files in
 /// name order. Later files override the keys of earlier ones; tables merge key by key, anything
 /// else (arrays included: `[[secret]]` lists) is replaced whole. Missing paths are an error only
-/// when `required` (an explicit `-c`); the default locations are optional.
+/// when `required` (an explicit `-c`); the default locations are optional. The path `-` is
+/// standard input (`-c - < my.toml`, a Dockerfile's or a CI's habit), read once, with the same bound
+/// as a file.
 pub fn load(paths: &[PathBuf], required: bool) -> Result<(Table, Vec<PathBuf>), ConfigError> {
     let mut merged = Table::new();
     let mut read = Vec::new();
     for path in paths {
+        if path.as_os_str() == STDIN {
+            if read.iter().any(|p: &PathBuf| p.as_os_str() == STDIN) {
+                return Err(ConfigError::new(
+                    "config",
+                    "standard input (-) can be read only once",
+                ));
+            }
+            let text = bounded_read(std::io::stdin().lock())
+                .map_err(|e| ConfigError::new("config", format!("cannot read -: {e}")))?;
+            merge(&mut merged, parse_text(&text, "- (standard input)")?);
+            read.push(path.clone());
+            continue;
+        }
         let files = match std::fs::read_dir(path) {
             Ok(entries) => {
                 let mut files: Vec<PathBuf> = entries
@@ -53,17 +68,25 @@ pub fn load(paths: &[PathBuf], required: bool) -> Result<(Table, Vec<PathBuf>), 
 /// `/dev/zero`), and must not eat the memory of the VM.
 pub const MAX_FILE: u64 = 1024 * 1024;
 
-/// Reads a configuration file: a regular file (a FIFO would hang the start, a device would
-/// never end) of at most [`MAX_FILE`] bytes.
+/// The configuration path that means standard input.
+const STDIN: &str = "-";
+
+/// Reads a configuration file: a regular file (a FIFO named by path would hang the start, a device
+/// would never end; standard input is asked for explicitly with `-`) of at most [`MAX_FILE`] bytes.
 fn read_config(file: &Path) -> Result<String, String> {
-    use std::io::Read;
     let meta = std::fs::metadata(file).map_err(|e| e.to_string())?;
     if !meta.is_file() {
-        return Err("not a regular file".into());
+        return Err("not a regular file (use -c - to read standard input)".into());
     }
+    bounded_read(std::fs::File::open(file).map_err(|e| e.to_string())?)
+}
+
+/// At most [`MAX_FILE`] bytes of UTF-8 text; one byte more is an error, not a cut.
+fn bounded_read(from: impl std::io::Read) -> Result<String, String> {
+    use std::io::Read;
     let mut text = String::new();
-    std::fs::File::open(file)
-        .and_then(|f| f.take(MAX_FILE + 1).read_to_string(&mut text))
+    from.take(MAX_FILE + 1)
+        .read_to_string(&mut text)
         .map_err(|e| e.to_string())?;
     if text.len() as u64 > MAX_FILE {
         return Err(format!("larger than {MAX_FILE} bytes"));
@@ -74,13 +97,17 @@ fn read_config(file: &Path) -> Result<String, String> {
 fn parse_file(file: &Path) -> Result<Table, ConfigError> {
     let text = read_config(file)
         .map_err(|e| ConfigError::new("config", format!("cannot read {}: {e}", file.display())))?;
+    parse_text(&text, &file.display().to_string())
+}
+
+fn parse_text(text: &str, name: &str) -> Result<Table, ConfigError> {
     text.parse::<Table>().map_err(|e| {
         let line = e
             .span()
             .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
         let at = line.map(|l| format!(" line {l}")).unwrap_or_default();
         let msg = e.message().trim().replace('\n', " ");
-        ConfigError::new("config", format!("{}{at}: {msg}", file.display()))
+        ConfigError::new("config", format!("{name}{at}: {msg}"))
     })
 }
 

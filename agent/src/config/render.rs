@@ -27,7 +27,10 @@ impl fmt::Display for Config {
         let files: Vec<String> = self
             .files_read
             .iter()
-            .map(|p| p.display().to_string())
+            .map(|p| match p.to_str() {
+                Some("-") => "- (standard input)".to_string(),
+                _ => p.display().to_string(),
+            })
             .collect();
         writeln!(
             o,

@@ -153,7 +153,7 @@ fn oversized_headers_invalid_paths_pipelining_and_half_closed_sockets() {
 /// An agent whose state directory is a fresh tmpfs in its own mount namespace, mounted with
 /// `options` (e.g. `ro`, `size=16k`), after running `prep` in it.
 fn in_mount_ns(options: &str, prep: &str) -> Spec {
-    let script = format!("set -e; d=\"$1\"; shift; mkdir -p \"$d\"; mount -t tmpfs -o size=64k tmpfs \"$d\"; {prep}; mount -o remount,{options} \"$d\"; exec \"$@\"");
+    let script = format!("set -e; d=\"$1\"; shift; mkdir -p \"$d\"; mount -t tmpfs -o size=64k,mode=0755 tmpfs \"$d\"; {prep}; mount -o remount,{options} \"$d\"; exec \"$@\"");
     let mut w = private_mounts(&script);
     w.push("__STATE__".into());
     let w: Vec<&str> = w.iter().map(String::as_str).collect();

@@ -241,7 +241,7 @@ fn on_timeout_continue_still_waives_a_missing_ack_for_hooks_in_fail_on() {
 
 #[test]
 fn a_scrub_on_a_read_only_state_directory_is_reported_and_suspend_answers_200() {
-    let script = "set -e; d=\"$1\"; shift; mkdir -p \"$d\"; mount -t tmpfs -o size=64k tmpfs \"$d\"; exec \"$@\"";
+    let script = "set -e; d=\"$1\"; shift; mkdir -p \"$d\"; mount -t tmpfs -o size=64k,mode=0755 tmpfs \"$d\"; exec \"$@\"";
     let mut w = private_mounts(script);
     w.push("__STATE__".into());
     let w: Vec<&str> = w.iter().map(String::as_str).collect();

@@ -34,8 +34,10 @@ pub struct Parts {
 
 /// Builds the parts and starts the app; `Err` is the exit code when that cannot be done.
 pub fn wire(config: Config, listener: &TcpListener) -> Result<Parts, i32> {
-    if let Err(e) = sys::state_files::prepare(&config.state_dir) {
-        // Not fatal: the hooks still answer, and the ones that need the directory say why they fail.
+    // The command line refused an unsafe state directory before the port was bound; one the
+    // system cannot give is not fatal: the hooks still answer, and the ones that need it say why.
+    let state = sys::state_files::Handle::new(&config.state_dir, None);
+    if let Err(e) = state.get() {
         tracing::error!(error = %e, dir = %config.state_dir.display(), "cannot prepare the state directory");
     }
     if std::process::id() != 1 {
@@ -71,7 +73,7 @@ pub fn wire(config: Config, listener: &TcpListener) -> Result<Parts, i32> {
         app: handle,
         launcher: launcher.clone(),
     };
-    let agent = Agent::new(config, links);
+    let agent = Agent::with_state(config, links, state);
     // An app gone for good lingers (so that `/ready` can say 500) while a build polls before
     // `/run`: the hooks know that, the supervisor does not.
     let hooks_view = agent.clone();

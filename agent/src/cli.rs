@@ -54,7 +54,21 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
             print!("{}", machine_report(&crate::clone::machine::Facts::read()));
             return ExitCode::SUCCESS;
         }
-        Ok(Action::Run(c)) => *c,
+        Ok(Action::Run(c)) => {
+            // A state directory that is not safe to write secrets into (a link, another user's,
+            // open to others' writes) is refused before anything starts. One the system cannot
+            // give yet (read-only, not mounted) is not fatal: the hooks that need it say why.
+            if let Err(crate::sys::state_files::OpenError::Refused(why)) =
+                crate::sys::state_files::StateDir::open(&c.state_dir)
+            {
+                eprintln!(
+                    "microvm-agent: configuration error: state_dir: {}: {why}",
+                    c.state_dir.display()
+                );
+                return ExitCode::from(EX_USAGE);
+            }
+            *c
+        }
     };
     init_logging(&config);
     crate::supervise::spawn::raise_nofile();
@@ -132,10 +146,12 @@ pub fn version() -> String {
 /// what it created), and writes and removes one file in it.
 fn writable(dir: &std::path::Path) -> Result<(), String> {
     let created = !dir.exists();
-    let probe = dir.join(".microvm-agent-check");
-    let result = crate::sys::state_files::prepare(dir)
-        .and_then(|()| crate::sys::state_files::write_atomic(&probe, b"", 0o600, None))
-        .and_then(|()| std::fs::remove_file(&probe))
+    let result = crate::sys::state_files::StateDir::open(dir)
+        .map_err(std::io::Error::from)
+        .and_then(|d| {
+            d.write("microvm-agent-check", b"", 0o600, None)?;
+            d.remove("microvm-agent-check").map(drop)
+        })
         .map_err(|e| format!("{}: cannot write there: {e}", dir.display()));
     if created {
         let _ = std::fs::remove_dir(dir);

@@ -16,7 +16,8 @@
 //! | [`run`] (here) | `boot::wire()`, the hook port's task, then the event loop |
 //! | `boot` | wiring: builds every part once and hands each what it needs |
 //! | `event_loop` | the one event loop, both modes: one method per arm (signals, deadlines, stop requests, the linger's end, commands) |
-//! | `http::accept` | the hook port: accept loop, `TCP_NODELAY`, the header deadline, connection table; serves the router through hyper |
+//! | `http::accept` | the hook port: accept loop, `TCP_NODELAY`, the header deadline; serves the router through hyper |
+//! | `http::slots` | the connection table: a hard cap below the descriptor limit, and which connection a full table closes (the platform's hooks last) |
 //! | `http::routes` | the axum `Router`: both path forms of the six hooks, `/status`, `/generation`, JSON 404/405 (with `Allow`) |
 //! | `http::layers` | the route layers: the origin check, the body limit and its deadline |
 //! | `hooks` | the `Agent`: shared state and what each hook does, the failure policy (`fail_on`) |
@@ -33,7 +34,7 @@
 //! | `supervise::handle` | `AppHandle`: what the rest of the agent holds of the app (health, view, last probe, restart and wait, wait until gone) |
 //! | `supervise::launcher` | `Launcher`: the one place that starts processes (the app and every helper), as the run-as user, watched by the reaper |
 //! | `supervise::{reaper, spawn, helper, proctree, probe}` | the only `waitpid`; `fork`/`exec` and a helper's time limit; the process tree; readiness probes and warm-up requests |
-//! | `sys::{state_files, clock, logwriter, signals, client, platform_env}` | atomic files; freeze-aware timers and RFC 3339; the non-blocking log; the signalfd and `kill`; the HTTP client (no pool); the platform's environment |
+//! | `sys::{state_files, offload, clock, logwriter, signals, client, platform_env}` | the state directory held by descriptor, atomic files; the I/O thread; freeze-aware timers and RFC 3339; the non-blocking log; the signalfd and `kill`; the HTTP client (no pool); the platform's environment |
 //! | `config` (+ `sections`, `telling`) | CLI + env + TOML into one validated, immutable [`config::Config`]; one parser per section; errors name the key |
 //!
 //! ## Invariants (keep them)
@@ -55,7 +56,21 @@
 //! - **Idle means idle.** No periodic timers while nothing happens: the VM may be suspended for
 //!   hours, and every wake-up is paid in every VM. Everything is driven by events (sockets, the
 //!   signalfd).
-//! - **Files are written atomically** (temp file, fsync, rename): a reader sees all or nothing.
+//! - **Files are written atomically** (temp file, rename): a reader sees all or nothing. No
+//!   `fsync` in the state directory: it is per-boot state on a tmpfs, and on a restored VM's
+//!   lazily paged-in disk a sync is exactly the call that must not stand before an answer.
+//! - **Nothing blocks the one thread.** File I/O in the state directory and `/etc/machine-id` runs
+//!   on the I/O thread (`sys::offload`, one thread, jobs in order); while the runtime's thread
+//!   blocks no timer fires and no hook can answer. Slow storage after a restore is normal.
+//! - **The state directory is ours, by descriptor.** Refused at start (64) when it is a link,
+//!   another user's, or writable by group or others; every operation in it goes through the
+//!   descriptor opened then (`openat`/`renameat`/`unlinkat`, `O_NOFOLLOW`, `fchmod`/`fchown`),
+//!   never through a path that could be swapped for a link.
+//! - **A hook's work never depends on its connection.** It runs as a task of its own: a client
+//!   that goes away, or a full connection table that closes it, loses the answer, not the work.
+//! - **A stranger can never cost the platform a hook.** Connections are capped below the
+//!   descriptor limit (`http::slots`); a full table closes the platform's hooks last; `/run` never
+//!   waits on a `/validate` (it cancels it), and the warm-up holds no guard.
 //! - **Configuration is parsed once, validated completely, then immutable.** An invalid value
 //!   exits 64 before anything starts.
 //! - **One thread.** The tokio runtime is current-thread; the agent's memory is in every snapshot.

@@ -5,7 +5,6 @@
 //! generator, why it was made, the VM id, and which kernel reseed really ran. It is published in
 //! `<state_dir>/generation` (atomically) and to `GET /generation` long-pollers.
 
-use std::path::Path;
 use std::sync::Mutex;
 
 use rand_chacha::ChaCha20Rng;
@@ -14,7 +13,7 @@ use tokio::sync::watch;
 
 use crate::clone::entropy::{self, Reseeded};
 use crate::clone::machine::KernelCrng;
-use crate::sys::state_files;
+use crate::sys::{offload, state_files};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Generation {
@@ -105,11 +104,17 @@ impl Generations {
             .map(|r| entropy::draw(r, n))
     }
 
-    /// Publishes `generation` in the state directory, then to `/generation` watchers.
-    pub fn publish(&self, state_dir: &Path, generation: Generation) -> std::io::Result<()> {
+    /// Publishes `generation` in the state directory (on the I/O thread), then to
+    /// `/generation` watchers.
+    pub async fn publish(
+        &self,
+        state: &state_files::Handle,
+        generation: Generation,
+    ) -> std::io::Result<()> {
         let mut json = serde_json::to_vec(&generation).map_err(std::io::Error::other)?;
         json.push(b'\n');
-        state_files::write_atomic(&state_dir.join("generation"), &json, 0o644, None)?;
+        let state = state.clone();
+        offload::io(move || state.get()?.write("generation", &json, 0o644, None)).await?;
         self.current.send_replace(Some(generation));
         Ok(())
     }
@@ -119,8 +124,8 @@ impl Generations {
 mod tests {
     use super::*;
 
-    #[test]
-    fn generations_count_up_with_fresh_ids_and_no_draw_before_the_first() {
+    #[tokio::test]
+    async fn generations_count_up_with_fresh_ids_and_no_draw_before_the_first() {
         let g = Generations::default();
         assert!(
             g.draw(8).is_none(),
@@ -137,7 +142,8 @@ mod tests {
             .next("run", Some("vm".into()), k, &entropy::gather(&[b"a"]))
             .unwrap();
         assert_eq!(one.generation, 1);
-        g.publish(&dir, one.clone()).unwrap();
+        let state = state_files::Handle::new(&dir, None);
+        g.publish(&state, one.clone()).await.unwrap();
         let two = g
             .next("resume", None, k, &entropy::gather(&[b"b"]))
             .unwrap();

@@ -25,12 +25,11 @@ pub fn rewrite_machine_id(path: &Path, id_hex: &str) -> Result<&'static str, Str
         return Ok("not-a-regular-file");
     }
     let content = format!("{id_hex}\n");
-    let owner = Some((meta.uid(), meta.gid()));
-    match crate::sys::state_files::write_atomic(
+    match crate::sys::state_files::replace_file(
         path,
         content.as_bytes(),
         meta.mode() & 0o7777,
-        owner,
+        (meta.uid(), meta.gid()),
     ) {
         Ok(()) => Ok("rewritten"),
         // A file bind-mounted into the container cannot be renamed over: write it in place (one

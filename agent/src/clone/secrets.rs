@@ -8,9 +8,6 @@
 //! file. Values are never logged: errors name the secret, never its content.
 
 use std::ffi::OsString;
-use std::fs;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 
 use tokio::time::Instant;
 use zeroize::Zeroize;
@@ -18,17 +15,16 @@ use zeroize::Zeroize;
 use crate::clone::generation::{Generation, Generations};
 use crate::config::{Encoding, Secret, SecretSource};
 use crate::supervise::launcher::Launcher;
-use crate::sys::state_files;
+use crate::sys::{offload, state_files};
+
+/// The secrets' directory below the state directory: 0700, the app's user's.
+pub const DIR: &str = "secrets";
 
 /// A secret that could not be produced: which one, and why (never its value).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
     pub name: String,
     pub reason: String,
-}
-
-pub fn dir(state_dir: &Path) -> PathBuf {
-    state_dir.join("secrets")
 }
 
 /// Produces and stages a new value of every secret, committing none: the caller commits them
@@ -39,26 +35,23 @@ pub async fn stage(
     generations: &Generations,
     generation: &Generation,
     launcher: &Launcher,
+    state: &state_files::Handle,
     deadline: Instant,
 ) -> Result<Vec<state_files::Staged>, Failure> {
     let mut staged = Vec::with_capacity(secrets.len());
     if secrets.is_empty() {
         return Ok(staged);
     }
-    let dir = dir(&launcher.state_dir);
     let owner = launcher.owner();
-    let prepared = fs::create_dir_all(&dir)
-        .and_then(|()| fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)))
-        .and_then(|()| match owner {
-            Some((uid, gid)) => std::os::unix::fs::chown(&dir, Some(uid), Some(gid)),
-            None => Ok(()),
-        });
-    if let Err(e) = prepared {
-        return Err(Failure {
+    let state = state.clone();
+    // Through the state directory's descriptor: a link planted as `secrets` is refused, and the
+    // mode and owner are set on the directory that was opened, never on a path.
+    let dir = offload::io(move || state.get()?.subdir(DIR, 0o700, owner))
+        .await
+        .map_err(|e| Failure {
             name: "(secrets directory)".into(),
-            reason: format!("{}: {e}", dir.display()),
-        });
-    }
+            reason: format!("{DIR}: {e}"),
+        })?;
     for secret in secrets {
         let fail = |reason: String| Failure {
             name: secret.name.clone(),
@@ -91,8 +84,13 @@ pub async fn stage(
                 exec_value(done.stdout).map_err(fail)?
             }
         };
-        let written = state_files::stage(&dir.join(&secret.name), &value, 0o600, owner);
-        value.zeroize();
+        let (d, name) = (dir.clone(), secret.name.clone());
+        let written = offload::io(move || {
+            let staged = d.stage(&name, &value, 0o600, owner);
+            value.zeroize();
+            staged
+        })
+        .await;
         staged.push(written.map_err(|e| fail(format!("cannot write it: {e}")))?);
     }
     Ok(staged)
@@ -107,15 +105,45 @@ pub struct Scrubbed {
 
 /// Removes the files of the secrets marked `scrub_on_suspend`. A file that is already gone counts
 /// as scrubbed; any other error is a failure, reported by name (the secret stays on disk).
-pub fn scrub(secrets: &[Secret], state_dir: &Path) -> Scrubbed {
-    let dir = dir(state_dir);
+/// Runs on the I/O thread (`extra` names more files of the state directory to remove: the seed).
+pub fn scrub(secrets: &[Secret], state: &state_files::Handle, extra: &[&str]) -> Scrubbed {
     let mut out = Scrubbed::default();
-    for s in secrets.iter().filter(|s| s.scrub_on_suspend) {
-        match fs::remove_file(dir.join(&s.name)) {
-            Ok(()) => out.removed += 1,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+    let names: Vec<(&str, &str)> = secrets
+        .iter()
+        .filter(|s| s.scrub_on_suspend)
+        .map(|s| (DIR, s.name.as_str()))
+        .chain(extra.iter().map(|n| ("", *n)))
+        .collect();
+    if names.is_empty() {
+        return out;
+    }
+    let root = match state.get() {
+        Ok(d) => d,
+        Err(e) => {
+            out.failed.extend(names.iter().map(|(_, n)| Failure {
+                name: n.to_string(),
+                reason: format!("cannot open the state directory: {e}"),
+            }));
+            return out;
+        }
+    };
+    let secrets_dir = root.subdir_existing(DIR);
+    for (sub, name) in names {
+        let removed = match (sub, &secrets_dir) {
+            ("", _) => root.remove(name),
+            (_, Ok(Some(d))) => d.remove(name),
+            (_, Ok(None)) => Ok(false),
+            (_, Err(e)) => Err(std::io::Error::new(e.kind(), e.to_string())),
+        };
+        match removed {
+            Ok(true) if !sub.is_empty() => out.removed += 1,
+            Ok(_) => {}
             Err(e) => out.failed.push(Failure {
-                name: s.name.clone(),
+                name: if sub.is_empty() {
+                    format!("({name})")
+                } else {
+                    name.to_string()
+                },
                 reason: format!("cannot remove it: {e}"),
             }),
         }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use hyper::StatusCode;
 use serde_json::json;
+use tokio::sync::OwnedMutexGuard;
 use tokio::time::Instant;
 
 use super::answer::busy_status;
@@ -15,7 +16,7 @@ use super::stop::Clocks;
 use super::warmup::Warmup;
 use super::{run_body, Agent, Answer};
 use crate::config::Event;
-use crate::sys::state_files;
+use crate::sys::offload;
 
 impl Agent {
     pub(super) async fn acting(
@@ -32,6 +33,12 @@ impl Agent {
                 "warming-up",
                 "the warm-up requests are still running; ask again",
             );
+        }
+        if hook == Hook::Run {
+            // The platform's `/run` never waits on a `/validate`: anyone may call `/validate`
+            // (the image builder looks forwarded), and on a clone that is about to run it is
+            // nobody's but a stranger's. Its work and its warm-up are cancelled here.
+            self.preempt_validate();
         }
         let Ok(guard) = tokio::time::timeout_at(deadline, self.actions.clone().lock_owned()).await
         else {
@@ -71,13 +78,18 @@ impl Agent {
             Verdict::Conflict(why) => return Answer::error(StatusCode::CONFLICT, "conflict", why),
         }
         let agent = self.clone();
-        let work = async move {
-            let answer = agent.act(hook, body, deadline).await;
-            drop(guard);
-            answer
-        };
-        match budget::within(deadline, work).await {
+        // The guard travels with the work (a `/validate` lets go of it before its warm-up).
+        let work = tokio::spawn(async move { agent.act(hook, body, deadline, guard).await });
+        if hook == Hook::Validate {
+            *crate::sys::lock(&self.validating) = Some(work.abort_handle());
+        }
+        match budget::wait(deadline, work).await {
             Ok(answer) => answer,
+            Err(Missed::Cancelled) => Answer::error(
+                StatusCode::CONFLICT,
+                "conflict",
+                "/run arrived while this /validate was working; /validate is a build-time hook",
+            ),
             Err(Missed::Overrun) if hook == Hook::Validate => Answer::error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "warming-up",
@@ -111,9 +123,35 @@ impl Agent {
         }
     }
 
-    /// The work of an acting hook, after the state machine said yes.
-    async fn act(&self, hook: Hook, body: Bytes, deadline: Instant) -> Answer {
+    /// Cancels a `/validate` that is still working (its routine or its warm-up).
+    fn preempt_validate(&self) {
+        let running = [
+            crate::sys::lock(&self.validating).take(),
+            crate::sys::lock(&self.warmup_task).take(),
+        ];
+        for task in running.into_iter().flatten() {
+            task.abort();
+        }
+        let mut w = crate::sys::lock(&self.warmup);
+        if *w == Warmup::Running {
+            *w = Warmup::Failed("cancelled: /run arrived".into());
+        }
+    }
+
+    /// The work of an acting hook, after the state machine said yes; `guard` is the action
+    /// guard, held until the work is done.
+    async fn act(
+        self: &Arc<Self>,
+        hook: Hook,
+        body: Bytes,
+        deadline: Instant,
+        guard: OwnedMutexGuard<()>,
+    ) -> Answer {
+        if hook == Hook::Validate {
+            return self.validate(deadline, guard).await;
+        }
         let answer = self.act_inner(hook, body, deadline).await;
+        drop(guard);
         if hook == Hook::Run && !answer.status.is_success() {
             *crate::sys::lock(&self.run_failure) =
                 Some((answer.status, answer.outcome, answer.extra.clone()));
@@ -124,15 +162,14 @@ impl Agent {
     async fn act_inner(&self, hook: Hook, body: Bytes, deadline: Instant) -> Answer {
         let generation = match hook {
             Hook::Run => {
-                if let Err(answer) = self.run(&body) {
+                if let Err(answer) = self.run(&body).await {
                     return answer;
                 }
                 self.hook_generation(Event::Run, &[&body], deadline).await
             }
-            Hook::Validate => return self.validate(deadline).await,
             Hook::Resume => self.hook_generation(Event::Resume, &[], deadline).await,
             Hook::Suspend => return self.suspend(deadline).await,
-            Hook::Ready | Hook::Terminate => unreachable!("not an acting hook"),
+            Hook::Ready | Hook::Terminate | Hook::Validate => unreachable!("not acted here"),
         };
         let frozen = (hook == Hook::Resume)
             .then(|| {
@@ -152,21 +189,20 @@ impl Agent {
     }
 
     /// Writes the payload and the VM id; `Err` is the answer when they cannot be written.
-    fn run(&self, body: &[u8]) -> Result<(), Answer> {
+    async fn run(&self, body: &[u8]) -> Result<(), Answer> {
         let parsed = run_body::parse(body);
         let dir = &self.config.state_dir;
-        let written = state_files::write_atomic(
-            &dir.join("run-payload"),
-            &parsed.payload,
-            0o600,
-            self.app_owner(),
-        )
-        .and_then(|()| match &parsed.microvm_id {
-            Some(id) => {
-                state_files::write_atomic(&dir.join("microvm-id"), id.as_bytes(), 0o644, None)
+        let (state, owner) = (self.state.clone(), self.app_owner());
+        let (payload, id) = (parsed.payload, parsed.microvm_id.clone());
+        let written = offload::io(move || {
+            let d = state.get()?;
+            d.write("run-payload", &payload, 0o600, owner)?;
+            match id {
+                Some(id) => d.write("microvm-id", id.as_bytes(), 0o644, None),
+                None => Ok(()),
             }
-            None => Ok(()),
-        });
+        })
+        .await;
         if let Err(e) = written {
             // Without its payload the app would serve this VM with no per-VM data: dying is the
             // lesser harm, so this is the one case where /run fails.

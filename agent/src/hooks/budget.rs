@@ -11,6 +11,7 @@
 
 use std::future::Future;
 
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 // The margin is part of the configuration's checks too (a notify timeout must fit inside it),
@@ -24,6 +25,8 @@ pub enum Missed {
     Overrun,
     /// The work panicked (a bug); the hook still answers.
     Panicked,
+    /// The work was cancelled on purpose (a `/validate` pre-empted by `/run`).
+    Cancelled,
 }
 
 /// Runs `work` as its own task and waits for it until `deadline`. The work is never cancelled
@@ -33,9 +36,14 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    let mut task = tokio::spawn(work);
+    wait(deadline, tokio::spawn(work)).await
+}
+
+/// [`within`] for work already spawned (whose abort handle someone keeps).
+pub async fn wait<T>(deadline: Instant, mut task: JoinHandle<T>) -> Result<T, Missed> {
     match tokio::time::timeout_at(deadline, &mut task).await {
         Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) if e.is_cancelled() => Err(Missed::Cancelled),
         Ok(Err(_)) => Err(Missed::Panicked),
         Err(_) => Err(Missed::Overrun),
     }

@@ -20,6 +20,7 @@ use crate::config::{Config, Event};
 use crate::hooks::lifecycle::{Health, Hook, Machine, State, Verdict};
 use crate::supervise::handle::AppHandle;
 use crate::supervise::launcher::Launcher;
+use crate::sys::state_files::Handle as StateHandle;
 
 mod acting;
 mod answer;
@@ -80,6 +81,8 @@ impl Links {
 pub struct Agent {
     /// Validated once at start, never changed.
     pub config: Config,
+    /// The state directory, held by descriptor: every file the app reads is written through it.
+    state: StateHandle,
     /// The app and the process launcher.
     links: Links,
     /// For `/status`'s uptime.
@@ -100,6 +103,9 @@ pub struct Agent {
     failure_reported: tokio::sync::Notify,
     /// Whether `/validate`'s warm-up requests have run, are running, or failed.
     warmup: Mutex<Warmup>,
+    /// A `/validate`'s work and its warm-up while they run: `/run` cancels them.
+    validating: Mutex<Option<tokio::task::AbortHandle>>,
+    warmup_task: Mutex<Option<tokio::task::AbortHandle>>,
     /// The agent's generator and the published generations.
     pub generations: Generations,
     /// The last new-generation routine, for `/status`.
@@ -115,9 +121,16 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// An agent whose state directory is opened on first use (tests and the fuzz targets).
     pub fn new(config: Config, links: Links) -> Arc<Agent> {
+        let state = StateHandle::new(&config.state_dir, None);
+        Agent::with_state(config, links, state)
+    }
+
+    pub fn with_state(config: Config, links: Links, state: StateHandle) -> Arc<Agent> {
         Arc::new(Agent {
             config,
+            state,
             links,
             started: Instant::now(),
             machine: Mutex::default(),
@@ -128,6 +141,8 @@ impl Agent {
             microvm_id: Mutex::default(),
             failure_reported: tokio::sync::Notify::new(),
             warmup: Mutex::new(Warmup::NotStarted),
+            validating: Mutex::new(None),
+            warmup_task: Mutex::new(None),
             generations: Generations::default(),
             last_routine: Mutex::new(Value::Null),
             last_hook_routine: Mutex::new(None),

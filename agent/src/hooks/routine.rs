@@ -38,7 +38,7 @@ use crate::clone::machine::{Facts, KernelCrng};
 use crate::clone::notify::{self, Outcome};
 use crate::clone::secrets;
 use crate::config::{Event, MachineId, OnTimeout};
-use crate::sys::state_files;
+use crate::sys::{offload, state_files};
 
 /// The app's per-generation seed: `<state_dir>/seed`, 32 raw bytes, 0600.
 pub const SEED_FILE: &str = "seed";
@@ -133,6 +133,7 @@ impl Agent {
             &self.generations,
             &generation,
             &self.links.launcher,
+            &self.state,
             deadline,
         )
         .await;
@@ -156,20 +157,20 @@ impl Agent {
         // The seed is staged too, then all of them are switched in together: a failure before
         // this point leaves every file with the previous generation's value.
         let t = Instant::now();
-        let mut seed = self.generations.draw(SEED_BYTES).unwrap_or_default();
-        let written = state_files::stage(
-            &self.config.state_dir.join(SEED_FILE),
-            &seed,
-            0o600,
-            self.app_owner(),
-        )
-        .and_then(|seed_file| {
+        let seed = self.generations.draw(SEED_BYTES).unwrap_or_default();
+        let (state, owner, file_seed) = (self.state.clone(), self.app_owner(), seed.clone());
+        let written = offload::io(move || {
+            let mut file_seed = file_seed;
+            let seed_file = state.get()?.stage(SEED_FILE, &file_seed, 0o600, owner);
+            file_seed.zeroize();
             staged
                 .into_iter()
-                .chain(std::iter::once(seed_file))
+                .chain(std::iter::once(seed_file?))
                 .try_for_each(state_files::Staged::commit)
-        });
+        })
+        .await;
         rec.step("seed", t);
+        let mut seed = seed;
         if let Err(e) = written {
             seed.zeroize();
             tracing::error!(error = %e, "cannot write the seed; the new generation is not published");
@@ -193,8 +194,11 @@ impl Agent {
                 .iter()
                 .map(|b| format!("{b:02x}"))
                 .collect();
-            let outcome =
-                identity::rewrite_machine_id(std::path::Path::new(identity::MACHINE_ID), &hex);
+            let outcome = offload::run(move || {
+                identity::rewrite_machine_id(std::path::Path::new(identity::MACHINE_ID), &hex)
+            })
+            .await
+            .unwrap_or_else(|| Err("the I/O thread failed".into()));
             rec.step("identity", t);
             match outcome {
                 Ok(what) => rec.fields["machine_id"] = json!(what),
@@ -209,7 +213,8 @@ impl Agent {
         let t = Instant::now();
         if let Err(e) = self
             .generations
-            .publish(&self.config.state_dir, generation.clone())
+            .publish(&self.state, generation.clone())
+            .await
         {
             tracing::error!(error = %e, "cannot publish the generation");
             return Err(self.failed(

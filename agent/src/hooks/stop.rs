@@ -101,18 +101,19 @@ impl Agent {
     /// as such; whether it answers non-200 is `fail_policy`'s call.
     pub(super) async fn suspend(&self, deadline: Instant) -> Answer {
         let outcome = self.tell_app(Event::Suspend, None, None, deadline).await;
-        let mut scrubbed =
-            crate::clone::secrets::scrub(&self.config.secrets, &self.config.state_dir);
         // The app's seed goes the way of a scrub_on_suspend secret: a new one comes on /resume.
-        match std::fs::remove_file(self.config.state_dir.join(super::routine::SEED_FILE)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                scrubbed.failed.push(crate::clone::secrets::Failure {
-                    name: "(seed)".into(),
-                    reason: format!("cannot remove it: {e}"),
-                })
-            }
-            _ => {}
-        }
+        let (secrets, state) = (self.config.secrets.clone(), self.state.clone());
+        let scrubbed = crate::sys::offload::run(move || {
+            crate::clone::secrets::scrub(&secrets, &state, &[super::routine::SEED_FILE])
+        })
+        .await
+        .unwrap_or_else(|| crate::clone::secrets::Scrubbed {
+            removed: 0,
+            failed: vec![crate::clone::secrets::Failure {
+                name: "(all)".into(),
+                reason: "the I/O thread failed".into(),
+            }],
+        });
         *crate::sys::lock(&self.suspended_at) = Some(Clocks::now());
         // The agent keeps no outbound connection (every client request uses a fresh one), so
         // there is nothing of ours to drop before the freeze.

@@ -1,10 +1,12 @@
 //! `/validate`: the new generation of the validate VM (a clone too), then the warm-up requests
 //! through the app, which outlive the polls that watch them.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::StatusCode;
 use serde_json::json;
+use tokio::sync::OwnedMutexGuard;
 use tokio::time::Instant;
 
 use super::{Agent, Answer};
@@ -26,7 +28,14 @@ pub(super) enum Warmup {
 impl Agent {
     /// Starts the warm-up on the first call and reports on it. The hook's deadline bounds the
     /// wait: a warm-up that takes longer answers 503 (the platform asks again) and goes on.
-    pub(super) async fn validate(&self, deadline: Instant) -> Answer {
+    ///
+    /// Only the new generation holds the action guard: the warm-up (minutes, maybe) is a task of
+    /// its own that holds nothing, so no other hook ever waits for it, and `/run` cancels it.
+    pub(super) async fn validate(
+        self: &Arc<Self>,
+        deadline: Instant,
+        guard: OwnedMutexGuard<()>,
+    ) -> Answer {
         let requests = &self.config.validate;
         let start = {
             let mut w = crate::sys::lock(&self.warmup);
@@ -39,7 +48,9 @@ impl Agent {
         if start {
             // The validate VM is a clone too: it gets its own generation before the warm-up, so
             // the requests exercise the app as it will run after /run.
-            if let Err(e) = self.hook_generation(Event::Validate, &[], deadline).await {
+            let generation = self.hook_generation(Event::Validate, &[], deadline).await;
+            drop(guard);
+            if let Err(e) = generation {
                 *crate::sys::lock(&self.warmup) = Warmup::Failed(e.message());
                 return e.into();
             }
@@ -50,18 +61,25 @@ impl Agent {
             );
             // Each request may take longer than one poll: the warm-up outlives the polls.
             let per_request = self.config.hooks.validate_timeout.max(WARMUP_REQUEST_LIMIT);
-            let result = probe::warm_up(requests, per_request).await;
-            let mut w = crate::sys::lock(&self.warmup);
-            *w = match result {
-                Ok(n) => {
-                    tracing::info!(sent = n, "warm-up passed");
-                    Warmup::Passed(n)
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "warm-up failed");
-                    Warmup::Failed(e)
-                }
-            };
+            let agent = self.clone();
+            let task = tokio::spawn(async move {
+                let result = probe::warm_up(&agent.config.validate, per_request).await;
+                let mut w = crate::sys::lock(&agent.warmup);
+                *w = match result {
+                    Ok(n) => {
+                        tracing::info!(sent = n, "warm-up passed");
+                        Warmup::Passed(n)
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "warm-up failed");
+                        Warmup::Failed(e)
+                    }
+                };
+            });
+            *crate::sys::lock(&self.warmup_task) = Some(task.abort_handle());
+            let _ = task.await;
+        } else {
+            drop(guard);
         }
         match crate::sys::lock(&self.warmup).clone() {
             Warmup::Passed(n) => {

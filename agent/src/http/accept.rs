@@ -7,7 +7,6 @@
 //! header buffer is bounded, and on the way out idle connections close at once while a hook that is
 //! still answering gets to finish.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -19,11 +18,12 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tower::ServiceExt;
 
 use crate::hooks::Agent;
 use crate::http::routes::{self, Arrived};
+use crate::http::slots::{Close, Rank, Slots, Stage};
 
 /// A client has this long to send a request's headers once it has started one.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -31,49 +31,20 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_HEADER_BUF: usize = 16 * 1024;
 /// How long the agent waits on its way out for answers still being written.
 const DRAIN: Duration = Duration::from_secs(2);
-/// Live connections at the most. The platform needs a handful; past this, the *oldest* is closed
-/// (an answer it is writing still finishes), so that a flood of idle connections through the
-/// public endpoint can never lock the platform's own calls out.
-pub const MAX_CONNECTIONS: usize = 512;
 /// An evicted connection gets this long to finish the answer it is writing.
 const EVICT_GRACE: Duration = Duration::from_secs(2);
 
-/// The live connections in accept order, each with the handle that closes it.
-#[derive(Default)]
-struct Slots {
-    next: u64,
-    live: VecDeque<(u64, Arc<Notify>)>,
-}
+pub use crate::http::slots::MAX_CONNECTIONS;
 
-impl Slots {
-    /// Registers a new connection, evicting the oldest if the table is full.
-    fn admit(&mut self) -> (u64, Arc<Notify>) {
-        if self.live.len() >= MAX_CONNECTIONS {
-            if let Some((_, oldest)) = self.live.pop_front() {
-                oldest.notify_one();
-            }
-        }
-        self.next += 1;
-        let close = Arc::new(Notify::new());
-        self.live.push_back((self.next, close.clone()));
-        (self.next, close)
-    }
-
-    fn remove(&mut self, id: u64) {
-        if let Some(i) = self.live.iter().position(|(x, _)| *x == id) {
-            self.live.remove(i);
-        }
-    }
-}
-
-/// Removes a connection from the table when its task ends, however it ends.
+/// Removes a connection from the table when its task ends, however it ends (its socket is
+/// dropped with it: the table counts exactly the sockets held).
 struct Slot(Arc<Mutex<Slots>>, u64);
 
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut slots = crate::sys::lock(&self.0);
         slots.remove(self.1);
-        if slots.live.is_empty() {
+        if slots.is_empty() {
             release_memory();
         }
     }
@@ -127,15 +98,31 @@ pub async fn serve_connection<I>(io: I, agent: Arc<Agent>)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let close: Close = Arc::new(watch::channel(false).0);
     let _ = http1()
-        .serve_connection(TokioIo::new(io), service(routes::router(agent)))
+        .serve_connection(
+            TokioIo::new(io),
+            service(routes::router(agent), Stage::default(), close),
+        )
         .await;
 }
 
+/// What a request carries from its connection: the connection's stage (the body layer moves it
+/// on once the body is in) and its close signal (a long-poll answers when it fires).
+#[derive(Clone)]
+pub struct Conn {
+    pub stage: Stage,
+    /// The rank the request has once its body is in.
+    pub then: Rank,
+    pub close: watch::Receiver<bool>,
+}
+
 /// The router as hyper's service. Each request is stamped with the moment its headers were read
-/// before routing: a hook's budget counts from there.
+/// before routing (a hook's budget counts from there) and with its connection's [`Conn`].
 fn service(
     router: Router,
+    stage: Stage,
+    close: Close,
 ) -> impl hyper::service::Service<
     hyper::Request<Incoming>,
     Response = hyper::Response<axum::body::Body>,
@@ -144,9 +131,21 @@ fn service(
 > + Clone {
     service_fn(move |req: hyper::Request<Incoming>| {
         let mut req = req.map(axum::body::Body::new);
+        let conn = Conn {
+            stage: stage.clone(),
+            then: routes::rank(&req),
+            close: close.subscribe(),
+        };
         req.extensions_mut()
             .insert(Arrived(tokio::time::Instant::now()));
-        router.clone().oneshot(req)
+        req.extensions_mut().insert(conn);
+        let answered = router.clone().oneshot(req);
+        let stage = stage.clone();
+        async move {
+            let response = answered.await;
+            stage.set(Rank::Nothing);
+            response
+        }
     })
 }
 
@@ -154,7 +153,7 @@ fn service(
 /// (bounded by `DRAIN`) and returns.
 pub async fn serve(listener: TcpListener, agent: Arc<Agent>, stop: impl Future<Output = ()>) {
     let (closing, closing_rx) = watch::channel(false);
-    let slots = Arc::new(Mutex::new(Slots::default()));
+    let slots = Arc::new(Mutex::new(Slots::new(crate::supervise::spawn::nofile())));
     let router = routes::router(agent);
     tokio::pin!(stop);
     loop {
@@ -172,23 +171,33 @@ pub async fn serve(listener: TcpListener, agent: Arc<Agent>, stop: impl Future<O
             () = &mut stop => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = service(router.clone());
         let mut closing = closing_rx.clone();
-        let (id, evict) = crate::sys::lock(&slots).admit();
-        let slot = Slot(slots.clone(), id);
-        tokio::spawn(async move {
+        let admitted = crate::sys::lock(&slots).admit();
+        let service = service(router.clone(), admitted.stage, admitted.close.clone());
+        let slot = Slot(slots.clone(), admitted.id);
+        let close = admitted.close;
+        let task = tokio::spawn(async move {
             let _slot = slot;
+            let mut evicted = close.subscribe();
             let conn = http1().serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => return,
                 _ = closing.wait_for(|c| *c) => {}
-                () = evict.notified() => tracing::debug!("connection table full: closing the oldest"),
+                _ = evicted.wait_for(|c| *c) => {}
             }
+            // Long-polls on this connection answer now; an answer being written finishes.
+            close.send_replace(true);
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(EVICT_GRACE, conn).await;
             drop(closing);
         });
+        crate::sys::lock(&slots).set_abort(admitted.id, task.abort_handle());
+        if admitted.cut {
+            // Let the runtime drop the connection that was cut, so its descriptor is free again
+            // before the next accept.
+            tokio::task::yield_now().await;
+        }
     }
     drop(listener);
     let _ = closing.send(true);

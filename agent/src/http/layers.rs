@@ -54,6 +54,10 @@ pub async fn body_limit(req: Request, next: Next) -> Response<Body> {
         .and_then(|v| v.parse::<u64>().ok());
     match read_body(body, declared).await {
         Ok(bytes) => {
+            // The body is in: the request now counts for what it is (`http::slots`).
+            if let Some(conn) = parts.extensions.get::<crate::http::accept::Conn>() {
+                conn.stage.set(conn.then);
+            }
             next.run(Request::from_parts(parts, Body::from(bytes)))
                 .await
         }

@@ -23,7 +23,9 @@ use tokio::time::Instant;
 
 use crate::hooks::lifecycle::Hook;
 use crate::hooks::{Agent, Answer, Caller};
+use crate::http::accept::Conn;
 use crate::http::layers::{self, Gate};
+use crate::http::slots::Rank;
 
 pub use crate::http::layers::{is_forwarded, BODY_LIMIT, BODY_TIMEOUT};
 pub const PREFIX: &str = "/aws/lambda-microvms/runtime/v1/";
@@ -72,6 +74,21 @@ pub fn router(agent: Arc<Agent>) -> Router {
             refuse(StatusCode::NOT_FOUND, NOT_FOUND)
         })
         .with_state(agent)
+}
+
+/// What a request is, for a full connection table (`http::slots`): one of the six hooks called
+/// from inside the VM is the platform's and goes last; anything else waits or can go.
+pub fn rank<B>(req: &axum::http::Request<B>) -> Rank {
+    let path = req.uri().path();
+    let hook = Hook::from_name(
+        path.strip_prefix(PREFIX)
+            .unwrap_or(path.trim_start_matches('/')),
+    );
+    if hook.is_some() && !is_forwarded(req) {
+        Rank::Hook
+    } else {
+        Rank::Waiting
+    }
 }
 
 fn hook_route(agent: &Arc<Agent>, hook: Hook) -> MethodRouter<Arc<Agent>> {
@@ -136,7 +153,18 @@ async fn call_hook(agent: Arc<Agent>, hook: Hook, req: Request) -> Response<Body
     let path = req.uri().path().to_string();
     let body = body_of(req).await;
     let body = if is_get { Bytes::new() } else { body };
-    let answer = agent.hook(hook, caller, &path, body, arrived).await;
+    // The hook runs as a task of its own, not in the connection's future: a connection that is
+    // closed (by its client, or evicted from a full table) loses the answer, never the work. A
+    // `/terminate` cut halfway still stops the app; a `/run` cut halfway still finishes its
+    // generation.
+    let work = tokio::spawn(async move { agent.hook(hook, caller, &path, body, arrived).await });
+    let answer = work.await.unwrap_or_else(|_| {
+        Answer::error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal-error",
+            "the hook's work failed (a bug: see the agent's log)",
+        )
+    });
     answer_to_response(hook, answer, arrived)
 }
 
@@ -151,12 +179,25 @@ async fn status(State(agent): State<Arc<Agent>>) -> Response<Body> {
     json(StatusCode::OK, agent.status())
 }
 
+/// `GET /generation?after=N` waits for a generation after N. When its connection is closed (a
+/// full table, or the agent on its way out) it answers at once with what there is, so that a
+/// waiting client always gets an answer, never a reset.
 async fn generation(State(agent): State<Arc<Agent>>, req: Request) -> Response<Body> {
     let after = match query_u64(req.uri().query(), "after") {
         Ok(a) => a,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, e),
     };
-    json(StatusCode::OK, agent.generation_after(after).await)
+    let closing = req.extensions().get::<Conn>().map(|c| c.close.clone());
+    let closed = async move {
+        match closing {
+            Some(mut c) => drop(c.wait_for(|c| *c).await),
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        g = agent.generation_after(after) => json(StatusCode::OK, g),
+        () = closed => json(StatusCode::OK, agent.generation_after(None).await),
+    }
 }
 
 /// `?after=N`: absent is `None`; anything but a number is an error.

@@ -22,7 +22,7 @@ use crate::config::values::UserSpec;
 static INHERITED_NOFILE: std::sync::OnceLock<libc::rlimit> = std::sync::OnceLock::new();
 
 /// Raises the agent's own descriptor limit to the hard limit: the hook port must keep accepting
-/// under a flood of connections (see `server::MAX_CONNECTIONS`). Children get the original soft
+/// under a flood of connections (see `http::slots`). Children get the original soft
 /// limit back, since some programs misbehave with a very high one (select(2), fd loops).
 pub fn raise_nofile() {
     let mut lim = libc::rlimit {
@@ -40,6 +40,20 @@ pub fn raise_nofile() {
             libc::setrlimit(libc::RLIMIT_NOFILE, &raised);
         }
     }
+}
+
+/// The agent's own descriptor limit now (after [`raise_nofile`]): the hook port's connection
+/// table is sized from it.
+pub fn nofile() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain getrlimit on a local struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 1024;
+    }
+    usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
 }
 
 /// A user resolved against the user database, ready to switch to after `fork`.

@@ -1,4 +1,5 @@
-//! Thin, safe wrappers over what the system offers: atomic state files, timers that tell a
+//! Thin, safe wrappers over what the system offers: atomic state files held by descriptor, the
+//! I/O thread that runs whatever may block, timers that tell a
 //! freeze from elapsed time, the non-blocking log writer, signals (the signalfd and `kill`),
 //! the outbound HTTP client (a leaf: the supervisor's probes, the notify callbacks and the hook
 //! pass-through all use it, so it lives below them), and the platform's environment.
@@ -6,6 +7,7 @@
 pub mod client;
 pub mod clock;
 pub mod logwriter;
+pub mod offload;
 pub mod platform_env;
 pub mod signals;
 pub mod state_files;

@@ -1,0 +1,401 @@
+//! Hardening, round three: what someone who reaches the hook port through the public endpoint (or
+//! an app's own workers) could do to a healthy VM, and slow storage after a restore. Each test
+//! reproduces one finding of the black-box attack as it was run, and checks what the platform
+//! sees: every hook answered inside its budget, with the outcome it should have. Real binary, real
+//! sockets; descriptor limits as on the platform (`prlimit --nofile=1024:1024`).
+
+mod common;
+
+use std::io::{BufReader, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn raise_own_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+}
+
+/// The platform's descriptor limit for the agent (CONTRACT.md: 1024, hard).
+const PLATFORM_NOFILE: &[&str] = &["prlimit", "--nofile=1024:1024", "--"];
+
+/// Headers of a request forwarded from the public endpoint.
+const FORWARDED: &[(&str, &str)] = &[
+    ("Host", "abc.lambda-microvms.us-east-1.on.aws"),
+    ("x-amzn-requestid", "0f0e0d0c"),
+];
+
+/// An agent whose app is the fixture's HTTP server (notify target, ready probe), with a secret:
+/// every routine writes files, reads `/dev/urandom` and connects to the app.
+fn busy_agent(extra: &str, wrapper: &[&str]) -> (Agent, TempDir) {
+    let port = free_port();
+    let logs = TempDir::new("stranger");
+    let cfg = format!(
+        "[ready]\ntcp = \"127.0.0.1:{port}\"\n[notify]\nhttp = \"http://127.0.0.1:{port}/__lifecycle\"\n\
+         [[secret]]\nname = \"k\"\nbytes = 16\n{extra}"
+    );
+    let log = logs.join("requests.log");
+    let a = Spec::default()
+        .config(&cfg)
+        .wrapper(wrapper)
+        .fixture(&["serve", &port.to_string(), "0", log.to_str().unwrap()])
+        .start();
+    assert_eq!(a.ready_settled().status, 200);
+    (a, logs)
+}
+
+/// A hook the platform calls: answered 200 with `outcome`, inside the budget (the agent answers
+/// "timeout" when its work does not finish in time, and the platform's own budget is the
+/// connection's: a late answer is a failed hook).
+fn platform_hook(a: &Agent, path: &str, body: &[u8], outcome: &str) -> Resp {
+    let t = Instant::now();
+    let r = a.post(path, body);
+    let took = t.elapsed();
+    assert_eq!(r.status, 200, "{path}: {}", r.text());
+    assert_eq!(r.json()["outcome"], outcome, "{path}: {}", r.text());
+    assert!(
+        took < Duration::from_secs(1),
+        "{path} answered after {took:?}, past its 1 s budget"
+    );
+    eprintln!("{path}: {} in {took:?}", r.json()["outcome"]);
+    r
+}
+
+/// Opens `rate` connections a second for `secs`, each sending a `/validate` that announces a
+/// body it never sends, and holds every one of them (as the attack did).
+fn flood(port: u16, rate: u32, secs: u64, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        let start = Instant::now();
+        let mut sent = 0u64;
+        while start.elapsed() < Duration::from_secs(secs) && !stop.load(Ordering::SeqCst) {
+            let due = start.elapsed().as_secs_f64() * f64::from(rate);
+            while (sent as f64) < due {
+                sent += 1;
+                if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+                    let mut head = String::from("POST /validate HTTP/1.1\r\n");
+                    for (k, v) in FORWARDED {
+                        head.push_str(&format!("{k}: {v}\r\n"));
+                    }
+                    head.push_str("Content-Length: 1000\r\n\r\n");
+                    let _ = s.write_all(head.as_bytes());
+                    held.push(s);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        held.len()
+    })
+}
+
+fn descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// Finding 1: a connection flood used to exhaust the agent's 1024 descriptors, and the
+/// platform's `/run` answered 500 (`Too many open files`), `/suspend` and `/resume` degraded.
+#[test]
+fn a_connection_flood_at_300_and_600_a_second_leaves_the_platforms_hooks_whole() {
+    raise_own_fd_limit();
+    for rate in [300, 600] {
+        let (a, _logs) = busy_agent("", PLATFORM_NOFILE);
+        let stop = Arc::new(AtomicBool::new(false));
+        let flooder = flood(a.port, rate, 4, stop.clone());
+        // Let the flood fill the table first (at 300/s: 512 connections in under 2 s).
+        std::thread::sleep(Duration::from_millis(2500));
+        let fds = descriptors(a.pid());
+        platform_hook(&a, "/run", br#"{"microvmId":"vm-flood"}"#, "ok");
+        platform_hook(&a, "/suspend", b"", "suspended");
+        platform_hook(&a, "/resume", b"", "resumed");
+        stop.store(true, Ordering::SeqCst);
+        let held = flooder.join().unwrap();
+        eprintln!(
+            "{rate}/s: {held} connections held by the flood, the agent had {fds} descriptors"
+        );
+        assert!(held > 512, "the flood filled the table ({held})");
+        assert!(
+            fds < 1024 - 128,
+            "descriptors stay clear of the limit: {fds}"
+        );
+        let st = a.status();
+        for hook in ["run", "suspend", "resume"] {
+            assert_eq!(st["hooks"][hook]["degraded"], 0, "{hook}: {st}");
+        }
+    }
+}
+
+/// Finding 2: a stranger's `/validate` held the one-acting-hook guard through a 3 s warm-up, and
+/// the platform's `/run` 0.3 s later answered 500 `busy`, which terminates the VM.
+#[test]
+fn a_strangers_validate_with_a_long_warm_up_never_makes_run_fail() {
+    let port = free_port();
+    let logs = TempDir::new("warm");
+    let log = logs.join("requests.log");
+    // The fixture's /slow/N answers after N ms: three 1-second requests.
+    let cfg = format!(
+        "[ready]\ntcp = \"127.0.0.1:{port}\"\n[validate]\nrepeat = 3\n\
+         [[validate.request]]\nurl = \"http://127.0.0.1:{port}/slow/1000\"\n"
+    );
+    let a = Spec::default()
+        .config(&cfg)
+        .fixture(&["serve", &port.to_string(), "0", log.to_str().unwrap()])
+        .start();
+    assert_eq!(a.ready_settled().status, 200);
+    let port_a = a.port;
+    let stranger = std::thread::spawn(move || http(port_a, "POST", "/validate", FORWARDED, b""));
+    std::thread::sleep(Duration::from_millis(300));
+    let r = platform_hook(&a, "/run", br#"{"microvmId":"vm-w"}"#, "ok");
+    assert!(
+        r.json()["generation"].as_u64().unwrap() >= 1,
+        "{}",
+        r.text()
+    );
+    let v = stranger.join().unwrap();
+    assert!(
+        [409, 503].contains(&v.status),
+        "the stranger's validate was cancelled or is still warming: {}",
+        v.text()
+    );
+    // And after /run, validate is a conflict, for anyone.
+    assert_eq!(
+        http(a.port, "POST", "/validate", FORWARDED, b"").status,
+        409
+    );
+}
+
+/// The app takes 4 s to acknowledge `/terminate` (and nothing else): a hook that works far longer
+/// than a connection evicted from a full table used to live (2 s).
+const SLOW_TERMINATE: &str = "[hooks]\nrun_timeout = \"6s\"\nresume_timeout = \"6s\"\n\
+    suspend_timeout = \"6s\"\nterminate_timeout = \"6s\"\n[notify]\n\
+    exec = [\"sh\", \"-c\", \"[ \\\"$MICROVM_EVENT\\\" != terminate ] || sleep 4\"]\ntimeout = \"5s\"\n";
+
+/// Finding 3: a `/terminate` whose connection was evicted mid-hook (520 idle connections opened
+/// 1 s into it) never stopped the app: its work ran in the connection's future, which was dropped.
+#[test]
+fn a_terminate_whose_connection_is_evicted_still_stops_the_app_and_the_agent_exits() {
+    raise_own_fd_limit();
+    let mut a = Spec::default()
+        .config(SLOW_TERMINATE)
+        .app(&["sleep", "1000"])
+        .wrapper(PLATFORM_NOFILE)
+        .start();
+    assert_eq!(a.ready_settled().status, 200);
+    let app = a.app_pid().expect("the app runs") as u32;
+    let port = a.port;
+    let terminate = std::thread::spawn(move || {
+        let mut s = connect(port);
+        s.write_all(&request_bytes(port, "POST", "/terminate", &[], b"", true))
+            .unwrap();
+        read_response(&mut BufReader::new(s))
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let idle: Vec<TcpStream> = (0..520).map(|_| connect(a.port)).collect();
+    let exited = a.wait_for(PATIENCE);
+    let answer = terminate.join().unwrap();
+    eprintln!("terminate answered: {:?}", answer.as_ref().map(Resp::text));
+    assert!(exited.is_some(), "the agent exited after /terminate");
+    assert!(!alive(app), "the app was stopped");
+    assert_eq!(
+        answer.map(|r| r.status),
+        Some(200),
+        "and the platform got its answer"
+    );
+    drop(idle);
+}
+
+/// Finding 3, the other way: 1,200 app workers long-polling `GET /generation?after=N` and
+/// reconnecting whenever they are closed used to evict the platform's hook connections, and a
+/// `/terminate` still working was cut with them.
+#[test]
+fn twelve_hundred_reconnecting_long_pollers_never_cost_the_platform_a_hook() {
+    raise_own_fd_limit();
+    let mut a = Spec::default()
+        .config(&format!(
+            "{SLOW_TERMINATE}[[secret]]\nname = \"k\"\nbytes = 16\n"
+        ))
+        .app(&["sleep", "1000"])
+        .start();
+    assert_eq!(a.ready_settled().status, 200);
+    let stop = Arc::new(AtomicBool::new(false));
+    let answers = Arc::new(AtomicUsize::new(0));
+    let port = a.port;
+    let pollers: Vec<_> = (0..1200)
+        .map(|_| {
+            let (stop, answers) = (stop.clone(), answers.clone());
+            std::thread::Builder::new()
+                .stack_size(64 * 1024)
+                .spawn(move || {
+                    let mut after = 0u64;
+                    while !stop.load(Ordering::SeqCst) {
+                        let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+                            std::thread::sleep(Duration::from_millis(10));
+                            continue;
+                        };
+                        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                        let path = format!("/generation?after={after}");
+                        if s.write_all(&request_bytes(port, "GET", &path, &[], b"", false))
+                            .is_err()
+                        {
+                            continue;
+                        }
+                        if let Some(r) = read_response(&mut BufReader::new(s)) {
+                            answers.fetch_add(1, Ordering::Relaxed);
+                            after = r.json()["generation"].as_u64().unwrap_or(after);
+                        }
+                    }
+                })
+                .unwrap()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    platform_hook(&a, "/run", br#"{"microvmId":"vm-poll"}"#, "ok");
+    platform_hook(&a, "/suspend", b"", "suspended");
+    platform_hook(&a, "/resume", b"", "resumed");
+    let t = a.post("/terminate", b"");
+    let exited = a.wait_for(PATIENCE);
+    stop.store(true, Ordering::SeqCst);
+    for p in pollers {
+        p.join().unwrap();
+    }
+    eprintln!(
+        "{} long-poll answers; terminate: {}",
+        answers.load(Ordering::Relaxed),
+        t.text()
+    );
+    assert_eq!(t.status, 200, "{}", t.text());
+    let log = a.stderr.all();
+    assert!(
+        exited.is_some(),
+        "the agent exited after /terminate; its last lines:\n{}",
+        log[log.len().saturating_sub(15)..].join("\n")
+    );
+}
+
+/// Finding 4: state-file writes (with `fsync`) ran on the runtime's one thread: with each
+/// `fsync` delayed 100 ms, `/run` answered after its budget, and `/status` waited behind it. Now
+/// the state directory is written without `fsync`, on the I/O thread: with every `fsync` and every
+/// rename delayed, `/run` answers inside its budget and `/status` is answered while `/run` is still
+/// working (an order, not a time).
+#[test]
+fn slow_storage_never_blocks_the_hooks() {
+    let slow = [
+        "strace",
+        "-f",
+        "-qq",
+        "-o",
+        "/dev/null",
+        "-e",
+        "trace=fsync,fdatasync,rename,renameat,renameat2",
+        "-e",
+        "inject=fsync,fdatasync:delay_enter=100000",
+        "-e",
+        "inject=rename,renameat,renameat2:delay_enter=150000",
+    ];
+    let a = Spec::default()
+        .config("[entropy]\nkernel = \"off\"\n")
+        .app(&["sleep", "1000"])
+        .wrapper(&slow)
+        .start();
+    assert_eq!(a.ready_settled().status, 200);
+    let port = a.port;
+    let run = std::thread::spawn(move || {
+        let t = Instant::now();
+        let r = http(port, "POST", "/run", &[], br#"{"runHookPayload":"p"}"#);
+        (r, t.elapsed(), Instant::now())
+    });
+    // /run is now in its renames (three of them: payload, seed, generation: 450 ms at least).
+    std::thread::sleep(Duration::from_millis(150));
+    let t = Instant::now();
+    let st = a.status();
+    let status_answered = Instant::now();
+    let status_took = t.elapsed();
+    let (r, run_took, run_answered) = run.join().unwrap();
+    eprintln!(
+        "/run: {} in {run_took:?}; /status meanwhile in {status_took:?}",
+        r.text()
+    );
+    assert!(st.is_object());
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["outcome"], "ok", "{}", r.text());
+    assert!(run_took < Duration::from_secs(1), "{run_took:?}");
+    assert!(
+        status_answered < run_answered,
+        "/status was answered while /run was still writing ({status_took:?})"
+    );
+}
+
+/// Finding 5: a state directory that another user created first was trusted: a `secrets` link
+/// planted in it made the agent (root) chmod and chown the directory it pointed to.
+#[test]
+fn a_state_directory_someone_else_prepared_is_refused_and_its_links_never_followed() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = TempDir::new("planted");
+    let victim = dir.join("victim");
+    std::fs::create_dir(&victim).unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let state = dir.join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::os::unix::fs::symlink(&victim, state.join("secrets")).unwrap();
+    let nobody = std::ffi::CString::new(state.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::chown(nobody.as_ptr(), 65534, 65534) }, 0);
+    let cfg = "[app]\nuser = \"nobody\"\n[[secret]]\nname = \"k\"\nbytes = 8\n";
+    let cfg_path = dir.join("agent.toml");
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let start = |state: &std::path::Path| {
+        agent_command()
+            .args(["--listen", "127.0.0.1:0", "--state-dir"])
+            .arg(state)
+            .arg("-c")
+            .arg(&cfg_path)
+            .args(["--", "true"])
+            .output()
+            .unwrap()
+    };
+    let out = start(&state);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains("state_dir") && err.contains("uid 65534"),
+        "{err}"
+    );
+    // A 1777 directory of root's is refused too, and left as it was.
+    let open = dir.join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let out = start(&open);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("writable by group or others"));
+    assert_eq!(std::fs::metadata(&open).unwrap().mode() & 0o7777, 0o1777);
+    // A link planted in a directory the agent made (here: by the app's user inside `secrets`,
+    // the one place that user may write) is replaced, never followed.
+    let a = Spec::default().config(cfg).app(&["sleep", "1000"]).start();
+    assert_eq!(a.post("/run", b"").status, 200);
+    let planted = victim.join("file");
+    std::fs::remove_file(a.state("secrets/k")).unwrap();
+    std::os::unix::fs::symlink(&planted, a.state("secrets/k")).unwrap();
+    assert_eq!(a.post("/suspend", b"").status, 200);
+    assert_eq!(a.post("/resume", b"").json()["outcome"], "resumed");
+    assert!(
+        !planted.exists(),
+        "the secret was not written through the link"
+    );
+    assert!(std::fs::symlink_metadata(a.state("secrets/k"))
+        .unwrap()
+        .is_file());
+    let m = std::fs::metadata(&victim).unwrap();
+    assert_eq!(
+        (m.mode() & 0o7777, m.uid()),
+        (0o755, 0),
+        "the victim is untouched"
+    );
+}

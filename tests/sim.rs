@@ -567,3 +567,67 @@ fn a_simulation_never_rewrites_the_machines_own_machine_id() {
         "the host's machine-id changed"
     );
 }
+
+#[test]
+fn a_daemon_that_double_forked_out_of_the_entrypoint_is_frozen_and_ended_with_the_vm() {
+    // On the platform a daemon stays inside the VM: it is frozen by a suspend and gone with the
+    // VM. The simulator is a child subreaper, so the orphan comes to it (this machine has no
+    // cgroup v2 freezer: the SIGSTOP fallback is what runs here).
+    let dir = Tmp::new("daemon");
+    let port = free_port();
+    let hooks = hooks_json(&dir, port, "");
+    let ticks = dir.0.join("ticks");
+    let daemon = dir.0.join("daemon-ticks");
+    let script = format!("({} tick {} &); exec \"$@\"", fixture(), daemon.display());
+    let (code, out) = sim(&[
+        "--hooks",
+        &hooks,
+        "--suspend-for",
+        "1500ms",
+        "--",
+        "sh",
+        "-c",
+        &script,
+        "sh",
+        &agent(),
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--state-dir",
+        dir.0.join("state").to_str().unwrap(),
+        "--",
+        &fixture(),
+        "tick",
+        ticks.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let t: Vec<u64> = std::fs::read_to_string(&daemon)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.parse().ok())
+        .collect();
+    let longest = t.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+    assert!(
+        longest >= 1400,
+        "the daemon kept running while suspended ({longest} ms)\n{out}"
+    );
+    let before = std::fs::metadata(&daemon).unwrap().len();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(
+        std::fs::metadata(&daemon).unwrap().len(),
+        before,
+        "the daemon outlived the simulated VM"
+    );
+}
+
+#[test]
+fn a_hooks_file_that_is_not_a_regular_file_is_refused_at_once() {
+    let dir = Tmp::new("hooksfifo");
+    let fifo = dir.0.join("hooks.json");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    for path in [fifo.to_str().unwrap(), "/dev/zero"] {
+        let (code, out) = sim(&["--hooks", path, "--", "true"]);
+        assert_eq!(code, 2, "{path}: {out}");
+        assert!(out.contains("not a regular file"), "{path}: {out}");
+    }
+}

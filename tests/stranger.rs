@@ -334,6 +334,57 @@ fn slow_storage_never_blocks_the_hooks() {
     );
 }
 
+/// Finding 4, `exec`: a notify command whose `execve` took 2 s (a binary paged in from a restored
+/// VM's disk) made `/run` answer at 2.01 s: the standard library waits for the exec, and it ran on
+/// the runtime's thread. Now it runs on the I/O thread, inside the notification's time limit.
+#[test]
+fn a_slow_exec_never_blocks_the_hooks() {
+    let slow = [
+        "strace",
+        "-f",
+        "-qq",
+        "-o",
+        "/dev/null",
+        "-e",
+        "trace=execve",
+        "-e",
+        "inject=execve:delay_enter=2000000",
+    ];
+    let cfg = "[entropy]\nkernel = \"off\"\n[notify]\nexec = [\"true\"]\ntimeout = \"500ms\"\non_timeout = \"continue\"\n";
+    let a = Spec::default()
+        .config(cfg)
+        .app(&["sleep", "1000"])
+        .wrapper(&slow)
+        .start();
+    assert_eq!(a.ready_settled().status, 200);
+    let port = a.port;
+    let run = std::thread::spawn(move || {
+        let t = Instant::now();
+        let r = http(port, "POST", "/run", &[], b"");
+        (r, t.elapsed(), Instant::now())
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let st = a.status();
+    let status_answered = Instant::now();
+    let (r, run_took, run_answered) = run.join().unwrap();
+    eprintln!("/run: {} in {run_took:?}", r.text());
+    assert!(st.is_object());
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["outcome"],
+        "ok",
+        "waived by on_timeout: {}",
+        r.text()
+    );
+    assert!(run_took < Duration::from_secs(1), "{run_took:?}");
+    assert!(
+        status_answered < run_answered,
+        "/status answered while /run waited for the exec"
+    );
+    let notify = &a.status()["last_routine"]["notify"];
+    assert!(notify.to_string().contains("did not start"), "{notify}");
+}
+
 /// Finding 5: a state directory that another user created first was trusted: a `secrets` link
 /// planted in it made the agent (root) chmod and chown the directory it pointed to.
 #[test]
@@ -398,4 +449,52 @@ fn a_state_directory_someone_else_prepared_is_refused_and_its_links_never_follow
         (0o755, 0),
         "the victim is untouched"
     );
+}
+
+/// Minor: a pass-through app that answered its `/run` with 200 and a body over 1 MiB was taken as
+/// a refusal (500: the VM dies). Its status is its answer; the body is kept up to the limit.
+#[test]
+fn a_pass_through_app_answering_200_with_a_large_body_has_said_200() {
+    let port = free_port();
+    let logs = TempDir::new("bigbody");
+    let log = logs.join("requests.log");
+    let cfg = format!(
+        "[ready]\ntcp = \"127.0.0.1:{port}\"\n[notify]\nforward = \"http://127.0.0.1:{port}\"\n"
+    );
+    let a = Spec::default()
+        .config(&cfg)
+        .env("FIXTURE_RUN_BODY_BYTES", "2000000")
+        .fixture(&["serve", &port.to_string(), "0", log.to_str().unwrap()])
+        .start();
+    assert_eq!(a.ready_settled().status, 200);
+    let r = a.post("/run", b"");
+    assert_eq!(r.status, 200, "{}", &r.text()[..r.text().len().min(300)]);
+    assert_eq!(r.json()["outcome"], "ok");
+    assert_eq!(
+        r.json()["app"]["status"],
+        200,
+        "{}",
+        &r.text()[..r.text().len().min(300)]
+    );
+    let body = r.json()["app"]["body"].as_str().unwrap_or_default().len();
+    eprintln!("the app's answer, folded: {body} bytes");
+    assert!(
+        body > 1000,
+        "the app's large answer was forwarded, cut: {body}"
+    );
+}
+
+/// Minor: `/generation` long-polls were closed without an answer when the agent exited.
+#[test]
+fn a_long_poll_gets_its_answer_when_the_agent_exits() {
+    let mut a = Spec::default().app(&["sleep", "1000"]).start();
+    assert_eq!(a.ready_settled().status, 200);
+    let port = a.port;
+    let poll = std::thread::spawn(move || http(port, "GET", "/generation?after=0", &[], b""));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(a.post("/terminate", b"").status, 200);
+    assert!(a.wait_for(PATIENCE).is_some());
+    let r = poll.join().unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["generation"], 0, "{}", r.text());
 }

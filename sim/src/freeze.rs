@@ -12,6 +12,15 @@ pub struct Tree {
     cgroup: Option<PathBuf>,
 }
 
+/// Orphans of the entrypoint come to the simulator instead of the host's init, so that a freeze
+/// and the end of the VM reach them (a daemon that double-forked is still in the VM).
+pub fn become_subreaper() {
+    // SAFETY: prctl with integer arguments only.
+    unsafe {
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    }
+}
+
 /// Makes a cgroup for the entrypoint, if the machine lets us.
 pub fn prepare() -> Option<PathBuf> {
     let base = PathBuf::from("/sys/fs/cgroup");
@@ -43,8 +52,12 @@ impl Tree {
         }
     }
 
+    /// The entrypoint and everything below it, and every orphan it left: the simulator is a child
+    /// subreaper ([`become_subreaper`]), so a daemon that double-forked out of the tree is
+    /// re-parented to it, as it stays inside the VM on the platform.
     fn members(&self) -> Vec<i32> {
-        let mut all = vec![self.root];
+        let me = std::process::id() as i32;
+        let mut all = vec![me];
         let procs: Vec<(i32, i32)> = fs::read_dir("/proc")
             .map(|d| {
                 d.flatten()
@@ -74,6 +87,7 @@ impl Tree {
             );
             i += 1;
         }
+        all.retain(|p| *p != me);
         all
     }
 

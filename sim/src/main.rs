@@ -96,8 +96,7 @@ fn parse(args: Vec<OsString>) -> Result<Parsed, String> {
         match flag.as_str() {
             "--hooks" => {
                 let path = value()?;
-                let text =
-                    std::fs::read_to_string(&path).map_err(|e| format!("--hooks {path}: {e}"))?;
+                let text = read_hooks_file(&path).map_err(|e| format!("--hooks {path}: {e}"))?;
                 o.hooks = Hooks::from_json(&text).map_err(|e| format!("--hooks {path}: {e}"))?;
             }
             "--payload" => {
@@ -146,6 +145,25 @@ fn parse(args: Vec<OsString>) -> Result<Parsed, String> {
         return Err("no entrypoint (put it after --)".into());
     }
     Ok(Parsed::Run(Box::new(o)))
+}
+
+/// The `--hooks` file: a regular file of at most 1 MiB (the agent's own bound on its
+/// configuration). A FIFO would hang the simulator, `/dev/zero` would eat its memory.
+fn read_hooks_file(path: &str) -> Result<String, String> {
+    use std::io::Read;
+    const MAX: u64 = 1024 * 1024;
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX + 1).read_to_string(&mut text))
+        .map_err(|e| e.to_string())?;
+    if text.len() as u64 > MAX {
+        return Err(format!("larger than {MAX} bytes"));
+    }
+    Ok(text)
 }
 
 fn main() -> ExitCode {

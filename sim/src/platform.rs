@@ -66,6 +66,7 @@ struct Sim<'a> {
 /// Runs the whole lifecycle; returns the exit code (0: no violation, 1: violations or a failed
 /// build, 2: the entrypoint could not be started).
 pub fn run(o: &Options) -> i32 {
+    freeze::become_subreaper();
     let cgroup = freeze::prepare();
     let join = freeze::join_path(&cgroup);
     let mut cmd = Command::new(&o.entrypoint[0]);

@@ -246,20 +246,28 @@ async fn next_uevent(fd: &Option<AsyncFd<OwnedFd>>) -> Option<&'static str> {
     let mut buf = vec![0u8; 8192];
     loop {
         let mut guard = fd.readable().await.ok()?;
-        // SAFETY: recv into our own buffer.
+        // SAFETY: a zeroed sockaddr_nl is a valid value of that plain C struct.
+        let mut from: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
+        // SAFETY: recvfrom into our own buffer and address, with their true sizes.
         let n = unsafe {
-            libc::recv(
+            libc::recvfrom(
                 guard.get_inner().as_raw_fd(),
                 buf.as_mut_ptr().cast(),
                 buf.len(),
                 libc::MSG_DONTWAIT,
+                (&mut from as *mut libc::sockaddr_nl).cast(),
+                &mut len,
             )
         };
         if n < 0 {
             guard.clear_ready();
             continue;
         }
-        if is_vmgenid_uevent(&buf[..n as usize]) {
+        // Only the kernel (port 0) speaks for the VM generation: a process in the VM that can
+        // send to the uevent group (udev, or anyone with the capability) must not trigger a
+        // new generation by writing `NEW_VMGENID=1`.
+        if from.nl_pid == 0 && is_vmgenid_uevent(&buf[..n as usize]) {
             return Some("vmgenid-uevent");
         }
     }

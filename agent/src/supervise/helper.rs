@@ -43,22 +43,47 @@ pub(super) async fn run(
     capture: bool,
     limit: Duration,
 ) -> Result<Finished, String> {
-    let spawned = spawn::spawn(spawn::Spec {
-        argv,
-        run_as: launcher.run_as.as_ref(),
-        workdir: None,
-        state_dir: &launcher.state_dir,
-        env,
-        stdout: if capture {
-            Output::Capture
-        } else {
-            Output::Null
+    // `fork` + `exec` run on the I/O thread: the standard library waits until the exec has
+    // happened, and an exec from a restored VM's lazily paged-in disk can take seconds (measured:
+    // 2 s), during which the runtime's thread must go on answering. The time limit covers it.
+    let (argv, run_as, state_dir) = (
+        argv.to_vec(),
+        launcher.run_as.clone(),
+        launcher.state_dir.clone(),
+    );
+    let epoch = launcher.reaper.epoch();
+    let started = crate::sys::offload::run_or_else(
+        move || {
+            spawn::spawn(spawn::Spec {
+                argv: &argv,
+                run_as: run_as.as_ref(),
+                workdir: None,
+                state_dir: &state_dir,
+                env,
+                stdout: if capture {
+                    Output::Capture
+                } else {
+                    Output::Null
+                },
+                foreground: false,
+            })
         },
-        foreground: false,
-    })
-    .map_err(|e| e.message)?;
-    // Before any await: the reaper must know whom to tell.
-    let exited = launcher.reaper.watch(spawned.pid);
+        // Started after its caller gave up: nobody will wait for it.
+        |spawned| {
+            if let Ok(s) = spawned {
+                drop(KillOnDrop(Some(s.pid)));
+            }
+        },
+    );
+    let deadline = tokio::time::Instant::now() + limit;
+    let spawned = match tokio::time::timeout_at(deadline, started).await {
+        Ok(Some(spawned)) => spawned.map_err(|e| e.message)?,
+        Ok(None) => return Err("the I/O thread failed".into()),
+        Err(_) => return Err(format!("did not start within {limit:?}")),
+    };
+    // The exit may have been reaped already: the reaper keeps it for a watcher that started the
+    // process after `epoch`.
+    let exited = launcher.reaper.watch_since(spawned.pid, epoch);
     let mut guard = KillOnDrop(Some(spawned.pid));
     let work = async {
         let mut stdout = Vec::new();
@@ -78,7 +103,7 @@ pub(super) async fn run(
             .map_err(|_| "the helper's exit was lost".to_string())?;
         Ok::<_, String>(Finished { exit, stdout })
     };
-    match tokio::time::timeout(limit, work).await {
+    match tokio::time::timeout_at(deadline, work).await {
         Ok(result) => {
             guard.0 = None;
             result

@@ -52,16 +52,54 @@ impl std::fmt::Display for Exit {
     }
 }
 
+/// Exits nobody was waiting for yet, kept this many at the most (the newest).
+const UNCLAIMED: usize = 256;
+
+#[derive(Default)]
+struct Inner {
+    waiters: HashMap<i32, oneshot::Sender<Exit>>,
+    /// Counts every process reaped: the order of reaps.
+    reaped: u64,
+    /// Exits of processes nobody waited for, with their place in that order: a helper started
+    /// on the I/O thread may be reaped before the one who started it registers.
+    unclaimed: std::collections::VecDeque<(i32, u64, Exit)>,
+}
+
 #[derive(Default)]
 pub struct Reaper {
-    waiters: Mutex<HashMap<i32, oneshot::Sender<Exit>>>,
+    inner: Mutex<Inner>,
 }
 
 impl Reaper {
     /// Registers interest in `pid`'s exit. Call it right after spawning, before any await.
     pub fn watch(&self, pid: i32) -> oneshot::Receiver<Exit> {
+        self.watch_since(pid, u64::MAX)
+    }
+
+    /// Where the reaps stand now: take it before starting a process on another thread, and
+    /// register with [`Reaper::watch_since`].
+    pub fn epoch(&self) -> u64 {
+        crate::sys::lock(&self.inner).reaped
+    }
+
+    /// Registers interest in `pid`, started after `epoch`: if it was reaped since (it can only be
+    /// that process: a pid is reused only after its last holder was reaped, before the epoch),
+    /// its exit is handed over at once.
+    pub fn watch_since(&self, pid: i32, epoch: u64) -> oneshot::Receiver<Exit> {
         let (tx, rx) = oneshot::channel();
-        crate::sys::lock(&self.waiters).insert(pid, tx);
+        let mut inner = crate::sys::lock(&self.inner);
+        let found = inner
+            .unclaimed
+            .iter()
+            .position(|&(p, at, _)| p == pid && epoch != u64::MAX && at > epoch);
+        match found.and_then(|i| inner.unclaimed.remove(i)) {
+            Some((_, _, exit)) => {
+                let _ = tx.send(exit);
+            }
+            None => {
+                inner.waiters.insert(pid, tx);
+            }
+        }
         rx
     }
 
@@ -88,11 +126,20 @@ impl Reaper {
     }
 
     fn deliver(&self, pid: i32, exit: Exit) {
-        match crate::sys::lock(&self.waiters).remove(&pid) {
+        let mut inner = crate::sys::lock(&self.inner);
+        inner.reaped += 1;
+        match inner.waiters.remove(&pid) {
             Some(tx) => {
                 let _ = tx.send(exit);
             }
-            None => tracing::debug!(pid, %exit, "reaped an orphan"),
+            None => {
+                tracing::debug!(pid, %exit, "reaped an orphan");
+                let at = inner.reaped;
+                if inner.unclaimed.len() == UNCLAIMED {
+                    inner.unclaimed.pop_front();
+                }
+                inner.unclaimed.push_back((pid, at, exit));
+            }
         }
     }
 }
@@ -100,6 +147,23 @@ impl Reaper {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_exit_reaped_before_its_watcher_registers_is_handed_over_only_to_a_later_process() {
+        let r = Reaper::default();
+        // An orphan with pid 42 exits before anyone started a new 42.
+        r.deliver(42, Exit::Code(1));
+        let epoch = r.epoch();
+        // A helper started now gets pid 43 and is reaped before it is watched.
+        r.deliver(43, Exit::Code(7));
+        let mut late = r.watch_since(43, epoch);
+        assert_eq!(late.try_recv(), Ok(Exit::Code(7)));
+        // A new process that reuses pid 42 must not get the old orphan's exit.
+        let mut reused = r.watch_since(42, epoch);
+        assert!(reused.try_recv().is_err());
+        r.deliver(42, Exit::Code(0));
+        assert_eq!(reused.try_recv(), Ok(Exit::Code(0)));
+    }
 
     #[test]
     fn exit_codes_follow_the_shell_convention() {

@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::header::{HeaderName, HeaderValue, CONNECTION, HOST};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
@@ -95,12 +95,23 @@ async fn send(
     let result = async {
         let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
         let status = resp.status().as_u16();
-        let body = Limited::new(resp.into_body(), REPLY_LIMIT)
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok(Reply { status, body })
+        // The status is the answer; the body is kept up to the limit and the rest is not read. An
+        // app that says 200 with a large body has still said 200 (it used to count as a refusal).
+        let mut body = resp.into_body();
+        let mut kept = Vec::new();
+        while kept.len() < REPLY_LIMIT {
+            let Some(frame) = body.frame().await else {
+                break;
+            };
+            if let Ok(data) = frame.map_err(|e| e.to_string())?.into_data() {
+                let room = REPLY_LIMIT - kept.len();
+                kept.extend_from_slice(&data[..data.len().min(room)]);
+            }
+        }
+        Ok(Reply {
+            status,
+            body: Bytes::from(kept),
+        })
     }
     .await;
     conn.abort();

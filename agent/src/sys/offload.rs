@@ -35,11 +35,23 @@ fn sender() -> &'static Mutex<mpsc::Sender<Job>> {
 pub fn run<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> impl std::future::Future<Output = Option<T>> {
+    run_or_else(f, drop)
+}
+
+/// [`run`], and when nobody waits for the result any more (the future was dropped: a deadline
+/// passed), `abandoned` gets it on the I/O thread: a process started for nobody is killed there,
+/// never leaked.
+pub fn run_or_else<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+    abandoned: impl FnOnce(T) + Send + 'static,
+) -> impl std::future::Future<Output = Option<T>> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let job: Job = Box::new(move || {
         let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok();
         if let Some(out) = out {
-            let _ = tx.send(out);
+            if let Err(out) = tx.send(out) {
+                abandoned(out);
+            }
         }
     });
     let sent = crate::sys::lock(sender()).send(job).is_ok();

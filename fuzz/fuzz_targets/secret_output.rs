@@ -9,9 +9,9 @@ use libfuzzer_sys::fuzz_target;
 use microvm_agent::clone::secrets;
 
 fuzz_target!(|data: &[u8]| {
-    let dir = std::env::temp_dir().join(format!("mva-fuzz-secret-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("value");
+    let path = std::env::temp_dir().join(format!("mva-fuzz-secret-{}", std::process::id()));
+    let dir = microvm_agent::sys::state_files::StateDir::open(&path).unwrap();
+    let file = path.join("value");
     let _ = std::fs::remove_file(&file);
     // Inputs stand for the captured stdout; repeat them to reach past the limit too.
     let repeat = data.first().map_or(1, |b| 1 + usize::from(*b) * 4);
@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
     match secrets::exec_value(output.clone()) {
         Ok(value) => {
             assert!(output.len() <= secrets::MAX_VALUE, "{} bytes accepted", output.len());
-            microvm_agent::sys::state_files::write_atomic(&file, &value, 0o600, None).unwrap();
+            dir.write("value", &value, 0o600, None).unwrap();
             assert_eq!(std::fs::read(&file).unwrap(), output, "the value must be the bytes, exactly");
             let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600);

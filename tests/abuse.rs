@@ -9,18 +9,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn raise_own_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-        lim.rlim_cur = lim.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-    }
-}
-
 // ------------------------------------------------------------------ the listener
 
 #[test]

@@ -485,35 +485,47 @@ fn an_entrypoint_that_never_gets_ready_fails_the_build() {
     assert!(out.contains("never answered 200"), "{out}");
 }
 
-#[test]
-fn suspend_freezes_the_whole_process_tree() {
-    let dir = Tmp::new("freeze");
+/// The simulator, with a 1.5 s suspend, running `prefix` then the agent supervising the fixture's
+/// ticker (it writes a timestamp every 20 ms to `ticks`).
+fn suspended_ticker(dir: &Tmp, prefix: &[&str], ticks: &std::path::Path) -> (i32, String) {
     let port = free_port();
-    let hooks = hooks_json(&dir, port, "");
-    let ticks = dir.0.join("ticks");
-    let (code, out) = sim(&[
-        "--hooks",
-        &hooks,
-        "--suspend-for",
-        "1500ms",
-        "--",
-        &agent(),
+    let hooks = hooks_json(dir, port, "");
+    let listen = format!("127.0.0.1:{port}");
+    let state = dir.0.join("state");
+    let (agent, fixture) = (agent(), fixture());
+    let mut args = vec!["--hooks", &hooks, "--suspend-for", "1500ms", "--"];
+    args.extend_from_slice(prefix);
+    args.extend_from_slice(&[
+        &agent,
         "--listen",
-        &format!("127.0.0.1:{port}"),
+        &listen,
         "--state-dir",
-        dir.0.join("state").to_str().unwrap(),
+        state.to_str().unwrap(),
         "--",
-        &fixture(),
+        &fixture,
         "tick",
         ticks.to_str().unwrap(),
     ]);
-    assert_eq!(code, 0, "{out}");
-    let t: Vec<u64> = std::fs::read_to_string(&ticks)
+    sim(&args)
+}
+
+/// The longest gap between two ticks, in ms.
+fn longest_gap(ticks: &std::path::Path) -> u64 {
+    let t: Vec<u64> = std::fs::read_to_string(ticks)
         .unwrap()
         .lines()
-        .map(|l| l.parse().unwrap())
+        .filter_map(|l| l.parse().ok())
         .collect();
-    let longest = t.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    t.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0)
+}
+
+#[test]
+fn suspend_freezes_the_whole_process_tree() {
+    let dir = Tmp::new("freeze");
+    let ticks = dir.0.join("ticks");
+    let (code, out) = suspended_ticker(&dir, &[], &ticks);
+    assert_eq!(code, 0, "{out}");
+    let longest = longest_gap(&ticks);
     // The app ticks every 20 ms: only a frozen tree leaves a gap of the whole suspension.
     assert!(
         longest >= 1400,
@@ -574,38 +586,12 @@ fn a_daemon_that_double_forked_out_of_the_entrypoint_is_frozen_and_ended_with_th
     // VM. The simulator is a child subreaper, so the orphan comes to it (this machine has no
     // cgroup v2 freezer: the SIGSTOP fallback is what runs here).
     let dir = Tmp::new("daemon");
-    let port = free_port();
-    let hooks = hooks_json(&dir, port, "");
     let ticks = dir.0.join("ticks");
     let daemon = dir.0.join("daemon-ticks");
     let script = format!("({} tick {} &); exec \"$@\"", fixture(), daemon.display());
-    let (code, out) = sim(&[
-        "--hooks",
-        &hooks,
-        "--suspend-for",
-        "1500ms",
-        "--",
-        "sh",
-        "-c",
-        &script,
-        "sh",
-        &agent(),
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--state-dir",
-        dir.0.join("state").to_str().unwrap(),
-        "--",
-        &fixture(),
-        "tick",
-        ticks.to_str().unwrap(),
-    ]);
+    let (code, out) = suspended_ticker(&dir, &["sh", "-c", &script, "sh"], &ticks);
     assert_eq!(code, 0, "{out}");
-    let t: Vec<u64> = std::fs::read_to_string(&daemon)
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.parse().ok())
-        .collect();
-    let longest = t.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+    let longest = longest_gap(&daemon);
     assert!(
         longest >= 1400,
         "the daemon kept running while suspended ({longest} ms)\n{out}"

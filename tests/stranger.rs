@@ -14,18 +14,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn raise_own_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-        lim.rlim_cur = lim.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-    }
-}
-
 /// The platform's descriptor limit for the agent (CONTRACT.md: 1024, hard).
 const PLATFORM_NOFILE: &[&str] = &["prlimit", "--nofile=1024:1024", "--"];
 
@@ -35,23 +23,43 @@ const FORWARDED: &[(&str, &str)] = &[
     ("x-amzn-requestid", "0f0e0d0c"),
 ];
 
-/// An agent whose app is the fixture's HTTP server (notify target, ready probe), with a secret:
-/// every routine writes files, reads `/dev/urandom` and connects to the app.
-fn busy_agent(extra: &str, wrapper: &[&str]) -> (Agent, TempDir) {
+/// An agent whose app is the fixture's HTTP server on a free port, ready when it accepts;
+/// `section(port)` adds the rest of the configuration. The log directory lives as long as the agent.
+fn serving_agent(
+    section: impl Fn(u16) -> String,
+    wrapper: &[&str],
+    env: &[(&str, &str)],
+) -> (Agent, TempDir) {
     let port = free_port();
     let logs = TempDir::new("stranger");
-    let cfg = format!(
-        "[ready]\ntcp = \"127.0.0.1:{port}\"\n[notify]\nhttp = \"http://127.0.0.1:{port}/__lifecycle\"\n\
-         [[secret]]\nname = \"k\"\nbytes = 16\n{extra}"
-    );
     let log = logs.join("requests.log");
-    let a = Spec::default()
-        .config(&cfg)
-        .wrapper(wrapper)
-        .fixture(&["serve", &port.to_string(), "0", log.to_str().unwrap()])
-        .start();
+    let cfg = format!("[ready]\ntcp = \"127.0.0.1:{port}\"\n{}", section(port));
+    let mut spec = Spec::default().config(&cfg).wrapper(wrapper).fixture(&[
+        "serve",
+        &port.to_string(),
+        "0",
+        log.to_str().unwrap(),
+    ]);
+    for (k, v) in env {
+        spec = spec.env(k, v);
+    }
+    let a = spec.start();
     assert_eq!(a.ready_settled().status, 200);
     (a, logs)
+}
+
+/// The fixture's server as the notify target, with a secret: every routine writes files, reads
+/// `/dev/urandom` and connects to the app.
+fn busy_agent(wrapper: &[&str]) -> (Agent, TempDir) {
+    serving_agent(
+        |port| {
+            format!(
+                "[notify]\nhttp = \"http://127.0.0.1:{port}/__lifecycle\"\n[[secret]]\nname = \"k\"\nbytes = 16\n"
+            )
+        },
+        wrapper,
+        &[],
+    )
 }
 
 /// A hook the platform calls: answered 200 with `outcome`, inside the budget (the agent answers
@@ -108,7 +116,7 @@ fn descriptors(pid: u32) -> usize {
 fn a_connection_flood_at_300_and_600_a_second_leaves_the_platforms_hooks_whole() {
     raise_own_fd_limit();
     for rate in [300, 600] {
-        let (a, _logs) = busy_agent("", PLATFORM_NOFILE);
+        let (a, _logs) = busy_agent(PLATFORM_NOFILE);
         let stop = Arc::new(AtomicBool::new(false));
         let flooder = flood(a.port, rate, 4, stop.clone());
         // Let the flood fill the table first (at 300/s: 512 connections in under 2 s).
@@ -138,19 +146,16 @@ fn a_connection_flood_at_300_and_600_a_second_leaves_the_platforms_hooks_whole()
 /// the platform's `/run` 0.3 s later answered 500 `busy`, which terminates the VM.
 #[test]
 fn a_strangers_validate_with_a_long_warm_up_never_makes_run_fail() {
-    let port = free_port();
-    let logs = TempDir::new("warm");
-    let log = logs.join("requests.log");
     // The fixture's /slow/N answers after N ms: three 1-second requests.
-    let cfg = format!(
-        "[ready]\ntcp = \"127.0.0.1:{port}\"\n[validate]\nrepeat = 3\n\
-         [[validate.request]]\nurl = \"http://127.0.0.1:{port}/slow/1000\"\n"
+    let (a, _logs) = serving_agent(
+        |port| {
+            format!(
+                "[validate]\nrepeat = 3\n[[validate.request]]\nurl = \"http://127.0.0.1:{port}/slow/1000\"\n"
+            )
+        },
+        &[],
+        &[],
     );
-    let a = Spec::default()
-        .config(&cfg)
-        .fixture(&["serve", &port.to_string(), "0", log.to_str().unwrap()])
-        .start();
-    assert_eq!(a.ready_settled().status, 200);
     let port_a = a.port;
     let stranger = std::thread::spawn(move || http(port_a, "POST", "/validate", FORWARDED, b""));
     std::thread::sleep(Duration::from_millis(300));
@@ -237,8 +242,11 @@ fn twelve_hundred_reconnecting_long_pollers_never_cost_the_platform_a_hook() {
                 .spawn(move || {
                     let mut after = 0u64;
                     while !stop.load(Ordering::SeqCst) {
+                        // Refused (the agent has gone): back off, as a worker does. (At 10 ms,
+                        // 1,200 threads spinning on refused connects starved the agent's one
+                        // thread of the CPU it needed to finish its own exit.)
                         let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-                            std::thread::sleep(Duration::from_millis(10));
+                            std::thread::sleep(Duration::from_millis(250));
                             continue;
                         };
                         let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
@@ -273,38 +281,30 @@ fn twelve_hundred_reconnecting_long_pollers_never_cost_the_platform_a_hook() {
         t.text()
     );
     assert_eq!(t.status, 200, "{}", t.text());
-    let log = a.stderr.all();
+    let log: Vec<String> = a
+        .stderr
+        .all()
+        .into_iter()
+        .filter(|l| !l.contains("connection table full"))
+        .collect();
     assert!(
         exited.is_some(),
         "the agent exited after /terminate; its last lines:\n{}",
-        log[log.len().saturating_sub(15)..].join("\n")
+        log[log.len().saturating_sub(25)..].join("\n")
     );
 }
 
-/// Finding 4: state-file writes (with `fsync`) ran on the runtime's one thread: with each
-/// `fsync` delayed 100 ms, `/run` answered after its budget, and `/status` waited behind it. Now
-/// the state directory is written without `fsync`, on the I/O thread: with every `fsync` and every
-/// rename delayed, `/run` answers inside its budget and `/status` is answered while `/run` is still
-/// working (an order, not a time).
-#[test]
-fn slow_storage_never_blocks_the_hooks() {
-    let slow = [
-        "strace",
-        "-f",
-        "-qq",
-        "-o",
-        "/dev/null",
-        "-e",
-        "trace=fsync,fdatasync,rename,renameat,renameat2",
-        "-e",
-        "inject=fsync,fdatasync:delay_enter=100000",
-        "-e",
-        "inject=rename,renameat,renameat2:delay_enter=150000",
-    ];
+/// An agent under `strace` with `faults` injected (its own threads and children too), and a
+/// `/run` sent to it with a `/status` 200 ms into it: the `/run` answer, how long it took, whether
+/// `/status` was answered before it (an order, not a time), and the agent.
+fn run_under_faults(faults: &[&str], cfg: &str) -> (Resp, Duration, bool, Agent) {
+    // --seccomp-bpf: only the traced calls stop the agent, not every syscall it makes.
+    let mut wrapper = vec!["strace", "-f", "--seccomp-bpf", "-qq", "-o", "/dev/null"];
+    wrapper.extend_from_slice(faults);
     let a = Spec::default()
-        .config("[entropy]\nkernel = \"off\"\n")
+        .config(cfg)
         .app(&["sleep", "1000"])
-        .wrapper(&slow)
+        .wrapper(&wrapper)
         .start();
     assert_eq!(a.ready_settled().status, 200);
     let port = a.port;
@@ -313,24 +313,38 @@ fn slow_storage_never_blocks_the_hooks() {
         let r = http(port, "POST", "/run", &[], br#"{"runHookPayload":"p"}"#);
         (r, t.elapsed(), Instant::now())
     });
-    // /run is now in its renames (three of them: payload, seed, generation: 450 ms at least).
-    std::thread::sleep(Duration::from_millis(150));
-    let t = Instant::now();
-    let st = a.status();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(a.status().is_object());
     let status_answered = Instant::now();
-    let status_took = t.elapsed();
-    let (r, run_took, run_answered) = run.join().unwrap();
-    eprintln!(
-        "/run: {} in {run_took:?}; /status meanwhile in {status_took:?}",
-        r.text()
+    let (r, took, run_answered) = run.join().unwrap();
+    eprintln!("/run: {} in {took:?}", r.text());
+    (r, took, status_answered < run_answered, a)
+}
+
+/// Finding 4: state-file writes (with `fsync`) ran on the runtime's one thread: with each
+/// `fsync` delayed 100 ms, `/run` answered after its budget, and `/status` waited behind it. Now
+/// the state directory is written without `fsync`, on the I/O thread: with every `fsync` and every
+/// rename delayed (three renames: payload, seed, generation), `/run` answers inside its budget and
+/// `/status` is answered while `/run` is still writing.
+#[test]
+fn slow_storage_never_blocks_the_hooks() {
+    let (r, took, status_first, _a) = run_under_faults(
+        &[
+            "-e",
+            "trace=fsync,fdatasync,rename,renameat,renameat2",
+            "-e",
+            "inject=fsync,fdatasync:delay_enter=100000",
+            "-e",
+            "inject=rename,renameat,renameat2:delay_enter=150000",
+        ],
+        "[entropy]\nkernel = \"off\"\n",
     );
-    assert!(st.is_object());
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["outcome"], "ok", "{}", r.text());
-    assert!(run_took < Duration::from_secs(1), "{run_took:?}");
+    assert!(took < Duration::from_secs(1), "{took:?}");
     assert!(
-        status_answered < run_answered,
-        "/status was answered while /run was still writing ({status_took:?})"
+        status_first,
+        "/status was answered while /run was still writing"
     );
 }
 
@@ -339,36 +353,16 @@ fn slow_storage_never_blocks_the_hooks() {
 /// the runtime's thread. Now it runs on the I/O thread, inside the notification's time limit.
 #[test]
 fn a_slow_exec_never_blocks_the_hooks() {
-    let slow = [
-        "strace",
-        "-f",
-        "-qq",
-        "-o",
-        "/dev/null",
-        "-e",
-        "trace=execve",
-        "-e",
-        "inject=execve:delay_enter=2000000",
-    ];
-    let cfg = "[entropy]\nkernel = \"off\"\n[notify]\nexec = [\"true\"]\ntimeout = \"500ms\"\non_timeout = \"continue\"\n";
-    let a = Spec::default()
-        .config(cfg)
-        .app(&["sleep", "1000"])
-        .wrapper(&slow)
-        .start();
-    assert_eq!(a.ready_settled().status, 200);
-    let port = a.port;
-    let run = std::thread::spawn(move || {
-        let t = Instant::now();
-        let r = http(port, "POST", "/run", &[], b"");
-        (r, t.elapsed(), Instant::now())
-    });
-    std::thread::sleep(Duration::from_millis(200));
-    let st = a.status();
-    let status_answered = Instant::now();
-    let (r, run_took, run_answered) = run.join().unwrap();
-    eprintln!("/run: {} in {run_took:?}", r.text());
-    assert!(st.is_object());
+    let (r, took, status_first, a) = run_under_faults(
+        &[
+            "-e",
+            "trace=execve",
+            "-e",
+            "inject=execve:delay_enter=2000000",
+        ],
+        "[entropy]\nkernel = \"off\"\n[notify]\nexec = [\"true\"]\ntimeout = \"500ms\"\n\
+         on_timeout = \"continue\"\n",
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(
         r.json()["outcome"],
@@ -376,9 +370,9 @@ fn a_slow_exec_never_blocks_the_hooks() {
         "waived by on_timeout: {}",
         r.text()
     );
-    assert!(run_took < Duration::from_secs(1), "{run_took:?}");
+    assert!(took < Duration::from_secs(1), "{took:?}");
     assert!(
-        status_answered < run_answered,
+        status_first,
         "/status answered while /run waited for the exec"
     );
     let notify = &a.status()["last_routine"]["notify"];
@@ -455,18 +449,11 @@ fn a_state_directory_someone_else_prepared_is_refused_and_its_links_never_follow
 /// a refusal (500: the VM dies). Its status is its answer; the body is kept up to the limit.
 #[test]
 fn a_pass_through_app_answering_200_with_a_large_body_has_said_200() {
-    let port = free_port();
-    let logs = TempDir::new("bigbody");
-    let log = logs.join("requests.log");
-    let cfg = format!(
-        "[ready]\ntcp = \"127.0.0.1:{port}\"\n[notify]\nforward = \"http://127.0.0.1:{port}\"\n"
+    let (a, _logs) = serving_agent(
+        |port| format!("[notify]\nforward = \"http://127.0.0.1:{port}\"\n"),
+        &[],
+        &[("FIXTURE_RUN_BODY_BYTES", "2000000")],
     );
-    let a = Spec::default()
-        .config(&cfg)
-        .env("FIXTURE_RUN_BODY_BYTES", "2000000")
-        .fixture(&["serve", &port.to_string(), "0", log.to_str().unwrap()])
-        .start();
-    assert_eq!(a.ready_settled().status, 200);
     let r = a.post("/run", b"");
     assert_eq!(r.status, 200, "{}", &r.text()[..r.text().len().min(300)]);
     assert_eq!(r.json()["outcome"], "ok");

@@ -144,6 +144,7 @@ pub async fn run(
         },
     ));
     let code = event_loop::run(parts, signals, shutdown).await;
+    tracing::debug!(code, "the event loop is done; closing the hook port");
     let _ = done_tx.send(());
     let _ = server.await;
     tracing::info!(code, "exiting");

@@ -36,6 +36,20 @@ pub fn emulated() -> bool {
     std::env::var("MICROVM_AGENT_RUNNER").is_ok_and(|r| !r.is_empty())
 }
 
+/// Raises this test process's descriptor limit to its hard limit (floods hold thousands).
+pub fn raise_own_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain getrlimit/setrlimit on a local struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+}
+
 /// Generous bound for anything a test waits on: it only guards against hangs, never measures.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 

@@ -200,6 +200,7 @@ pub async fn serve(listener: TcpListener, agent: Arc<Agent>, stop: impl Future<O
         }
     }
     drop(listener);
+    tracing::debug!("the hook port is closed; draining its connections");
     let _ = closing.send(true);
     drop(closing_rx);
     let _ = tokio::time::timeout(DRAIN, closing.closed()).await;

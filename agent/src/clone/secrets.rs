@@ -105,45 +105,30 @@ pub struct Scrubbed {
 
 /// Removes the files of the secrets marked `scrub_on_suspend`. A file that is already gone counts
 /// as scrubbed; any other error is a failure, reported by name (the secret stays on disk).
-/// Runs on the I/O thread (`extra` names more files of the state directory to remove: the seed).
-pub fn scrub(secrets: &[Secret], state: &state_files::Handle, extra: &[&str]) -> Scrubbed {
+/// Runs on the I/O thread, in the state directory `root`.
+pub fn scrub(secrets: &[Secret], root: &state_files::StateDir) -> Scrubbed {
     let mut out = Scrubbed::default();
-    let names: Vec<(&str, &str)> = secrets
-        .iter()
-        .filter(|s| s.scrub_on_suspend)
-        .map(|s| (DIR, s.name.as_str()))
-        .chain(extra.iter().map(|n| ("", *n)))
-        .collect();
-    if names.is_empty() {
+    let marked: Vec<&Secret> = secrets.iter().filter(|s| s.scrub_on_suspend).collect();
+    if marked.is_empty() {
         return out;
     }
-    let root = match state.get() {
-        Ok(d) => d,
+    let dir = match root.subdir_existing(DIR) {
+        Ok(Some(d)) => d,
+        Ok(None) => return out, // never written: nothing on disk
         Err(e) => {
-            out.failed.extend(names.iter().map(|(_, n)| Failure {
-                name: n.to_string(),
-                reason: format!("cannot open the state directory: {e}"),
+            out.failed.extend(marked.iter().map(|s| Failure {
+                name: s.name.clone(),
+                reason: format!("cannot open {DIR}: {e}"),
             }));
             return out;
         }
     };
-    let secrets_dir = root.subdir_existing(DIR);
-    for (sub, name) in names {
-        let removed = match (sub, &secrets_dir) {
-            ("", _) => root.remove(name),
-            (_, Ok(Some(d))) => d.remove(name),
-            (_, Ok(None)) => Ok(false),
-            (_, Err(e)) => Err(std::io::Error::new(e.kind(), e.to_string())),
-        };
-        match removed {
-            Ok(true) if !sub.is_empty() => out.removed += 1,
-            Ok(_) => {}
+    for s in marked {
+        match dir.remove(&s.name) {
+            Ok(true) => out.removed += 1,
+            Ok(false) => {}
             Err(e) => out.failed.push(Failure {
-                name: if sub.is_empty() {
-                    format!("({name})")
-                } else {
-                    name.to_string()
-                },
+                name: s.name.clone(),
                 reason: format!("cannot remove it: {e}"),
             }),
         }

@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use super::{Agent, Answer};
+use crate::clone::secrets::{Failure, Scrubbed};
 use crate::config::Event;
 use crate::hooks::lifecycle::Verdict;
 
@@ -104,12 +105,32 @@ impl Agent {
         // The app's seed goes the way of a scrub_on_suspend secret: a new one comes on /resume.
         let (secrets, state) = (self.config.secrets.clone(), self.state.clone());
         let scrubbed = crate::sys::offload::run(move || {
-            crate::clone::secrets::scrub(&secrets, &state, &[super::routine::SEED_FILE])
+            let fail = |name: &str, reason: String| Failure {
+                name: name.into(),
+                reason,
+            };
+            let root = match state.get() {
+                Ok(root) => root,
+                Err(e) => {
+                    let reason = format!("cannot open the state directory: {e}");
+                    let mut out = Scrubbed::default();
+                    let marked = secrets.iter().filter(|s| s.scrub_on_suspend);
+                    out.failed = marked.map(|s| fail(&s.name, reason.clone())).collect();
+                    out.failed.push(fail("(seed)", reason));
+                    return out;
+                }
+            };
+            let mut out = crate::clone::secrets::scrub(&secrets, &root);
+            if let Err(e) = root.remove(super::routine::SEED_FILE) {
+                out.failed
+                    .push(fail("(seed)", format!("cannot remove it: {e}")));
+            }
+            out
         })
         .await
-        .unwrap_or_else(|| crate::clone::secrets::Scrubbed {
+        .unwrap_or_else(|| Scrubbed {
             removed: 0,
-            failed: vec![crate::clone::secrets::Failure {
+            failed: vec![Failure {
                 name: "(all)".into(),
                 reason: "the I/O thread failed".into(),
             }],

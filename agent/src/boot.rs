@@ -63,17 +63,42 @@ pub fn wire(config: Config, listener: &TcpListener) -> Result<Parts, i32> {
         .as_ref()
         .map_or(Signal::SIGTERM, |a| a.stop_signal);
     let (handle, publisher, commands) = AppHandle::new(sidecar);
+    // The in-process reseed helpers, for the app the agent starts (a sidecar's app is started
+    // by someone else, who can set the environment `--check` shows).
+    let owner = run_as.as_ref().map(|u| (u.uid, u.gid));
+    let inproc = Arc::new(clone::inproc::InProc::default());
+    let setup = match &config.app {
+        Some(app) if app.reseed_in_process => clone::inproc::setup::arrange(&state, owner),
+        Some(_) => clone::inproc::setup::Setup::off("off: [app] reseed_in_process = false"),
+        None => clone::inproc::setup::Setup::off("off: no app (sidecar)"),
+    };
+    let _ = inproc.setup.set(setup.arranged);
     let launcher = Launcher {
         reaper: reaper.clone(),
         run_as,
         state_dir: config.state_dir.clone(),
+        app_env: setup.env,
     };
     let (app, ready) = (config.app.clone(), config.ready.clone());
     let links = hooks::Links {
         app: handle,
         launcher: launcher.clone(),
+        inproc: inproc.clone(),
     };
     let agent = Agent::with_state(config, links, state);
+    if let Some(listener) = setup.listener {
+        match tokio::net::UnixListener::from_std(listener) {
+            Ok(listener) => {
+                let gens = agent.clone();
+                let current: clone::inproc::Current = Arc::new(move || {
+                    let number = gens.generations.current()?.generation;
+                    Some((number, clone::inproc::seed(&gens.generations)?))
+                });
+                tokio::spawn(inproc.serve(listener, current));
+            }
+            Err(e) => tracing::warn!(error = %e, "in-process reseed: cannot serve its socket"),
+        }
+    }
     // An app gone for good lingers (so that `/ready` can say 500) while a build polls before
     // `/run`: the hooks know that, the supervisor does not.
     let hooks_view = agent.clone();

@@ -9,6 +9,9 @@
 //!
 //! `seed` (64 hex) is the new generation's seed for the app's own generators (also in
 //! `<state_dir>/seed`); events that make no generation (suspend, terminate) carry `null`.
+//! - `inproc` (on by default, `[app] reseed_in_process`): every app process that loaded the
+//!   agent's in-process helpers reseeds its OpenSSL and its runtime's generators to the new
+//!   generation and acknowledges (`clone::inproc`); events that make no generation skip it.
 //! - `restart_on`: the app is restarted; it acknowledges by passing its readiness probe again.
 //!   For runtimes that cannot reseed in process. For such an event this is the only channel: the
 //!   old instance is being replaced (telling it could only race its stop), and the new one starts
@@ -23,6 +26,7 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use crate::clone::generation::Generation;
+use crate::clone::inproc::{InProc, Seed};
 use crate::config::{Event, Notify};
 use crate::supervise::handle::AppHandle;
 use crate::supervise::launcher::Launcher;
@@ -33,6 +37,10 @@ pub struct Ctx<'a> {
     pub launcher: &'a Launcher,
     /// The app: its pid for the signal channel, and the restart for `restart_on`.
     pub app: &'a AppHandle,
+    /// The app's processes that reseed in place.
+    pub inproc: &'a InProc,
+    /// A fresh seed per process, from the agent's generator.
+    pub draw: &'a (dyn Fn() -> Option<Seed> + Sync),
 }
 
 /// Which channels acknowledged, and which did not (with why).
@@ -56,8 +64,14 @@ impl Outcome {
     }
 }
 
-pub fn is_configured(cfg: &Notify, event: Event) -> bool {
-    cfg.http.is_some()
+/// Whether `event` makes a generation (the in-process helpers have something to do).
+fn reseeds(event: Event) -> bool {
+    !matches!(event, Event::Suspend | Event::Terminate)
+}
+
+pub fn is_configured(cfg: &Notify, event: Event, inproc: &InProc) -> bool {
+    (reseeds(event) && inproc.active())
+        || cfg.http.is_some()
         || cfg.signal.is_some()
         || cfg.exec.is_some()
         || cfg.restart_on.contains(&event)
@@ -141,9 +155,23 @@ pub async fn notify(
         }
         Some(("restart", ctx.app.restart_and_wait(limit).await))
     };
-    let (a, b, c, d) = tokio::join!(http, signal, exec, restart);
+    // Not for a restart (the new instance starts from the new generation) and not without one.
+    let inproc = async {
+        let g = generation.filter(|_| reseeds(event) && !restarting && ctx.inproc.active())?;
+        let told = ctx
+            .inproc
+            .tell(g.generation, ctx.draw, Instant::now() + limit)
+            .await;
+        let r = if told.missing.is_empty() {
+            Ok(())
+        } else {
+            Err(told.missing.join("; "))
+        };
+        Some(("inproc", r))
+    };
+    let (a, b, c, d, e) = tokio::join!(http, signal, exec, restart, inproc);
     let mut outcome = Outcome::default();
-    for (channel, result) in [a, b, c, d].into_iter().flatten() {
+    for (channel, result) in [a, b, c, d, e].into_iter().flatten() {
         match result {
             Ok(()) => outcome.acknowledged.push(channel),
             Err(e) => outcome.failed.push((channel, e)),

@@ -170,6 +170,10 @@ pub struct App {
     /// The first restart's delay; it doubles with each quick failure, up to 50 times itself
     /// (at most 5 s beyond that).
     pub restart_delay: Duration,
+    /// `reseed_in_process` (default on): the app's processes get the in-process reseed helpers
+    /// (`LD_PRELOAD`, Python's `sitecustomize`, Node's `--require`), and every new generation
+    /// waits for them (`clone::inproc`).
+    pub reseed_in_process: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]

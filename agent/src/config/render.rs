@@ -103,6 +103,7 @@ impl fmt::Display for Config {
             )?;
             writeln!(o, "reset_after = {}", q(&d(app.reset_after)))?;
             writeln!(o, "restart_delay = {}", q(&d(app.restart_delay)))?;
+            writeln!(o, "reseed_in_process = {}", app.reseed_in_process)?;
         }
 
         writeln!(o, "\n[ready]")?;

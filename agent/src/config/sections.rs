@@ -113,6 +113,7 @@ pub(super) fn app(s: &Section, cli_command: &[OsString]) -> Result<Option<App>, 
         Duration::ZERO,
         Duration::from_secs(3600),
     )?;
+    let reseed_in_process = s.boolean("reseed_in_process")?.unwrap_or(true);
     s.finish()?;
     let command = if cli_command.is_empty() {
         command.map(|c| c.into_iter().map(OsString::from).collect())
@@ -130,6 +131,7 @@ pub(super) fn app(s: &Section, cli_command: &[OsString]) -> Result<Option<App>, 
         stop_timeout,
         reset_after,
         restart_delay,
+        reseed_in_process,
     }))
 }
 

@@ -60,6 +60,8 @@ pub struct Links {
     pub app: AppHandle,
     /// Starts helper commands (notify and secret commands).
     pub launcher: Launcher,
+    /// The app's processes that reseed in place (`clone::inproc`).
+    pub inproc: Arc<crate::clone::inproc::InProc>,
 }
 
 impl Links {
@@ -71,7 +73,9 @@ impl Links {
                 reaper: Arc::default(),
                 run_as: None,
                 state_dir: state_dir.to_path_buf(),
+                app_env: vec![],
             },
+            inproc: Arc::default(),
         }
     }
 }

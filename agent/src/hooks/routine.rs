@@ -272,15 +272,19 @@ impl Agent {
         seed: Option<&[u8]>,
         deadline: Instant,
     ) -> Outcome {
-        if !notify::is_configured(&self.config.notify, event) {
+        let inproc = &self.links.inproc;
+        if !notify::is_configured(&self.config.notify, event, inproc) {
             return Outcome::default();
         }
         let current = self.generations.current();
         let generation = generation.or(current.as_ref());
         let microvm_id = crate::sys::lock(&self.microvm_id).clone();
+        let draw = || crate::clone::inproc::seed(&self.generations);
         let ctx = notify::Ctx {
             launcher: &self.links.launcher,
             app: &self.links.app,
+            inproc,
+            draw: &draw,
         };
         let outcome = notify::notify(
             &self.config.notify,

@@ -59,7 +59,7 @@ pub(super) async fn run(
                 run_as: run_as.as_ref(),
                 workdir: None,
                 state_dir: &state_dir,
-                env,
+                env: env.into_iter().map(|(k, v)| (k, v.into())).collect(),
                 stdout: if capture {
                     Output::Capture
                 } else {

@@ -21,6 +21,8 @@ pub struct Launcher {
     pub run_as: Option<RunAs>,
     /// Handed to every child as `MICROVM_AGENT_STATE_DIR`.
     pub state_dir: PathBuf,
+    /// The app's extra environment (the in-process reseed helpers); helpers do not get it.
+    pub app_env: Vec<(&'static str, OsString)>,
 }
 
 /// A started app: its pid, and its exit once the reaper sees it.
@@ -41,7 +43,7 @@ impl Launcher {
             run_as: self.run_as.as_ref(),
             workdir,
             state_dir: &self.state_dir,
-            env: vec![],
+            env: self.app_env.clone(),
             stdout: Output::Inherit,
             foreground: true,
         })?;

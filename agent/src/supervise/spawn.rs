@@ -132,7 +132,7 @@ pub struct Spec<'a> {
     pub run_as: Option<&'a RunAs>,
     pub workdir: Option<&'a Path>,
     pub state_dir: &'a Path,
-    pub env: Vec<(&'static str, String)>,
+    pub env: Vec<(&'static str, OsString)>,
     /// Helpers capture stdout (a secret's value) or silence it; the app inherits all three.
     pub stdout: Output,
     /// The app takes over the terminal's foreground group when stdin is a terminal, so that

@@ -1,0 +1,153 @@
+//! One process's connection: `MVA1 hello <kind> <pid>`, then for each generation
+//! `MVA1 generation <n> <64 hex>` and its `MVA1 ack <n> <what>` (`inproc/PROTOCOL.md`).
+//!
+//! Lines are at most `MAX_LINE` bytes; a process that sends a longer one, or a first line that is
+//! not a hello, is disconnected. Nothing here has a timer: an idle process costs nothing, and
+//! the one that does not answer is the caller's deadline's business (`InProc::tell`).
+
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+
+use super::{Current, InProc, Kind, Order, Reply, Seed};
+
+const MAX_LINE: usize = 256;
+
+pub(super) async fn serve(registry: Arc<InProc>, stream: UnixStream, current: Current) {
+    // The kernel's word for who connected; the hello's pid is only the process's own.
+    let peer_pid = stream.peer_cred().ok().and_then(|c| c.pid());
+    let (mut rd, mut wr) = stream.into_split();
+    let mut lines = Lines::default();
+    let Some(hello) = lines.next(&mut rd).await else {
+        return;
+    };
+    let Some((kind, said_pid)) = parse_hello(&hello) else {
+        tracing::debug!("in-process reseed: not a hello; disconnected");
+        return;
+    };
+    let pid = peer_pid.unwrap_or(said_pid);
+    let (orders_tx, mut orders) = mpsc::unbounded_channel::<Order>();
+    let id = registry.join(pid, kind, orders_tx);
+
+    // A process that starts after the generation was made gets it now: its own generators
+    // were seeded in this clone, but from a kernel that may not have been reseeded.
+    let mut pending: Option<(u64, Option<tokio::sync::oneshot::Sender<Reply>>)> = None;
+    if let Some((number, seed)) = current() {
+        if send(&mut wr, number, &seed).await.is_err() {
+            registry.leave(id);
+            return;
+        }
+        pending = Some((number, None));
+    }
+    loop {
+        tokio::select! {
+            order = orders.recv() => {
+                let Some(order) = order else { break };
+                if send(&mut wr, order.number, &order.seed).await.is_err() {
+                    let _ = order.reply.send(Reply::Gone);
+                    break;
+                }
+                // A newer order supersedes an older one still unanswered (the old waiter hears
+                // that the process moved on, which is not a failure of this one).
+                if let Some((_, Some(old))) = pending.take() {
+                    let _ = old.send(Reply::Gone);
+                }
+                pending = Some((order.number, Some(order.reply)));
+            }
+            line = lines.next(&mut rd) => {
+                let Some(line) = line else { break };
+                let Some((number, what)) = parse_ack(&line) else { continue };
+                registry.acked(id, number, what);
+                if pending.as_ref().is_some_and(|(n, _)| *n == number) {
+                    if let Some((_, Some(reply))) = pending.take() {
+                        let _ = reply.send(Reply::Acked);
+                    }
+                }
+            }
+        }
+    }
+    if let Some((_, Some(reply))) = pending.take() {
+        let _ = reply.send(Reply::Gone);
+    }
+    registry.leave(id);
+    tracing::debug!(
+        pid,
+        kind = kind.as_str(),
+        "in-process reseed: a process left"
+    );
+}
+
+async fn send(
+    wr: &mut tokio::net::unix::OwnedWriteHalf,
+    number: u64,
+    seed: &Seed,
+) -> std::io::Result<()> {
+    let mut line = zeroize::Zeroizing::new(format!("MVA1 generation {number} "));
+    for b in seed.iter() {
+        line.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
+        line.push(char::from_digit(u32::from(b & 15), 16).unwrap_or('0'));
+    }
+    line.push('\n');
+    wr.write_all(line.as_bytes()).await
+}
+
+fn parse_hello(line: &str) -> Option<(Kind, i32)> {
+    let mut words = line.strip_prefix("MVA1 hello ")?.split(' ');
+    let kind = Kind::parse(words.next()?)?;
+    let pid = words.next()?.parse().ok()?;
+    Some((kind, pid))
+}
+
+fn parse_ack(line: &str) -> Option<(u64, &str)> {
+    let rest = line.strip_prefix("MVA1 ack ")?;
+    let (number, what) = rest.split_once(' ').unwrap_or((rest, ""));
+    Some((number.parse().ok()?, what))
+}
+
+/// Bounded line reading: whole lines out, at most `MAX_LINE` bytes each, UTF-8 only.
+#[derive(Default)]
+struct Lines {
+    buf: Vec<u8>,
+}
+
+impl Lines {
+    /// The next line; `None` at the end, on an error, or when a line is too long or not text.
+    /// Cancel-safe: bytes read stay in `buf` for the next call.
+    async fn next(&mut self, rd: &mut tokio::net::unix::OwnedReadHalf) -> Option<String> {
+        loop {
+            if let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=end).collect();
+                return String::from_utf8(line[..end].to_vec()).ok();
+            }
+            if self.buf.len() >= MAX_LINE {
+                return None;
+            }
+            let mut chunk = [0u8; MAX_LINE];
+            let room = MAX_LINE - self.buf.len();
+            match rd.read(&mut chunk[..room]).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_protocol_lines() {
+        assert_eq!(
+            parse_hello("MVA1 hello native 12"),
+            Some((Kind::Native, 12))
+        );
+        assert_eq!(parse_hello("MVA1 hello ruby 12"), None);
+        assert_eq!(parse_hello("MVA2 hello native 12"), None);
+        assert_eq!(parse_ack("MVA1 ack 3 openssl=1"), Some((3, "openssl=1")));
+        assert_eq!(parse_ack("MVA1 ack 3"), Some((3, "")));
+        assert_eq!(parse_ack("MVA1 ack x"), None);
+    }
+}

@@ -1,0 +1,243 @@
+//! In-process reseeding: the agent's side of the helpers that run inside the app's processes
+//! (`inproc/`: a preloaded library for every OpenSSL, Python's `sitecustomize`, Node's
+//! `--require`). The contract between the two sides is `inproc/PROTOCOL.md`.
+//!
+//! - `setup`: at start, writes the helpers (embedded in this binary) read-only under
+//!   `<state_dir>/inproc/` and makes the app's environment load them; binds the socket.
+//! - `conn`: one task per connected process: its registration, the generations it is sent and
+//!   its acknowledgements.
+//! - here: the registry, and [`InProc::tell`], which a new generation waits on: every native
+//!   helper first (OpenSSL), then every runtime helper (whose language generators may draw from
+//!   OpenSSL), each acknowledging within the hook's budget.
+
+mod conn;
+pub mod setup;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use zeroize::Zeroizing;
+
+use crate::sys::lock;
+
+/// At most this many processes take part at once; more are refused (said once).
+pub const MAX_MEMBERS: usize = 256;
+
+/// 32 bytes for one process, drawn from the agent's generator.
+pub type Seed = Zeroizing<[u8; 32]>;
+
+/// A fresh seed for one process from the agent's generator (`None` before the first generation).
+pub fn seed(generations: &crate::clone::generation::Generations) -> Option<Seed> {
+    let bytes = Zeroizing::new(generations.draw(32)?);
+    let mut seed = Zeroizing::new([0u8; 32]);
+    seed.copy_from_slice(bytes.get(..32)?);
+    Some(seed)
+}
+
+/// The current generation's number and a fresh seed, for a process that registers after it was
+/// made (`None` before the first generation: nothing is sent at build time).
+pub type Current = Arc<dyn Fn() -> Option<(u64, Seed)> + Send + Sync>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// The preloaded library: OpenSSL.
+    Native,
+    Python,
+    Node,
+}
+
+impl Kind {
+    fn parse(s: &str) -> Option<Kind> {
+        match s {
+            "native" => Some(Kind::Native),
+            "python" => Some(Kind::Python),
+            "node" => Some(Kind::Node),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Native => "native",
+            Kind::Python => "python",
+            Kind::Node => "node",
+        }
+    }
+}
+
+/// One order to a process: reseed to `number` with `seed`, then say what you did.
+struct Order {
+    number: u64,
+    seed: Seed,
+    reply: oneshot::Sender<Reply>,
+}
+
+enum Reply {
+    /// The process acknowledged (what it reseeded is in the registry, for `/status`).
+    Acked,
+    /// It went away (exited, or closed the socket): dropped, not a failure.
+    Gone,
+}
+
+struct Member {
+    id: u64,
+    pid: i32,
+    kind: Kind,
+    orders: mpsc::UnboundedSender<Order>,
+    /// The last generation it acknowledged, and what it said.
+    acked: Option<(u64, String)>,
+}
+
+/// What `/status` shows of one process.
+#[derive(Clone, Debug, Serialize)]
+pub struct MemberView {
+    pub pid: i32,
+    pub kind: Kind,
+    pub generation: Option<u64>,
+    pub reseeded: Option<String>,
+}
+
+/// How a generation went in the app's processes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Told {
+    /// Processes that acknowledged.
+    pub acknowledged: usize,
+    /// Processes that did not, in words (`pid 12 (native): ...`).
+    pub missing: Vec<String>,
+}
+
+#[derive(Default)]
+pub struct InProc {
+    members: Mutex<Vec<Member>>,
+    next_id: AtomicU64,
+    /// Set once the registry was full and a process was refused (said once).
+    refused: std::sync::atomic::AtomicBool,
+    /// What was arranged for the app at start (for `/status` and the log).
+    pub setup: std::sync::OnceLock<setup::Arranged>,
+}
+
+impl InProc {
+    /// Whether any process takes part (a notify channel to wait on).
+    pub fn active(&self) -> bool {
+        !lock(&self.members).is_empty()
+    }
+
+    pub fn members(&self) -> Vec<MemberView> {
+        lock(&self.members)
+            .iter()
+            .map(|m| MemberView {
+                pid: m.pid,
+                kind: m.kind,
+                generation: m.acked.as_ref().map(|a| a.0),
+                reseeded: m.acked.as_ref().map(|a| a.1.clone()),
+            })
+            .collect()
+    }
+
+    /// Accepts processes until the listener fails; each is served by a task of its own.
+    pub async fn serve(self: Arc<Self>, listener: UnixListener, current: Current) {
+        loop {
+            let stream = match listener.accept().await {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    // EMFILE and friends: the process can retry later; a moment's pause keeps
+                    // this from spinning.
+                    tracing::warn!(error = %e, "in-process reseed: cannot accept");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            if lock(&self.members).len() >= MAX_MEMBERS {
+                if !self.refused.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        limit = MAX_MEMBERS,
+                        "in-process reseed: too many processes; refusing the rest"
+                    );
+                }
+                continue;
+            }
+            tokio::spawn(conn::serve(self.clone(), stream, current.clone()));
+        }
+    }
+
+    fn join(&self, pid: i32, kind: Kind, orders: mpsc::UnboundedSender<Order>) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        lock(&self.members).push(Member {
+            id,
+            pid,
+            kind,
+            orders,
+            acked: None,
+        });
+        tracing::debug!(
+            pid,
+            kind = kind.as_str(),
+            "in-process reseed: a process joined"
+        );
+        id
+    }
+
+    fn leave(&self, id: u64) {
+        lock(&self.members).retain(|m| m.id != id);
+    }
+
+    fn acked(&self, id: u64, number: u64, what: &str) {
+        if let Some(m) = lock(&self.members).iter_mut().find(|m| m.id == id) {
+            m.acked = Some((number, what.to_string()));
+        }
+    }
+
+    /// Tells every process of generation `number` and waits (until `deadline`) for each to
+    /// acknowledge: native helpers first, then the runtimes'. `draw` gives each its own seed.
+    pub async fn tell(
+        &self,
+        number: u64,
+        draw: &(dyn Fn() -> Option<Seed> + Sync),
+        deadline: Instant,
+    ) -> Told {
+        let mut told = Told::default();
+        for phase in [&[Kind::Native][..], &[Kind::Python, Kind::Node][..]] {
+            let mut waiting = Vec::new();
+            let targets: Vec<(i32, Kind, mpsc::UnboundedSender<Order>)> = lock(&self.members)
+                .iter()
+                .filter(|m| phase.contains(&m.kind))
+                .map(|m| (m.pid, m.kind, m.orders.clone()))
+                .collect();
+            for (pid, kind, orders) in targets {
+                let Some(seed) = draw() else {
+                    told.missing
+                        .push(format!("pid {pid} ({}): no seed", kind.as_str()));
+                    continue;
+                };
+                let (reply, answer) = oneshot::channel();
+                if orders
+                    .send(Order {
+                        number,
+                        seed,
+                        reply,
+                    })
+                    .is_ok()
+                {
+                    waiting.push((pid, kind, answer));
+                }
+            }
+            for (pid, kind, answer) in waiting {
+                match tokio::time::timeout_at(deadline, answer).await {
+                    Ok(Ok(Reply::Acked)) => told.acknowledged += 1,
+                    // Exited (or its task ended): dropped, not a failure.
+                    Ok(Ok(Reply::Gone)) | Ok(Err(_)) => {}
+                    Err(_) => told.missing.push(format!(
+                        "pid {pid} ({}) did not acknowledge generation {number} in time",
+                        kind.as_str()
+                    )),
+                }
+            }
+        }
+        told
+    }
+}

@@ -1,0 +1,216 @@
+//! At start: the helpers written read-only under `<state_dir>/inproc/`, the socket bound, and the
+//! environment that makes the app's processes load them. Nothing here may stop the app from
+//! starting: a part that cannot be arranged is left out with a WARN, and the rest goes on.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::sys::state_files::{Handle, StateDir};
+
+/// The helper library, built for this binary's own target by `build.rs`.
+const PRELOAD: &[u8] = include_bytes!(env!("MICROVM_AGENT_PRELOAD"));
+const SITECUSTOMIZE: &str = include_str!("../../../../inproc/python/sitecustomize.py");
+const PY_HELPER: &str = include_str!("../../../../inproc/python/_microvm_reseed.py");
+const NODE_HELPER: &str = include_str!("../../../../inproc/node/microvm-reseed.js");
+
+pub const DIR: &str = "inproc";
+pub const SOCKET: &str = "inproc.sock";
+pub const LIBRARY: &str = "libmicrovm-reseed.so";
+/// The environment variable that names the socket to the helpers.
+pub const SOCKET_ENV: &str = "MICROVM_AGENT_INPROC";
+/// `sun_path`'s 108 bytes, with its NUL.
+const MAX_SOCKET_PATH: usize = 107;
+
+/// What was arranged for the app, per helper: `"on"` or why not.
+#[derive(Clone, Debug, Serialize)]
+pub struct Arranged {
+    pub enabled: bool,
+    pub socket: Option<PathBuf>,
+    pub openssl: String,
+    pub python: String,
+    pub node: String,
+}
+
+impl Setup {
+    pub fn off(why: &str) -> Setup {
+        Setup {
+            arranged: Arranged::off(why),
+            env: vec![],
+            listener: None,
+        }
+    }
+}
+
+impl Arranged {
+    pub fn off(why: &str) -> Arranged {
+        Arranged {
+            enabled: false,
+            socket: None,
+            openssl: why.to_string(),
+            python: why.to_string(),
+            node: why.to_string(),
+        }
+    }
+}
+
+/// The result: what to tell `/status`, the app's extra environment, and the listener.
+pub struct Setup {
+    pub arranged: Arranged,
+    pub env: Vec<(&'static str, OsString)>,
+    pub listener: Option<std::os::unix::net::UnixListener>,
+}
+
+/// Writes the helpers and binds the socket; `owner` is the app's user (it must read the files
+/// and connect). The environment extends the agent's own (`LD_PRELOAD`, `PYTHONPATH`,
+/// `NODE_OPTIONS` keep what the image set).
+pub fn arrange(state: &Handle, owner: Option<(u32, u32)>) -> Setup {
+    let fail = |why: String| {
+        tracing::warn!(reason = %why, "in-process reseed is off: the app's processes keep the snapshot's generators until they reseed themselves");
+        Setup::off(&format!("off: {why}"))
+    };
+    let dir = match state.get() {
+        Ok(d) => d,
+        Err(e) => return fail(format!("no state directory: {e}")),
+    };
+    let base = dir.path().to_path_buf();
+    let socket = base.join(SOCKET);
+    if socket.as_os_str().len() > MAX_SOCKET_PATH {
+        return fail(format!(
+            "the state directory's path is too long for a socket ({} bytes, at most {})",
+            socket.as_os_str().len(),
+            MAX_SOCKET_PATH - SOCKET.len() - 1
+        ));
+    }
+    let files = match write_files(&dir) {
+        Ok(()) => base.join(DIR),
+        Err(e) => return fail(format!("cannot write the helpers: {e}")),
+    };
+    let listener = match bind(&socket, owner) {
+        Ok(l) => l,
+        Err(e) => return fail(format!("cannot bind {}: {e}", socket.display())),
+    };
+    let mut env = vec![(SOCKET_ENV, socket.clone().into_os_string())];
+
+    let openssl = if noexec(&base) {
+        tracing::warn!(dir = %base.display(), "in-process reseed: the state directory is on a noexec mount; OpenSSL is not reseeded in the app's processes (Python's ssl still is, by its helper)");
+        "off: the state directory is on a noexec mount".to_string()
+    } else {
+        env.push((
+            "LD_PRELOAD",
+            join_env(
+                "LD_PRELOAD",
+                files.join(LIBRARY).into_os_string(),
+                ":",
+                false,
+            ),
+        ));
+        "on".to_string()
+    };
+    env.push((
+        "PYTHONPATH",
+        join_env(
+            "PYTHONPATH",
+            files.join("python").into_os_string(),
+            ":",
+            true,
+        ),
+    ));
+    let js = files.join("node").join("microvm-reseed.js");
+    let node = match js.to_str() {
+        Some(p) if !p.contains(['"', '\\', ' ']) => {
+            env.push((
+                "NODE_OPTIONS",
+                join_env("NODE_OPTIONS", format!("--require {p}").into(), " ", false),
+            ));
+            "on".to_string()
+        }
+        _ => {
+            tracing::warn!(path = %js.display(), "in-process reseed: Node's helper path cannot go into NODE_OPTIONS (spaces, quotes); Node's own generators are not reseeded");
+            "off: the state directory's path cannot go into NODE_OPTIONS".to_string()
+        }
+    };
+    Setup {
+        arranged: Arranged {
+            enabled: true,
+            socket: Some(socket),
+            openssl,
+            python: "on".to_string(),
+            node,
+        },
+        env,
+        listener: Some(listener),
+    }
+}
+
+fn write_files(dir: &StateDir) -> std::io::Result<()> {
+    let inproc = dir.subdir(DIR, 0o755, None)?;
+    inproc.write(LIBRARY, PRELOAD, 0o444, None)?;
+    let python = inproc.subdir("python", 0o755, None)?;
+    python.write("sitecustomize.py", SITECUSTOMIZE.as_bytes(), 0o444, None)?;
+    python.write("_microvm_reseed.py", PY_HELPER.as_bytes(), 0o444, None)?;
+    let node = inproc.subdir("node", 0o755, None)?;
+    node.write("microvm-reseed.js", NODE_HELPER.as_bytes(), 0o444, None)?;
+    Ok(())
+}
+
+/// Binds the socket, replacing a stale one, connectable only by the app's user.
+fn bind(
+    path: &Path,
+    owner: Option<(u32, u32)>,
+) -> std::io::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+    }
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// `ours` joined with the agent's own value of `var` (`first`: ours before it).
+fn join_env(var: &str, ours: OsString, sep: &str, first: bool) -> OsString {
+    match std::env::var_os(var).filter(|v| !v.is_empty()) {
+        None => ours,
+        Some(theirs) => {
+            let (a, b) = if first {
+                (ours, theirs)
+            } else {
+                (theirs, ours)
+            };
+            let mut v = a;
+            v.push(sep);
+            v.push(b);
+            v
+        }
+    }
+}
+
+fn noexec(dir: &Path) -> bool {
+    nix::sys::statvfs::statvfs(dir)
+        .map(|s| s.flags().contains(nix::sys::statvfs::FsFlags::ST_NOEXEC))
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_library_is_a_shared_object_for_this_architecture() {
+        assert_eq!(&PRELOAD[..4], b"\x7fELF");
+        // e_type ET_DYN, e_machine of the target.
+        assert_eq!(u16::from_le_bytes([PRELOAD[16], PRELOAD[17]]), 3);
+        let machine = u16::from_le_bytes([PRELOAD[18], PRELOAD[19]]);
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(machine, 62);
+        #[cfg(target_arch = "aarch64")]
+        assert_eq!(machine, 183);
+    }
+}

@@ -1,0 +1,219 @@
+//! The C library, found at run time: one weak import (`dlsym`) and every other function looked
+//! up through it, so that one binary loads into glibc and musl processes alike and a missing
+//! function disables a feature instead of failing the process's start.
+
+use core::cell::UnsafeCell;
+use core::ffi::{c_char, c_int, c_void};
+use core::sync::atomic::{AtomicBool, Ordering};
+
+pub type PthreadT = usize;
+/// `sigset_t`: 1024 bits in glibc and musl.
+pub type SigSet = [u64; 16];
+pub const SIG_BLOCK: c_int = 0;
+pub const SIG_SETMASK: c_int = 2;
+type Handler = Option<extern "C" fn()>;
+
+/// The functions this library calls. Required ones are plain pointers; `None` means "not here".
+pub struct Libc {
+    pub dlsym: unsafe extern "C" fn(*mut c_void, *const c_char) -> *mut c_void,
+    pub dlopen: unsafe extern "C" fn(*const c_char, c_int) -> *mut c_void,
+    pub dlclose: unsafe extern "C" fn(*mut c_void) -> c_int,
+    pub dl_iterate_phdr: unsafe extern "C" fn(
+        extern "C" fn(*mut DlPhdrInfo, usize, *mut c_void) -> c_int,
+        *mut c_void,
+    ) -> c_int,
+    pub getenv: unsafe extern "C" fn(*const c_char) -> *const c_char,
+    pub pthread_create: unsafe extern "C" fn(
+        *mut PthreadT,
+        *const c_void,
+        extern "C" fn(*mut c_void) -> *mut c_void,
+        *mut c_void,
+    ) -> c_int,
+    pub pthread_detach: unsafe extern "C" fn(PthreadT) -> c_int,
+    pub pthread_sigmask: unsafe extern "C" fn(c_int, *const SigSet, *mut SigSet) -> c_int,
+    pub socket: unsafe extern "C" fn(c_int, c_int, c_int) -> c_int,
+    pub connect: unsafe extern "C" fn(c_int, *const c_void, u32) -> c_int,
+    pub read: unsafe extern "C" fn(c_int, *mut u8, usize) -> isize,
+    pub write: unsafe extern "C" fn(c_int, *const u8, usize) -> isize,
+    pub close: unsafe extern "C" fn(c_int) -> c_int,
+    pub getpid: unsafe extern "C" fn() -> c_int,
+    pub abort: unsafe extern "C" fn() -> !,
+    /// glibc < 2.25 and old musl have none: the agent's bytes and the pid still differ per clone.
+    pub getrandom: Option<unsafe extern "C" fn(*mut u8, usize, u32) -> isize>,
+    /// How to register an at-fork handler, if the process's libc says.
+    pub atfork: Atfork,
+}
+
+pub enum Atfork {
+    /// glibc's `__register_atfork` (its `pthread_atfork` is only in the static `libc_nonshared.a`).
+    Glibc(unsafe extern "C" fn(Handler, Handler, Handler, *mut c_void) -> c_int),
+    /// musl's (and POSIX's) `pthread_atfork`.
+    Posix(unsafe extern "C" fn(Handler, Handler, Handler) -> c_int),
+    None,
+}
+
+impl Atfork {
+    /// Registers `child` to run in the child after every `fork`.
+    ///
+    /// # Safety
+    /// `child` must stay valid for the process's life.
+    pub unsafe fn child(&self, child: extern "C" fn()) {
+        match self {
+            Atfork::Glibc(f) => drop(f(None, None, Some(child), core::ptr::null_mut())),
+            Atfork::Posix(f) => drop(f(None, None, Some(child))),
+            Atfork::None => {}
+        }
+    }
+}
+
+/// The leading fields of `struct dl_phdr_info`, the same in glibc and musl.
+#[repr(C)]
+pub struct DlPhdrInfo {
+    pub addr: usize,
+    pub name: *const c_char,
+}
+
+/// A value written once in the constructor (single-threaded), read by our threads after.
+pub struct Global<T>(UnsafeCell<T>);
+
+// SAFETY: written only before any thread of ours exists (the constructor); read-only after.
+unsafe impl<T> Sync for Global<T> {}
+
+impl<T> Global<T> {
+    pub const fn new(v: T) -> Self {
+        Global(UnsafeCell::new(v))
+    }
+    /// # Safety
+    /// Only while no other thread can read it (the constructor).
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn get_mut(&self) -> &mut T {
+        &mut *self.0.get()
+    }
+    /// # Safety
+    /// Only after the last write (the constructor has returned or is the caller).
+    pub unsafe fn get(&self) -> &T {
+        &*self.0.get()
+    }
+}
+
+static LIBC: Global<Option<Libc>> = Global::new(None);
+static READY: AtomicBool = AtomicBool::new(false);
+
+/// The resolved functions, once the constructor has found them all.
+pub fn get() -> Option<&'static Libc> {
+    if !READY.load(Ordering::Acquire) {
+        return None;
+    }
+    // SAFETY: READY is set after the one write.
+    unsafe { LIBC.get().as_ref() }
+}
+
+// The weak import: null when the process has no `dlsym` in its global scope (glibc before 2.34
+// keeps it in libdl, which a program may not load).
+core::arch::global_asm!(".weak dlsym");
+
+// The precompiled `core` refers to `rust_eh_personality` (its unwind tables do) though nothing
+// unwinds here (panic = abort). Defined here, hidden: a strong import would kill every process
+// that has none ("symbol lookup error": we measured it), and an exported one would interpose
+// on a Rust program's own.
+#[cfg(target_arch = "x86_64")]
+core::arch::global_asm!(
+    ".globl rust_eh_personality",
+    ".hidden rust_eh_personality",
+    ".type rust_eh_personality, @function",
+    "rust_eh_personality:",
+    "ud2"
+);
+#[cfg(target_arch = "aarch64")]
+core::arch::global_asm!(
+    ".globl rust_eh_personality",
+    ".hidden rust_eh_personality",
+    ".type rust_eh_personality, %function",
+    "rust_eh_personality:",
+    "brk #1"
+);
+extern "C" {
+    fn dlsym(handle: *mut c_void, name: *const c_char) -> *mut c_void;
+}
+
+/// `dlsym`'s address through the GOT: zero when the weak import did not resolve. (Taking the
+/// address of a Rust `fn` would let the compiler assume it is not null.)
+fn dlsym_address() -> usize {
+    let a: usize;
+    // SAFETY: reads one GOT entry of this library, which the dynamic linker has filled.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        core::arch::asm!("mov {0}, qword ptr [rip + {1}@GOTPCREL]", out(reg) a, sym dlsym,
+            options(nostack, readonly, preserves_flags));
+    }
+    // SAFETY: as above.
+    #[cfg(target_arch = "aarch64")]
+    unsafe {
+        core::arch::asm!("adrp {0}, :got:{1}", "ldr {0}, [{0}, :got_lo12:{1}]", out(reg) a,
+            sym dlsym, options(nostack, readonly, preserves_flags));
+    }
+    a
+}
+
+const RTLD_DEFAULT: *mut c_void = core::ptr::null_mut();
+
+/// Looks every function up. Returns `None` (and this library does nothing) when a required one
+/// is missing.
+///
+/// # Safety
+/// Call once, from the constructor, before any thread of ours exists.
+pub unsafe fn resolve() -> Option<&'static Libc> {
+    let addr = dlsym_address();
+    if addr == 0 {
+        return None;
+    }
+    let dlsym_fn: unsafe extern "C" fn(*mut c_void, *const c_char) -> *mut c_void =
+        core::mem::transmute(addr);
+    let find = |name: &core::ffi::CStr| -> *mut c_void { dlsym_fn(RTLD_DEFAULT, name.as_ptr()) };
+    macro_rules! need {
+        ($name:literal) => {{
+            let p = find($name);
+            if p.is_null() {
+                return None;
+            }
+            core::mem::transmute(p)
+        }};
+    }
+    macro_rules! maybe {
+        ($name:literal) => {{
+            let p = find($name);
+            if p.is_null() {
+                None
+            } else {
+                Some(core::mem::transmute(p))
+            }
+        }};
+    }
+    let atfork = match (maybe!(c"__register_atfork"), maybe!(c"pthread_atfork")) {
+        (Some(f), _) => Atfork::Glibc(f),
+        (None, Some(f)) => Atfork::Posix(f),
+        (None, None) => Atfork::None,
+    };
+    let libc = Libc {
+        dlsym: dlsym_fn,
+        dlopen: need!(c"dlopen"),
+        dlclose: need!(c"dlclose"),
+        dl_iterate_phdr: need!(c"dl_iterate_phdr"),
+        getenv: need!(c"getenv"),
+        pthread_create: need!(c"pthread_create"),
+        pthread_detach: need!(c"pthread_detach"),
+        pthread_sigmask: need!(c"pthread_sigmask"),
+        socket: need!(c"socket"),
+        connect: need!(c"connect"),
+        read: need!(c"read"),
+        write: need!(c"write"),
+        close: need!(c"close"),
+        getpid: need!(c"getpid"),
+        abort: need!(c"abort"),
+        getrandom: maybe!(c"getrandom"),
+        atfork,
+    };
+    *LIBC.get_mut() = Some(libc);
+    READY.store(true, Ordering::Release);
+    LIBC.get().as_ref()
+}

@@ -1,0 +1,132 @@
+//! Finding every OpenSSL in the process and reseeding each once.
+
+use core::ffi::{c_char, c_int, c_void};
+
+use crate::libc::{DlPhdrInfo, Libc};
+
+const RTLD_LAZY: c_int = 1;
+/// The same value in glibc and musl.
+const RTLD_NOLOAD: c_int = 4;
+const GRND_NONBLOCK: u32 = 1;
+
+type RandAdd = unsafe extern "C" fn(*const c_void, c_int, f64);
+
+/// Calls every distinct `RAND_add` this process can reach with `seed`, fresh kernel bytes, the
+/// pid and the generation; returns how many copies of OpenSSL took them.
+///
+/// `RAND_add` (OpenSSL 1.1.1 and 3.x alike) reseeds the primary DRBG now: fresh entropy from its
+/// source, and our bytes as additional input, so the result differs per clone even where the
+/// kernel's generator was not reseeded. Each thread's DRBG reseeds from the primary on its next
+/// draw (it watches the primary's reseed counter). `randomness = 0`: our bytes are additional
+/// input, never a replacement for the source's.
+pub fn reseed_all(c: &Libc, seed: &[u8; 32], pid: c_int, number: u64) -> u32 {
+    let mut input = [0u8; 76];
+    input[..32].copy_from_slice(seed);
+    if let Some(getrandom) = c.getrandom {
+        // SAFETY: writes at most 32 bytes into our buffer. A short or failed read leaves zeros:
+        // the agent's bytes alone already differ per clone.
+        unsafe { getrandom(input[32..64].as_mut_ptr(), 32, GRND_NONBLOCK) };
+    }
+    input[64..68].copy_from_slice(&pid.to_le_bytes());
+    input[68..76].copy_from_slice(&number.to_le_bytes());
+
+    let mut found = Found::default();
+    // SAFETY: the global scope: a `libcrypto` the program links, or a Node.js's own OpenSSL.
+    found.add(unsafe { (c.dlsym)(core::ptr::null_mut(), c"RAND_add".as_ptr()) });
+    // Each loaded object's own scope (with its dependencies): a `libcrypto` loaded RTLD_LOCAL,
+    // as Python's `_ssl` does. Names are copied out first: `dlopen` must not run inside
+    // `dl_iterate_phdr`'s callback (both take the loader's lock).
+    let mut names = Names::new();
+    // SAFETY: the callback only reads the entries it is given and writes into `names`.
+    unsafe { (c.dl_iterate_phdr)(collect, &mut names as *mut Names as *mut c_void) };
+    for name in names.iter() {
+        // SAFETY: a NUL-terminated name; RTLD_NOLOAD only finds an object already loaded, and
+        // the reference it takes is dropped at once.
+        unsafe {
+            let handle = (c.dlopen)(name, RTLD_LAZY | RTLD_NOLOAD);
+            if !handle.is_null() {
+                found.add((c.dlsym)(handle, c"RAND_add".as_ptr()));
+                (c.dlclose)(handle);
+            }
+        }
+    }
+    for &f in &found.fns[..found.len] {
+        // SAFETY: `f` is OpenSSL's `RAND_add(const void *, int, double)`; our buffer outlives it.
+        unsafe {
+            let f: RandAdd = core::mem::transmute(f);
+            f(input.as_ptr() as *const c_void, input.len() as c_int, 0.0);
+        }
+    }
+    // Nothing of the bytes stays on our stack after the call.
+    for b in input.iter_mut() {
+        // SAFETY: a valid byte of our own buffer; volatile so the wipe is not optimised away.
+        unsafe { core::ptr::write_volatile(b, 0) };
+    }
+    found.len as u32
+}
+
+/// Distinct `RAND_add` addresses.
+#[derive(Default)]
+struct Found {
+    fns: [usize; 8],
+    len: usize,
+}
+
+impl Found {
+    fn add(&mut self, p: *mut c_void) {
+        let a = p as usize;
+        if a != 0 && !self.fns[..self.len].contains(&a) && self.len < self.fns.len() {
+            self.fns[self.len] = a;
+            self.len += 1;
+        }
+    }
+}
+
+/// The loaded objects' names, NUL-terminated, back to back.
+struct Names {
+    buf: [u8; 8192],
+    len: usize,
+}
+
+impl Names {
+    fn new() -> Self {
+        Names {
+            buf: [0; 8192],
+            len: 0,
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = *const c_char> + '_ {
+        self.buf[..self.len]
+            .split(|&b| b == 0)
+            .filter(|s| !s.is_empty())
+            .map(|s| s.as_ptr() as *const c_char)
+    }
+}
+
+extern "C" fn collect(info: *mut DlPhdrInfo, _size: usize, data: *mut c_void) -> c_int {
+    // SAFETY: `data` is our `Names`; `info` is the loader's entry for this call, its name
+    // NUL-terminated (or null).
+    unsafe {
+        let names = &mut *(data as *mut Names);
+        let name = (*info).name;
+        if name.is_null() {
+            return 0;
+        }
+        let mut n = 0;
+        while *name.add(n) != 0 {
+            n += 1;
+        }
+        // The program itself has an empty name (the global scope covered it); the rest must fit
+        // with their NUL, or the walk stops here.
+        if n == 0 {
+            return 0;
+        }
+        if names.len + n + 1 > names.buf.len() {
+            return 1;
+        }
+        core::ptr::copy_nonoverlapping(name as *const u8, names.buf.as_mut_ptr().add(names.len), n);
+        names.len += n + 1;
+        0
+    }
+}

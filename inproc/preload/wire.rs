@@ -1,0 +1,193 @@
+//! The agent's side of the line protocol (`inproc/PROTOCOL.md`), without an allocator: one
+//! connection, fixed buffers, ASCII lines.
+
+use core::ffi::c_int;
+
+use crate::libc::Libc;
+
+const AF_UNIX: c_int = 1;
+const SOCK_STREAM: c_int = 1;
+/// The same value in glibc and musl, x86_64 and aarch64.
+const SOCK_CLOEXEC: c_int = 0o2000000;
+
+/// `struct sockaddr_un`.
+#[repr(C)]
+struct SockaddrUn {
+    family: u16,
+    path: [u8; 108],
+}
+
+/// Connects to the agent's socket at `path` (NUL-terminated); `None` when it is not there.
+pub fn connect(c: &Libc, path: &[u8; 108]) -> Option<c_int> {
+    // SAFETY: plain system calls on a descriptor we own; the address is a complete sockaddr_un.
+    unsafe {
+        let fd = (c.socket)(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return None;
+        }
+        let addr = SockaddrUn {
+            family: AF_UNIX as u16,
+            path: *path,
+        };
+        let len = core::mem::size_of::<SockaddrUn>() as u32;
+        if (c.connect)(fd, &addr as *const SockaddrUn as *const _, len) != 0 {
+            (c.close)(fd);
+            return None;
+        }
+        Some(fd)
+    }
+}
+
+pub struct Generation {
+    pub number: u64,
+    pub seed: [u8; 32],
+}
+
+pub struct Conn<'a> {
+    c: &'a Libc,
+    fd: c_int,
+    buf: [u8; 256],
+    len: usize,
+}
+
+pub struct Gone;
+
+impl<'a> Conn<'a> {
+    pub fn new(c: &'a Libc, fd: c_int) -> Self {
+        Conn {
+            c,
+            fd,
+            buf: [0; 256],
+            len: 0,
+        }
+    }
+
+    pub fn hello(&mut self, pid: c_int) -> Result<(), Gone> {
+        let mut line = Line::new();
+        line.push(b"MVA1 hello native ");
+        line.number(pid as u64);
+        line.push(b"\n");
+        self.send(line.bytes())
+    }
+
+    pub fn ack(&mut self, number: u64, copies: u32) -> Result<(), Gone> {
+        let mut line = Line::new();
+        line.push(b"MVA1 ack ");
+        line.number(number);
+        line.push(b" openssl=");
+        line.number(copies as u64);
+        line.push(b"\n");
+        self.send(line.bytes())
+    }
+
+    fn send(&mut self, mut bytes: &[u8]) -> Result<(), Gone> {
+        while !bytes.is_empty() {
+            // SAFETY: writes from a live slice to our own descriptor.
+            let n = unsafe { (self.c.write)(self.fd, bytes.as_ptr(), bytes.len()) };
+            // Our thread blocks every signal: no EINTR, so -1 is an error.
+            if n <= 0 {
+                return Err(Gone);
+            }
+            bytes = &bytes[n as usize..];
+        }
+        Ok(())
+    }
+
+    /// The next `MVA1 generation` line; `Ok(None)` never happens (lines that are not one are
+    /// skipped); `Err` when the agent has gone or talks nonsense.
+    pub fn next_generation(&mut self) -> Result<Option<Generation>, Gone> {
+        loop {
+            if let Some(end) = self.buf[..self.len].iter().position(|&b| b == b'\n') {
+                let parsed = parse(&self.buf[..end]);
+                self.buf.copy_within(end + 1..self.len, 0);
+                self.len -= end + 1;
+                if let Some(g) = parsed {
+                    return Ok(Some(g));
+                }
+                continue;
+            }
+            if self.len == self.buf.len() {
+                return Err(Gone);
+            }
+            // SAFETY: reads into the free tail of our own buffer.
+            let n = unsafe {
+                (self.c.read)(
+                    self.fd,
+                    self.buf.as_mut_ptr().add(self.len),
+                    self.buf.len() - self.len,
+                )
+            };
+            if n <= 0 {
+                return Err(Gone);
+            }
+            self.len += n as usize;
+        }
+    }
+}
+
+/// `MVA1 generation <number> <64 hex digits>`.
+fn parse(line: &[u8]) -> Option<Generation> {
+    let rest = line.strip_prefix(b"MVA1 generation ")?;
+    let space = rest.iter().position(|&b| b == b' ')?;
+    let (num, hex) = (&rest[..space], &rest[space + 1..]);
+    if num.is_empty() || num.len() > 19 || hex.len() != 64 {
+        return None;
+    }
+    let mut number = 0u64;
+    for &d in num {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        number = number * 10 + u64::from(d - b'0');
+    }
+    let mut seed = [0u8; 32];
+    for (i, pair) in hex.chunks(2).enumerate() {
+        seed[i] = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+    }
+    Some(Generation { number, seed })
+}
+
+fn nibble(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}
+
+/// A line being built, on the stack.
+struct Line {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl Line {
+    fn new() -> Self {
+        Line {
+            buf: [0; 64],
+            len: 0,
+        }
+    }
+    fn push(&mut self, b: &[u8]) {
+        let n = b.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&b[..n]);
+        self.len += n;
+    }
+    fn number(&mut self, mut v: u64) {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        let tail = digits;
+        self.push(&tail[i..]);
+    }
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}

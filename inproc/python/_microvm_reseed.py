@@ -1,0 +1,103 @@
+"""microvm-agent's in-process reseed for Python (started by this directory's sitecustomize).
+
+A clone of a snapshot is a copy of this process: the module-level ``random`` (one Mersenne
+Twister seeded at import), NumPy's legacy global generator and OpenSSL's generators in ``_ssl``
+are the same in every clone. This module registers the process with the agent over
+``$MICROVM_AGENT_INPROC`` (``inproc/PROTOCOL.md``) and, for every new generation, reseeds what
+the process has loaded from the bytes the agent sends for this process (plus ``os.urandom``,
+the pid and the generation), then acknowledges, so the hook that made the generation answers
+only after this process can no longer draw the snapshot's values.
+
+Standard library only, and as little of it as possible (``_socket``, ``_thread``): it runs in
+every Python process the app starts. A ``fork`` without ``exec`` registers the child anew.
+"""
+
+import os
+import sys
+
+PROTOCOL = b"MVA1"
+MAX_LINE = 256
+
+
+def start():
+    path = os.environ.get("MICROVM_AGENT_INPROC")
+    if not path:
+        return
+    _spawn(path)
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=lambda: _spawn(path))
+
+
+def _spawn(path):
+    import _thread
+
+    _thread.start_new_thread(_serve, (path,))
+
+
+def reseed(seed, number):
+    """Reseeds every generator of this process that the agent's seed can reach; says which."""
+    material = (
+        bytes(seed)
+        + os.urandom(32)
+        + os.getpid().to_bytes(4, "little")
+        + number.to_bytes(8, "little")
+    )
+    done = []
+    rnd = sys.modules.get("random")
+    if rnd is not None and hasattr(rnd, "seed"):
+        rnd.seed(material)
+        done.append("random")
+    nprandom = sys.modules.get("numpy.random")
+    if nprandom is not None and hasattr(nprandom, "seed"):
+        try:
+            nprandom.seed([int.from_bytes(material[i : i + 4], "little") for i in range(0, 64, 4)])
+            done.append("numpy")
+        except Exception:
+            pass
+    ssl = sys.modules.get("_ssl")
+    if ssl is not None and hasattr(ssl, "RAND_add"):
+        # The preloaded library does this too; here as well for a process it could not reach.
+        ssl.RAND_add(material, 0.0)
+        done.append("ssl")
+    return ",".join(done) or "-"
+
+
+def parse(line):
+    """``MVA1 generation <n> <64 hex>`` -> (n, seed bytes), else None."""
+    parts = line.split(b" ")
+    if len(parts) != 4 or parts[0] != PROTOCOL or parts[1] != b"generation":
+        return None
+    if not parts[2].isdigit() or len(parts[3]) != 64:
+        return None
+    try:
+        return int(parts[2]), bytes.fromhex(parts[3].decode("ascii"))
+    except ValueError:
+        return None
+
+
+def _serve(path):
+    import _socket
+
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        s.connect(path)
+        s.sendall(b"MVA1 hello python %d\n" % os.getpid())
+        buf = b""
+        while True:
+            chunk = s.recv(MAX_LINE)
+            if not chunk:
+                return
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                order = parse(line)
+                if order is not None:
+                    number, seed = order
+                    what = reseed(seed, number)
+                    s.sendall(b"MVA1 ack %d %s\n" % (number, what.encode("ascii")))
+            if len(buf) > MAX_LINE:
+                return
+    except OSError:
+        return
+    finally:
+        s.close()

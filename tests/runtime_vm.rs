@@ -45,54 +45,120 @@ struct App {
     command: &'static str,
     /// For a broken copy: the text replaced in the template's app, and what replaces it.
     broken: Option<(&'static str, &'static str)>,
+    /// `[app] reseed_in_process` (the agent's default is on).
+    inproc: bool,
+    /// It opens outbound TLS connections to the recorder on every probe (server name: its name).
+    tls: bool,
 }
 
-const APPS: [App; 7] = [
+const APPS: [App; 12] = [
     App {
         name: "python",
         template: "python",
         command: "python3 /run/mva/python/app.py",
         broken: None,
+        inproc: true,
+        tls: false,
     },
     App {
         name: "node",
         template: "node",
         command: "node /run/mva/node/app.js",
         broken: None,
+        inproc: true,
+        tls: false,
     },
     App {
         name: "java",
         template: "java",
         command: "java -cp /run/mva/java App",
         broken: None,
+        inproc: true,
+        tls: false,
     },
     App {
         name: "go",
         template: "go",
         command: "/run/mva/go/server",
         broken: None,
+        inproc: true,
+        tls: false,
     },
     App {
         name: "rust",
         template: "rust",
         command: "/run/mva/rust/server",
         broken: None,
+        inproc: true,
+        tls: false,
     },
     App {
         name: "python-constant",
         template: "python",
         command: "python3 /run/mva/python-constant/app.py",
         broken: Some(("reseed(event.get(\"seed\"))", "random.seed(42)")),
+        inproc: false,
+        tls: false,
     },
     App {
         name: "python-no-handler",
         template: "python",
         command: "python3 /run/mva/python-no-handler/app.py",
         broken: Some(("reseed(event.get(\"seed\"))", "pass")),
+        inproc: false,
+        tls: false,
+    },
+    // Unmodified apps (tests/runtime/): no handler, no seed; the agent's in-process reseed is
+    // all they get, and what they send on the wire is read from the recorder.
+    App {
+        name: "plain-python",
+        template: "plain-python",
+        command: "python3 /run/mva/plain-python/plain.py plain-python",
+        broken: None,
+        inproc: true,
+        tls: true,
+    },
+    App {
+        name: "plain-node",
+        template: "plain-node",
+        command: "node /run/mva/plain-node/plain.js plain-node",
+        broken: None,
+        inproc: true,
+        tls: true,
+    },
+    App {
+        name: "plain-c",
+        template: "plain-c",
+        command: "/run/mva/plain-c/plain-c plain-c",
+        broken: None,
+        inproc: true,
+        tls: true,
+    },
+    // The same apps with the switch off: the test of the test for the in-process reseed.
+    App {
+        name: "plain-python-off",
+        template: "plain-python",
+        command: "python3 /run/mva/plain-python-off/plain.py plain-python-off",
+        broken: None,
+        inproc: false,
+        tls: true,
+    },
+    App {
+        name: "plain-node-off",
+        template: "plain-node",
+        command: "node /run/mva/plain-node-off/plain.js plain-node-off",
+        broken: None,
+        inproc: false,
+        tls: true,
     },
 ];
 
 impl App {
+    /// A copy that must fail the check (the test of the test): a broken handler, or an
+    /// unmodified app with the in-process reseed switched off.
+    fn control(&self) -> bool {
+        self.broken.is_some() || (!self.inproc && self.template.starts_with("plain-"))
+    }
     fn index(&self) -> u16 {
         APPS.iter().position(|a| a.name == self.name).unwrap() as u16
     }
@@ -138,7 +204,7 @@ fn prerequisites() -> bool {
             missing.push(format!("{}/{f}", rt.display()));
         }
     }
-    for tool in ["go", "javac", "cargo"] {
+    for tool in ["go", "javac", "cargo", "gcc"] {
         if !support::have_tool(tool) {
             missing.push(tool.to_string());
         }
@@ -156,14 +222,35 @@ fn build_apps(out: &Path) {
         let src = root().join("templates").join(app.template);
         let dir = out.join(app.name);
         std::fs::create_dir_all(&dir).unwrap();
-        let toml = std::fs::read_to_string(src.join("microvm-agent.toml")).unwrap();
-        std::fs::write(
-            dir.join("microvm-agent.toml"),
-            toml.replace("8080", &app.app_port().to_string()),
-        )
-        .unwrap();
+        let toml = if app.template.starts_with("plain-") {
+            PLAIN_TOML.to_string()
+        } else {
+            std::fs::read_to_string(src.join("microvm-agent.toml")).unwrap()
+        };
+        let mut toml = toml.replace("8080", &app.app_port().to_string());
+        if !app.inproc {
+            assert!(toml.contains("[app]\n"), "{}: no [app] section", app.name);
+            toml = toml.replace("[app]\n", "[app]\nreseed_in_process = false\n");
+        }
+        std::fs::write(dir.join("microvm-agent.toml"), toml).unwrap();
         let d = dir.display().to_string();
+        let plain = root().join("tests/runtime");
         match app.template {
+            "plain-python" => {
+                std::fs::copy(plain.join("plain.py"), dir.join("plain.py")).unwrap();
+            }
+            "plain-node" => {
+                std::fs::copy(plain.join("plain.js"), dir.join("plain.js")).unwrap();
+            }
+            // Built with the host's compiler against the host's libssl.so.3: the guest is the
+            // same Debian release, so the same library is there.
+            "plain-c" => run(
+                Command::new("gcc")
+                    .args(["-O2", "-o", &format!("{d}/plain-c")])
+                    .arg(plain.join("plain.c"))
+                    .args(["-l:libssl.so.3", "-l:libcrypto.so.3"]),
+                "gcc (plain.c)",
+            ),
             "python" => {
                 let text = std::fs::read_to_string(src.join("app.py")).unwrap();
                 let text = match app.broken {
@@ -221,6 +308,13 @@ fn build_apps(out: &Path) {
     }
 }
 
+/// The unmodified apps' configuration: what an author writes who has read nothing about clones.
+const PLAIN_TOML: &str = "[app]\nrestart = \"on-failure\"\n\n[ready]\nhttp = \"http://127.0.0.1:8080/healthz\"\n\n[hooks]\nready_timeout = \"60s\"\n";
+
+/// The guest's TLS ClientHello recorder (`mva-fixture tls-recorder 8443 8444`): TLS on 8443 (the
+/// unmodified apps connect there), its findings over HTTP on this port.
+const RECORDER: u16 = 8444;
+
 /// The initramfs: loads the modules, mounts the shared read-only root, copies the agent and the
 /// apps onto a tmpfs in it, and switches to it; `start.sh` then starts every app under its agent.
 const INIT: &str = r#"#!/bin/busybox sh
@@ -255,7 +349,8 @@ fn start_script(platform_caps: bool) -> String {
     };
     let mut s = String::from(
         "B=/run/mva/busybox\nexport PATH=/usr/local/bin:/usr/bin:/bin HOME=/tmp MICROVM_AGENT_LOG=warn\n\
-         FIXTURE_BIND=0.0.0.0 /run/mva/mva-fixture clone-app 8080 /run/fixture.log &\n",
+         FIXTURE_BIND=0.0.0.0 /run/mva/mva-fixture clone-app 8080 /run/fixture.log &\n\
+         FIXTURE_BIND=0.0.0.0 /run/mva/mva-fixture tls-recorder 8443 8444 &\n",
     );
     for app in &APPS {
         s.push_str(&format!(
@@ -386,7 +481,7 @@ struct Lab {
 
 impl Lab {
     fn spec(&self, mode: Mode) -> Spec {
-        let mut ports = vec![FIXTURE];
+        let mut ports = vec![FIXTURE, RECORDER];
         for app in &APPS {
             ports.extend([app.app_port(), app.hook_port()]);
         }
@@ -413,6 +508,34 @@ struct Probe {
 }
 
 fn probe(vm: &Vm, app: &App) -> Probe {
+    let mut p = probe_app(vm, app);
+    if app.tls {
+        // What the probe's TLS connection sent, as the recorder saw it.
+        let body = vm.get_ok(
+            RECORDER,
+            &format!("/hello?sni={}", app.name),
+            Duration::from_secs(30),
+        );
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        for (field, row) in [
+            ("random", "TLS ClientHello: random"),
+            ("session_id", "TLS ClientHello: session id"),
+            ("key_shares", "TLS ClientHello: key share"),
+        ] {
+            let value = v[field].as_str().unwrap_or_default().to_string();
+            assert!(
+                !value.is_empty(),
+                "{}: the recorder has no {field}: {body}",
+                app.name
+            );
+            p.values.insert(row.to_string(), value);
+            p.claims.insert(row.to_string(), "safe".to_string());
+        }
+    }
+    p
+}
+
+fn probe_app(vm: &Vm, app: &App) -> Probe {
     let body = vm.get_ok(app.app_port(), "/probe", Duration::from_secs(60));
     let v: serde_json::Value = serde_json::from_str(&body)
         .unwrap_or_else(|e| panic!("{}: /probe is not JSON ({e}): {body}", app.name));
@@ -631,7 +754,7 @@ fn table(all: &[(Mode, Measured)]) -> String {
     }
     t.push('\n');
     for ((app, generator), (runtime, claim, _)) in &all[0].1 {
-        if APPS.iter().any(|a| a.name == *app && a.broken.is_some()) {
+        if APPS.iter().any(|a| a.name == *app && a.control()) {
             continue;
         }
         t.push_str(&format!("| {runtime} | `{generator}` | {claim} |"));
@@ -707,11 +830,11 @@ fn every_template_generator_it_claims_safe_differs_in_every_clone() {
 
     let mut failures = Vec::new();
     for (m, measured) in &all {
-        for app in APPS.iter().filter(|a| a.broken.is_none()) {
+        for app in APPS.iter().filter(|a| !a.control()) {
             failures.extend(violations(*m, measured, app.name));
         }
         // The test of the test: each broken copy must fail the same check in every mode.
-        for app in APPS.iter().filter(|a| a.broken.is_some()) {
+        for app in APPS.iter().filter(|a| a.control()) {
             assert!(
                 !violations(*m, measured, app.name).is_empty(),
                 "[{}] {}: a broken handler passed the check, which therefore cannot fail",
@@ -747,11 +870,16 @@ fn check_readme(all: &[(Mode, Measured)]) {
     for row in measured.lines().skip(2) {
         let cells: Vec<&str> = row.split('|').map(str::trim).collect();
         let (generator, claim) = (cells[2], cells[3]);
+        // A row is its runtime (the words without a version in them) and its generator.
+        let runtime = |cell: &str| -> Vec<String> {
+            cell.split_whitespace()
+                .filter(|w| !w.chars().any(|c| c.is_ascii_digit()))
+                .map(String::from)
+                .collect()
+        };
         let found = readme.lines().find(|l| {
             let c: Vec<&str> = l.split('|').map(str::trim).collect();
-            c.len() > 3
-                && c[2] == generator
-                && c[1].split_whitespace().next() == cells[1].split_whitespace().next()
+            c.len() > 3 && c[2] == generator && runtime(c[1]) == runtime(cells[1])
         });
         let Some(line) = found else {
             panic!("README.md's table has no row for {generator} ({}); the measured table:\n{measured}", cells[1]);

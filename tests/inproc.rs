@@ -1,0 +1,374 @@
+//! The in-process reseed (`clone::inproc`, `inproc/`), black-box: the real agent starts real
+//! Python, Node.js and C programs with its helpers on by default; a new generation reaches each of
+//! their processes (workers forked without exec too) and the hook waits for their
+//! acknowledgements. What it does *to the generators* is judged in real clones, on the wire
+//! (`tests/runtime_vm.rs`); here: that it reaches every process, that it never stops one from
+//! starting (no OpenSSL, static, musl), and that a process that does not answer fails the hook
+//! as any unacknowledged notification does.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+/// A Python app that seeds the module-level `random` with 1 at start (so its draws are known)
+/// and answers `GET /draw` with the next `random.random()`; `forks` workers forked without exec
+/// (as `multiprocessing`'s fork start method does) that just wait.
+fn python_app(dir: &TempDir, port: u16, forks: u32) -> Vec<String> {
+    let script = dir.join("app.py");
+    std::fs::write(
+        &script,
+        format!(
+            r#"
+import http.server, os, random, ssl, sys, time
+random.seed(1)
+for _ in range({forks}):
+    if os.fork() == 0:
+        while True:
+            time.sleep(1000)
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = repr(random.random()).encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+http.server.HTTPServer(("127.0.0.1", {port}), H).serve_forever()
+"#
+        ),
+    )
+    .unwrap();
+    vec!["/usr/bin/python3".into(), script.display().to_string()]
+}
+
+fn have_tool(name: &str) -> bool {
+    std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn ready_on(port: u16, extra: &str) -> String {
+    format!("[ready]\nhttp = \"http://127.0.0.1:{port}/draw\"\n{extra}")
+}
+
+/// Python's `random` after `random.seed(1)`: the first and second draws.
+const SEEDED_FIRST: &str = "0.13436424411240122";
+const SEEDED_SECOND: &str = "0.8474337369372327";
+
+fn members(a: &Agent) -> Vec<serde_json::Value> {
+    a.status()["inproc"]["processes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn draw(port: u16) -> String {
+    http(port, "GET", "/draw", &[], b"").text()
+}
+
+#[test]
+fn an_unmodified_python_app_and_its_forked_workers_are_reseeded_before_run_answers() {
+    if !std::path::Path::new("/usr/bin/python3").exists() {
+        eprintln!("SKIP: no /usr/bin/python3");
+        return;
+    }
+    let dir = TempDir::new("inproc-py");
+    let port = free_port();
+    let a = Spec::default()
+        .config(&ready_on(port, ""))
+        .app(&python_app(&dir, port, 3))
+        .start();
+    assert_eq!(a.ready_settled().status, 200);
+    // The readiness probe drew the first value: the seeded sequence is the snapshot's.
+    eventually("the app and its three workers registered", || {
+        members(&a).len() == 4
+    });
+    assert!(
+        members(&a)
+            .iter()
+            .all(|m| m["kind"] == "python" && m["generation"].is_null()),
+        "nothing is sent before the first generation: {:?}",
+        members(&a)
+    );
+    let r = a.post("/run", br#"{"microvmId":"vm-1"}"#);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let m = members(&a);
+    assert_eq!(m.len(), 4, "{m:?}");
+    for p in &m {
+        assert_eq!(
+            p["generation"], 1,
+            "every process acknowledged generation 1: {m:?}"
+        );
+        assert!(p["reseeded"].as_str().unwrap().contains("random"), "{m:?}");
+    }
+    let notify = &a.status()["last_routine"]["notify"];
+    assert_eq!(
+        notify["acknowledged"],
+        serde_json::json!(["inproc"]),
+        "{notify}"
+    );
+    let next = draw(port);
+    assert_ne!(next, SEEDED_SECOND, "random was not reseeded by /run");
+    assert_ne!(next, SEEDED_FIRST);
+}
+
+#[test]
+fn switched_off_the_app_keeps_the_snapshots_generators() {
+    // The test of the test: the same app with `reseed_in_process = false` draws the seeded
+    // sequence after /run, and nothing takes part.
+    if !std::path::Path::new("/usr/bin/python3").exists() {
+        eprintln!("SKIP: no /usr/bin/python3");
+        return;
+    }
+    let dir = TempDir::new("inproc-off");
+    let port = free_port();
+    let a = Spec::default()
+        .config(&format!(
+            "[app]\nreseed_in_process = false\n{}",
+            ready_on(port, "")
+        ))
+        .app(&python_app(&dir, port, 0))
+        .start();
+    assert_eq!(a.ready_settled().status, 200);
+    assert_eq!(a.post("/run", b"{}").status, 200);
+    assert_eq!(draw(port), SEEDED_SECOND);
+    assert!(members(&a).is_empty());
+    let arranged = &a.status()["inproc"]["arranged"];
+    assert_eq!(arranged["enabled"], false, "{arranged}");
+}
+
+#[test]
+fn a_node_app_gets_its_openssl_and_math_random_reseeded() {
+    if !have_tool("node") {
+        eprintln!("SKIP: no node");
+        return;
+    }
+    let dir = TempDir::new("inproc-node");
+    let port = free_port();
+    let script = dir.join("app.js");
+    std::fs::write(
+        &script,
+        format!(
+            "require('http').createServer((q, s) => {{ const b = String(Math.random.toString().includes('[native code]')); \
+             s.writeHead(200, {{'content-length': b.length}}); s.end(b); }}).listen({port}, '127.0.0.1');"
+        ),
+    )
+    .unwrap();
+    let a = Spec::default()
+        .config(&ready_on(port, ""))
+        .app(&["node", script.to_str().unwrap()])
+        .start();
+    assert_eq!(a.ready_settled().status, 200);
+    assert_eq!(
+        draw(port),
+        "false",
+        "Math.random was not replaced before the app's code"
+    );
+    eventually("the node process registered twice (native, node)", || {
+        members(&a).len() == 2
+    });
+    assert_eq!(a.post("/run", b"{}").status, 200);
+    let m = members(&a);
+    let native = m.iter().find(|p| p["kind"] == "native").expect("native");
+    let node = m.iter().find(|p| p["kind"] == "node").expect("node");
+    assert_eq!(native["pid"], node["pid"]);
+    assert_eq!(native["reseeded"], "openssl=1", "{m:?}");
+    assert_eq!(
+        node["reseeded"], "math.random,randomUUID,randomInt",
+        "{m:?}"
+    );
+}
+
+#[test]
+fn a_process_that_does_not_acknowledge_fails_run_inside_its_budget() {
+    // A stopped process cannot answer: /run fails as any unacknowledged notification does
+    // (`fail_on` includes /run), inside its budget; with `on_timeout = "continue"` it answers 200.
+    if !std::path::Path::new("/usr/bin/python3").exists() {
+        eprintln!("SKIP: no /usr/bin/python3");
+        return;
+    }
+    for (extra, want) in [("", 500), ("[notify]\non_timeout = \"continue\"\n", 200)] {
+        let dir = TempDir::new("inproc-stop");
+        let port = free_port();
+        let a = Spec::default()
+            .config(&ready_on(port, extra))
+            .app(&python_app(&dir, port, 0))
+            .start();
+        assert_eq!(a.ready_settled().status, 200);
+        eventually("registered", || members(&a).len() == 1);
+        let pid = a.app_pid().unwrap() as i32;
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        let t = std::time::Instant::now();
+        let r = a.post("/run", b"{}");
+        let took = t.elapsed();
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+        assert_eq!(r.status, want, "{}", r.text());
+        assert!(took < Duration::from_secs(2), "/run took {took:?}");
+        let failed = a.status()["last_routine"]["notify"]["failed"].to_string();
+        assert!(
+            failed.contains("did not acknowledge generation 1"),
+            "{failed}"
+        );
+    }
+}
+
+#[test]
+fn the_images_own_environment_and_sitecustomize_are_kept() {
+    if !std::path::Path::new("/usr/bin/python3").exists() {
+        eprintln!("SKIP: no /usr/bin/python3");
+        return;
+    }
+    let dir = TempDir::new("inproc-env");
+    let theirs = dir.join("theirs");
+    std::fs::create_dir_all(&theirs).unwrap();
+    let marker = dir.join("their-sitecustomize-ran");
+    std::fs::write(
+        theirs.join("sitecustomize.py"),
+        format!(
+            "open({:?}, 'w').write('yes')\n",
+            marker.display().to_string()
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let script = dir.join("env.py");
+    std::fs::write(
+        &script,
+        format!(
+            r#"
+import http.server, os
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = "|".join(os.environ.get(k, "") for k in ("LD_PRELOAD", "PYTHONPATH", "NODE_OPTIONS")).encode()
+        self.send_response(200); self.send_header("content-length", str(len(body))); self.end_headers(); self.wfile.write(body)
+    def log_message(self, *a): pass
+http.server.HTTPServer(("127.0.0.1", {port}), H).serve_forever()
+"#
+        ),
+    )
+    .unwrap();
+    let a = Spec::default()
+        .config(&ready_on(port, ""))
+        .env("LD_PRELOAD", "")
+        .env("PYTHONPATH", theirs.to_str().unwrap())
+        .env("NODE_OPTIONS", "--max-old-space-size=64")
+        .app(&["/usr/bin/python3", script.to_str().unwrap()])
+        .start();
+    assert_eq!(a.ready_settled().status, 200);
+    let env = draw(port);
+    let parts: Vec<&str> = env.split('|').collect();
+    let state = a.state("inproc");
+    let ours = |p: &str| state.join(p).display().to_string();
+    assert_eq!(parts[0], ours("libmicrovm-reseed.so"));
+    assert_eq!(
+        parts[1],
+        format!("{}:{}", ours("python"), theirs.display()),
+        "ours first, then the image's"
+    );
+    assert_eq!(
+        parts[2],
+        format!(
+            "--max-old-space-size=64 --require {}",
+            ours("node/microvm-reseed.js")
+        )
+    );
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap_or_default(),
+        "yes",
+        "the image's sitecustomize did not run"
+    );
+    // Read-only helpers.
+    assert_eq!(mode(&state.join("libmicrovm-reseed.so")) & 0o777, 0o444);
+}
+
+#[test]
+fn apps_without_openssl_static_and_musl_binaries_start_and_work() {
+    // The helpers load into every dynamically linked process and must never stop one: a C
+    // program without OpenSSL (glibc), one linked with musl (when musl-gcc is here), and a static
+    // binary (never loads it). Each serves its readiness probe; the musl one has the library
+    // mapped (it was loaded, not ignored).
+    let dir = TempDir::new("inproc-libc");
+    let src = dir.join("serve.c");
+    std::fs::write(&src, SERVE_C).unwrap();
+    let mut programs: Vec<(&str, std::path::PathBuf, bool)> = Vec::new();
+    for (name, cc, args) in [
+        ("glibc", "gcc", &[][..]),
+        ("musl", "musl-gcc", &[][..]),
+        ("static", "gcc", &["-static"][..]),
+    ] {
+        if !have_tool(cc) {
+            eprintln!("SKIP {name}: no {cc} (tests/vm/prepare.sh installs musl-tools)");
+            continue;
+        }
+        let out = dir.join(name);
+        let ok = std::process::Command::new(cc)
+            .args(args)
+            .arg("-o")
+            .arg(&out)
+            .arg(&src)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "{cc} failed");
+        programs.push((name, out, name != "static"));
+    }
+    assert!(!programs.is_empty(), "no C compiler at all");
+    for (name, program, dynamic) in programs {
+        let port = free_port();
+        let a = Spec::default()
+            .config(&ready_on(port, ""))
+            .app(&[program.to_str().unwrap(), &port.to_string()])
+            .start();
+        assert_eq!(a.ready_settled().status, 200, "{name}: {}", a.stderr.text());
+        let pid = a.app_pid().unwrap();
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+        assert_eq!(
+            maps.contains("libmicrovm-reseed.so"),
+            dynamic,
+            "{name}: the helper mapped: {}",
+            !dynamic
+        );
+        // No OpenSSL: the helper did nothing (no registration), and /run is not held up.
+        assert_eq!(a.post("/run", b"{}").status, 200, "{name}");
+        assert!(members(&a).is_empty(), "{name}: {:?}", members(&a));
+        let others = a.status()["inproc"]["not_taking_part"].to_string();
+        assert!(
+            others.contains(&format!("\"pid\":{pid}")),
+            "{name}: {others}"
+        );
+        assert!(
+            !a.stderr.text().contains("ld.so"),
+            "{name}: the loader complained: {}",
+            a.stderr.text()
+        );
+    }
+}
+
+/// A C program without OpenSSL: answers every connection on argv[1] with 200 "ok".
+const SERVE_C: &str = r#"
+#include <arpa/inet.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    int s = socket(AF_INET, SOCK_STREAM, 0), on = 1;
+    setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[1]))};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(s, (struct sockaddr *)&a, sizeof a) || listen(s, 8)) return 1;
+    for (;;) {
+        int c = accept(s, 0, 0);
+        char buf[1024];
+        if (read(c, buf, sizeof buf) > 0) {
+            const char *r = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
+            write(c, r, strlen(r));
+        }
+        close(c);
+    }
+}
+"#;

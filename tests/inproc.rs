@@ -372,3 +372,85 @@ int main(int argc, char **argv) {
     }
 }
 "#;
+
+#[test]
+fn the_aarch64_helper_reseeds_an_aarch64_openssl_process() {
+    // The platform runs aarch64: the aarch64 agent (static, under qemu-aarch64-static) writes its
+    // own aarch64 helper, and an aarch64 program linked with Debian's arm64 libssl (`openssl
+    // s_server`, under qemu-aarch64-static) loads it, registers, and acknowledges /run having
+    // reseeded its one OpenSSL. Prepared by tests/vm/prepare.sh.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let vm = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or(root.join("target"), std::path::PathBuf::from)
+        .join("vm/aarch64");
+    let (agent, userland) = (vm.join("microvm-agent"), vm.join("userland"));
+    let openssl = userland.join("usr/bin/openssl");
+    let mut missing: Vec<String> = [&agent, &openssl]
+        .iter()
+        .filter(|p| !p.exists())
+        .map(|p| p.display().to_string())
+        .collect();
+    if !have_tool("qemu-aarch64-static") {
+        missing.push("qemu-aarch64-static".into());
+    }
+    if !missing.is_empty() {
+        assert!(
+            std::env::var("MICROVM_AGENT_REQUIRE_VM").as_deref() != Ok("1"),
+            "MICROVM_AGENT_REQUIRE_VM=1 but missing {missing:?} (run tests/vm/prepare.sh)"
+        );
+        eprintln!("SKIP: missing {missing:?} (run tests/vm/prepare.sh)");
+        return;
+    }
+    let dir = TempDir::new("inproc-arm");
+    let state = dir.join("state");
+    std::fs::create_dir(&state).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (hooks, app) = (free_port(), free_port());
+    let mut child = std::process::Command::new("qemu-aarch64-static")
+        .arg(&agent)
+        .args(["--listen", &format!("127.0.0.1:{hooks}")])
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["--", "qemu-aarch64-static", "-L"])
+        .arg(&userland)
+        .arg(&openssl)
+        .args(["s_server", "-nocert", "-cipher", "aNULL", "-quiet"])
+        .args(["-accept", &format!("127.0.0.1:{app}")])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The emulated agent takes a moment to bind its port.
+    for _ in 0..600 {
+        if std::net::TcpStream::connect(("127.0.0.1", hooks)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = || -> serde_json::Value {
+        let body = http(hooks, "GET", "/status", &[], b"").text();
+        serde_json::from_str(&body).unwrap_or_default()
+    };
+    let registered = || -> Vec<serde_json::Value> {
+        status()["inproc"]["processes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let mut waited = 0;
+    while registered().is_empty() && waited < 600 {
+        std::thread::sleep(Duration::from_millis(100));
+        waited += 1;
+    }
+    let run = http(hooks, "POST", "/run", &[], b"{}");
+    let after = registered();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(run.status, 200, "{}", run.text());
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_eq!(after[0]["kind"], "native");
+    assert_eq!(after[0]["generation"], 1);
+    assert_eq!(after[0]["reseeded"], "openssl=1");
+}

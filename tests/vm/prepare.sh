@@ -3,6 +3,8 @@
 #   vmlinuz, e1000.ko       from Debian's kernel package, extracted with dpkg -x (not installed)
 #   microvm-agent           the agent, static (x86_64-unknown-linux-musl)
 #   mva-fixture             the fixture app, static
+#   aarch64/userland        Debian's arm64 libc, libssl and openssl, extracted (the in-process
+#                           reseed's aarch64 test runs them under qemu-aarch64-static)
 #   aarch64/                the same for the platform's architecture: Debian's arm64 6.1 kernel and
 #                           e1000.ko, busybox-static:arm64 (all extracted, nothing installed), and
 #                           the static aarch64-unknown-linux-musl agent and fixture
@@ -156,6 +158,16 @@ if [ ! -f "$arm/vmlinuz" ] || [ ! -f "$arm/e1000.ko" ] || [ ! -f "$arm/busybox" 
   cp "$tmp"/root/boot/vmlinuz-* "$arm/vmlinuz"
   find "$tmp/root/lib/modules" -name e1000.ko -exec cp {} "$arm/e1000.ko" \;
   cp "$tmp/root/bin/busybox" "$arm/busybox"
+  rm -rf "$tmp"
+fi
+# An aarch64 userland with OpenSSL (Debian's libc6, libssl3 and openssl for arm64, extracted), run
+# under qemu-aarch64-static: the in-process reseed helper's aarch64 test (tests/inproc.rs).
+if [ ! -x "$arm/userland/usr/bin/openssl" ]; then
+  dpkg --print-foreign-architectures | grep -qx arm64 || { dpkg --add-architecture arm64; apt-get update -qq; }
+  tmp=$(mktemp -d)
+  (cd "$tmp" && { apt-get download libc6:arm64 libssl3:arm64 openssl:arm64 >/dev/null 2>&1 ||
+    { apt-get update -qq && apt-get download libc6:arm64 libssl3:arm64 openssl:arm64 >/dev/null 2>&1; }; })
+  for deb in "$tmp"/*.deb; do dpkg -x "$deb" "$arm/userland"; done
   rm -rf "$tmp"
 fi
 cargo build -q --release --target aarch64-unknown-linux-musl -p microvm-agent --bin microvm-agent --example mva-fixture

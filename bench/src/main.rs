@@ -1,5 +1,5 @@
-//! `microvm-bench [--quick]`: microvm-agent side by side with its peers, in one run, on this
-//! machine. Full runs write `BENCHMARKS.md` and `bench/results.json`; `--quick` (CI) runs every
+//! `microvm-bench [--quick] [--inproc]`: microvm-agent side by side with its peers, in one run, on
+//! this machine (`--inproc`: only the in-process reseed's section, printed). Full runs write `BENCHMARKS.md` and `bench/results.json`; `--quick` (CI) runs every
 //! measurement briefly and writes `bench-quick.json` in the target directory, so the suite never rots. Nothing here
 //! judges the numbers: the budget lines in BENCHMARKS.md compare them, with the peer measured in
 //! the same run.
@@ -392,6 +392,195 @@ fn ack(port: u16) -> ! {
     std::process::exit(0)
 }
 
+/// The in-process reseed's cost (`[app] reseed_in_process`, on by default), side by side with
+/// it switched off: `/resume` (a new generation) with 1 and 8 Node.js HTTP servers taking part
+/// (each registers twice: its OpenSSL and its runtime), the memory each such process adds, and
+/// what the helpers add to a process's start. `None` fields: no `node` here.
+fn inproc(bin: &Path, o: &Opts) -> Value {
+    let Some(node) = which("node") else {
+        return json!("unavailable: no node");
+    };
+    let mut out = json!({});
+    for procs in [1usize, 8] {
+        for on in [true, false] {
+            let script = format!(
+                "for i in $(seq {procs}); do {node} -e 'require(\"http\").createServer().listen(0, \"127.0.0.1\")' & done; wait"
+            );
+            let cfg = format!("[app]\nreseed_in_process = {on}\n");
+            let a = start_agent_on_disk(bin, &cfg, &["sh", "-c", &script]);
+            let _ = once(a.port, "POST", &format!("{PREFIX}/run"), "{}");
+            // Every process registered (on), or every process running (off).
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                let v = status_json(a.port).unwrap_or_default();
+                let n = if on {
+                    v["inproc"]["processes"].as_array().map_or(0, Vec::len)
+                } else {
+                    v["inproc"]["not_taking_part"]
+                        .as_array()
+                        .map_or(0, Vec::len)
+                };
+                if n >= 2 * procs || (!on && n > procs) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            // Node's own start-up (its heap, its modules) settles in both modes before anything
+            // is measured: the helpers' share is the difference.
+            std::thread::sleep(Duration::from_secs(3));
+            let mut resume = Stats::default();
+            for _ in 0..o.n(300, 10) {
+                let _ = once(a.port, "POST", &format!("{PREFIX}/suspend"), "");
+                let (status, took) = once(a.port, "POST", &format!("{PREFIX}/resume"), "");
+                match status {
+                    Some(200) => resume.samples.push(took),
+                    _ => resume.errors += 1,
+                }
+            }
+            let rss: Vec<u64> = descendants(a.proc.0.id())
+                .into_iter()
+                .filter(|p| {
+                    std::fs::read_to_string(format!("/proc/{p}/comm"))
+                        .is_ok_and(|c| c.trim() == "node")
+                })
+                .map(|p| status_field(p, "VmRSS:"))
+                .collect();
+            let key = format!("{}_{procs}_node", if on { "on" } else { "off" });
+            out[key] = json!({
+                "resume": resume.json(),
+                "node_rss_kib_mean": rss.iter().sum::<u64>() / rss.len().max(1) as u64,
+            });
+            drop(a);
+        }
+    }
+    // Start-up: `node -e 0` and `python3 -c pass` with the helpers' environment (an agent's,
+    // socket listening) and without.
+    let a = start_agent_on_disk(bin, "", &["sleep", "100000"]);
+    let state = a._dir.join("state");
+    let inproc_env: Vec<(&str, String)> = vec![
+        (
+            "MICROVM_AGENT_INPROC",
+            state.join("inproc.sock").display().to_string(),
+        ),
+        (
+            "LD_PRELOAD",
+            state
+                .join("inproc/libmicrovm-reseed.so")
+                .display()
+                .to_string(),
+        ),
+        (
+            "PYTHONPATH",
+            state.join("inproc/python").display().to_string(),
+        ),
+        (
+            "NODE_OPTIONS",
+            format!(
+                "--require {}",
+                state.join("inproc/node/microvm-reseed.js").display()
+            ),
+        ),
+    ];
+    let python = which("python3").unwrap_or_else(|| "python3".into());
+    for (name, argv) in [
+        ("node", vec![node.as_str(), "-e", "0"]),
+        ("python3", vec![python.as_str(), "-c", "pass"]),
+    ] {
+        let runs = o.n(30, 3);
+        let time = |env: &[(&str, String)]| -> f64 {
+            let mut t: Vec<f64> = (0..runs)
+                .map(|_| {
+                    let start = Instant::now();
+                    let _ = Command::new(argv[0])
+                        .args(&argv[1..])
+                        .envs(env.iter().map(|(k, v)| (*k, v)))
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status();
+                    start.elapsed().as_secs_f64() * 1e3
+                })
+                .collect();
+            t.sort_by(|a, b| a.total_cmp(b));
+            t[t.len() / 2]
+        };
+        out[format!("startup_ms_{name}")] = json!({ "off": time(&[]), "on": time(&inproc_env) });
+    }
+    drop(a);
+    out
+}
+
+/// An agent whose state directory is on the temporary directory's file system (not `/dev/shm`,
+/// often mounted `noexec`, where the OpenSSL helper is left out).
+fn start_agent_on_disk(bin: &Path, config: &str, app: &[&str]) -> Agent {
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("mva-bench-inproc-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("agent.toml"), config).unwrap();
+    let mut argv: Vec<String> = vec![
+        bin.display().to_string(),
+        "-c".into(),
+        dir.join("agent.toml").display().to_string(),
+    ];
+    argv.extend([
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--state-dir".into(),
+        dir.join("state").display().to_string(),
+        "--".into(),
+    ]);
+    argv.extend(app.iter().map(|s| s.to_string()));
+    let proc = spawn(&argv, &[("MICROVM_AGENT_LOG", "error".into())]);
+    wait_port(port);
+    Agent {
+        proc,
+        port,
+        _dir: dir,
+    }
+}
+
+fn which(name: &str) -> Option<String> {
+    let out = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .ok()?;
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !path.is_empty()).then_some(path)
+}
+
+/// Every descendant of `pid` (through `/proc/*/stat`).
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut parent_of = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        if let Some(pp) = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse::<u32>().ok())
+        {
+            parent_of.push((p, pp));
+        }
+    }
+    let mut out = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(q) = frontier.pop() {
+        for &(c, pp) in &parent_of {
+            if pp == q {
+                out.push(c);
+                frontier.push(c);
+            }
+        }
+    }
+    out
+}
+
 fn status_json(port: u16) -> Option<Value> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.write_all(&request("GET", "/status", port, "", true))
@@ -469,6 +658,12 @@ fn main() {
     let o = Opts {
         quick: args.iter().any(|a| a == "--quick"),
     };
+    if args.iter().any(|a| a == "--inproc") {
+        // Only the in-process reseed's section, printed (nothing written).
+        let v = inproc(&agent_bin(), &o);
+        println!("{}", serde_json::to_string_pretty(&v).unwrap());
+        return;
+    }
     let mut r = serde_json::Map::new();
     let bin = agent_bin();
     let me = std::env::current_exe().unwrap().display().to_string();
@@ -580,6 +775,8 @@ fn main() {
     routine["steps_p50_us"] = Value::Object(medians);
     r.insert("agent_resume_routine".into(), routine);
     drop(a);
+
+    r.insert("inproc".into(), inproc(&bin, &o));
 
     // Readiness: from the app's port accepting to /ready 200 (probe interval 10 ms).
     let mut noticed = Vec::new();

@@ -454,3 +454,37 @@ fn the_aarch64_helper_reseeds_an_aarch64_openssl_process() {
     assert_eq!(after[0]["generation"], 1);
     assert_eq!(after[0]["reseeded"], "openssl=1");
 }
+
+#[test]
+fn a_helper_file_removed_under_a_running_app_is_back_before_its_restart() {
+    // `node --require <missing file>` exits at once: if something removes the helpers (an app
+    // that cleans the state directory), the next start of the app must still work.
+    if !have_tool("node") {
+        eprintln!("SKIP: no node");
+        return;
+    }
+    let dir = TempDir::new("inproc-gone");
+    let port = free_port();
+    let script = dir.join("app.js");
+    std::fs::write(
+        &script,
+        format!("require('http').createServer((q, s) => s.end('ok')).listen({port}, '127.0.0.1');"),
+    )
+    .unwrap();
+    let a = Spec::default()
+        .config(&format!(
+            "[app]\nrestart = \"on-failure\"\n[ready]\nhttp = \"http://127.0.0.1:{port}/\"\n"
+        ))
+        .app(&["node", script.to_str().unwrap()])
+        .start();
+    assert_eq!(a.ready_settled().status, 200);
+    std::fs::remove_dir_all(a.state("inproc")).unwrap();
+    let pid = a.app_pid().unwrap() as i32;
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    eventually("the app restarted and serves again", || {
+        a.app_pid().is_some_and(|p| p != i64::from(pid))
+            && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    assert!(a.state("inproc/node/microvm-reseed.js").exists());
+    assert_eq!(a.status()["app"]["restarts"], 1, "{}", a.status()["app"]);
+}

@@ -77,6 +77,7 @@ pub fn wire(config: Config, listener: &TcpListener) -> Result<Parts, i32> {
         reaper: reaper.clone(),
         run_as,
         state_dir: config.state_dir.clone(),
+        before_app: setup.refresh,
         app_env: setup.env,
     };
     let (app, ready) = (config.app.clone(), config.ready.clone());

@@ -74,6 +74,7 @@ impl Links {
                 run_as: None,
                 state_dir: state_dir.to_path_buf(),
                 app_env: vec![],
+                before_app: None,
             },
             inproc: Arc::default(),
         }

@@ -23,6 +23,9 @@ pub struct Launcher {
     pub state_dir: PathBuf,
     /// The app's extra environment (the in-process reseed helpers); helpers do not get it.
     pub app_env: Vec<(&'static str, OsString)>,
+    /// Runs before every start of the app: puts back what that environment names if something
+    /// removed it (a `--require` of a missing file would stop every Node.js process).
+    pub before_app: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 /// A started app: its pid, and its exit once the reaper sees it.
@@ -38,6 +41,9 @@ impl Launcher {
         argv: &[OsString],
         workdir: Option<&std::path::Path>,
     ) -> Result<Started, SpawnError> {
+        if let Some(check) = &self.before_app {
+            check();
+        }
         let spawned = spawn::spawn(spawn::Spec {
             argv,
             run_as: self.run_as.as_ref(),

@@ -235,6 +235,16 @@ impl StateDir {
         Ok(staged)
     }
 
+    /// Whether `name` (a path below this directory, not followed if a link) exists.
+    pub fn exists(&self, name: &str) -> bool {
+        nix::sys::stat::fstatat(
+            self.fd.as_fd(),
+            name,
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .is_ok()
+    }
+
     /// Removes `name`; `Ok(false)` when it was not there.
     pub fn remove(&self, name: &str) -> io::Result<bool> {
         match unlinkat(self.fd.as_fd(), name, UnlinkatFlags::NoRemoveDir) {

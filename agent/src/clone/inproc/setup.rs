@@ -39,6 +39,7 @@ impl Setup {
             arranged: Arranged::off(why),
             env: vec![],
             listener: None,
+            refresh: None,
         }
     }
 }
@@ -60,6 +61,8 @@ pub struct Setup {
     pub arranged: Arranged,
     pub env: Vec<(&'static str, OsString)>,
     pub listener: Option<std::os::unix::net::UnixListener>,
+    /// Before every start of the app: writes the helpers again if one is gone.
+    pub refresh: Option<std::sync::Arc<dyn Fn() + Send + Sync>>,
 }
 
 /// Writes the helpers and binds the socket; `owner` is the app's user (it must read the files
@@ -141,6 +144,34 @@ pub fn arrange(state: &Handle, owner: Option<(u32, u32)>) -> Setup {
         },
         env,
         listener: Some(listener),
+        refresh: Some(std::sync::Arc::new(refresh(state.clone()))),
+    }
+}
+
+/// A check that the helpers are all there, run before each start of the app: the environment
+/// names them, and `node --require` of a missing file exits at once. One `fstatat` per file on
+/// the state directory's tmpfs, beside the `fork` + `exec` of the start itself.
+fn refresh(state: Handle) -> impl Fn() + Send + Sync {
+    move || {
+        let Ok(dir) = state.get() else { return };
+        let all_there = [
+            format!("{DIR}/{LIBRARY}"),
+            format!("{DIR}/python/sitecustomize.py"),
+            format!("{DIR}/python/_microvm_reseed.py"),
+            format!("{DIR}/node/microvm-reseed.js"),
+        ]
+        .iter()
+        .all(|f| dir.exists(f));
+        if !all_there {
+            match write_files(&dir) {
+                Ok(()) => {
+                    tracing::warn!("in-process reseed: a helper file was gone; written again")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "in-process reseed: a helper file is gone and cannot be written again")
+                }
+            }
+        }
     }
 }
 

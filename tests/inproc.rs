@@ -488,3 +488,71 @@ fn a_helper_file_removed_under_a_running_app_is_back_before_its_restart() {
     assert!(a.state("inproc/node/microvm-reseed.js").exists());
     assert_eq!(a.status()["app"]["restarts"], 1, "{}", a.status()["app"]);
 }
+
+#[test]
+fn every_worker_of_a_node_cluster_is_reseeded() {
+    // `cluster` starts its workers with child_process.fork: new node processes that inherit the
+    // helpers' environment and register themselves, natively and at the runtime's level.
+    if !have_tool("node") {
+        eprintln!("SKIP: no node");
+        return;
+    }
+    let dir = TempDir::new("inproc-cluster");
+    let port = free_port();
+    let script = dir.join("cluster.js");
+    std::fs::write(
+        &script,
+        format!(
+            "const cluster = require('cluster');\n\
+             if (cluster.isPrimary) {{ for (let i = 0; i < 2; i++) cluster.fork(); }}\n\
+             else {{ require('http').createServer((q, s) => s.end('ok')).listen({port}, '127.0.0.1'); }}\n"
+        ),
+    )
+    .unwrap();
+    let a = Spec::default()
+        .config(&format!("[ready]\nhttp = \"http://127.0.0.1:{port}/\"\n"))
+        .app(&["node", script.to_str().unwrap()])
+        .start();
+    assert_eq!(a.ready_settled().status, 200);
+    eventually("the primary and two workers registered, each twice", || {
+        members(&a).len() == 6
+    });
+    assert_eq!(a.post("/run", b"{}").status, 200);
+    let m = members(&a);
+    let pids: std::collections::BTreeSet<i64> =
+        m.iter().map(|p| p["pid"].as_i64().unwrap()).collect();
+    assert_eq!(pids.len(), 3, "{m:?}");
+    assert!(m.iter().all(|p| p["generation"] == 1), "{m:?}");
+}
+
+#[test]
+fn check_says_whether_the_app_gets_the_helpers() {
+    let dir = TempDir::new("inproc-check");
+    let off = dir.join("off.toml");
+    std::fs::write(&off, "[app]\nreseed_in_process = false\n").unwrap();
+    let state = dir.join("state");
+    let run = |extra: &[&str]| -> String {
+        let out = agent_command()
+            .arg("--check")
+            .arg("--state-dir")
+            .arg(&state)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let on = run(&["--", "node", "app.js"]);
+    assert!(
+        on.contains("# in-process reseed of the app's processes: on: LD_PRELOAD (OpenSSL)"),
+        "{on}"
+    );
+    assert!(on.contains("reseed_in_process = true"), "{on}");
+    let switched = run(&["-c", off.to_str().unwrap(), "--", "node", "app.js"]);
+    assert!(
+        switched.contains("processes: off: [app] reseed_in_process = false"),
+        "{switched}"
+    );
+    let sidecar = run(&[]);
+    assert!(sidecar.contains("processes: off: no app"), "{sidecar}");
+}

@@ -845,6 +845,20 @@ fn every_template_generator_it_claims_safe_differs_in_every_clone() {
         // Without /run a generator a template claims safe is normally the snapshot's; one that
         // differs anyway mixes something of its own per clone (a clock, a thread), which the
         // after-/run columns cannot tell apart from the handler's work: said, not failed.
+        // The unmodified apps are the in-process reseed's proof: their values must be the
+        // snapshot's in clones that got no /run (else the probe measures something per clone of
+        // its own, and the after-/run columns prove nothing about the reseed).
+        for ((app, generator), (_, claim, cell)) in measured {
+            let unmodified = APPS
+                .iter()
+                .any(|a| a.name == *app && a.template.starts_with("plain-") && !a.control());
+            if unmodified && claim == "safe" && !cell.control_same {
+                failures.push(format!(
+                    "[{}] {app}: {generator} differs in clones that got no /run: not cloned state",
+                    m.tag()
+                ));
+            }
+        }
         for ((app, generator), (_, claim, cell)) in measured {
             if claim == "safe" && !cell.control_same {
                 say!(

@@ -52,6 +52,7 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
             }
             print!("{c}");
             print!("{}", machine_report(&crate::clone::machine::Facts::read()));
+            print!("{}", crate::clone::inproc::setup::report(&c));
             return ExitCode::SUCCESS;
         }
         Ok(Action::Run(c)) => {

@@ -175,6 +175,37 @@ fn refresh(state: Handle) -> impl Fn() + Send + Sync {
     }
 }
 
+/// What `--check` says of the in-process reseed (TOML comments): whether the app will get the
+/// helpers, and what will not take part.
+pub fn report(config: &crate::config::Config) -> String {
+    let state = &config.state_dir;
+    let what = match &config.app {
+        None => "off: no app (a sidecar: the app's own start sets the environment)".to_string(),
+        Some(app) if !app.reseed_in_process => "off: [app] reseed_in_process = false".to_string(),
+        Some(_) => {
+            let socket = state.join(SOCKET);
+            if socket.as_os_str().len() > MAX_SOCKET_PATH {
+                format!("off: {} is too long for a socket", socket.display())
+            } else if noexec(state) {
+                format!(
+                    "on, without OpenSSL: {} is on a noexec mount (Python's and Node's helpers only)",
+                    state.display()
+                )
+            } else {
+                format!(
+                    "on: LD_PRELOAD (OpenSSL), PYTHONPATH (Python), NODE_OPTIONS (Node.js) from {}",
+                    state.join(DIR).display()
+                )
+            }
+        }
+    };
+    format!(
+        "# in-process reseed of the app's processes: {what}\n\
+         #   not taking part: static binaries, programs without OpenSSL at start (other than\n\
+         #   Python and Node.js), python -I/-E, setuid programs; /status lists them under inproc\n"
+    )
+}
+
 fn write_files(dir: &StateDir) -> std::io::Result<()> {
     let inproc = dir.subdir(DIR, 0o755, None)?;
     inproc.write(LIBRARY, PRELOAD, 0o444, None)?;

@@ -271,13 +271,23 @@ struct Agent {
 }
 
 fn start_agent(bin: &Path, config: &str, app: &[&str]) -> Agent {
-    let port = free_port();
     // The state directory on tmpfs, as in the VM (/run there); a disk would add fsync time.
     let base = if Path::new("/dev/shm").is_dir() {
         PathBuf::from("/dev/shm")
     } else {
         std::env::temp_dir()
     };
+    start_agent_in(&base, bin, config, app)
+}
+
+/// An agent whose state directory is on the temporary directory's file system (not `/dev/shm`,
+/// often mounted `noexec`, where the in-process reseed's OpenSSL helper is left out).
+fn start_agent_on_disk(bin: &Path, config: &str, app: &[&str]) -> Agent {
+    start_agent_in(&std::env::temp_dir(), bin, config, app)
+}
+
+fn start_agent_in(base: &Path, bin: &Path, config: &str, app: &[&str]) -> Agent {
+    let port = free_port();
     let dir = base.join(format!("mva-bench-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("agent.toml"), config).unwrap();
@@ -507,35 +517,6 @@ fn inproc(bin: &Path, o: &Opts) -> Value {
     }
     drop(a);
     out
-}
-
-/// An agent whose state directory is on the temporary directory's file system (not `/dev/shm`,
-/// often mounted `noexec`, where the OpenSSL helper is left out).
-fn start_agent_on_disk(bin: &Path, config: &str, app: &[&str]) -> Agent {
-    let port = free_port();
-    let dir = std::env::temp_dir().join(format!("mva-bench-inproc-{}-{port}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("agent.toml"), config).unwrap();
-    let mut argv: Vec<String> = vec![
-        bin.display().to_string(),
-        "-c".into(),
-        dir.join("agent.toml").display().to_string(),
-    ];
-    argv.extend([
-        "--listen".into(),
-        format!("127.0.0.1:{port}"),
-        "--state-dir".into(),
-        dir.join("state").display().to_string(),
-        "--".into(),
-    ]);
-    argv.extend(app.iter().map(|s| s.to_string()));
-    let proc = spawn(&argv, &[("MICROVM_AGENT_LOG", "error".into())]);
-    wait_port(port);
-    Agent {
-        proc,
-        port,
-        _dir: dir,
-    }
 }
 
 fn which(name: &str) -> Option<String> {

@@ -158,14 +158,14 @@ pub async fn notify(
     // Not for a restart (the new instance starts from the new generation) and not without one.
     let inproc = async {
         let g = generation.filter(|_| reseeds(event) && !restarting && ctx.inproc.active())?;
-        let told = ctx
+        let missing = ctx
             .inproc
             .tell(g.generation, ctx.draw, Instant::now() + limit)
             .await;
-        let r = if told.missing.is_empty() {
+        let r = if missing.is_empty() {
             Ok(())
         } else {
-            Err(told.missing.join("; "))
+            Err(missing.join("; "))
         };
         Some(("inproc", r))
     };

@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
-use super::{Current, InProc, Kind, Order, Reply, Seed};
+use super::{Current, InProc, Kind, Order, Seed};
 
 const MAX_LINE: usize = 256;
 
@@ -32,44 +32,37 @@ pub(super) async fn serve(registry: Arc<InProc>, stream: UnixStream, current: Cu
     let id = registry.join(pid, kind, orders_tx);
 
     // A process that starts after the generation was made gets it now: its own generators
-    // were seeded in this clone, but from a kernel that may not have been reseeded.
-    let mut pending: Option<(u64, Option<tokio::sync::oneshot::Sender<Reply>>)> = None;
+    // were seeded in this clone, but from a kernel that may not have been reseeded. (Nobody
+    // waits for this one; its acknowledgement still goes to the registry.)
     if let Some((number, seed)) = current() {
         if send(&mut wr, number, &seed).await.is_err() {
             registry.leave(id);
             return;
         }
-        pending = Some((number, None));
     }
+    // The order being waited for. A newer one replaces it: dropping the older reply tells its
+    // waiter the process moved on, which is not a failure of that generation.
+    let mut pending: Option<(u64, tokio::sync::oneshot::Sender<()>)> = None;
     loop {
         tokio::select! {
             order = orders.recv() => {
                 let Some(order) = order else { break };
                 if send(&mut wr, order.number, &order.seed).await.is_err() {
-                    let _ = order.reply.send(Reply::Gone);
                     break;
                 }
-                // A newer order supersedes an older one still unanswered (the old waiter hears
-                // that the process moved on, which is not a failure of this one).
-                if let Some((_, Some(old))) = pending.take() {
-                    let _ = old.send(Reply::Gone);
-                }
-                pending = Some((order.number, Some(order.reply)));
+                pending = Some((order.number, order.reply));
             }
             line = lines.next(&mut rd) => {
                 let Some(line) = line else { break };
                 let Some((number, what)) = parse_ack(&line) else { continue };
                 registry.acked(id, number, what);
                 if pending.as_ref().is_some_and(|(n, _)| *n == number) {
-                    if let Some((_, Some(reply))) = pending.take() {
-                        let _ = reply.send(Reply::Acked);
+                    if let Some((_, reply)) = pending.take() {
+                        let _ = reply.send(());
                     }
                 }
             }
         }
-    }
-    if let Some((_, Some(reply))) = pending.take() {
-        let _ = reply.send(Reply::Gone);
     }
     registry.leave(id);
     tracing::debug!(

@@ -70,18 +70,13 @@ impl Kind {
     }
 }
 
-/// One order to a process: reseed to `number` with `seed`, then say what you did.
+/// One order to a process: reseed to `number` with `seed`, then say what you did. `reply` is
+/// sent on its acknowledgement (what it reseeded goes to the registry, for `/status`), and
+/// dropped when it goes away first (exited, closed the socket): dropped, not a failure.
 struct Order {
     number: u64,
     seed: Seed,
-    reply: oneshot::Sender<Reply>,
-}
-
-enum Reply {
-    /// The process acknowledged (what it reseeded is in the registry, for `/status`).
-    Acked,
-    /// It went away (exited, or closed the socket): dropped, not a failure.
-    Gone,
+    reply: oneshot::Sender<()>,
 }
 
 struct Member {
@@ -100,15 +95,6 @@ pub struct MemberView {
     pub kind: Kind,
     pub generation: Option<u64>,
     pub reseeded: Option<String>,
-}
-
-/// How a generation went in the app's processes.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Told {
-    /// Processes that acknowledged.
-    pub acknowledged: usize,
-    /// Processes that did not, in words (`pid 12 (native): ...`).
-    pub missing: Vec<String>,
 }
 
 #[derive(Default)]
@@ -194,13 +180,14 @@ impl InProc {
 
     /// Tells every process of generation `number` and waits (until `deadline`) for each to
     /// acknowledge: native helpers first, then the runtimes'. `draw` gives each its own seed.
+    /// Returns the processes that did not acknowledge, in words (`pid 12 (native) ...`).
     pub async fn tell(
         &self,
         number: u64,
         draw: &(dyn Fn() -> Option<Seed> + Sync),
         deadline: Instant,
-    ) -> Told {
-        let mut told = Told::default();
+    ) -> Vec<String> {
+        let mut missing = Vec::new();
         for phase in [&[Kind::Native][..], &[Kind::Python, Kind::Node][..]] {
             let mut waiting = Vec::new();
             let targets: Vec<(i32, Kind, mpsc::UnboundedSender<Order>)> = lock(&self.members)
@@ -210,8 +197,7 @@ impl InProc {
                 .collect();
             for (pid, kind, orders) in targets {
                 let Some(seed) = draw() else {
-                    told.missing
-                        .push(format!("pid {pid} ({}): no seed", kind.as_str()));
+                    missing.push(format!("pid {pid} ({}): no seed", kind.as_str()));
                     continue;
                 };
                 let (reply, answer) = oneshot::channel();
@@ -228,16 +214,15 @@ impl InProc {
             }
             for (pid, kind, answer) in waiting {
                 match tokio::time::timeout_at(deadline, answer).await {
-                    Ok(Ok(Reply::Acked)) => told.acknowledged += 1,
                     // Exited (or its task ended): dropped, not a failure.
-                    Ok(Ok(Reply::Gone)) | Ok(Err(_)) => {}
-                    Err(_) => told.missing.push(format!(
+                    Ok(_) => {}
+                    Err(_) => missing.push(format!(
                         "pid {pid} ({}) did not acknowledge generation {number} in time",
                         kind.as_str()
                     )),
                 }
             }
         }
-        told
+        missing
     }
 }

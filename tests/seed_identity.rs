@@ -211,7 +211,10 @@ fn with_etc(machine_id: Option<&str>, config: &str) -> Agent {
         Some(id) => format!("echo {id} > /etc/machine-id; chmod 0444 /etc/machine-id; "),
         None => String::new(),
     };
-    let script = format!("set -e; mount -t tmpfs tmpfs /etc; {write}exec \"$@\"");
+    let script = format!(
+        "set -e; mount -t tmpfs tmpfs /etc; printf '127.0.0.1\\tlocalhost\\n' > /etc/hosts; \
+         {write}exec \"$@\""
+    );
     let w: Vec<String> = private_mounts(&script);
     let w: Vec<&str> = w.iter().map(String::as_str).collect();
     // On the platform (the default "auto" acts there, or as PID 1).
@@ -294,4 +297,98 @@ fn the_machine_id_is_rewritten_once_per_vm_and_left_alone_when_absent_or_disable
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(machine_id(&none).is_none(), "absent stays absent");
     assert_eq!(none.status()["last_routine"]["machine_id"], "absent");
+}
+
+/// What `cmd` prints inside the agent's namespaces (`--uts` or `--mount`).
+fn inside(a: &Agent, ns: &str, cmd: &[&str]) -> String {
+    let out = std::process::Command::new("nsenter")
+        .args([ns, "--target", &a.pid().to_string()])
+        .args(cmd)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// With CAP_SYS_ADMIN (on the platform with "ALL"), `/run` gives the VM its own hostname (in
+/// `/etc/hosts` too, so resolving it works) and its own `boot_id`, read-only; a resume keeps
+/// them. Without the capability both are reported, and `/run` still succeeds.
+#[test]
+fn the_hostname_and_boot_id_are_per_vm_with_cap_sys_admin_and_reported_without() {
+    let a = with_etc(Some("0123456789abcdef0123456789abcdef"), "");
+    let host0 = inside(&a, "--uts", &["hostname"]);
+    let boot0 = inside(&a, "--mount", &["cat", "/proc/sys/kernel/random/boot_id"]);
+    assert_eq!(a.post("/validate", b"").status, 200);
+    assert_eq!(
+        inside(&a, "--uts", &["hostname"]),
+        host0,
+        "not on /validate"
+    );
+    assert_eq!(a.post("/run", b"").status, 200);
+    let routine = &a.status()["last_routine"];
+    assert_eq!(routine["hostname"], "set", "{routine}");
+    assert_eq!(routine["boot_id"], "bound", "{routine}");
+    let host = inside(&a, "--uts", &["hostname"]);
+    let gen_id = a.status()["generation"]["id"].as_str().unwrap().to_string();
+    assert_eq!(host, format!("microvm-{}", &gen_id[..12]));
+    let hosts = std::fs::read_to_string(format!("/proc/{}/root/etc/hosts", a.pid())).unwrap();
+    assert!(hosts.starts_with("127.0.0.1\tlocalhost\n"), "{hosts}");
+    assert!(hosts.contains(&format!("127.0.1.1\t{host}\t")), "{hosts}");
+    let boot = inside(&a, "--mount", &["cat", "/proc/sys/kernel/random/boot_id"]);
+    assert_ne!(boot, boot0);
+    assert_eq!(boot.len(), 36, "{boot}");
+    assert_eq!(&boot[14..15], "4", "a version-4 UUID: {boot}");
+    // Read-only: root in the app (dac_override) cannot rewrite it for everyone.
+    let w = std::process::Command::new("nsenter")
+        .args(["--mount", "--target", &a.pid().to_string(), "sh", "-c"])
+        .arg("echo x > /proc/sys/kernel/random/boot_id")
+        .status()
+        .unwrap();
+    assert!(!w.success());
+    assert_eq!(a.post("/suspend", b"").status, 200);
+    assert_eq!(a.post("/resume", b"").status, 200);
+    assert_eq!(
+        inside(&a, "--uts", &["hostname"]),
+        host,
+        "a resume is the same VM"
+    );
+    assert_eq!(
+        inside(&a, "--mount", &["cat", "/proc/sys/kernel/random/boot_id"]),
+        boot
+    );
+
+    let prefixed = with_etc(
+        None,
+        "[identity]\nhostname = \"sandbox\"\nboot_id = false\n",
+    );
+    assert_eq!(prefixed.post("/run", b"").status, 200);
+    assert!(inside(&prefixed, "--uts", &["hostname"]).starts_with("sandbox-"));
+    assert!(
+        prefixed.status()["last_routine"]["boot_id"].is_null(),
+        "off"
+    );
+
+    // The platform's default capabilities: no CAP_SYS_ADMIN.
+    let script = format!(
+        "set -e; mount -t tmpfs tmpfs /etc; exec {} with-caps 0xa80425fb \"$@\"",
+        fixture_str()
+    );
+    let w: Vec<String> = private_mounts(&script);
+    let w: Vec<&str> = w.iter().map(String::as_str).collect();
+    let plain = Spec::default()
+        .wrapper(&w)
+        .env(
+            "AWS_LAMBDA_MICROVM_IMAGE_ARN",
+            "arn:aws:lambda:us-east-1:123456789012:microvm-image:t",
+        )
+        .start();
+    let before = inside(&plain, "--uts", &["hostname"]);
+    assert_eq!(plain.post("/run", b"").status, 200);
+    let routine = &plain.status()["last_routine"];
+    assert_eq!(routine["hostname"], "not-set:no-cap-sys-admin", "{routine}");
+    assert_eq!(
+        routine["boot_id"], "not-bound:no-cap-sys-admin",
+        "{routine}"
+    );
+    assert_eq!(inside(&plain, "--uts", &["hostname"]), before);
 }

@@ -35,7 +35,15 @@ fn run_to_exit(pid1: bool, app: &[&str]) -> std::process::Output {
     let mut argv: Vec<String> = vec![];
     if pid1 {
         argv.extend(
-            ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc"].map(String::from),
+            [
+                "unshare",
+                "--pid",
+                "--fork",
+                "--kill-child",
+                "--mount-proc",
+                "--uts",
+            ]
+            .map(String::from),
         );
     }
     argv.extend(agent_argv());

@@ -56,6 +56,12 @@ pub fn wire(config: Config, listener: &TcpListener) -> Result<Parts, i32> {
         },
         None => None,
     };
+    // The capability split: decided before anything is started, applied to every child.
+    let plan = sys::caps::Plan::for_self(
+        config.privileges.capabilities,
+        config.privileges.no_new_privileges,
+    );
+    let report = split_privileges(&plan);
     let reaper = Arc::new(Reaper::default());
     let sidecar = config.app.is_none();
     let stop_signal = config
@@ -76,6 +82,7 @@ pub fn wire(config: Config, listener: &TcpListener) -> Result<Parts, i32> {
     let launcher = Launcher {
         reaper: reaper.clone(),
         run_as,
+        caps: plan.child,
         state_dir: config.state_dir.clone(),
         before_app: setup.refresh,
         app_env: setup.env,
@@ -87,6 +94,7 @@ pub fn wire(config: Config, listener: &TcpListener) -> Result<Parts, i32> {
         inproc: inproc.clone(),
     };
     let agent = Agent::with_state(config, links, state);
+    let _ = agent.privileges.set(report);
     if let Some(listener) = setup.listener {
         match tokio::net::UnixListener::from_std(listener) {
             Ok(listener) => {
@@ -140,4 +148,27 @@ pub fn wire(config: Config, listener: &TcpListener) -> Result<Parts, i32> {
         commands,
         stop_signal,
     })
+}
+
+/// Drops what the agent does not use when the app gets less than it holds (`sys::caps`), and
+/// says what each side has. Never fatal: an agent that cannot drop its own keeps them, and
+/// says so.
+fn split_privileges(plan: &sys::caps::Plan) -> sys::caps::Report {
+    if let (Some(keeps), Some(child)) = (plan.agent_keeps, plan.child) {
+        if let Err(e) = sys::caps::drop_own(keeps, child.bounding, child.last_cap) {
+            tracing::warn!(error = %e, "cannot drop the capabilities the agent does not use");
+        }
+    }
+    let report = plan.report(sys::caps::Sets::of_self());
+    if let Some(note) = &report.note {
+        tracing::warn!(note = %note, "capabilities: the app gets what the agent holds");
+    } else if report.split {
+        tracing::info!(
+            app = %report.app_names.join(","),
+            agent = %report.agent_names.join(","),
+            no_new_privileges = report.no_new_privileges,
+            "capabilities split: the app gets less than the agent holds"
+        );
+    }
+    report
 }

@@ -53,6 +53,7 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
             print!("{c}");
             print!("{}", machine_report(&crate::clone::machine::Facts::read()));
             print!("{}", crate::clone::inproc::setup::report(&c));
+            print!("{}", caps_report(&c));
             return ExitCode::SUCCESS;
         }
         Ok(Action::Run(c)) => {
@@ -184,4 +185,38 @@ fn machine_report(f: &crate::clone::machine::Facts) -> String {
         yes(f.vmclock),
         f.hardware_random,
     )
+}
+
+/// What `--check` says about capabilities: what the agent holds here, what the app would get,
+/// and what the agent would keep for itself.
+fn caps_report(c: &config::Config) -> String {
+    use crate::sys::caps;
+    let plan = caps::Plan::for_self(c.privileges.capabilities, c.privileges.no_new_privileges);
+    let r = plan.report(plan.held);
+    let held = caps::names(plan.held.effective).join(",");
+    let mut out = format!(
+        "\n# capabilities:\n#   the agent holds: {} ({})\n#   the app and every helper get: {} ({}){}\n",
+        caps::hex(plan.held.effective),
+        if held.is_empty() { "none" } else { &held },
+        r.app,
+        r.app_names.join(","),
+        if r.no_new_privileges {
+            ", no_new_privileges"
+        } else {
+            ""
+        },
+    );
+    if let Some(keeps) = plan.agent_keeps {
+        out += &format!(
+            "#   the agent keeps only: {} ({})\n",
+            caps::hex(keeps),
+            caps::names(keeps).join(",")
+        );
+    } else if !r.split {
+        out += "#   no split: the app gets what the agent holds\n";
+    }
+    if let Some(note) = &r.note {
+        out += &format!("#   NOTE: {note}\n");
+    }
+    out
 }

@@ -130,18 +130,28 @@ pub fn apply_in_child(caps: Caps, last_cap: u32) -> io::Result<()> {
     Ok(())
 }
 
-/// A copy of `/etc/machine-id` in `dir`, to mount over the original in the entrypoint's own
-/// mount namespace; `None` if the machine has none (then there is nothing to protect).
-pub fn machine_id_copy(dir: &Path) -> Option<CString> {
-    let original = std::fs::read("/etc/machine-id").ok()?;
-    let copy = dir.join("machine-id");
-    std::fs::write(&copy, original).ok()?;
-    CString::new(copy.to_string_lossy().into_owned()).ok()
+/// Copies of the machine's identity files (`/etc/machine-id`, `/etc/hosts`) in `dir`, each with
+/// the path it is mounted over in the entrypoint's own mount namespace (the platform's container
+/// has its own; a file the machine lacks has nothing to protect).
+pub fn identity_copies(dir: &Path) -> Vec<(CString, CString)> {
+    ["/etc/machine-id", "/etc/hosts"]
+        .into_iter()
+        .filter_map(|target| {
+            let original = std::fs::read(target).ok()?;
+            let copy = dir.join(target.rsplit('/').next()?);
+            std::fs::write(&copy, original).ok()?;
+            Some((
+                CString::new(copy.to_string_lossy().into_owned()).ok()?,
+                CString::new(target).ok()?,
+            ))
+        })
+        .collect()
 }
 
-/// In the child, before `exec`: a mount namespace of its own in which `copy` is bind-mounted
-/// over `/etc/machine-id`. Only system calls.
-pub fn private_machine_id(copy: &CString) -> io::Result<()> {
+/// In the child, before `exec`: mount and UTS namespaces of its own (as the platform's container
+/// has: the agent may set its hostname), with each copy bind-mounted over its original. Only
+/// system calls.
+pub fn private_identity(copies: &[(CString, CString)]) -> io::Result<()> {
     let check = |r: libc::c_int| {
         if r == 0 {
             Ok(())
@@ -151,7 +161,7 @@ pub fn private_machine_id(copy: &CString) -> io::Result<()> {
     };
     // SAFETY: unshare and mount with static or owned NUL-terminated strings.
     unsafe {
-        check(libc::unshare(libc::CLONE_NEWNS))?;
+        check(libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWUTS))?;
         check(libc::mount(
             std::ptr::null(),
             c"/".as_ptr(),
@@ -159,12 +169,15 @@ pub fn private_machine_id(copy: &CString) -> io::Result<()> {
             libc::MS_REC | libc::MS_PRIVATE,
             std::ptr::null(),
         ))?;
-        check(libc::mount(
-            copy.as_ptr(),
-            c"/etc/machine-id".as_ptr(),
-            std::ptr::null(),
-            libc::MS_BIND,
-            std::ptr::null(),
-        ))
+        for (copy, target) in copies {
+            check(libc::mount(
+                copy.as_ptr(),
+                target.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            ))?;
+        }
     }
+    Ok(())
 }

@@ -82,19 +82,17 @@ pub fn run(o: &Options) -> i32 {
     let last_cap = container::last_cap();
     let scratch = std::env::temp_dir().join(format!("microvm-sim-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&scratch);
-    let machine_id = if root {
-        container::machine_id_copy(&scratch)
+    let identity = if root {
+        container::identity_copies(&scratch)
     } else {
-        None
+        Vec::new()
     };
     // SAFETY: only unshare, mount, setrlimit, prctl and capset (async-signal-safe) between fork
     // and exec.
     unsafe {
         cmd.pre_exec(move || {
-            if let Some(copy) = &machine_id {
-                container::private_machine_id(copy)?;
-            }
             if root {
+                container::private_identity(&identity)?;
                 container::apply_in_child(caps, last_cap)?;
             }
             Ok(())

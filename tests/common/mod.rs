@@ -300,7 +300,17 @@ impl Agent {
         let mut argv: Vec<String> = Vec::new();
         if spec.pid1 {
             argv.extend(
-                ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc"].map(String::from),
+                // --uts: an agent that is PID 1 may set the hostname (`[identity]`); never the
+                // test machine's.
+                [
+                    "unshare",
+                    "--pid",
+                    "--fork",
+                    "--kill-child",
+                    "--mount-proc",
+                    "--uts",
+                ]
+                .map(String::from),
             );
         }
         // A wrapper may name the state directory as `__STATE__` (e.g. to mount a filesystem on it).
@@ -682,6 +692,7 @@ pub fn private_mounts(script: &str) -> Vec<String> {
     [
         "unshare",
         "--mount",
+        "--uts",
         "--propagation",
         "private",
         "sh",

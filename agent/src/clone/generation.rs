@@ -30,6 +30,10 @@ pub struct Generation {
     pub hardware_random: &'static str,
     /// RFC 3339, UTC.
     pub at: String,
+    /// The wall clock against the VM's best reference, and whether it was stepped
+    /// (`hooks::per_vm`); absent when the VM offers no reference.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clock: Option<crate::sys::wallclock::ClockCheck>,
 }
 
 /// What the kernel step found and did, for the generation record.
@@ -93,6 +97,7 @@ impl Generations {
             kernel_crng: kernel.crng,
             hardware_random: kernel.hardware_random,
             at: crate::sys::clock::rfc3339_now(),
+            clock: None,
         })
     }
 

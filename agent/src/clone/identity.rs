@@ -1,12 +1,20 @@
-//! Per-VM identity that lives outside the state directory: `/etc/machine-id`.
+//! Per-VM identity that lives outside the state directory: `/etc/machine-id`, the hostname and
+//! the kernel's `boot_id`.
 //!
-//! Every clone starts with the build VM's machine-id, and programs that key on it (journald,
-//! D-Bus, some telemetry and license checks) would take every VM for the same machine. On `/run`
-//! (once per VM: a resume is the same VM) the agent rewrites it, when it exists as a regular file,
-//! with 32 hex characters from its freshly keyed generator: atomically, mode and owner kept. What
-//! the agent cannot change without privileges it does not have (the kernel's
-//! `/proc/sys/kernel/random/boot_id`, the hostname in the UTS namespace) stays cloned; the
-//! generation id is the per-VM identity to use.
+//! Every clone starts with the build VM's machine-id, hostname and `boot_id`, and programs that
+//! key on them (journald, D-Bus, log shippers, telemetry and license checks, Java's
+//! `InetAddress.getLocalHost()`) would take every VM for the same machine. On `/run` (once per
+//! VM: a resume is the same VM) the agent:
+//! - rewrites `/etc/machine-id`, when it exists as a regular file, with 32 hex characters from
+//!   its freshly keyed generator: atomically, mode and owner kept;
+//! - with `CAP_SYS_ADMIN`: sets a hostname derived from the generation id (`sethostname` in its
+//!   UTS namespace, which the app shares), and adds it to `/etc/hosts` (one line, marked, on
+//!   127.0.1.1 as Debian does) so that resolving the own hostname keeps working;
+//! - with `CAP_SYS_ADMIN`: bind-mounts a fresh UUID over `/proc/sys/kernel/random/boot_id`
+//!   (read-only), as LXC does for containers.
+//!
+//! Without the capability the hostname and `boot_id` stay cloned: reported, never fatal; the
+//! generation id is the per-VM identity to use then.
 
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
@@ -45,6 +53,122 @@ pub fn rewrite_machine_id(path: &Path, id_hex: &str) -> Result<&'static str, Str
     }
 }
 
+pub const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
+pub const HOSTS: &str = "/etc/hosts";
+const HOSTS_MARK: &str = "# microvm-agent: this VM's hostname";
+
+/// Sets the hostname of the agent's UTS namespace.
+pub fn set_hostname(name: &str) -> Result<(), String> {
+    // SAFETY: a valid pointer and its length.
+    let r = unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(format!("sethostname: {}", std::io::Error::last_os_error()))
+    }
+}
+
+/// `/etc/hosts` with the agent's line for `name` (replacing an earlier one of ours).
+pub fn hosts_with(current: &str, name: &str) -> String {
+    let mut out: String = current
+        .lines()
+        .filter(|l| !l.ends_with(HOSTS_MARK))
+        .flat_map(|l| [l, "\n"])
+        .collect();
+    out.push_str(&format!("127.0.1.1\t{name}\t{HOSTS_MARK}\n"));
+    out
+}
+
+/// Adds `name` to `/etc/hosts` when it is a regular file; what happened, for the record.
+pub fn add_to_hosts(path: &Path, name: &str) -> Result<&'static str, String> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_file() => m,
+        Ok(_) => return Ok("not-a-regular-file"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok("absent"),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let current = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let content = hosts_with(&current, name);
+    match crate::sys::state_files::replace_file(
+        path,
+        content.as_bytes(),
+        meta.mode() & 0o7777,
+        (meta.uid(), meta.gid()),
+    ) {
+        Ok(()) => Ok("added"),
+        // Docker bind-mounts /etc/hosts: written in place.
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(path)
+            .and_then(|mut f| f.write_all(content.as_bytes()))
+            .map(|()| "added-in-place")
+            .map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// A UUID (version 4 layout) from 16 random bytes, as the kernel prints `boot_id`.
+pub fn uuid(b: &[u8; 16]) -> String {
+    let mut b = *b;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+/// Bind-mounts `source` (a file holding the new id) over the kernel's `boot_id`, read-only.
+/// An earlier mount of ours (a second `/run` in a test) is detached first.
+pub fn bind_boot_id(source: &Path, target: &str) -> Result<&'static str, String> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static MOUNTED: AtomicBool = AtomicBool::new(false);
+    let src = CString::new(source.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+    let dst = CString::new(target).map_err(|e| e.to_string())?;
+    let err = |what: &str| format!("{what} {target}: {}", std::io::Error::last_os_error());
+    if MOUNTED.load(Ordering::Relaxed) {
+        // SAFETY: a valid C string.
+        unsafe { libc::umount2(dst.as_ptr(), libc::MNT_DETACH) };
+    }
+    // SAFETY: valid C strings; no filesystem type or data for a bind mount.
+    let r = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    };
+    if r != 0 {
+        return Err(err("bind mount over"));
+    }
+    MOUNTED.store(true, Ordering::Relaxed);
+    // Read-only: the app's root keeps dac_override, which would let it write through the file.
+    // SAFETY: as above.
+    let r = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            dst.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+            std::ptr::null(),
+        )
+    };
+    if r != 0 {
+        return Ok("bound-read-write");
+    }
+    Ok("bound")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,5 +190,21 @@ mod tests {
         std::os::unix::fs::symlink(&f, &link).unwrap();
         assert_eq!(rewrite_machine_id(&link, id).unwrap(), "not-a-regular-file");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_hosts_line_is_ours_alone_and_replaced_not_repeated() {
+        let base = "127.0.0.1\tlocalhost\n::1\tlocalhost\n";
+        let once = hosts_with(base, "microvm-aaaa");
+        assert!(once.starts_with(base));
+        let twice = hosts_with(&once, "microvm-bbbb");
+        assert!(!twice.contains("aaaa") && twice.contains("127.0.1.1\tmicrovm-bbbb"));
+        assert_eq!(twice.lines().count(), 3);
+    }
+
+    #[test]
+    fn uuids_look_like_the_kernels() {
+        let u = uuid(&[0xff; 16]);
+        assert_eq!(u, "ffffffff-ffff-4fff-bfff-ffffffffffff");
     }
 }

@@ -7,6 +7,8 @@
 
 mod cli;
 mod file;
+mod machine;
+pub use machine::{ClockStep, Hostname, Privileges};
 mod render;
 mod sections;
 mod telling;
@@ -141,6 +143,15 @@ pub struct Config {
     pub secrets: Vec<Secret>,
     /// `[identity] machine_id`: rewrite `/etc/machine-id` on `/run`.
     pub machine_id: MachineId,
+    /// `[identity] hostname`: a per-VM hostname on `/run` (needs CAP_SYS_ADMIN).
+    pub hostname: Hostname,
+    /// `[identity] boot_id`: a per-VM `/proc/sys/kernel/random/boot_id` on `/run` (a bind mount;
+    /// needs CAP_SYS_ADMIN). Same rule as `machine_id`.
+    pub boot_id: MachineId,
+    /// `[clock] step`: step a stale wall clock (needs CAP_SYS_TIME).
+    pub clock_step: ClockStep,
+    /// `[app] capabilities`, `[app] no_new_privileges`: what the app and the helpers get.
+    pub privileges: Privileges,
 }
 
 /// When the agent rewrites `/etc/machine-id` on `/run`.
@@ -338,40 +349,15 @@ pub fn from_table(
     let log_filter = env_log.unwrap_or("info").to_string();
     check_log_filter(&log_filter)?;
 
-    let app = app(&root.table("app")?, &over.command)?;
+    let (app, privileges) = app(&root.table("app")?, &over.command)?;
     let ready = ready(&root.table("ready")?)?;
     let validate = validate(&root.table("validate")?)?;
     let hooks = hooks(&root.table("hooks")?)?;
-    let entropy = root.table("entropy")?;
-    let kernel_reseed = entropy
-        .choice(
-            "kernel",
-            &[
-                ("auto", KernelReseed::Auto),
-                ("ioctl", KernelReseed::Ioctl),
-                ("write", KernelReseed::Write),
-                ("off", KernelReseed::Off),
-            ],
-        )?
-        .unwrap_or(KernelReseed::Auto);
-    entropy.finish()?;
+    let kernel_reseed = machine::entropy(&root.table("entropy")?)?;
     let notify = notify(&root.table("notify")?, &hooks)?;
     let secrets = secrets(&root)?;
-    let identity = root.table("identity")?;
-    // `true`/`false`, or "auto" (the default). A boolean reads naturally; "auto" is a string.
-    let machine_id = match identity.boolean("machine_id") {
-        Ok(Some(true)) => MachineId::Always,
-        Ok(Some(false)) => MachineId::Never,
-        Ok(None) => MachineId::Auto,
-        Err(_) if identity.string("machine_id").ok().flatten() == Some("auto") => MachineId::Auto,
-        Err(_) => {
-            return Err(ConfigError::new(
-                identity.key("machine_id"),
-                "must be true, false or \"auto\"",
-            ))
-        }
-    };
-    identity.finish()?;
+    let (machine_id, hostname, boot_id) = machine::identity(&root.table("identity")?)?;
+    let clock_step = machine::clock(&root.table("clock")?)?;
     root.finish()?;
     Ok(Config {
         listen,
@@ -387,6 +373,10 @@ pub fn from_table(
         notify,
         secrets,
         machine_id,
+        hostname,
+        boot_id,
+        clock_step,
+        privileges,
     })
 }
 

@@ -105,6 +105,30 @@ impl fmt::Display for Config {
             writeln!(o, "restart_delay = {}", q(&d(app.restart_delay)))?;
             writeln!(o, "reseed_in_process = {}", app.reseed_in_process)?;
         }
+        let p = &self.privileges;
+        let default =
+            p.capabilities == crate::sys::caps::DOCKER_DEFAULT && p.no_new_privileges.is_none();
+        if self.app.is_some() || !default {
+            if self.app.is_none() {
+                writeln!(o, "\n[app]")?;
+            }
+            let caps = match p.capabilities {
+                crate::sys::caps::DOCKER_DEFAULT => q("default"),
+                0 => q("none"),
+                u64::MAX => q("all"),
+                mask => {
+                    let names: Vec<String> = crate::sys::caps::names(mask)
+                        .iter()
+                        .map(|n| n.to_ascii_uppercase())
+                        .collect();
+                    list(&names)
+                }
+            };
+            writeln!(o, "capabilities = {caps}")?;
+            if let Some(nnp) = p.no_new_privileges {
+                writeln!(o, "no_new_privileges = {nnp}")?;
+            }
+        }
 
         writeln!(o, "\n[ready]")?;
         match &self.ready.probe {
@@ -178,6 +202,23 @@ impl fmt::Display for Config {
             MachineId::Never => "false".into(),
         };
         writeln!(o, "\n[identity]\nmachine_id = {machine_id}")?;
+        let hostname = match &self.hostname {
+            Hostname::Auto => "auto",
+            Hostname::Keep => "keep",
+            Hostname::Prefix(p) => p,
+        };
+        writeln!(o, "hostname = {}", q(hostname))?;
+        let boot_id = match self.boot_id {
+            MachineId::Auto => q("auto"),
+            MachineId::Always => "true".into(),
+            MachineId::Never => "false".into(),
+        };
+        writeln!(o, "boot_id = {boot_id}")?;
+        let step = match self.clock_step {
+            ClockStep::Auto => "auto",
+            ClockStep::Off => "off",
+        };
+        writeln!(o, "\n[clock]\nstep = {}", q(step))?;
 
         let n = &self.notify;
         writeln!(o, "\n[notify]")?;

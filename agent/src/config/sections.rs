@@ -66,7 +66,34 @@ pub(super) fn check_log_filter(filter: &str) -> Result<(), ConfigError> {
         .map_err(|e| bad(e.to_string()))
 }
 
-pub(super) fn app(s: &Section, cli_command: &[OsString]) -> Result<Option<App>, ConfigError> {
+/// `[app] capabilities` and `no_new_privileges`: read even in sidecar mode (the helpers the agent
+/// starts get them too).
+fn privileges(s: &Section) -> Result<Privileges, ConfigError> {
+    use crate::sys::caps;
+    let bad = |m: String| ConfigError::new(s.key("capabilities"), m);
+    let capabilities = match s.string("capabilities") {
+        Ok(None) => caps::DOCKER_DEFAULT,
+        Ok(Some(word)) => caps::parse_word(word).map_err(bad)?,
+        Err(_) => match s.strings("capabilities") {
+            Ok(Some(list)) => caps::parse_names(&list).map_err(bad)?,
+            _ => {
+                return Err(bad(
+                    "expected \"default\", \"none\", \"all\" or a list of names".into(),
+                ))
+            }
+        },
+    };
+    Ok(Privileges {
+        capabilities,
+        no_new_privileges: s.boolean("no_new_privileges")?,
+    })
+}
+
+pub(super) fn app(
+    s: &Section,
+    cli_command: &[OsString],
+) -> Result<(Option<App>, Privileges), ConfigError> {
+    let privileges = privileges(s)?;
     let command = s.command("command")?;
     let user = s.parsed("user", values::user_spec)?;
     let workdir = s.string("workdir")?.map(PathBuf::from);
@@ -120,7 +147,7 @@ pub(super) fn app(s: &Section, cli_command: &[OsString]) -> Result<Option<App>, 
     } else {
         Some(cli_command.to_vec())
     };
-    Ok(command.map(|command| App {
+    let app = command.map(|command| App {
         command,
         command_from_cli: !cli_command.is_empty(),
         user,
@@ -132,7 +159,8 @@ pub(super) fn app(s: &Section, cli_command: &[OsString]) -> Result<Option<App>, 
         reset_after,
         restart_delay,
         reseed_in_process,
-    }))
+    });
+    Ok((app, privileges))
 }
 
 pub(super) fn ready(s: &Section) -> Result<Ready, ConfigError> {

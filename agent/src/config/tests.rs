@@ -108,6 +108,20 @@ fn every_bad_value_names_its_key() {
         ("[app]\nuser = \"a b\"", "app.user"),
         ("[app]\nworkdir = \"rel\"", "app.workdir"),
         ("[app]\ntypo = 1", "app.typo"),
+        ("[app]\ncapabilities = \"most\"", "app.capabilities"),
+        (
+            "[app]\ncapabilities = [\"CAP_NET_RAW\", \"CAP_FLY\"]",
+            "app.capabilities",
+        ),
+        ("[app]\ncapabilities = 5", "app.capabilities"),
+        (
+            "[app]\nno_new_privileges = \"yes\"",
+            "app.no_new_privileges",
+        ),
+        ("[identity]\nhostname = \"-bad\"", "identity.hostname"),
+        ("[identity]\nhostname = \"has space\"", "identity.hostname"),
+        ("[identity]\nboot_id = \"sometimes\"", "identity.boot_id"),
+        ("[clock]\nstep = \"always\"", "clock.step"),
         ("listen = \"nowhere\"", "listen"),
         ("state_dir = \"relative\"", "state_dir"),
         ("log_format = \"xml\"", "log_format"),
@@ -274,4 +288,27 @@ fn cli_and_env_override_the_file_and_name_their_source() {
         Action::Check(_)
     ));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn privileges_identity_and_clock_read_back_from_check() {
+    for text in [
+        "[app]\ncommand = [\"x\"]\ncapabilities = [\"net_bind_service\", \"CAP_NET_RAW\"]\nno_new_privileges = false\n[identity]\nhostname = \"Sandbox\"\nboot_id = false\n[clock]\nstep = \"off\"",
+        "[app]\ncapabilities = \"none\"",
+        "[app]\ncommand = [\"x\"]\ncapabilities = \"all\"\n[identity]\nhostname = \"keep\"",
+        "",
+    ] {
+        let c = parse(text).unwrap();
+        let back = parse(&c.to_string()).unwrap_or_else(|e| panic!("{e}\n{c}"));
+        assert_eq!(back, c, "{text}");
+    }
+    let c = parse("[app]\ncommand = [\"x\"]\ncapabilities = [\"net_bind_service\", \"CAP_NET_RAW\"]\n[identity]\nhostname = \"Sandbox\"").unwrap();
+    assert_eq!(c.privileges.capabilities, (1 << 10) | (1 << 13));
+    assert_eq!(c.hostname, Hostname::Prefix("sandbox".into()));
+    let d = parse("").unwrap();
+    assert_eq!(d.privileges.capabilities, crate::sys::caps::DOCKER_DEFAULT);
+    assert_eq!(
+        (d.hostname, d.boot_id, d.clock_step),
+        (Hostname::Auto, MachineId::Auto, ClockStep::Auto)
+    );
 }

@@ -27,6 +27,7 @@ mod answer;
 pub mod budget;
 mod forward;
 pub mod lifecycle;
+mod per_vm;
 mod routine;
 mod routine_error;
 pub mod run_body;
@@ -72,6 +73,7 @@ impl Links {
             launcher: Launcher {
                 reaper: Arc::default(),
                 run_as: None,
+                caps: None,
                 state_dir: state_dir.to_path_buf(),
                 app_env: vec![],
                 before_app: None,
@@ -123,6 +125,8 @@ pub struct Agent {
     suspended_at: Mutex<Option<Clocks>>,
     /// Which restore-detection sources this VM offers, for `/status`.
     pub restore_sources: std::sync::OnceLock<Vec<&'static str>>,
+    /// The capability split (`sys::caps`), for `/status`.
+    pub privileges: std::sync::OnceLock<crate::sys::caps::Report>,
 }
 
 impl Agent {
@@ -154,6 +158,7 @@ impl Agent {
             suspended_at: Mutex::new(None),
             run_failure: Mutex::new(None),
             restore_sources: std::sync::OnceLock::new(),
+            privileges: std::sync::OnceLock::new(),
         })
     }
 

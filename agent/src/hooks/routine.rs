@@ -2,6 +2,8 @@
 //! `/validate` (which runs on a clone too) and on a restore the agent detects by itself.
 //!
 //! Steps, in order, each timed and recorded for `/status`:
+//! 0. **clock**: the wall clock against the VM's best reference, stepped forward when stale
+//!    (`per_vm`; recorded in the generation).
 //! 1. **kernel**: fresh per-clone input into the kernel's CRNG (`ioctl`, else `write`).
 //! 2. **generator**: the agent's ChaCha20 generator re-keyed from `getrandom`, after step 1, and
 //!    from the same per-clone input (so it diverges even if the kernel step failed).
@@ -10,7 +12,8 @@
 //! 5. **seed**: 32 bytes from that generator for the app's own generators, in `<state_dir>/seed`
 //!    and in the notify event. Without CAP_SYS_ADMIN and without VMGenID the kernel's `getrandom`
 //!    can be the same in every clone; this seed, keyed from what differs per clone, cannot.
-//! 6. **identity** (`/run` only: once per VM): `/etc/machine-id` rewritten.
+//! 6. **identity** (`/run` only: once per VM): `/etc/machine-id`, the hostname, the `boot_id`
+//!    (`per_vm`).
 //! 7. **publish**: `<state_dir>/generation` and `GET /generation`.
 //! 8. **notify**: the app is told and acknowledges (or the hook fails / warns, per `on_timeout`).
 //!
@@ -22,7 +25,7 @@
 use std::time::Duration;
 
 use hyper::StatusCode;
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use zeroize::Zeroize;
@@ -33,11 +36,10 @@ use super::{Agent, Answer};
 use crate::clone::entropy;
 use crate::clone::entropy::Reseeded;
 use crate::clone::generation::{Generation, KernelStep};
-use crate::clone::identity;
 use crate::clone::machine::{Facts, KernelCrng};
 use crate::clone::notify::{self, Outcome};
 use crate::clone::secrets;
-use crate::config::{Event, MachineId, OnTimeout};
+use crate::config::{Event, OnTimeout};
 use crate::sys::{offload, state_files};
 
 /// The app's per-generation seed: `<state_dir>/seed`, 32 raw bytes, 0600.
@@ -77,6 +79,13 @@ impl Agent {
     ) -> Result<Generation, RoutineError> {
         let mut rec = Record::new(reason);
         let microvm_id = crate::sys::lock(&self.microvm_id).clone();
+
+        // The clock first: every time stamp after it (the generation's, the app's first
+        // request's) must be right.
+        let t = Instant::now();
+        let clock = self.check_clock().await;
+        rec.step("clock", t);
+        rec.fields["clock"] = json!(clock);
 
         let t = Instant::now();
         let input = {
@@ -125,6 +134,8 @@ impl Agent {
                 return Err(self.failed(rec, RoutineError::Entropy(e)));
             }
         };
+        let mut generation = generation;
+        generation.clock = clock;
         rec.fields["generation"] = json!(generation.generation);
 
         let t = Instant::now();
@@ -180,32 +191,16 @@ impl Agent {
             ));
         }
 
-        let rewrite_id = match self.config.machine_id {
-            MachineId::Always => true,
-            MachineId::Never => false,
-            MachineId::Auto => crate::sys::platform_env::get().is_some() || std::process::id() == 1,
-        };
-        if event == Event::Run && rewrite_id {
+        if event == Event::Run {
             let t = Instant::now();
-            let hex: String = self
-                .generations
-                .draw(16)
-                .unwrap_or_default()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            let outcome = offload::run(move || {
-                identity::rewrite_machine_id(std::path::Path::new(identity::MACHINE_ID), &hex)
-            })
-            .await
-            .unwrap_or_else(|| Err("the I/O thread failed".into()));
-            rec.step("identity", t);
-            match outcome {
-                Ok(what) => rec.fields["machine_id"] = json!(what),
-                Err(e) => {
-                    // Reported, never fatal: a cloned machine-id is worth a line, not a dead VM.
-                    tracing::error!(error = %e, "cannot rewrite the machine-id");
-                    rec.fields["machine_id"] = json!(format!("failed: {e}"));
+            let fields = self.repair_identity(&generation.id).await;
+            // Recorded when it did something (`[identity]` decides what, per machine).
+            if let Value::Object(m) = fields {
+                if !m.is_empty() {
+                    rec.step("identity", t);
+                }
+                for (k, v) in m {
+                    rec.fields[k] = v;
                 }
             }
         }
@@ -421,6 +416,7 @@ mod tests {
         assert_eq!(
             steps(&a),
             [
+                "clock",
                 "kernel",
                 "generator",
                 "secrets",
@@ -482,7 +478,7 @@ mod tests {
         assert_eq!(err.outcome(), "secret-failed");
         assert_eq!(
             steps(&a),
-            ["kernel", "generator", "secrets"],
+            ["clock", "kernel", "generator", "secrets"],
             "no publish, no notify"
         );
         assert!(!dir.join("generation").exists());

@@ -98,6 +98,7 @@ impl Agent {
             "generation": self.generations.current(),
             "last_routine": *crate::sys::lock(&self.last_routine),
             "restore_detection": self.restore_sources.get(),
+            "capabilities": self.privileges.get(),
             "platform": crate::sys::platform_env::get(),
             "log_lines_dropped": crate::sys::logwriter::dropped_total(),
             "app": self.app_json(),

@@ -46,10 +46,11 @@ pub(super) async fn run(
     // `fork` + `exec` run on the I/O thread: the standard library waits until the exec has
     // happened, and an exec from a restored VM's lazily paged-in disk can take seconds (measured:
     // 2 s), during which the runtime's thread must go on answering. The time limit covers it.
-    let (argv, run_as, state_dir) = (
+    let (argv, run_as, state_dir, caps) = (
         argv.to_vec(),
         launcher.run_as.clone(),
         launcher.state_dir.clone(),
+        launcher.caps,
     );
     let epoch = launcher.reaper.epoch();
     let started = crate::sys::offload::run_or_else(
@@ -60,6 +61,7 @@ pub(super) async fn run(
                 workdir: None,
                 state_dir: &state_dir,
                 env: env.into_iter().map(|(k, v)| (k, v.into())).collect(),
+                caps,
                 stdout: if capture {
                     Output::Capture
                 } else {

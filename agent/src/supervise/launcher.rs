@@ -19,6 +19,8 @@ pub struct Launcher {
     pub reaper: Arc<Reaper>,
     /// `[app] user`: the app and every helper run as it (`None`: as the agent).
     pub run_as: Option<RunAs>,
+    /// The capability cut for the app and every helper (`sys::caps`; `None`: they inherit).
+    pub caps: Option<crate::sys::caps::ForChild>,
     /// Handed to every child as `MICROVM_AGENT_STATE_DIR`.
     pub state_dir: PathBuf,
     /// The app's extra environment (the in-process reseed helpers); helpers do not get it.
@@ -50,6 +52,7 @@ impl Launcher {
             workdir,
             state_dir: &self.state_dir,
             env: self.app_env.clone(),
+            caps: self.caps,
             stdout: Output::Inherit,
             foreground: true,
         })?;

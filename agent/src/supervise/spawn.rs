@@ -5,8 +5,8 @@
 //! clean signal state: `std::process::Command` empties the signal mask and restores SIGPIPE in
 //! the child before `exec`, so the agent's blocked signals never leak into the app.
 //!
-//! Between `fork` and `exec` only async-signal-safe calls run (`setgroups`, `setgid`, `setuid`,
-//! `tcsetpgrp`): everything that allocates (user lookup, the group list) is done before.
+//! Between `fork` and `exec` only async-signal-safe calls run (the capability cut, `setgroups`,
+//! `setgid`, `setuid`, `tcsetpgrp`): everything that allocates (user lookup, the group list) is done before.
 
 use std::ffi::{CString, OsString};
 use std::io;
@@ -133,6 +133,8 @@ pub struct Spec<'a> {
     pub workdir: Option<&'a Path>,
     pub state_dir: &'a Path,
     pub env: Vec<(&'static str, OsString)>,
+    /// The capability cut (`sys::caps`), made before the user changes.
+    pub caps: Option<crate::sys::caps::ForChild>,
     /// Helpers capture stdout (a secret's value) or silence it; the app inherits all three.
     pub stdout: Output,
     /// The app takes over the terminal's foreground group when stdin is a terminal, so that
@@ -199,6 +201,15 @@ pub fn spawn(spec: Spec) -> Result<Spawned, SpawnError> {
             }
             Ok(())
         });
+    }
+    if let Some(caps) = spec.caps {
+        // SAFETY: only system calls (prctl, capget, capset) between fork and exec. Before the
+        // user changes: cutting the bounding set needs CAP_SETPCAP, which a non-root user loses.
+        unsafe {
+            cmd.pre_exec(move || {
+                crate::sys::caps::apply_in_child(&caps).map_err(io::Error::from_raw_os_error)
+            });
+        }
     }
     if let Some(u) = spec.run_as {
         if let Some(name) = &u.name {

@@ -1,9 +1,10 @@
 //! Thin, safe wrappers over what the system offers: atomic state files held by descriptor, the
 //! I/O thread that runs whatever may block, timers that tell a
-//! freeze from elapsed time, the non-blocking log writer, signals (the signalfd and `kill`),
+//! freeze from elapsed time, capabilities (the app's and the agent's own), the non-blocking log writer, signals (the signalfd and `kill`),
 //! the outbound HTTP client (a leaf: the supervisor's probes, the notify callbacks and the hook
 //! pass-through all use it, so it lives below them), and the platform's environment.
 
+pub mod caps;
 pub mod client;
 pub mod clock;
 pub mod logwriter;
@@ -11,6 +12,7 @@ pub mod offload;
 pub mod platform_env;
 pub mod signals;
 pub mod state_files;
+pub mod wallclock;
 
 /// Locks `m`, whether or not a panic poisoned it. Every mutex of the agent guards plain data
 /// that a panic cannot leave half-updated in a way that matters more than the hook port: a hook

@@ -197,3 +197,32 @@ fn a_list_of_names_is_what_the_app_gets_and_an_unknown_one_exits_64() {
         bad.stderr.text()
     );
 }
+
+/// `--check` says what the agent holds, what the app would get and what the agent would keep.
+#[test]
+fn check_shows_both_sets() {
+    if !root_with_every_capability() {
+        return;
+    }
+    let out = agent_command()
+        .args([
+            "--state-dir",
+            "/tmp/mva-privileges-check",
+            "--check",
+            "--",
+            "/bin/true",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("#   the app and every helper get: 00000000a80425fb (chown,dac_override"),
+        "{text}"
+    );
+    assert!(text.contains(", no_new_privileges"), "{text}");
+    assert!(
+        text.contains("#   the agent keeps only: ") && text.contains("sys_admin,sys_time)"),
+        "{text}"
+    );
+}

@@ -23,11 +23,12 @@
 //! | `hooks` | the `Agent`: shared state and what each hook does, the failure policy (`fail_on`) |
 //! | `hooks::acting` | the acting hooks (`/validate`, `/run`, `/resume`, `/suspend`): the action guard, the state machine's verdict, the work under the budget, the `/run` replay |
 //! | `hooks::routine` (+ `routine_error`) | the new-generation routine: its steps in order, notification, restore handling; how it fails, typed |
+//! | `hooks::per_vm` | the routine's repairs outside the generators: the wall clock (first) and, on `/run`, the machine-id, hostname and `boot_id`; a stale clock as a restore signal |
 //! | `hooks::{answer, status, stop, warmup, forward}` | answers and callers; `/status`; `/suspend` and `/terminate`; `/validate`'s warm-up; the hook pass-through |
 //! | `hooks::lifecycle` | the pure state machine: which hook may act in which state |
 //! | `hooks::budget` | every hook answers before `budget - margin`, even when its work is stuck |
 //! | `hooks::run_body` | the `/run` body: wrapper JSON or raw payload; never fails |
-//! | `clone::{entropy, generation, secrets, identity, notify}` | the routine's steps: kernel reseed and the agent's generator; generations; secrets and the seed's staging; `/etc/machine-id`; telling the app |
+//! | `clone::{entropy, generation, secrets, identity, notify}` | the routine's steps: kernel reseed and the agent's generator; generations; secrets and the seed's staging; `/etc/machine-id`, the hostname (+ `/etc/hosts`), the `boot_id` mount; telling the app |
 //! | `clone::machine` | what the machine offers for clone safety (CAP_SYS_ADMIN, VMGenID, vmclock, RNG) |
 //! | `clone::restore` | noticing a restore without a hook (vmclock, VMGenID uevent, clock steps) |
 //! | `clone::inproc` (+ `setup`, `conn`) | the in-process reseed: the helpers written and the app's environment at start, the socket, the registry of the app's processes, and the wait for their acknowledgements (`inproc/PROTOCOL.md`) |
@@ -36,7 +37,9 @@
 //! | `supervise::launcher` | `Launcher`: the one place that starts processes (the app and every helper), as the run-as user, watched by the reaper |
 //! | `supervise::{reaper, spawn, helper, proctree, probe}` | the only `waitpid`; `fork`/`exec` and a helper's time limit; the process tree; readiness probes and warm-up requests |
 //! | `sys::{state_files, offload, clock, logwriter, signals, client, platform_env}` | the state directory held by descriptor, atomic files; the I/O thread; freeze-aware timers and RFC 3339; the non-blocking log; the signalfd and `kill`; the HTTP client (no pool); the platform's environment |
-//! | `config` (+ `sections`, `telling`) | CLI + env + TOML into one validated, immutable [`config::Config`]; one parser per section; errors name the key |
+//! | `sys::caps` (+ `apply`) | capabilities: what the agent holds, the app's set (cut in every child before `exec`), the agent keeping only what it uses |
+//! | `sys::wallclock` | the wall clock against vmclock, the KVM PTP clock or the RTC; stepping it |
+//! | `config` (+ `sections`, `telling`, `machine`) | CLI + env + TOML into one validated, immutable [`config::Config`]; one parser per section; errors name the key |
 //!
 //! ## Invariants (keep them)
 //! - **Nothing per-VM at start-up.** Whatever the agent does when it starts happens once, in the
@@ -84,6 +87,12 @@
 //! - **No outbound connection outlives a request**: nothing pooled can be stale after a restore.
 //! - **Nothing is drawn from a generator keyed before the snapshot**: the agent's generator exists
 //!   only from the first new-generation routine on.
+//! - **The app never holds more than `[app] capabilities`.** Every process the agent starts goes
+//!   through `supervise::spawn`, which cuts its sets before `exec` when the agent holds more;
+//!   the agent's own effective set is what it uses (`sys::caps::AGENT_USES`), nothing else.
+//! - **The machine's identity and clock are changed only where "auto" may**: on the platform or
+//!   as PID 1 (never the laptop of someone trying the agent), each reported, never fatal; a
+//!   clock is only ever stepped forward.
 //! - **The app's processes are reached only through the written contract** (`inproc/PROTOCOL.md`):
 //!   the helpers inside them are built and tested beside the agent (`inproc/`), shipped inside
 //!   its binary, and never stop a process from starting; a new generation's hook waits for every

@@ -239,7 +239,9 @@ impl Spec {
         if self.disk.is_some() {
             append.push_str(" mva.disk=/dev/vda");
         }
+        // The RTC follows the host's clock, across a restore too: the agent's clock reference.
         cmd.args(["-smp", "1", "-display", "none", "-no-reboot", "-nodefaults"])
+            .args(["-rtc", "base=utc,clock=host"])
             .arg("-kernel")
             .arg(self.arch.dir().join("vmlinuz"))
             .arg("-initrd")

@@ -117,7 +117,8 @@ pub struct Agent {
     pub generations: Generations,
     /// The last new-generation routine, for `/status`.
     last_routine: Mutex<Value>,
-    /// When the last routine ran for a hook, so a restore detected right after is not redone.
+    /// When the last routine ran for a hook or a detected restore, so that the same restore seen
+    /// again right after (another source, or the clock step that routine made) is not redone.
     last_hook_routine: Mutex<Option<Instant>>,
     /// How the `/run` that acted failed, if it did: its replays answer the same.
     run_failure: Mutex<Option<(StatusCode, &'static str, Value)>>,
@@ -125,6 +126,9 @@ pub struct Agent {
     suspended_at: Mutex<Option<Clocks>>,
     /// Which restore-detection sources this VM offers, for `/status`.
     pub restore_sources: std::sync::OnceLock<Vec<&'static str>>,
+    /// The clock's offset from its reference as the last comparison left it (ms; after a step,
+    /// 0): a later one a second staler is a restore (`per_vm`).
+    clock_baseline: Mutex<Option<i64>>,
     /// The capability split (`sys::caps`), for `/status`.
     pub privileges: std::sync::OnceLock<crate::sys::caps::Report>,
 }
@@ -159,6 +163,7 @@ impl Agent {
             run_failure: Mutex::new(None),
             restore_sources: std::sync::OnceLock::new(),
             privileges: std::sync::OnceLock::new(),
+            clock_baseline: Mutex::new(None),
         })
     }
 

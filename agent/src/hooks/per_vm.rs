@@ -52,6 +52,11 @@ impl Agent {
                 }
             }
         };
+        *crate::sys::lock(&self.clock_baseline) = Some(if action == "stepped" {
+            0
+        } else {
+            reading.offset_ms
+        });
         if reading.stale() {
             tracing::warn!(
                 source = reading.source,
@@ -65,6 +70,39 @@ impl Agent {
             offset_ms: reading.offset_ms,
             action,
         })
+    }
+
+    /// A stale clock as a restore signal, for a clone whose hooks never come: when the app asks
+    /// `/generation` or `/status` (its long-poll comes back after a restore), the clock is
+    /// compared with its reference; a second or more staler than the last comparison left it
+    /// means the VM was stopped and restored, and the routine runs (`restore_detected`). The
+    /// first comparison only sets the baseline (a build VM's app that polls sets it before the
+    /// snapshot).
+    pub async fn clock_says_restored(self: std::sync::Arc<Self>) {
+        use crate::hooks::lifecycle::State::{Ready, Running, Suspended};
+        if !matches!(self.state(), Ready | Running | Suspended) {
+            return;
+        }
+        let Some(reading) = tokio::time::timeout(CLOCK_READ, offload::run(wallclock::read))
+            .await
+            .ok()
+            .flatten()
+            .flatten()
+        else {
+            return;
+        };
+        let staler = {
+            let mut base = crate::sys::lock(&self.clock_baseline);
+            let staler =
+                base.is_some_and(|b| reading.offset_ms - b >= wallclock::STALE.as_millis() as i64);
+            if base.is_none() {
+                *base = Some(reading.offset_ms);
+            }
+            staler
+        };
+        if staler {
+            self.restore_detected("clock-stale").await;
+        }
     }
 
     /// `/run`'s identity step: the machine-id, the hostname and the `boot_id`, each by its own

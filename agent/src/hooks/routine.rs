@@ -350,6 +350,16 @@ impl Agent {
             return;
         }
         let _guard = self.actions.lock().await;
+        // One restore can show up on several sources (a stale clock, then the clock step this
+        // very routine makes): whichever came first made the generation.
+        {
+            let mut last = crate::sys::lock(&self.last_hook_routine);
+            if last.is_some_and(|t| t.elapsed() < SAME_RESTORE) {
+                tracing::info!(source, "restore detected; already handled");
+                return;
+            }
+            *last = Some(Instant::now());
+        }
         crate::sys::lock(&self.machine).restored();
         tracing::warn!(
             source,

@@ -99,6 +99,8 @@ impl Agent {
             "last_routine": *crate::sys::lock(&self.last_routine),
             "restore_detection": self.restore_sources.get(),
             "capabilities": self.privileges.get(),
+            // The wall clock's offset from its reference at the last comparison (`per_vm`).
+            "clock_offset_ms": *crate::sys::lock(&self.clock_baseline),
             "platform": crate::sys::platform_env::get(),
             "log_lines_dropped": crate::sys::logwriter::dropped_total(),
             "app": self.app_json(),

@@ -176,6 +176,7 @@ async fn body_of(req: Request) -> Bytes {
 }
 
 async fn status(State(agent): State<Arc<Agent>>) -> Response<Body> {
+    tokio::spawn(agent.clone().clock_says_restored());
     json(StatusCode::OK, agent.status())
 }
 
@@ -187,6 +188,8 @@ async fn generation(State(agent): State<Arc<Agent>>, req: Request) -> Response<B
         Ok(a) => a,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, e),
     };
+    // Never waited for: the answer does not depend on it.
+    tokio::spawn(agent.clone().clock_says_restored());
     let closing = req.extensions().get::<Conn>().map(|c| c.close.clone());
     let closed = async move {
         match closing {

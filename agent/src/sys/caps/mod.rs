@@ -228,7 +228,9 @@ impl Plan {
             (1u64 << (last_cap + 1)) - 1
         };
         let app = wanted & held.bounding & all;
-        let dropped = held.bounding & all & !app;
+        // What the agent *holds* decides, not its bounding set: a non-root agent holds nothing
+        // (its bounding set is usually full) and its app could not have more than it anyway.
+        let dropped = held.permitted & all & !app;
         let no_new_privileges = nnp.unwrap_or(dropped != 0);
         let mut plan = Plan {
             held,
@@ -378,6 +380,16 @@ mod tests {
         let p = Plan::decide(held, 0, None, 40);
         assert_eq!(p.child.unwrap().bounding, 0);
         assert_eq!(p.agent_keeps, Some(DOCKER_DEFAULT & AGENT_USES));
+    }
+
+    #[test]
+    fn a_non_root_agent_holds_nothing_and_splits_nothing() {
+        let held = Sets {
+            bounding: (1u64 << 41) - 1,
+            ..Sets::default()
+        };
+        let p = Plan::decide(held, DOCKER_DEFAULT, None, 40);
+        assert_eq!((p.child, p.agent_keeps, p.note), (None, None, None));
     }
 
     #[test]

@@ -75,7 +75,9 @@ pub fn wire(config: Config, listener: &TcpListener) -> Result<Parts, i32> {
     let inproc = Arc::new(clone::inproc::InProc::default());
     let setup = match &config.app {
         Some(app) if app.reseed_in_process => clone::inproc::setup::arrange(&state, owner),
-        Some(_) => clone::inproc::setup::Setup::off("off: [app] reseed_in_process = false"),
+        Some(_) => {
+            clone::inproc::setup::socket_only(&state, owner, "off: [app] reseed_in_process = false")
+        }
         None => clone::inproc::setup::Setup::off("off: no app (sidecar)"),
     };
     let _ = inproc.setup.set(setup.arranged);

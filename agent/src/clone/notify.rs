@@ -11,7 +11,8 @@
 //! `<state_dir>/seed`); events that make no generation (suspend, terminate) carry `null`.
 //! - `inproc` (on by default, `[app] reseed_in_process`): every app process that loaded the
 //!   agent's in-process helpers reseeds its OpenSSL and its runtime's generators to the new
-//!   generation and acknowledges (`clone::inproc`); events that make no generation skip it.
+//!   generation and acknowledges (`clone::inproc`); the app's own callbacks (a client library,
+//!   `clients/`) run last, and hear of `suspend` and `terminate` too when they asked to.
 //! - `restart_on`: the app is restarted; it acknowledges by passing its readiness probe again.
 //!   For runtimes that cannot reseed in process. For such an event this is the only channel: the
 //!   old instance is being replaced (telling it could only race its stop), and the new one starts
@@ -71,6 +72,7 @@ fn reseeds(event: Event) -> bool {
 
 pub fn is_configured(cfg: &Notify, event: Event, inproc: &InProc) -> bool {
     (reseeds(event) && inproc.active())
+        || (!reseeds(event) && inproc.wants(event.as_str()))
         || cfg.http.is_some()
         || cfg.signal.is_some()
         || cfg.exec.is_some()
@@ -155,13 +157,23 @@ pub async fn notify(
         }
         Some(("restart", ctx.app.restart_and_wait(limit).await))
     };
-    // Not for a restart (the new instance starts from the new generation) and not without one.
+    // Not for a restart (the new instance starts from the new generation). An event without a
+    // generation goes to the processes (client libraries) that asked for it.
     let inproc = async {
-        let g = generation.filter(|_| reseeds(event) && !restarting && ctx.inproc.active())?;
-        let missing = ctx
-            .inproc
-            .tell(g.generation, ctx.draw, Instant::now() + limit)
-            .await;
+        if restarting {
+            return None;
+        }
+        let until = Instant::now() + limit;
+        let missing = if reseeds(event) {
+            let g = generation.filter(|_| ctx.inproc.active())?;
+            ctx.inproc.tell(g.generation, ctx.draw, until).await
+        } else {
+            let name = crate::clone::inproc::EVENTS
+                .into_iter()
+                .find(|e| *e == event.as_str())
+                .filter(|e| ctx.inproc.wants(e))?;
+            ctx.inproc.tell_event(name, number, until).await
+        };
         let r = if missing.is_empty() {
             Ok(())
         } else {

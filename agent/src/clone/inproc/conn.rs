@@ -1,5 +1,6 @@
-//! One process's connection: `MVA1 hello <kind> <pid>`, then for each generation
-//! `MVA1 generation <n> <64 hex>` and its `MVA1 ack <n> <what>` (`inproc/PROTOCOL.md`).
+//! One process's connection: `MVA1 hello <kind> <pid> [events]`, then for each generation
+//! `MVA1 generation <n> <64 hex>` (for an event it asked for, `MVA1 event <name> <n>`) and its
+//! `MVA1 ack <n> <what>` or `MVA1 fail <n> <reason>` (`inproc/PROTOCOL.md`).
 //!
 //! Lines are at most `MAX_LINE` bytes; a process that sends a longer one, or a first line that is
 //! not a hello, is disconnected. Nothing here has a timer: an idle process costs nothing, and
@@ -11,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
-use super::{Current, InProc, Kind, Order, Seed};
+use super::{Current, InProc, Kind, Order, Payload, Seed, EVENTS};
 
 const MAX_LINE: usize = 256;
 
@@ -23,42 +24,47 @@ pub(super) async fn serve(registry: Arc<InProc>, stream: UnixStream, current: Cu
     let Some(hello) = lines.next(&mut rd).await else {
         return;
     };
-    let Some((kind, said_pid)) = parse_hello(&hello) else {
+    let Some((kind, said_pid, events)) = parse_hello(&hello) else {
         tracing::debug!("in-process reseed: not a hello; disconnected");
         return;
     };
     let pid = peer_pid.unwrap_or(said_pid);
     let (orders_tx, mut orders) = mpsc::unbounded_channel::<Order>();
-    let id = registry.join(pid, kind, orders_tx);
+    let id = registry.join(pid, kind, events, orders_tx);
 
     // A process that starts after the generation was made gets it now: its own generators
     // were seeded in this clone, but from a kernel that may not have been reseeded. (Nobody
     // waits for this one; its acknowledgement still goes to the registry.)
     if let Some((number, seed)) = current() {
-        if send(&mut wr, number, &seed).await.is_err() {
+        if send(&mut wr, number, &Payload::Generation(seed))
+            .await
+            .is_err()
+        {
             registry.leave(id);
             return;
         }
     }
     // The order being waited for. A newer one replaces it: dropping the older reply tells its
     // waiter the process moved on, which is not a failure of that generation.
-    let mut pending: Option<(u64, tokio::sync::oneshot::Sender<()>)> = None;
+    let mut pending: Option<(u64, tokio::sync::oneshot::Sender<Result<(), String>>)> = None;
     loop {
         tokio::select! {
             order = orders.recv() => {
                 let Some(order) = order else { break };
-                if send(&mut wr, order.number, &order.seed).await.is_err() {
+                if send(&mut wr, order.number, &order.what).await.is_err() {
                     break;
                 }
                 pending = Some((order.number, order.reply));
             }
             line = lines.next(&mut rd) => {
                 let Some(line) = line else { break };
-                let Some((number, what)) = parse_ack(&line) else { continue };
-                registry.acked(id, number, what);
+                let Some((number, answer)) = parse_answer(&line) else { continue };
+                if let Ok(what) = &answer {
+                    registry.acked(id, number, what);
+                }
                 if pending.as_ref().is_some_and(|(n, _)| *n == number) {
                     if let Some((_, reply)) = pending.take() {
-                        let _ = reply.send(());
+                        let _ = reply.send(answer.map(drop).map_err(str::to_string));
                     }
                 }
             }
@@ -75,28 +81,53 @@ pub(super) async fn serve(registry: Arc<InProc>, stream: UnixStream, current: Cu
 async fn send(
     wr: &mut tokio::net::unix::OwnedWriteHalf,
     number: u64,
-    seed: &Seed,
+    what: &Payload,
 ) -> std::io::Result<()> {
+    let line = match what {
+        Payload::Generation(seed) => generation_line(number, seed),
+        Payload::Event(name) => zeroize::Zeroizing::new(format!("MVA1 event {name} {number}\n")),
+    };
+    wr.write_all(line.as_bytes()).await
+}
+
+fn generation_line(number: u64, seed: &Seed) -> zeroize::Zeroizing<String> {
     let mut line = zeroize::Zeroizing::new(format!("MVA1 generation {number} "));
     for b in seed.iter() {
         line.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
         line.push(char::from_digit(u32::from(b & 15), 16).unwrap_or('0'));
     }
     line.push('\n');
-    wr.write_all(line.as_bytes()).await
+    line
 }
 
-fn parse_hello(line: &str) -> Option<(Kind, i32)> {
+/// `MVA1 hello <kind> <pid> [suspend,terminate]`: unknown event names are ignored (a newer
+/// library may know more than this agent).
+fn parse_hello(line: &str) -> Option<(Kind, i32, Vec<&'static str>)> {
     let mut words = line.strip_prefix("MVA1 hello ")?.split(' ');
     let kind = Kind::parse(words.next()?)?;
     let pid = words.next()?.parse().ok()?;
-    Some((kind, pid))
+    let events = words
+        .next()
+        .map(|list| {
+            EVENTS
+                .iter()
+                .copied()
+                .filter(|e| list.split(',').any(|w| w == *e))
+                .collect()
+        })
+        .unwrap_or_default();
+    Some((kind, pid, events))
 }
 
-fn parse_ack(line: &str) -> Option<(u64, &str)> {
-    let rest = line.strip_prefix("MVA1 ack ")?;
+/// `MVA1 ack <n> <what>` or `MVA1 fail <n> <reason>`.
+fn parse_answer(line: &str) -> Option<(u64, Result<&str, &str>)> {
+    let (rest, ok) = match line.strip_prefix("MVA1 ack ") {
+        Some(rest) => (rest, true),
+        None => (line.strip_prefix("MVA1 fail ")?, false),
+    };
     let (number, what) = rest.split_once(' ').unwrap_or((rest, ""));
-    Some((number.parse().ok()?, what))
+    let number = number.parse().ok()?;
+    Some((number, if ok { Ok(what) } else { Err(what) }))
 }
 
 /// Bounded line reading: whole lines out, at most `MAX_LINE` bytes each, UTF-8 only.
@@ -135,12 +166,23 @@ mod tests {
     fn parses_the_protocol_lines() {
         assert_eq!(
             parse_hello("MVA1 hello native 12"),
-            Some((Kind::Native, 12))
+            Some((Kind::Native, 12, vec![]))
+        );
+        assert_eq!(
+            parse_hello("MVA1 hello app 12 terminate,suspend,reboot"),
+            Some((Kind::App, 12, vec!["suspend", "terminate"]))
         );
         assert_eq!(parse_hello("MVA1 hello ruby 12"), None);
         assert_eq!(parse_hello("MVA2 hello native 12"), None);
-        assert_eq!(parse_ack("MVA1 ack 3 openssl=1"), Some((3, "openssl=1")));
-        assert_eq!(parse_ack("MVA1 ack 3"), Some((3, "")));
-        assert_eq!(parse_ack("MVA1 ack x"), None);
+        assert_eq!(
+            parse_answer("MVA1 ack 3 openssl=1"),
+            Some((3, Ok("openssl=1")))
+        );
+        assert_eq!(parse_answer("MVA1 ack 3"), Some((3, Ok(""))));
+        assert_eq!(
+            parse_answer("MVA1 fail 3 ValueError: boom"),
+            Some((3, Err("ValueError: boom")))
+        );
+        assert_eq!(parse_answer("MVA1 ack x"), None);
     }
 }

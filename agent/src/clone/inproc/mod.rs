@@ -8,7 +8,9 @@
 //!   its acknowledgements.
 //! - here: the registry, and [`InProc::tell`], which a new generation waits on: every native
 //!   helper first (OpenSSL), then every runtime helper (whose language generators may draw from
-//!   OpenSSL), each acknowledging within the hook's budget.
+//!   OpenSSL), then the app's own callbacks (the client libraries, `clients/`: they may draw from
+//!   both), each acknowledging within the hook's budget; and [`InProc::tell_event`] for
+//!   `/suspend` and `/terminate`, to the processes that asked for them.
 
 mod conn;
 pub mod setup;
@@ -50,6 +52,8 @@ pub enum Kind {
     Native,
     Python,
     Node,
+    /// A client library (`clients/`): the app's own callbacks.
+    App,
 }
 
 impl Kind {
@@ -58,6 +62,7 @@ impl Kind {
             "native" => Some(Kind::Native),
             "python" => Some(Kind::Python),
             "node" => Some(Kind::Node),
+            "app" => Some(Kind::App),
             _ => None,
         }
     }
@@ -66,24 +71,38 @@ impl Kind {
             Kind::Native => "native",
             Kind::Python => "python",
             Kind::Node => "node",
+            Kind::App => "app",
         }
     }
 }
 
-/// One order to a process: reseed to `number` with `seed`, then say what you did. `reply` is
-/// sent on its acknowledgement (what it reseeded goes to the registry, for `/status`), and
-/// dropped when it goes away first (exited, closed the socket): dropped, not a failure.
+/// One order to a process: reseed to generation `number` with a seed (or: hear of an event
+/// that makes no generation), then say what you did. `reply` is sent on its acknowledgement
+/// (`Ok`; what it reseeded goes to the registry, for `/status`) or its failure (`Err`: a
+/// callback of the app threw), and dropped when it goes away first (exited, closed the
+/// socket): dropped, not a failure.
 struct Order {
     number: u64,
-    seed: Seed,
-    reply: oneshot::Sender<()>,
+    what: Payload,
+    reply: oneshot::Sender<Result<(), String>>,
 }
+
+enum Payload {
+    Generation(Seed),
+    /// `suspend` or `terminate`.
+    Event(&'static str),
+}
+
+/// The events without a generation a process may ask for in its hello.
+pub const EVENTS: [&str; 2] = ["suspend", "terminate"];
 
 struct Member {
     id: u64,
     pid: i32,
     kind: Kind,
     orders: mpsc::UnboundedSender<Order>,
+    /// The events without a generation it asked to hear of (`EVENTS`).
+    events: Vec<&'static str>,
     /// The last generation it acknowledged, and what it said.
     acked: Option<(u64, String)>,
 }
@@ -111,6 +130,13 @@ impl InProc {
     /// Whether any process takes part (a notify channel to wait on).
     pub fn active(&self) -> bool {
         !lock(&self.members).is_empty()
+    }
+
+    /// Whether a process asked to hear of `event` (`suspend`, `terminate`).
+    pub fn wants(&self, event: &str) -> bool {
+        lock(&self.members)
+            .iter()
+            .any(|m| m.events.contains(&event))
     }
 
     pub fn members(&self) -> Vec<MemberView> {
@@ -151,13 +177,20 @@ impl InProc {
         }
     }
 
-    fn join(&self, pid: i32, kind: Kind, orders: mpsc::UnboundedSender<Order>) -> u64 {
+    fn join(
+        &self,
+        pid: i32,
+        kind: Kind,
+        events: Vec<&'static str>,
+        orders: mpsc::UnboundedSender<Order>,
+    ) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         lock(&self.members).push(Member {
             id,
             pid,
             kind,
             orders,
+            events,
             acked: None,
         });
         tracing::debug!(
@@ -179,8 +212,9 @@ impl InProc {
     }
 
     /// Tells every process of generation `number` and waits (until `deadline`) for each to
-    /// acknowledge: native helpers first, then the runtimes'. `draw` gives each its own seed.
-    /// Returns the processes that did not acknowledge, in words (`pid 12 (native) ...`).
+    /// acknowledge: native helpers first, then the runtimes', then the app's callbacks. `draw`
+    /// gives each its own seed. Returns the processes that did not acknowledge, in words
+    /// (`pid 12 (native) ...`).
     pub async fn tell(
         &self,
         number: u64,
@@ -188,41 +222,89 @@ impl InProc {
         deadline: Instant,
     ) -> Vec<String> {
         let mut missing = Vec::new();
-        for phase in [&[Kind::Native][..], &[Kind::Python, Kind::Node][..]] {
+        let phases: [&[Kind]; 3] = [&[Kind::Native], &[Kind::Python, Kind::Node], &[Kind::App]];
+        for phase in phases {
+            let targets = self.targets(|m| phase.contains(&m.kind));
             let mut waiting = Vec::new();
-            let targets: Vec<(i32, Kind, mpsc::UnboundedSender<Order>)> = lock(&self.members)
-                .iter()
-                .filter(|m| phase.contains(&m.kind))
-                .map(|m| (m.pid, m.kind, m.orders.clone()))
-                .collect();
             for (pid, kind, orders) in targets {
                 let Some(seed) = draw() else {
                     missing.push(format!("pid {pid} ({}): no seed", kind.as_str()));
                     continue;
                 };
-                let (reply, answer) = oneshot::channel();
-                if orders
-                    .send(Order {
-                        number,
-                        seed,
-                        reply,
-                    })
-                    .is_ok()
-                {
-                    waiting.push((pid, kind, answer));
-                }
+                waiting.extend(order(pid, kind, &orders, number, Payload::Generation(seed)));
             }
-            for (pid, kind, answer) in waiting {
-                match tokio::time::timeout_at(deadline, answer).await {
-                    // Exited (or its task ended): dropped, not a failure.
-                    Ok(_) => {}
-                    Err(_) => missing.push(format!(
-                        "pid {pid} ({}) did not acknowledge generation {number} in time",
-                        kind.as_str()
-                    )),
-                }
-            }
+            let what = format!("generation {number}");
+            missing.extend(wait_all(waiting, &what, deadline).await);
         }
         missing
     }
+
+    /// Tells the processes that asked for `event` (`suspend`, `terminate`; the current
+    /// generation is `number`) and waits (until `deadline`) for their acknowledgements.
+    pub async fn tell_event(
+        &self,
+        event: &'static str,
+        number: u64,
+        deadline: Instant,
+    ) -> Vec<String> {
+        let waiting: Vec<_> = self
+            .targets(|m| m.events.contains(&event))
+            .into_iter()
+            .flat_map(|(pid, kind, orders)| {
+                order(pid, kind, &orders, number, Payload::Event(event))
+            })
+            .collect();
+        wait_all(waiting, event, deadline).await
+    }
+
+    fn targets(
+        &self,
+        which: impl Fn(&Member) -> bool,
+    ) -> Vec<(i32, Kind, mpsc::UnboundedSender<Order>)> {
+        lock(&self.members)
+            .iter()
+            .filter(|m| which(m))
+            .map(|m| (m.pid, m.kind, m.orders.clone()))
+            .collect()
+    }
+}
+
+type Waiting = (i32, Kind, oneshot::Receiver<Result<(), String>>);
+
+fn order(
+    pid: i32,
+    kind: Kind,
+    orders: &mpsc::UnboundedSender<Order>,
+    number: u64,
+    what: Payload,
+) -> Option<Waiting> {
+    let (reply, answer) = oneshot::channel();
+    orders
+        .send(Order {
+            number,
+            what,
+            reply,
+        })
+        .ok()
+        .map(|()| (pid, kind, answer))
+}
+
+/// Waits for every answer until `deadline`; what failed or did not answer, in words.
+async fn wait_all(waiting: Vec<Waiting>, what: &str, deadline: Instant) -> Vec<String> {
+    let mut missing = Vec::new();
+    for (pid, kind, answer) in waiting {
+        match tokio::time::timeout_at(deadline, answer).await {
+            Ok(Ok(Err(reason))) => missing.push(format!(
+                "pid {pid} ({}) failed {what}: {reason}",
+                kind.as_str()
+            )),
+            // Acknowledged, or exited (its task ended): dropped, not a failure.
+            Ok(_) => {}
+            Err(_) => missing.push(format!(
+                "pid {pid} ({}) did not acknowledge {what} in time",
+                kind.as_str()
+            )),
+        }
+    }
+    missing
 }

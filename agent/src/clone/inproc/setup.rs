@@ -65,6 +65,28 @@ pub struct Setup {
     pub refresh: Option<std::sync::Arc<dyn Fn() + Send + Sync>>,
 }
 
+/// With the helpers switched off: only the socket, for the app's client libraries (`clients/`),
+/// which register their callbacks on it (`MICROVM_AGENT_INPROC` names it).
+pub fn socket_only(state: &Handle, owner: Option<(u32, u32)>, why: &str) -> Setup {
+    let mut setup = Setup::off(why);
+    let Ok(dir) = state.get() else {
+        return setup;
+    };
+    let socket = dir.path().join(SOCKET);
+    if socket.as_os_str().len() > MAX_SOCKET_PATH {
+        return setup;
+    }
+    match bind(&socket, owner) {
+        Ok(l) => {
+            setup.listener = Some(l);
+            setup.env = vec![(SOCKET_ENV, socket.clone().into_os_string())];
+            setup.arranged.socket = Some(socket);
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot bind the socket for the app's libraries"),
+    }
+    setup
+}
+
 /// Writes the helpers and binds the socket; `owner` is the app's user (it must read the files
 /// and connect). The environment extends the agent's own (`LD_PRELOAD`, `PYTHONPATH`,
 /// `NODE_OPTIONS` keep what the image set).

@@ -1,0 +1,175 @@
+'use strict';
+// Clone-safety callbacks for a Node.js app behind microvm-agent (AWS Lambda MicroVMs).
+//
+// Every VM of an image is a clone of one snapshot: what the app holds in memory (keys, ids,
+// values drawn before the snapshot) is the same in every clone. This library runs the app's code
+// at the right moment, before the agent answers the platform's hook (the shape of SnapStart's
+// register-after-restore), over the agent's Unix socket ($MICROVM_AGENT_INPROC, kind `app`;
+// inproc/PROTOCOL.md in the agent's repository). No dependencies.
+
+const crypto = require('crypto');
+const fs = require('fs');
+const net = require('net');
+const path = require('path');
+
+const MAX_LINE = 256;
+const callbacks = { generation: [], suspend: [], terminate: [] };
+const state = { started: false, connected: false, processSeed: null };
+
+function register(event, callback) {
+  if (typeof callback !== 'function') throw new TypeError('a callback must be a function');
+  callbacks[event].push(callback);
+  if (!state.started) {
+    state.started = true;
+    start();
+  }
+  return callback;
+}
+
+/** Runs `callback(generation)` on every new generation, before the hook answers. */
+exports.onNewGeneration = (cb) => register('generation', cb);
+/** Runs `callback(generation)` on /suspend, before the VM is frozen. */
+exports.onSuspend = (cb) => register('suspend', cb);
+/** Runs `callback(generation)` on /terminate, before the agent stops the app. */
+exports.onTerminate = (cb) => register('terminate', cb);
+exports.isActive = () => state.connected;
+
+function read(name) {
+  const dir = process.env.MICROVM_AGENT_STATE_DIR;
+  if (!dir) return null;
+  try {
+    return fs.readFileSync(path.join(dir, name));
+  } catch {
+    return null;
+  }
+}
+
+function generation(fields, processSeed) {
+  return {
+    number: Number(fields.generation || 0),
+    id: fields.id || null,
+    reason: fields.reason || null,
+    microvmId: fields.microvm_id || null,
+    kernelCrng: fields.kernel_crng || null,
+    processSeed: processSeed || null,
+  };
+}
+
+exports.current = function current() {
+  const raw = read('generation');
+  if (!raw) return null;
+  try {
+    return generation(JSON.parse(raw));
+  } catch {
+    return null;
+  }
+};
+exports.generationId = () => (exports.current() || {}).id || null;
+exports.kernelCrng = () => (exports.current() || {}).kernelCrng || null;
+exports.seed = () => read('seed');
+exports.secret = function secret(name) {
+  if (!name || name.includes('/') || name === '.' || name === '..') {
+    throw new TypeError(`not a secret's name: ${name}`);
+  }
+  return read(path.join('secrets', name));
+};
+
+/**
+ * `n` bytes that differ in every clone: HMAC-SHA256 keyed with the agent's seed for this process
+ * (or the app's seed) over fresh `crypto.randomBytes`, as the agent's measurements call safe
+ * (OpenSSL's generator alone is the snapshot's in a process the agent could not reach).
+ */
+exports.randomBytes = function randomBytes(n) {
+  const key = state.processSeed || exports.seed() || Buffer.alloc(0);
+  const out = [];
+  let have = 0;
+  while (have < n) {
+    const block = crypto.createHmac('sha256', key).update(crypto.randomBytes(32)).digest();
+    out.push(block);
+    have += block.length;
+  }
+  return Buffer.concat(out).subarray(0, n);
+};
+
+function start() {
+  const socketPath = process.env.MICROVM_AGENT_INPROC;
+  if (!socketPath) {
+    process.emitWarning('not behind microvm-agent (no MICROVM_AGENT_INPROC): callbacks will not run', {
+      code: 'MICROVM_AGENT_OUTSIDE',
+    });
+    return;
+  }
+  connect(socketPath);
+}
+
+function connect(socketPath) {
+  const sock = net.createConnection(socketPath);
+  sock.unref();
+  let buf = '';
+  // Lines are handled one after the other: a generation's callbacks finish before the next.
+  let chain = Promise.resolve();
+  sock.on('connect', () => {
+    state.connected = true;
+    sock.write(`MVA1 hello app ${process.pid} suspend,terminate\n`);
+  });
+  sock.on('data', (data) => {
+    buf += data.toString('latin1');
+    let nl;
+    while ((nl = buf.indexOf('\n')) >= 0) {
+      const line = buf.slice(0, nl);
+      buf = buf.slice(nl + 1);
+      chain = chain.then(() => handle(line)).then((answer) => {
+        if (answer && !sock.destroyed) sock.write(answer);
+      });
+    }
+    if (buf.length > MAX_LINE) sock.destroy();
+  });
+  sock.on('error', (e) => {
+    if (!state.connected) process.emitWarning(`cannot reach microvm-agent at ${socketPath}: ${e.message}`);
+  });
+  sock.on('close', () => {
+    state.connected = false;
+  });
+}
+
+/** A line from the agent -> { event, number, seed }, or null. */
+function parse(line) {
+  const w = line.split(' ');
+  if (w.length !== 4 || w[0] !== 'MVA1') return null;
+  if (w[1] === 'generation' && /^\d+$/.test(w[2]) && /^[0-9a-f]{64}$/.test(w[3])) {
+    return { event: 'generation', number: Number(w[2]), seed: Buffer.from(w[3], 'hex') };
+  }
+  if (w[1] === 'event' && (w[2] === 'suspend' || w[2] === 'terminate') && /^\d+$/.test(w[3])) {
+    return { event: w[2], number: Number(w[3]), seed: null };
+  }
+  return null;
+}
+exports._parse = parse;
+
+async function handle(line) {
+  const msg = parse(line);
+  if (!msg) return null;
+  if (msg.seed) state.processSeed = msg.seed;
+  const current = exports.current();
+  const gen = current ? { ...current, processSeed: msg.seed } : generation({ generation: msg.number }, msg.seed);
+  const list = callbacks[msg.event].slice();
+  for (const cb of list) {
+    try {
+      await cb(gen);
+    } catch (e) {
+      console.error(`microvm-agent: a ${msg.event} callback failed:`, e);
+      const reason = e instanceof Error ? `${e.name}: ${e.message}` : String(e);
+      return failLine(msg.number, reason);
+    }
+  }
+  return `MVA1 ack ${msg.number} callbacks=${list.length}\n`;
+}
+
+/** One protocol line, at most 256 bytes, whole UTF-8 characters. */
+function failLine(number, reason) {
+  const head = `MVA1 fail ${number} `;
+  let body = reason.replace(/\n/g, ' ');
+  while (Buffer.byteLength(head + body) > MAX_LINE - 1) body = body.slice(0, -1);
+  return `${head}${body}\n`;
+}
+exports._failLine = failLine;

@@ -1,0 +1,273 @@
+"""Clone-safety callbacks for an app behind microvm-agent (AWS Lambda MicroVMs).
+
+Every VM of an image is a clone of one snapshot: whatever the app holds in memory (a
+``random.Random`` it keeps, a NumPy ``Generator``, ids and keys it made) is the same in every
+clone. The agent reseeds what it can reach from outside; this library runs *your* code at the
+right moment, before the agent answers the platform's hook:
+
+    import microvm_agent
+
+    @microvm_agent.on_new_generation
+    def fresh(gen):
+        microvm_agent.reseed(my_rng)
+
+The shape is SnapStart's ``register_after_restore`` and CRaC's ``afterRestore``. Callbacks run in
+registration order on the library's own thread; one that raises is reported to the agent, which
+fails the hook where ``[hooks] fail_on`` says. Outside a MicroVM nothing happens (said once).
+
+The channel is the agent's Unix socket (``$MICROVM_AGENT_INPROC``; ``inproc/PROTOCOL.md`` in the
+agent's repository): one connection per process, kind ``app``. Standard library only.
+"""
+
+import json
+import logging
+import os
+import socket
+import threading
+
+__all__ = [
+    "Generation",
+    "on_new_generation",
+    "on_suspend",
+    "on_terminate",
+    "current",
+    "generation_id",
+    "seed",
+    "secret",
+    "kernel_crng",
+    "reseed",
+    "is_active",
+]
+
+_log = logging.getLogger("microvm_agent")
+_PROTOCOL = b"MVA1"
+_MAX_LINE = 256
+_EVENTS = ("generation", "suspend", "terminate")
+
+_lock = threading.Lock()
+_callbacks = {e: [] for e in _EVENTS}
+_state = {"started": False, "connected": False, "said_outside": False, "process_seed": None}
+
+
+class Generation:
+    """One generation as the agent published it (``<state_dir>/generation``).
+
+    ``process_seed`` is the 32 bytes the agent sent this process for this generation (``None``
+    for suspend and terminate); ``seed`` the app's seed (``<state_dir>/seed``).
+    """
+
+    __slots__ = ("number", "id", "reason", "microvm_id", "kernel_crng", "seed", "process_seed")
+
+    def __init__(self, fields, process_seed=None):
+        self.number = int(fields.get("generation", 0))
+        self.id = fields.get("id")
+        self.reason = fields.get("reason")
+        self.microvm_id = fields.get("microvm_id")
+        self.kernel_crng = fields.get("kernel_crng")
+        self.seed = seed()
+        self.process_seed = process_seed
+
+    def __repr__(self):
+        # Never the seeds.
+        return "Generation(number=%r, id=%r, reason=%r)" % (self.number, self.id, self.reason)
+
+
+def on_new_generation(callback):
+    """Runs ``callback(generation)`` on every new generation (each clone's ``/run``, every
+    ``/resume``, a ``/validate``, a restore the agent detected), before the hook answers."""
+    return _register("generation", callback)
+
+
+def on_suspend(callback):
+    """Runs ``callback(generation)`` on ``/suspend``, before the VM is frozen."""
+    return _register("suspend", callback)
+
+
+def on_terminate(callback):
+    """Runs ``callback(generation)`` on ``/terminate``, before the agent stops the app."""
+    return _register("terminate", callback)
+
+
+def is_active():
+    """Whether this process is connected to an agent."""
+    return _state["connected"]
+
+
+def _state_dir():
+    return os.environ.get("MICROVM_AGENT_STATE_DIR")
+
+
+def _read(name):
+    d = _state_dir()
+    if not d:
+        return None
+    try:
+        with open(os.path.join(d, name), "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def current():
+    """The current generation, or ``None`` (before the first one, or outside a MicroVM)."""
+    raw = _read("generation")
+    if not raw:
+        return None
+    try:
+        return Generation(json.loads(raw))
+    except ValueError:
+        return None
+
+
+def generation_id():
+    g = current()
+    return g.id if g else None
+
+
+def seed():
+    """The app's seed for this generation (32 bytes), or ``None``."""
+    return _read("seed")
+
+
+def secret(name):
+    """The value of the agent's ``[[secret]]`` ``name`` for this generation (bytes), or ``None``."""
+    if not name or "/" in name or name in (".", ".."):
+        raise ValueError("not a secret's name: %r" % (name,))
+    return _read(os.path.join("secrets", name))
+
+
+def kernel_crng():
+    """``reseeded``, ``platform`` or ``not-reseeded`` (see the agent's README), or ``None``."""
+    g = current()
+    return g.kernel_crng if g else None
+
+
+def reseed(*generators, extra=b""):
+    """Reseeds each generator from ``os.urandom(32)`` and the agent's seed for this process (or the
+    app's seed), the mix the agent's measurements call safe: different in every clone even where
+    the kernel's ``getrandom`` is not. Takes ``random.Random`` instances (the ``random`` module
+    itself when called without arguments), NumPy ``Generator`` and ``RandomState`` objects.
+    Returns how many it reseeded."""
+    import random as _random
+
+    agent = _state["process_seed"] or seed() or b""
+    material = os.urandom(32) + bytes(agent) + os.getpid().to_bytes(4, "little") + bytes(extra)
+    targets = generators or (_random,)
+    for g in targets:
+        if g is _random:
+            _random.seed(material)
+        elif isinstance(g, _random.Random):
+            g.seed(material)
+        elif hasattr(g, "bit_generator"):
+            bits = g.bit_generator
+            bits.state = type(bits)(int.from_bytes(material, "little")).state
+        elif hasattr(g, "seed") and type(g).__name__ == "RandomState":
+            g.seed([int.from_bytes(material[i : i + 4], "little") for i in range(0, 64, 4)])
+        else:
+            raise TypeError("cannot reseed a %s" % type(g).__name__)
+    return len(targets)
+
+
+def _register(event, callback):
+    if not callable(callback):
+        raise TypeError("a callback must be callable")
+    with _lock:
+        _callbacks[event].append(callback)
+        if not _state["started"]:
+            _state["started"] = True
+            _start()
+    return callback
+
+
+def _start():
+    path = os.environ.get("MICROVM_AGENT_INPROC")
+    if not path:
+        if not _state["said_outside"]:
+            _state["said_outside"] = True
+            _log.info("not behind microvm-agent (no MICROVM_AGENT_INPROC): callbacks will not run")
+        return
+    _spawn(path)
+    if hasattr(os, "register_at_fork"):
+        # A worker forked without exec is a process of its own: it registers anew.
+        os.register_at_fork(after_in_child=lambda: _spawn(path))
+
+
+def _spawn(path):
+    t = threading.Thread(target=_serve, args=(path,), name="microvm-agent", daemon=True)
+    t.start()
+
+
+def _serve(path):
+    try:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(path)
+    except OSError as e:
+        _log.warning("cannot reach microvm-agent at %s: %s", path, e)
+        return
+    _state["connected"] = True
+    try:
+        s.sendall(b"MVA1 hello app %d suspend,terminate\n" % os.getpid())
+        buf = b""
+        while True:
+            chunk = s.recv(_MAX_LINE)
+            if not chunk:
+                return
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                answer = _handle(line)
+                if answer is not None:
+                    s.sendall(answer)
+            if len(buf) > _MAX_LINE:
+                return
+    except OSError:
+        return
+    finally:
+        _state["connected"] = False
+        s.close()
+
+
+def parse(line):
+    """A line from the agent -> ``("generation", n, seed)`` or ``(event, n, None)``, else None."""
+    parts = line.split(b" ")
+    if len(parts) < 3 or parts[0] != _PROTOCOL:
+        return None
+    if parts[1] == b"generation" and len(parts) == 4 and parts[2].isdigit() and len(parts[3]) == 64:
+        try:
+            return "generation", int(parts[2]), bytes.fromhex(parts[3].decode("ascii"))
+        except ValueError:
+            return None
+    if parts[1] == b"event" and len(parts) == 4 and parts[3].isdigit():
+        name = parts[2].decode("ascii", "replace")
+        if name in _EVENTS[1:]:
+            return name, int(parts[3]), None
+    return None
+
+
+def _handle(line):
+    msg = parse(line)
+    if msg is None:
+        return None
+    event, number, process_seed = msg
+    if process_seed is not None:
+        _state["process_seed"] = process_seed
+    gen = current() or Generation({"generation": number})
+    gen.process_seed = process_seed
+    with _lock:
+        callbacks = list(_callbacks[event])
+    for cb in callbacks:
+        try:
+            cb(gen)
+        except BaseException as e:  # noqa: B902 - any failure is the app's, reported as such
+            _log.exception("microvm-agent %s callback %r failed", event, cb)
+            reason = ("%s: %s" % (type(e).__name__, e)).replace("\n", " ")
+            return _line(b"MVA1 fail %d " % number, reason)
+    return b"MVA1 ack %d callbacks=%d\n" % (number, len(callbacks))
+
+
+def _line(head, text):
+    """``head`` + as much of ``text`` as fits in one protocol line."""
+    room = _MAX_LINE - len(head) - 1
+    # Cut at a character boundary: the agent reads UTF-8 lines only.
+    body = text.replace("\n", " ").encode("utf-8", "replace")[:room].decode("utf-8", "ignore")
+    return head + body.encode("utf-8") + b"\n"

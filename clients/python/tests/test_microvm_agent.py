@@ -1,0 +1,264 @@
+"""The Python client library: its parts alone, then against the real agent (a new generation and
+its acknowledgement, a callback that raises and one that hangs, suspend and terminate)."""
+
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+
+import pytest
+
+import microvm_agent
+from microvm_agent import parse
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SRC = os.path.join(os.path.dirname(HERE), "src")
+REPO = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
+
+
+def test_the_protocol_lines():
+    line = b"MVA1 generation 3 " + b"ab" * 32
+    assert parse(line) == ("generation", 3, bytes([0xAB]) * 32)
+    assert parse(b"MVA1 event suspend 3") == ("suspend", 3, None)
+    assert parse(b"MVA1 event reboot 3") is None
+    assert parse(b"MVA2 generation 3 " + b"ab" * 32) is None
+    assert parse(b"MVA1 generation x " + b"ab" * 32) is None
+
+
+def test_a_failure_fits_one_line_and_stays_utf8():
+    out = microvm_agent._line(b"MVA1 fail 7 ", "ValueError: " + "\u00e9" * 300 + "\nmore")
+    assert len(out) <= 256 and out.endswith(b"\n") and out.count(b"\n") == 1
+    out.decode("utf-8")
+
+
+def test_reseed_makes_a_kept_generator_leave_its_sequence():
+    a, b = random.Random(1), random.Random(1)
+    assert microvm_agent.reseed(a) == 1
+    assert a.random() != b.random()
+    with pytest.raises(TypeError):
+        microvm_agent.reseed(object())
+
+
+def test_reseed_numpy_generators_when_numpy_is_there():
+    np = pytest.importorskip("numpy")
+    g, twin = np.random.default_rng(1), np.random.default_rng(1)
+    legacy, legacy_twin = np.random.RandomState(1), np.random.RandomState(1)
+    microvm_agent.reseed(g, legacy)
+    assert g.random() != twin.random()
+    assert legacy.random_sample() != legacy_twin.random_sample()
+
+
+def test_outside_a_microvm_it_does_nothing_and_says_so_once(tmp_path):
+    script = tmp_path / "outside.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import logging, microvm_agent
+            logging.basicConfig(level=logging.INFO)
+            microvm_agent.on_new_generation(lambda g: None)
+            microvm_agent.on_suspend(lambda g: None)
+            print(microvm_agent.current(), microvm_agent.seed(), microvm_agent.is_active())
+            """
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MICROVM_AGENT")}
+    env["PYTHONPATH"] = SRC
+    out = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "None None False"
+    assert out.stderr.count("not behind microvm-agent") == 1, out.stderr
+
+
+# ---- against the real agent ----------------------------------------------------------------
+
+
+def agent_binary():
+    path = os.environ.get("MICROVM_AGENT_BIN") or os.path.join(
+        REPO, "target", "debug", "microvm-agent"
+    )
+    if not os.path.exists(path):
+        if os.environ.get("MICROVM_AGENT_REQUIRE_VM"):
+            pytest.fail("the agent is not built: " + path)
+        pytest.skip("the agent is not built (cargo build): " + path)
+    return path
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+APP = """
+import os, random, sys, time
+sys.path.insert(0, {src!r})
+import microvm_agent
+out = {out!r}
+rng = random.Random(1)
+first = rng.random()
+rng.seed(1)
+
+def write(name, text):
+    with open(os.path.join(out, name), "a") as f:
+        f.write(text + "\\n")
+
+@microvm_agent.on_new_generation
+def first_callback(gen):
+    microvm_agent.reseed(rng)
+    write("order", "first")
+
+@microvm_agent.on_new_generation
+def second_callback(gen):
+    write("order", "second")
+    write("generations", "%d %s %s" % (gen.number, gen.id, gen.process_seed is not None))
+    write("draws", "%r %r" % (first, rng.random()))
+    if {mode!r} == "raise" and gen.reason == "run":
+        raise RuntimeError("the app's callback broke")
+    if {mode!r} == "hang" and gen.reason == "run":
+        time.sleep(30)
+
+microvm_agent.on_suspend(lambda gen: write("events", "suspend %d" % gen.number))
+microvm_agent.on_terminate(lambda gen: write("events", "terminate %d" % gen.number))
+write("started", "yes")
+while True:
+    time.sleep(1)
+"""
+
+
+class Agent:
+    def __init__(self, tmp_path, mode="ok", config=""):
+        self.out = tmp_path / "out"
+        self.out.mkdir()
+        self.port = free_port()
+        app = tmp_path / "app.py"
+        app.write_text(APP.format(src=SRC, out=str(self.out), mode=mode))
+        conf = tmp_path / "agent.toml"
+        conf.write_text("[hooks]\nrun_timeout = \"2s\"\n" + config)
+        env = dict(os.environ)
+        env.pop("MICROVM_AGENT_INPROC", None)
+        env["MICROVM_AGENT_LOG"] = "warn"
+        self.proc = subprocess.Popen(
+            [
+                agent_binary(),
+                "--listen", "127.0.0.1:%d" % self.port,
+                "--state-dir", str(tmp_path / "state"),
+                "--log-format", "text",
+                "-c", str(conf),
+                "--", sys.executable, str(app),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        self.wait_for(lambda: self.read("started"), "the app to start")
+        # Registered with the agent (its hello is on the socket before the first hook).
+        self.wait_for(
+            lambda: any(p["kind"] == "app" for p in self.status()["inproc"]["processes"]),
+            "the library to register",
+        )
+
+    def hook(self, path):
+        req = urllib.request.Request("http://127.0.0.1:%d%s" % (self.port, path), method="POST", data=b"")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    def status(self):
+        with urllib.request.urlopen("http://127.0.0.1:%d/status" % self.port, timeout=10) as r:
+            return json.loads(r.read())
+
+    def read(self, name):
+        try:
+            return (self.out / name).read_text().splitlines()
+        except FileNotFoundError:
+            return []
+
+    def wait_for(self, what, why, limit=20):
+        deadline = time.time() + limit
+        while time.time() < deadline:
+            try:
+                v = what()
+            except OSError:
+                v = None
+            if v:
+                return v
+            time.sleep(0.05)
+        raise AssertionError("waited for %s" % why)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@pytest.fixture
+def agent(tmp_path):
+    started = []
+
+    def start(**kw):
+        a = Agent(tmp_path, **kw)
+        started.append(a)
+        return a
+
+    yield start
+    for a in started:
+        a.stop()
+
+
+def test_a_new_generation_runs_the_callbacks_in_order_before_the_hook_answers(agent):
+    a = agent()
+    assert a.read("generations") == [], "nothing at start (the build VM)"
+    status, body = a.hook("/run")
+    assert status == 200, body
+    # Already there when /run answered: the hook waited for the acknowledgement.
+    assert a.read("order") == ["first", "second"]
+    gen = a.status()["generation"]
+    assert a.read("generations") == ["%d %s True" % (gen["generation"], gen["id"])]
+    first, after = a.read("draws")[0].split()
+    assert first != after, "the kept Random left the snapshot's sequence"
+    member = [p for p in a.status()["inproc"]["processes"] if p["kind"] == "app"][0]
+    assert member["reseeded"] == "callbacks=2" and member["generation"] == gen["generation"]
+    assert a.hook("/suspend")[0] == 200
+    assert a.read("events") == ["suspend %d" % gen["generation"]]
+    assert a.hook("/resume")[0] == 200
+    assert len(a.read("generations")) == 2
+    assert a.hook("/terminate")[0] == 200
+    a.wait_for(lambda: "terminate" in " ".join(a.read("events")), "the terminate callback")
+    assert a.proc.wait(10) is not None
+
+
+def test_a_callback_that_raises_fails_run_and_only_reports_elsewhere(agent):
+    a = agent(mode="raise")
+    status, body = a.hook("/run")
+    assert status == 500, body
+    assert "RuntimeError: the app's callback broke" in json.dumps(body), body
+    # /resume is not in [hooks] fail_on: 200, degraded, and the reason in /status.
+    a2 = a.hook("/resume")
+    assert a2[0] == 200, a2
+
+
+def test_a_callback_that_hangs_fails_run_inside_its_budget(agent):
+    a = agent(mode="hang")
+    t = time.time()
+    status, body = a.hook("/run")
+    elapsed = time.time() - t
+    assert status == 500 and "did not acknowledge" in json.dumps(body), body
+    assert elapsed < 2.0, "answered inside run_timeout (2 s): %.2f s" % elapsed
+
+
+def test_with_the_helpers_off_the_library_still_gets_its_generations(agent):
+    a = agent(config="[app]\nreseed_in_process = false\n")
+    assert a.hook("/run")[0] == 200
+    assert len(a.read("generations")) == 1

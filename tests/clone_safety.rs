@@ -105,6 +105,7 @@ fn generations_count_0_1_2_with_distinct_ids_published_everywhere() {
     assert_eq!(
         steps,
         [
+            "clock",
             "kernel",
             "generator",
             "secrets",

@@ -1,0 +1,3 @@
+module github.com/microvm-agent/microvm-agent/clients/go
+
+go 1.22

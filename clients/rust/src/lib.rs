@@ -1,0 +1,303 @@
+//! Clone-safety callbacks for an app behind microvm-agent (AWS Lambda MicroVMs).
+//!
+//! Every VM of an image is a clone of one snapshot: what the app holds in memory (a `StdRng` it
+//! keeps, ids and keys it made) is the same in every clone. This crate runs the app's callbacks
+//! at the right moment, before the agent answers the platform's hook (the shape of SnapStart's
+//! register-after-restore), over the agent's Unix socket (`$MICROVM_AGENT_INPROC`, kind `app`;
+//! `inproc/PROTOCOL.md` in the agent's repository). The standard library only.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::{Mutex, Once};
+
+const MAX_LINE: usize = 256;
+
+/// One generation as the agent published it (`<state_dir>/generation`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Generation {
+    pub number: u64,
+    /// 32 hex digits: the per-VM identity.
+    pub id: Option<String>,
+    /// `run`, `resume`, `validate`, `restore-detected`, ...
+    pub reason: Option<String>,
+    pub microvm_id: Option<String>,
+    /// `reseeded`, `platform` or `not-reseeded`.
+    pub kernel_crng: Option<String>,
+    /// The 32 bytes the agent sent this process for this generation (`None` for suspend and
+    /// terminate).
+    pub process_seed: Option<[u8; 32]>,
+}
+
+/// A callback; an `Err` (or a panic) is reported to the agent.
+pub type Callback = Box<dyn Fn(&Generation) -> Result<(), String> + Send + Sync>;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Event {
+    Generation,
+    Suspend,
+    Terminate,
+}
+
+static CALLBACKS: Mutex<Vec<(Event, std::sync::Arc<Callback>)>> = Mutex::new(Vec::new());
+static PROCESS_SEED: Mutex<Option<[u8; 32]>> = Mutex::new(None);
+static CONNECTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static START: Once = Once::new();
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Runs `f` on every new generation (each clone's `/run`, every `/resume`, a `/validate`, a
+/// restore the agent detected), before the hook answers.
+pub fn on_new_generation(f: impl Fn(&Generation) -> Result<(), String> + Send + Sync + 'static) {
+    register(Event::Generation, Box::new(f));
+}
+
+/// Runs `f` on `/suspend`, before the VM is frozen.
+pub fn on_suspend(f: impl Fn(&Generation) -> Result<(), String> + Send + Sync + 'static) {
+    register(Event::Suspend, Box::new(f));
+}
+
+/// Runs `f` on `/terminate`, before the agent stops the app.
+pub fn on_terminate(f: impl Fn(&Generation) -> Result<(), String> + Send + Sync + 'static) {
+    register(Event::Terminate, Box::new(f));
+}
+
+/// Whether this process is connected to an agent.
+pub fn is_active() -> bool {
+    CONNECTED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn register(event: Event, f: Callback) {
+    lock(&CALLBACKS).push((event, std::sync::Arc::new(f)));
+    START.call_once(|| match std::env::var_os("MICROVM_AGENT_INPROC") {
+        None => eprintln!(
+            "microvm-agent-client: not behind microvm-agent (no MICROVM_AGENT_INPROC): callbacks will not run"
+        ),
+        Some(path) => {
+            let _ = std::thread::Builder::new()
+                .name("microvm-agent".into())
+                .spawn(move || serve(PathBuf::from(path)));
+        }
+    });
+}
+
+fn read(name: &str) -> Option<Vec<u8>> {
+    let dir = std::env::var_os("MICROVM_AGENT_STATE_DIR")?;
+    std::fs::read(PathBuf::from(dir).join(name)).ok()
+}
+
+/// The current generation (`None` before the first one, or outside a MicroVM).
+pub fn current() -> Option<Generation> {
+    let raw = String::from_utf8(read("generation")?).ok()?;
+    Some(Generation {
+        number: json_field(&raw, "generation")?.parse().ok()?,
+        id: json_field(&raw, "id"),
+        reason: json_field(&raw, "reason"),
+        microvm_id: json_field(&raw, "microvm_id"),
+        kernel_crng: json_field(&raw, "kernel_crng"),
+        process_seed: None,
+    })
+}
+
+pub fn generation_id() -> Option<String> {
+    current()?.id
+}
+
+pub fn kernel_crng() -> Option<String> {
+    current()?.kernel_crng
+}
+
+/// The app's seed for this generation (32 bytes).
+pub fn seed() -> Option<Vec<u8>> {
+    read("seed")
+}
+
+/// The value of the agent's `[[secret]]` `name` for this generation.
+pub fn secret(name: &str) -> Option<Vec<u8>> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return None;
+    }
+    read(&format!("secrets/{name}"))
+}
+
+/// 32 bytes from the OS XOR the agent's seed for this process (or the app's seed): different in
+/// every clone even where the kernel's `getrandom` is not. Seed what you keep from it
+/// (`StdRng::from_seed(seed_material())`).
+pub fn seed_material() -> [u8; 32] {
+    let mut out = [0u8; 32];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = f.read_exact(&mut out);
+    }
+    let agent = lock(&PROCESS_SEED)
+        .map(|s| s.to_vec())
+        .or_else(seed)
+        .unwrap_or_default();
+    for (o, a) in out.iter_mut().zip(agent) {
+        *o ^= a;
+    }
+    out
+}
+
+/// Replaces `rng` with one seeded from [`seed_material`] (a `StdRng`, a `ChaCha20Rng`: any
+/// generator with a 32-byte seed).
+#[cfg(feature = "rand_core")]
+pub fn reseed<R: rand_core::SeedableRng<Seed = [u8; 32]>>(rng: &mut R) {
+    *rng = R::from_seed(seed_material());
+}
+
+/// The value of a top-level key of the agent's flat JSON (a string, a number, or null).
+fn json_field(json: &str, key: &str) -> Option<String> {
+    let at = json.find(&format!("\"{key}\":"))? + key.len() + 3;
+    let rest = json[at..].trim_start();
+    if let Some(s) = rest.strip_prefix('"') {
+        return Some(s[..s.find('"')?].to_string());
+    }
+    let end = rest.find([',', '}'])?;
+    let v = rest[..end].trim();
+    (v != "null").then(|| v.to_string())
+}
+
+fn serve(path: PathBuf) {
+    let Ok(mut stream) = UnixStream::connect(&path) else {
+        eprintln!(
+            "microvm-agent-client: cannot reach microvm-agent at {}",
+            path.display()
+        );
+        return;
+    };
+    CONNECTED.store(true, std::sync::atomic::Ordering::Relaxed);
+    let hello = format!("MVA1 hello app {} suspend,terminate\n", std::process::id());
+    if stream.write_all(hello.as_bytes()).is_ok() {
+        if let Ok(reader) = stream.try_clone() {
+            for line in BufReader::new(reader.take(u64::MAX)).lines() {
+                let Ok(line) = line else { break };
+                if line.len() > MAX_LINE {
+                    break;
+                }
+                if let Some(answer) = handle(&line) {
+                    if stream.write_all(answer.as_bytes()).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    CONNECTED.store(false, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// A line from the agent: the event, the generation's number, the process's seed.
+fn parse(line: &str) -> Option<(Event, u64, Option<[u8; 32]>)> {
+    let w: Vec<&str> = line.split(' ').collect();
+    if w.len() != 4 || w[0] != "MVA1" {
+        return None;
+    }
+    match w[1] {
+        "generation" if w[3].len() == 64 => {
+            let mut seed = [0u8; 32];
+            for (i, b) in seed.iter_mut().enumerate() {
+                *b = u8::from_str_radix(w[3].get(2 * i..2 * i + 2)?, 16).ok()?;
+            }
+            Some((Event::Generation, w[2].parse().ok()?, Some(seed)))
+        }
+        "event" => {
+            let e = match w[2] {
+                "suspend" => Event::Suspend,
+                "terminate" => Event::Terminate,
+                _ => return None,
+            };
+            Some((e, w[3].parse().ok()?, None))
+        }
+        _ => None,
+    }
+}
+
+fn handle(line: &str) -> Option<String> {
+    let (event, number, process_seed) = parse(line)?;
+    if process_seed.is_some() {
+        *lock(&PROCESS_SEED) = process_seed;
+    }
+    let mut gen = current().unwrap_or(Generation {
+        number,
+        ..Generation::default()
+    });
+    gen.process_seed = process_seed;
+    let list: Vec<std::sync::Arc<Callback>> = lock(&CALLBACKS)
+        .iter()
+        .filter(|(e, _)| *e == event)
+        .map(|(_, f)| f.clone())
+        .collect();
+    for f in &list {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&gen)))
+            .unwrap_or_else(|p| {
+                let what = p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Err(format!("panic: {what}"))
+            });
+        if let Err(reason) = result {
+            eprintln!("microvm-agent-client: a callback failed: {reason}");
+            return Some(fail_line(number, &reason));
+        }
+    }
+    Some(format!("MVA1 ack {number} callbacks={}\n", list.len()))
+}
+
+/// One protocol line of at most 256 bytes, cut at a character boundary.
+fn fail_line(number: u64, reason: &str) -> String {
+    let head = format!("MVA1 fail {number} ");
+    let mut body = reason.replace('\n', " ");
+    while head.len() + body.len() + 1 > MAX_LINE {
+        body.pop();
+    }
+    format!("{head}{body}\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_protocol_lines() {
+        let line = format!("MVA1 generation 3 {}", "ab".repeat(32));
+        assert!(matches!(parse(&line), Some((Event::Generation, 3, Some(s))) if s == [0xab; 32]));
+        assert!(matches!(
+            parse("MVA1 event suspend 3"),
+            Some((Event::Suspend, 3, None))
+        ));
+        assert!(parse("MVA1 event reboot 3").is_none());
+        assert!(parse(&format!("MVA2 generation 3 {}", "ab".repeat(32))).is_none());
+        let fail = fail_line(7, &format!("boom {}\nmore", "é".repeat(300)));
+        assert!(fail.len() <= 256 && fail.ends_with('\n') && fail.matches('\n').count() == 1);
+    }
+
+    #[test]
+    fn the_generation_file_reads_without_a_json_library() {
+        let g = r#"{"generation":2,"id":"ab12","reason":"resume","microvm_id":null,"kernel_reseed":"write","kernel_crng":"not-reseeded","clock":{"source":"rtc","offset_ms":5,"action":"within-1s"}}"#;
+        assert_eq!(json_field(g, "generation").as_deref(), Some("2"));
+        assert_eq!(json_field(g, "id").as_deref(), Some("ab12"));
+        assert_eq!(json_field(g, "microvm_id"), None);
+        assert_eq!(
+            json_field(g, "kernel_crng").as_deref(),
+            Some("not-reseeded")
+        );
+    }
+
+    #[cfg(feature = "rand_core")]
+    #[test]
+    fn reseed_replaces_a_kept_generator() {
+        use rand_core::{Rng, SeedableRng};
+        let mut a = rand_chacha::ChaCha20Rng::from_seed([1; 32]);
+        let mut b = rand_chacha::ChaCha20Rng::from_seed([1; 32]);
+        reseed(&mut a);
+        assert_ne!(a.next_u64(), b.next_u64());
+    }
+
+    #[test]
+    fn seed_material_differs_every_time() {
+        assert_ne!(seed_material(), seed_material());
+    }
+}

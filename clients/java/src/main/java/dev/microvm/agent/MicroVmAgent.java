@@ -1,0 +1,281 @@
+package dev.microvm.agent;
+
+import java.io.IOException;
+import java.net.StandardProtocolFamily;
+import java.net.UnixDomainSocketAddress;
+import java.nio.ByteBuffer;
+import java.nio.channels.Channels;
+import java.nio.channels.SocketChannel;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.security.DrbgParameters;
+import java.security.MessageDigest;
+import java.security.NoSuchAlgorithmException;
+import java.security.SecureRandom;
+import java.util.ArrayList;
+import java.util.HexFormat;
+import java.util.List;
+import java.util.Optional;
+import java.util.Random;
+import java.util.concurrent.CopyOnWriteArrayList;
+
+/**
+ * Clone-safety callbacks for an app behind microvm-agent (AWS Lambda MicroVMs).
+ *
+ * <p>Every VM of an image is a clone of one snapshot: what the app holds in memory (a {@code
+ * Random} it keeps, a DRBG, ids and keys it made) is the same in every clone. This class runs the
+ * app's callbacks at the right moment, before the agent answers the platform's hook (the shape
+ * of CRaC's {@code afterRestore}), over the agent's Unix socket ({@code $MICROVM_AGENT_INPROC},
+ * kind {@code app}; {@code inproc/PROTOCOL.md} in the agent's repository). No dependencies.
+ */
+public final class MicroVmAgent {
+  /** A callback; what it throws is reported to the agent. */
+  @FunctionalInterface
+  public interface Callback {
+    void run(Generation generation) throws Exception;
+  }
+
+  /** One generation as the agent published it ({@code <state_dir>/generation}). */
+  public record Generation(
+      long number,
+      String id,
+      String reason,
+      String microvmId,
+      String kernelCrng,
+      /* The 32 bytes the agent sent this process for this generation (null for suspend/terminate). */
+      byte[] processSeed) {}
+
+  private static final int MAX_LINE = 256;
+  private static final System.Logger LOG = System.getLogger("microvm_agent");
+  private static final List<Callback> GENERATION = new CopyOnWriteArrayList<>();
+  private static final List<Callback> SUSPEND = new CopyOnWriteArrayList<>();
+  private static final List<Callback> TERMINATE = new CopyOnWriteArrayList<>();
+  private static boolean started;
+  private static volatile boolean connected;
+  private static volatile byte[] processSeed;
+
+  private MicroVmAgent() {}
+
+  /** Runs {@code cb} on every new generation (each clone's /run, every /resume), before the hook answers. */
+  public static void onNewGeneration(Callback cb) {
+    register(GENERATION, cb);
+  }
+
+  /** Runs {@code cb} on /suspend, before the VM is frozen. */
+  public static void onSuspend(Callback cb) {
+    register(SUSPEND, cb);
+  }
+
+  /** Runs {@code cb} on /terminate, before the agent stops the app. */
+  public static void onTerminate(Callback cb) {
+    register(TERMINATE, cb);
+  }
+
+  public static boolean isActive() {
+    return connected;
+  }
+
+  private static synchronized void register(List<Callback> list, Callback cb) {
+    if (cb == null) throw new NullPointerException("callback");
+    list.add(cb);
+    if (started) return;
+    started = true;
+    String path = System.getenv("MICROVM_AGENT_INPROC");
+    if (path == null) {
+      LOG.log(System.Logger.Level.INFO, "not behind microvm-agent (no MICROVM_AGENT_INPROC): callbacks will not run");
+      return;
+    }
+    Thread t = new Thread(() -> serve(path), "microvm-agent");
+    t.setDaemon(true);
+    t.start();
+  }
+
+  private static Optional<byte[]> read(String name) {
+    String dir = System.getenv("MICROVM_AGENT_STATE_DIR");
+    if (dir == null) return Optional.empty();
+    try {
+      return Optional.of(Files.readAllBytes(Path.of(dir, name)));
+    } catch (IOException e) {
+      return Optional.empty();
+    }
+  }
+
+  /** The current generation (empty before the first one, or outside a MicroVM). */
+  public static Optional<Generation> current() {
+    return read("generation").map(b -> new String(b, StandardCharsets.UTF_8)).flatMap(MicroVmAgent::fromJson);
+  }
+
+  static Optional<Generation> fromJson(String json) {
+    String n = field(json, "generation");
+    if (n == null) return Optional.empty();
+    try {
+      return Optional.of(new Generation(Long.parseLong(n), field(json, "id"), field(json, "reason"),
+          field(json, "microvm_id"), field(json, "kernel_crng"), null));
+    } catch (NumberFormatException e) {
+      return Optional.empty();
+    }
+  }
+
+  public static Optional<String> generationId() {
+    return current().map(Generation::id);
+  }
+
+  public static Optional<String> kernelCrng() {
+    return current().map(Generation::kernelCrng);
+  }
+
+  /** The app's seed for this generation (32 bytes). */
+  public static Optional<byte[]> seed() {
+    return read("seed");
+  }
+
+  /** The value of the agent's {@code [[secret]]} {@code name} for this generation. */
+  public static Optional<byte[]> secret(String name) {
+    if (name.isEmpty() || name.contains("/") || name.equals(".") || name.equals("..")) {
+      throw new IllegalArgumentException("not a secret's name: " + name);
+    }
+    return read("secrets/" + name);
+  }
+
+  /**
+   * 32 bytes: SHA-256 of fresh {@code SecureRandom} bytes and the agent's seed for this process
+   * (or the app's seed), different in every clone even where the kernel's generator is not.
+   */
+  public static byte[] seedMaterial() {
+    byte[] fresh = new byte[32];
+    new SecureRandom().nextBytes(fresh);
+    byte[] agent = processSeed != null ? processSeed : seed().orElse(new byte[0]);
+    try {
+      MessageDigest sha = MessageDigest.getInstance("SHA-256");
+      sha.update(fresh);
+      sha.update(agent);
+      return sha.digest();
+    } catch (NoSuchAlgorithmException e) {
+      throw new IllegalStateException(e);
+    }
+  }
+
+  /** A {@code Random} seeded from {@link #seedMaterial()}. */
+  public static Random newRandom() {
+    return new Random(ByteBuffer.wrap(seedMaterial()).getLong());
+  }
+
+  /** Reseeds a {@code Random} the app keeps from {@link #seedMaterial()}. */
+  public static void reseed(Random r) {
+    if (r instanceof SecureRandom sr) {
+      reseed(sr);
+    } else {
+      r.setSeed(ByteBuffer.wrap(seedMaterial()).getLong());
+    }
+  }
+
+  /**
+   * Reseeds a {@code SecureRandom}: a DRBG with {@code reseed(DrbgParameters.reseed(false,
+   * mix))}; anything else (SHA1PRNG, NativePRNG, whose {@code reseed()} throws on JDK 17) with
+   * {@code setSeed}, which mixes.
+   */
+  public static void reseed(SecureRandom sr) {
+    byte[] mix = seedMaterial();
+    if ("DRBG".equals(sr.getAlgorithm())) {
+      sr.reseed(DrbgParameters.reseed(false, mix));
+    } else {
+      sr.setSeed(mix);
+    }
+  }
+
+  /** The value of a top-level key of the agent's flat JSON (a string, a number), or null. */
+  static String field(String json, String key) {
+    int at = json.indexOf("\"" + key + "\":");
+    if (at < 0) return null;
+    String rest = json.substring(at + key.length() + 3).stripLeading();
+    if (rest.startsWith("\"")) {
+      int end = rest.indexOf('"', 1);
+      return end < 0 ? null : rest.substring(1, end);
+    }
+    int end = 0;
+    while (end < rest.length() && rest.charAt(end) != ',' && rest.charAt(end) != '}') end++;
+    String v = rest.substring(0, end).strip();
+    return v.equals("null") ? null : v;
+  }
+
+  private static void serve(String path) {
+    try (SocketChannel ch = SocketChannel.open(StandardProtocolFamily.UNIX)) {
+      ch.connect(UnixDomainSocketAddress.of(path));
+      connected = true;
+      var out = Channels.newOutputStream(ch);
+      var in = Channels.newInputStream(ch);
+      out.write(("MVA1 hello app " + ProcessHandle.current().pid() + " suspend,terminate\n")
+          .getBytes(StandardCharsets.US_ASCII));
+      out.flush();
+      StringBuilder line = new StringBuilder();
+      int c;
+      while ((c = in.read()) >= 0) {
+        if (c != '\n') {
+          if (line.length() >= MAX_LINE) return;
+          line.append((char) c);
+          continue;
+        }
+        String answer = handle(line.toString());
+        line.setLength(0);
+        if (answer != null) {
+          out.write(answer.getBytes(StandardCharsets.UTF_8));
+          out.flush();
+        }
+      }
+    } catch (IOException e) {
+      if (!connected) LOG.log(System.Logger.Level.WARNING, "cannot reach microvm-agent at " + path + ": " + e);
+    } finally {
+      connected = false;
+    }
+  }
+
+  /** A line from the agent: {event, number, seed-or-null}; null when it is not one. */
+  static Object[] parse(String line) {
+    String[] w = line.split(" ");
+    if (w.length != 4 || !w[0].equals("MVA1")) return null;
+    try {
+      if (w[1].equals("generation") && w[3].length() == 64) {
+        return new Object[] {"generation", Long.parseLong(w[2]), HexFormat.of().parseHex(w[3])};
+      }
+      if (w[1].equals("event") && (w[2].equals("suspend") || w[2].equals("terminate"))) {
+        return new Object[] {w[2], Long.parseLong(w[3]), null};
+      }
+    } catch (IllegalArgumentException e) {
+      return null;
+    }
+    return null;
+  }
+
+  static String handle(String line) {
+    Object[] m = parse(line);
+    if (m == null) return null;
+    String event = (String) m[0];
+    long number = (Long) m[1];
+    byte[] seed = (byte[]) m[2];
+    if (seed != null) processSeed = seed;
+    Generation g = current().orElse(new Generation(number, null, null, null, null, null));
+    g = new Generation(g.number(), g.id(), g.reason(), g.microvmId(), g.kernelCrng(), seed);
+    List<Callback> list = new ArrayList<>(
+        event.equals("generation") ? GENERATION : event.equals("suspend") ? SUSPEND : TERMINATE);
+    for (Callback cb : list) {
+      try {
+        cb.run(g);
+      } catch (Throwable e) {
+        LOG.log(System.Logger.Level.ERROR, "a " + event + " callback failed", e);
+        return failLine(number, e.getClass().getSimpleName() + ": " + e.getMessage());
+      }
+    }
+    return "MVA1 ack " + number + " callbacks=" + list.size() + "\n";
+  }
+
+  /** One protocol line of at most 256 bytes, whole characters. */
+  static String failLine(long number, String reason) {
+    String head = "MVA1 fail " + number + " ";
+    String body = reason.replace('\n', ' ');
+    while ((head + body).getBytes(StandardCharsets.UTF_8).length + 1 > MAX_LINE) {
+      body = body.substring(0, body.offsetByCodePoints(body.length(), -1));
+    }
+    return head + body + "\n";
+  }
+}

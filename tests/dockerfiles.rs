@@ -199,6 +199,17 @@ fn check_template(name: &str) {
             if src == "microvm-agent" {
                 continue; // the documented prebuilt binary, copied in by the image author
             }
+            if src == "microvm_agent" {
+                // The client library, copied in from this repository as the Dockerfile says.
+                assert!(
+                    text.contains("clients/python/src/microvm_agent")
+                        && support::root()
+                            .join("clients/python/src/microvm_agent")
+                            .is_dir(),
+                    "{name}: where the client library comes from"
+                );
+                continue;
+            }
             assert!(
                 dir.join(src).exists(),
                 "{name}: COPY {src}: not in the context"

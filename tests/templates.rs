@@ -157,6 +157,12 @@ fn template(lang: &str, runtime: &[&str]) {
 }
 
 /// One run under microvm-sim; returns the fingerprint of the app's generator after `/run`.
+/// The Python client library, where the Python template's image has it (next to `app.py`): the
+/// agent keeps the image's `PYTHONPATH` after its own helper's.
+fn python_client() -> PathBuf {
+    root().join("clients/python/src")
+}
+
 fn template_run(lang: &str, app: Option<&std::path::Path>) -> String {
     let (app_port, hook_port) = (free_port(), free_port());
     let (dir, command) = prepare_with(lang, app_port, hook_port, app);
@@ -170,6 +176,7 @@ fn template_run(lang: &str, app: Option<&std::path::Path>) -> String {
     let mut child = Command::new(SIM)
         .args(&args)
         .env("PORT", app_port.to_string())
+        .env("PYTHONPATH", python_client())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -232,7 +239,7 @@ fn a_template_whose_handler_is_removed_fails_the_template_test() {
         return;
     }
     let text = std::fs::read_to_string(root().join("templates/python/app.py")).unwrap();
-    let broken = text.replace("reseed(event.get(\"seed\"))", "pass");
+    let broken = text.replace("microvm_agent.reseed(random)", "pass");
     assert_ne!(broken, text, "the fixture no longer matches the template");
     let path = std::env::temp_dir().join(format!("mva-no-handler-{}.py", std::process::id()));
     std::fs::write(&path, broken).unwrap();
@@ -259,10 +266,7 @@ fn a_template_that_reseeds_with_something_the_same_in_every_vm_fails_the_templat
         return;
     }
     let text = std::fs::read_to_string(root().join("templates/python/app.py")).unwrap();
-    let broken = text.replace(
-        "reseed(event.get(\"seed\"))",
-        "random.seed(event[\"generation\"])",
-    );
+    let broken = text.replace("microvm_agent.reseed(random)", "random.seed(gen.number)");
     assert_ne!(broken, text, "the fixture no longer matches the template");
     let path = std::env::temp_dir().join(format!("mva-broken-template-{}.py", std::process::id()));
     std::fs::write(&path, broken).unwrap();
@@ -281,7 +285,9 @@ fn sim_template(lang: &str, env: &[(&str, &str)], payload: &str) -> (i32, String
     let (dir, command) = prepare(lang, app_port, hook_port);
     let args = sim_args(&dir, hook_port, &["--payload", payload], command);
     let mut cmd = Command::new(SIM);
-    cmd.args(&args).env("PORT", app_port.to_string());
+    cmd.args(&args)
+        .env("PORT", app_port.to_string())
+        .env("PYTHONPATH", python_client());
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -1,9 +1,12 @@
-"""A clone-safe Python app for microvm-agent.
+"""A clone-safe Python app for microvm-agent, on its client library (`microvm_agent`).
 
 The trap: `random` (and NumPy's global generator) is seeded once, when the module is imported,
 during the image build. Every VM cloned from the snapshot starts with the same state and draws
-the same "random" numbers. The fix: reseed when the agent announces a new generation, from the
-kernel *and* the agent's per-generation seed: under the platform's default capabilities (no
+the same "random" numbers. The agent's in-process helper already reseeds the module-level
+`random` and `ssl` in every clone (on by default); what only the app can do is its own part,
+registered with `@microvm_agent.on_new_generation`: the callback runs in every clone before the
+agent answers `/run` (and on every `/resume`), and reseeds from the kernel *and* the agent's
+seed: under the platform's default capabilities (no
 CAP_SYS_ADMIN) and without VMGenID the kernel can hand every clone the same bytes (the agent's
 `kernel_crng` says "not-reseeded"), and the seed, keyed from what differs per clone, cannot.
 `secrets`, `os.urandom` and `uuid.uuid4()` read the kernel on every call: safe only where
@@ -26,8 +29,9 @@ import sys
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import microvm_agent  # clients/python: copied next to this file (see the Dockerfile)
+
 PORT = int(os.environ.get("PORT", "8080"))
-STATE_DIR = os.environ.get("MICROVM_AGENT_STATE_DIR", "/run/microvm-agent")
 generation = 0
 # A generator made at start-up and never reseeded: what a library keeps (the probe's trap).
 STARTUP_RNG = random.Random()
@@ -46,21 +50,25 @@ def fingerprint():
     return hashlib.sha256(repr(random.getstate()).encode()).hexdigest()[:16]
 
 
-def reseed(agent_seed_hex):
-    # seed = hash(os_random || agent_seed): random.seed() hashes bytes with SHA-512.
-    agent_seed = bytes.fromhex(agent_seed_hex or "")
-    if not agent_seed:  # e.g. told by a signal: the same seed is in the state directory
-        try:
-            with open(os.path.join(STATE_DIR, "seed"), "rb") as f:
-                agent_seed = f.read()
-        except OSError:
-            agent_seed = b""
-    mix = os.urandom(32) + agent_seed
-    random.seed(mix)
-    # OpenSSL's generator: RAND_add reseeds it with the mix (Python's ssl module, OpenSSL 3).
-    ssl.RAND_add(hashlib.sha256(mix).digest(), 32.0)
-    # With NumPy: np.random.seed(int.from_bytes(hashlib.sha256(os.urandom(32) + agent_seed)
-    # .digest()[:4], "little")), and replace any np.random.default_rng() you keep the same way.
+@microvm_agent.on_new_generation
+def fresh(gen):
+    """Every clone's /run, every /resume: runs before the agent answers the hook."""
+    global generation
+    before = fingerprint()
+    # random.seed(os.urandom(32) + the agent's seed): the library's mix. Every random.Random()
+    # and NumPy generator you keep goes in the same call: microvm_agent.reseed(random, mine, rng).
+    microvm_agent.reseed(random)
+    # OpenSSL's generator (the helper does this too; here for an image that turns it off).
+    ssl.RAND_add(microvm_agent.seed_material(), 32.0)
+    generation = gen.number
+    print(json.dumps({"event": gen.reason, "generation": gen.number,
+                      "before": before, "after": fingerprint()}), flush=True)
+
+
+@microvm_agent.on_suspend
+def suspending(gen):
+    """Before the VM is frozen (on_terminate: before the app is stopped)."""
+    print(json.dumps({"event": "suspend", "generation": gen.number}), flush=True)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -86,20 +94,6 @@ class Handler(BaseHTTPRequestHandler):
                                     "pid": os.getpid()})
         self.reply(404, {"error": "not found"})
 
-    def do_POST(self):
-        global generation
-        if self.path != "/__lifecycle":
-            return self.reply(404, {"error": "not found"})
-        length = int(self.headers.get("content-length", "0"))
-        event = json.loads(self.rfile.read(length) or b"{}")
-        before = fingerprint()
-        if event.get("event") in ("run", "resume", "validate"):
-            reseed(event.get("seed"))
-            generation = event.get("generation", generation)
-        print(json.dumps({"event": event.get("event"), "generation": event.get("generation"),
-                          "before": before, "after": fingerprint()}), flush=True)
-        self.reply(200, {"acknowledged": True})
-
     def reply(self, status, body):
         data = json.dumps(body).encode()
         self.send_response(status)
@@ -112,7 +106,8 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
-# Run the handler's code once before the snapshot, so that a clone's first event does not pay
+# Run the callback's work once before the snapshot, so that a clone's first event does not pay
 # for it inside /run's budget (measured under emulation: the first reseed took ~300 ms).
-reseed("")
+microvm_agent.reseed()
+ssl.RAND_add(microvm_agent.seed_material(), 32.0)
 ThreadingHTTPServer(("0.0.0.0", PORT), Handler).serve_forever()

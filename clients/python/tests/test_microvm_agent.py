@@ -45,6 +45,11 @@ def test_reseed_makes_a_kept_generator_leave_its_sequence():
         microvm_agent.reseed(object())
 
 
+def test_seed_material_is_32_fresh_bytes():
+    a, b = microvm_agent.seed_material(), microvm_agent.seed_material()
+    assert len(a) == 32 and a != b
+
+
 def test_reseed_numpy_generators_when_numpy_is_there():
     np = pytest.importorskip("numpy")
     g, twin = np.random.default_rng(1), np.random.default_rng(1)

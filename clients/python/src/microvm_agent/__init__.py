@@ -36,6 +36,7 @@ __all__ = [
     "secret",
     "kernel_crng",
     "reseed",
+    "seed_material",
     "is_active",
 ]
 
@@ -140,6 +141,16 @@ def kernel_crng():
     """``reseeded``, ``platform`` or ``not-reseeded`` (see the agent's README), or ``None``."""
     g = current()
     return g.kernel_crng if g else None
+
+
+def seed_material():
+    """32 bytes: SHA-256 of ``os.urandom(32)`` and the agent's seed for this process (or the app's
+    seed): different in every clone even where the kernel's ``getrandom`` is not. For what
+    ``reseed`` does not know (``ssl.RAND_add(seed_material(), 32.0)``, a key you derive)."""
+    import hashlib
+
+    agent = _state["process_seed"] or seed() or b""
+    return hashlib.sha256(os.urandom(32) + bytes(agent)).digest()
 
 
 def reseed(*generators, extra=b""):

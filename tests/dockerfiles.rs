@@ -199,13 +199,15 @@ fn check_template(name: &str) {
             if src == "microvm-agent" {
                 continue; // the documented prebuilt binary, copied in by the image author
             }
-            if src == "microvm_agent" {
-                // The client library, copied in from this repository as the Dockerfile says.
+            // A client library, copied in from this repository as the Dockerfile says.
+            let library = match src {
+                "microvm_agent" => Some("clients/python/src/microvm_agent"),
+                "node_modules/microvm-agent" => Some("clients/node"),
+                _ => None,
+            };
+            if let Some(from) = library {
                 assert!(
-                    text.contains("clients/python/src/microvm_agent")
-                        && support::root()
-                            .join("clients/python/src/microvm_agent")
-                            .is_dir(),
+                    text.contains(from) && support::root().join(from).is_dir(),
                     "{name}: where the client library comes from"
                 );
                 continue;

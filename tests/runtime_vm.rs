@@ -268,6 +268,12 @@ fn build_apps(out: &Path) {
             }
             "node" => {
                 std::fs::copy(src.join("app.js"), dir.join("app.js")).unwrap();
+                // Its client library, in node_modules as the Dockerfile has it.
+                let lib = dir.join("node_modules/microvm-agent");
+                std::fs::create_dir_all(&lib).unwrap();
+                for f in ["index.js", "package.json"] {
+                    std::fs::copy(root().join("clients/node").join(f), lib.join(f)).unwrap();
+                }
             }
             "java" => run(
                 Command::new("javac")

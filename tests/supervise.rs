@@ -34,17 +34,7 @@ fn spec(pid1: bool) -> Spec {
 fn run_to_exit(pid1: bool, app: &[&str]) -> std::process::Output {
     let mut argv: Vec<String> = vec![];
     if pid1 {
-        argv.extend(
-            [
-                "unshare",
-                "--pid",
-                "--fork",
-                "--kill-child",
-                "--mount-proc",
-                "--uts",
-            ]
-            .map(String::from),
-        );
+        argv.extend(PID1.map(String::from));
     }
     argv.extend(agent_argv());
     argv.extend(

@@ -163,6 +163,18 @@ fn python_client() -> PathBuf {
     root().join("clients/python/src")
 }
 
+/// A `node_modules` holding the Node.js client library as `microvm-agent` (the Node template's
+/// image has it in `/app/node_modules`), for `NODE_PATH`.
+fn node_modules() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mva-node-modules-{}", std::process::id()));
+    let lib = dir.join("microvm-agent");
+    std::fs::create_dir_all(&lib).unwrap();
+    for f in ["index.js", "package.json"] {
+        std::fs::copy(root().join("clients/node").join(f), lib.join(f)).unwrap();
+    }
+    dir
+}
+
 fn template_run(lang: &str, app: Option<&std::path::Path>) -> String {
     let (app_port, hook_port) = (free_port(), free_port());
     let (dir, command) = prepare_with(lang, app_port, hook_port, app);
@@ -177,6 +189,7 @@ fn template_run(lang: &str, app: Option<&std::path::Path>) -> String {
         .args(&args)
         .env("PORT", app_port.to_string())
         .env("PYTHONPATH", python_client())
+        .env("NODE_PATH", node_modules())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -287,7 +300,8 @@ fn sim_template(lang: &str, env: &[(&str, &str)], payload: &str) -> (i32, String
     let mut cmd = Command::new(SIM);
     cmd.args(&args)
         .env("PORT", app_port.to_string())
-        .env("PYTHONPATH", python_client());
+        .env("PYTHONPATH", python_client())
+        .env("NODE_PATH", node_modules());
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -1,17 +1,17 @@
-// A clone-safe Node.js app for microvm-agent.
+// A clone-safe Node.js app for microvm-agent, on its client library (`microvm-agent`, clients/node).
 //
 // The trap: Math.random() is seeded once per V8 isolate, during the image build, and cannot be
 // reseeded from JavaScript; crypto.randomUUID(), crypto.randomBytes() and getRandomValues() draw
 // from OpenSSL's generator inside this process. Every clone would share them. The agent's
 // in-process reseed (on by default: README, "Unmodified apps") now covers all of them, measured in
-// real clones; this handler is what an app still does for what only it can reach (generators and
-// keys it keeps), and what works with `reseed_in_process = false`. In-process (the warm process
-// the snapshot was made for stays):
-// on each new generation the handler replaces Math.random with a generator keyed by the agent's
-// per-generation seed, and bytes that must differ per VM come from randomBytesPerVm(): OpenSSL's
-// bytes mixed with that seed, which differs per clone even when the kernel hands every clone the
-// same bytes (the platform's default capabilities, no VMGenID: the agent's kernel_crng says
-// "not-reseeded"). Code that captured Math.random before the handler ran (`const r =
+// real clones; the callback below is what an app still does for what only it can reach
+// (generators and keys it keeps), and what works with `reseed_in_process = false`. In-process
+// (the warm process the snapshot was made for stays): `agent.onNewGeneration` runs in every clone
+// before the agent answers /run (and on every /resume); it replaces Math.random with a generator
+// keyed by the agent's per-generation seed, and bytes that must differ per VM come from
+// `agent.randomBytes()`: OpenSSL's bytes mixed with that seed, which differs per clone even when
+// the kernel hands every clone the same bytes (the platform's default capabilities, no VMGenID:
+// the agent's kernel_crng says "not-reseeded"). Code that captured Math.random before (`const r =
 // Math.random` in a library) keeps the cloned generator: if you depend on such code, use
 // `restart_on = ["run"]` instead, at the cost of a cold process per VM (start-up and readiness
 // again inside /run's budget, and the snapshot's warm-up lost).
@@ -22,23 +22,10 @@
 'use strict';
 const http = require('http');
 const crypto = require('crypto');
-const fs = require('fs');
-const path = require('path');
-
-const stateDir = process.env.MICROVM_AGENT_STATE_DIR || '/run/microvm-agent';
-// The current generation's seed: read at start (after a restart_on restart it is already new),
-// replaced by each event's.
-let agentSeed = Buffer.alloc(0);
-try { agentSeed = fs.readFileSync(path.join(stateDir, 'seed')); } catch (_) { /* build VM: none yet */ }
+const agent = require('microvm-agent'); // clients/node: in node_modules (see the Dockerfile)
 
 // HMAC-SHA256(agent seed, OpenSSL's bytes): different per clone if either is.
-function randomBytesPerVm(n) {
-  const out = [];
-  for (let have = 0; have < n; have += 32) {
-    out.push(crypto.createHmac('sha256', agentSeed).update(crypto.randomBytes(32)).digest());
-  }
-  return Buffer.concat(out).subarray(0, n);
-}
+const randomBytesPerVm = agent.randomBytes;
 
 // A Math.random replacement: 53-bit floats from HMAC-SHA256(key, counter).
 function keyedRandom(key) {
@@ -66,7 +53,7 @@ const claims = {
   'randomBytesPerVm()': 'safe',
 };
 
-// Run the handler's code once before the snapshot (V8 compiles a function when it first runs):
+// Run the callback's code once before the snapshot (V8 compiles a function when it first runs):
 // a clone's first event then does not pay for it inside /run's budget.
 keyedRandom(randomBytesPerVm(32))();
 
@@ -75,6 +62,20 @@ let generation = 0;
 // A fingerprint of this process's generator: its first output.
 const fingerprint = Math.random().toString(16).slice(2, 18);
 console.log(JSON.stringify({ event: 'start', pid: process.pid, fingerprint }));
+
+agent.onNewGeneration((gen) => {
+  const before = Math.random === capturedRandom ? fingerprint : Math.random.fingerprint;
+  generation = gen.number;
+  const key = randomBytesPerVm(32);
+  Math.random = keyedRandom(key);
+  Math.random.fingerprint = key.toString('hex').slice(0, 16);
+  const after = Math.random.fingerprint;
+  console.log(JSON.stringify({ event: gen.reason, generation: gen.number, pid: process.pid, before, after }));
+});
+// Before the VM is frozen (onTerminate: before the app is stopped).
+agent.onSuspend((gen) => {
+  console.log(JSON.stringify({ event: 'suspend', generation: gen.number, pid: process.pid }));
+});
 
 function reply(res, status, body) {
   const data = JSON.stringify(body);
@@ -105,26 +106,6 @@ http.createServer((req, res) => {
       uuid: crypto.randomUUID({ disableEntropyCache: true }),
       perVm: randomBytesPerVm(16).toString('hex'),
     });
-  }
-  if (req.method === 'POST' && req.url === '/__lifecycle') {
-    let body = '';
-    req.on('data', (c) => { body += c; });
-    req.on('end', () => {
-      let event;
-      try { event = JSON.parse(body || '{}'); } catch (e) { return reply(res, 400, { error: String(e) }); }
-      const before = Math.random === capturedRandom ? fingerprint : Math.random.fingerprint;
-      if (['run', 'resume', 'validate'].includes(event.event)) {
-        generation = event.generation;
-        if (/^[0-9a-f]{64}$/.test(event.seed || '')) agentSeed = Buffer.from(event.seed, 'hex');
-        const key = randomBytesPerVm(32);
-        Math.random = keyedRandom(key);
-        Math.random.fingerprint = key.toString('hex').slice(0, 16);
-      }
-      const after = Math.random === capturedRandom ? fingerprint : Math.random.fingerprint;
-      console.log(JSON.stringify({ event: event.event, generation: event.generation, pid: process.pid, before, after }));
-      return reply(res, 200, { acknowledged: true });
-    });
-    return undefined;
   }
   return reply(res, 404, { error: 'not found' });
 }).listen(port, '0.0.0.0');

@@ -207,6 +207,17 @@ impl Lines {
     }
 }
 
+/// The agent as PID 1 of fresh PID, mount and UTS namespaces. `--uts`: an agent that is PID 1
+/// may set the hostname (`[identity]`); never the test machine's.
+pub const PID1: [&str; 6] = [
+    "unshare",
+    "--pid",
+    "--fork",
+    "--kill-child",
+    "--mount-proc",
+    "--uts",
+];
+
 /// How to start an agent.
 pub struct Spec {
     pub config: Option<String>,
@@ -299,19 +310,7 @@ impl Agent {
         let dir = TempDir::new("agent");
         let mut argv: Vec<String> = Vec::new();
         if spec.pid1 {
-            argv.extend(
-                // --uts: an agent that is PID 1 may set the hostname (`[identity]`); never the
-                // test machine's.
-                [
-                    "unshare",
-                    "--pid",
-                    "--fork",
-                    "--kill-child",
-                    "--mount-proc",
-                    "--uts",
-                ]
-                .map(String::from),
-            );
+            argv.extend(PID1.map(String::from));
         }
         // A wrapper may name the state directory as `__STATE__` (e.g. to mount a filesystem on it).
         let state = dir.join("state").display().to_string();

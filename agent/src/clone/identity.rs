@@ -22,35 +22,60 @@ use std::path::Path;
 
 pub const MACHINE_ID: &str = "/etc/machine-id";
 
-/// What happened to the machine-id, for the routine's record.
-pub fn rewrite_machine_id(path: &Path, id_hex: &str) -> Result<&'static str, String> {
+/// How a system file was given its new content.
+enum Replaced {
+    Absent,
+    NotRegular,
+    /// Atomically (a temporary file renamed over it), mode and owner kept.
+    Renamed,
+    /// In place: a file bind-mounted into the container (Docker does it with `/etc/hosts`, some
+    /// runtimes with `/etc/machine-id`) cannot be renamed over (EBUSY). One small write: a
+    /// reader sees the old or the new content.
+    InPlace,
+}
+
+/// Replaces the content of the regular file `path` with what `content` makes of its current
+/// text (read only when it is a regular file).
+fn replace_system_file(
+    path: &Path,
+    content: impl FnOnce(&Path) -> Result<String, String>,
+) -> Result<Replaced, String> {
     let meta = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok("absent"),
+        Ok(m) if m.file_type().is_file() => m,
+        Ok(_) => return Ok(Replaced::NotRegular),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Replaced::Absent),
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
-    if !meta.file_type().is_file() {
-        return Ok("not-a-regular-file");
-    }
-    let content = format!("{id_hex}\n");
+    let content = content(path)?;
+    let fail = |e: std::io::Error| format!("{}: {e}", path.display());
     match crate::sys::state_files::replace_file(
         path,
         content.as_bytes(),
         meta.mode() & 0o7777,
         (meta.uid(), meta.gid()),
     ) {
-        Ok(()) => Ok("rewritten"),
-        // A file bind-mounted into the container cannot be renamed over: write it in place (one
-        // 33-byte write; a reader sees the old or the new id).
+        Ok(()) => Ok(Replaced::Renamed),
         Err(e) if e.raw_os_error() == Some(libc::EBUSY) => std::fs::OpenOptions::new()
             .write(true)
             .truncate(true)
             .open(path)
             .and_then(|mut f| f.write_all(content.as_bytes()))
-            .map(|()| "rewritten-in-place")
-            .map_err(|e| format!("{}: {e}", path.display())),
-        Err(e) => Err(format!("{}: {e}", path.display())),
+            .map(|()| Replaced::InPlace)
+            .map_err(fail),
+        Err(e) => Err(fail(e)),
     }
+}
+
+/// What happened to the machine-id, for the routine's record.
+pub fn rewrite_machine_id(path: &Path, id_hex: &str) -> Result<&'static str, String> {
+    Ok(
+        match replace_system_file(path, |_| Ok(format!("{id_hex}\n")))? {
+            Replaced::Absent => "absent",
+            Replaced::NotRegular => "not-a-regular-file",
+            Replaced::Renamed => "rewritten",
+            Replaced::InPlace => "rewritten-in-place",
+        },
+    )
 }
 
 pub const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
@@ -81,31 +106,17 @@ pub fn hosts_with(current: &str, name: &str) -> String {
 
 /// Adds `name` to `/etc/hosts` when it is a regular file; what happened, for the record.
 pub fn add_to_hosts(path: &Path, name: &str) -> Result<&'static str, String> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_file() => m,
-        Ok(_) => return Ok("not-a-regular-file"),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok("absent"),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
+    let content = |p: &Path| {
+        std::fs::read_to_string(p)
+            .map(|current| hosts_with(&current, name))
+            .map_err(|e| format!("{}: {e}", p.display()))
     };
-    let current = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let content = hosts_with(&current, name);
-    match crate::sys::state_files::replace_file(
-        path,
-        content.as_bytes(),
-        meta.mode() & 0o7777,
-        (meta.uid(), meta.gid()),
-    ) {
-        Ok(()) => Ok("added"),
-        // Docker bind-mounts /etc/hosts: written in place.
-        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => std::fs::OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .open(path)
-            .and_then(|mut f| f.write_all(content.as_bytes()))
-            .map(|()| "added-in-place")
-            .map_err(|e| format!("{}: {e}", path.display())),
-        Err(e) => Err(format!("{}: {e}", path.display())),
-    }
+    Ok(match replace_system_file(path, content)? {
+        Replaced::Absent => "absent",
+        Replaced::NotRegular => "not-a-regular-file",
+        Replaced::Renamed => "added",
+        Replaced::InPlace => "added-in-place",
+    })
 }
 
 /// A UUID (version 4 layout) from 16 random bytes, as the kernel prints `boot_id`.

@@ -136,7 +136,8 @@ pub fn read() -> Option<Reading> {
 pub fn step(offset_ms: i64) -> std::io::Result<()> {
     let target = realtime_ns() + i128::from(offset_ms) * 1_000_000;
     let ts = libc::timespec {
-        tv_sec: (target.div_euclid(1_000_000_000)) as libc::time_t,
+        // `as _`: the field's own type (libc deprecates naming `time_t` on musl).
+        tv_sec: (target.div_euclid(1_000_000_000)) as _,
         tv_nsec: (target.rem_euclid(1_000_000_000)) as libc::c_long,
     };
     // SAFETY: a valid timespec.

@@ -203,7 +203,6 @@ fn check_template(name: &str) {
             let library = match src {
                 "microvm_agent" => Some("clients/python/src/microvm_agent"),
                 "node_modules/microvm-agent" => Some("clients/node"),
-                "dev" => Some("clients/java/src/main/java/dev"),
                 _ => None,
             };
             if let Some(from) = library {

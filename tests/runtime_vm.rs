@@ -275,12 +275,10 @@ fn build_apps(out: &Path) {
                     std::fs::copy(root().join("clients/node").join(f), lib.join(f)).unwrap();
                 }
             }
-            // With its client library's source, as the Dockerfile compiles them.
             "java" => run(
                 Command::new("javac")
                     .args(["--release", "17", "-d", &d])
-                    .arg(src.join("App.java"))
-                    .arg(root().join(JAVA_CLIENT)),
+                    .arg(src.join("App.java")),
                 "javac",
             ),
             "go" => run(
@@ -319,9 +317,6 @@ fn build_apps(out: &Path) {
         }
     }
 }
-
-/// The Java client library's one source file (the Java template compiles it with its app).
-const JAVA_CLIENT: &str = "clients/java/src/main/java/dev/microvm/agent/MicroVmAgent.java";
 
 /// The unmodified apps' configuration: what an author writes who has read nothing about clones.
 const PLAIN_TOML: &str = "[app]\nrestart = \"on-failure\"\n\n[ready]\nhttp = \"http://127.0.0.1:8080/healthz\"\n\n[hooks]\nready_timeout = \"60s\"\n";

@@ -55,15 +55,10 @@ fn prepare_with(
         }
         "node" => vec!["node".into(), src.join("app.js").display().to_string()],
         "java" => {
-            // With its client library's source, as the Dockerfile compiles them.
             run(
                 Command::new("javac")
                     .args(["-d", &d])
-                    .arg(src.join("App.java"))
-                    .arg(
-                        root()
-                            .join("clients/java/src/main/java/dev/microvm/agent/MicroVmAgent.java"),
-                    ),
+                    .arg(src.join("App.java")),
                 "javac",
             );
             vec!["java".into(), "-cp".into(), d.clone(), "App".into()]

@@ -82,6 +82,7 @@ public final class MicroVmAgent {
     if (started) return;
     started = true;
     String path = System.getenv("MICROVM_AGENT_INPROC");
+    warmUp();
     if (path == null) {
       LOG.log(System.Logger.Level.INFO, "not behind microvm-agent (no MICROVM_AGENT_INPROC): callbacks will not run");
       return;
@@ -89,6 +90,20 @@ public final class MicroVmAgent {
     Thread t = new Thread(() -> serve(path), "microvm-agent");
     t.setDaemon(true);
     t.start();
+  }
+
+  /**
+   * Runs the library's own path once, callbacks aside, before the snapshot: a clone's first
+   * generation otherwise pays for loading and verifying these classes inside the hook's budget
+   * (measured under an emulated CPU: a Java app's first /run went from 0.3 to 0.7 s without it).
+   */
+  private static void warmUp() {
+    parse("MVA1 generation 0 " + "00".repeat(32));
+    parse("MVA1 event suspend 0");
+    fromJson("{\"generation\":0,\"id\":\"00\",\"reason\":\"warm-up\",\"microvm_id\":null}");
+    failLine(0, "warm-up");
+    current();
+    seedMaterial();
   }
 
   private static Optional<byte[]> read(String name) {

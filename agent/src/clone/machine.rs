@@ -70,28 +70,12 @@ impl Facts {
 
     pub fn read() -> Facts {
         Facts {
-            cap_sys_admin: has_cap_sys_admin(),
+            cap_sys_admin: crate::sys::caps::Sets::of_self().has(crate::sys::caps::SYS_ADMIN),
             vmgenid: vmgenid_bound(),
             vmclock: vmclock_counts_generations(),
             hardware_random: crate::clone::entropy::hardware_random_source(),
         }
     }
-}
-
-const CAP_SYS_ADMIN: u32 = 21;
-
-fn has_cap_sys_admin() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            let hex = s
-                .lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))?
-                .trim()
-                .to_string();
-            u64::from_str_radix(&hex, 16).ok()
-        })
-        .is_some_and(|eff| eff & (1 << CAP_SYS_ADMIN) != 0)
 }
 
 /// A driver directory that holds at least one bound device (a symlink per device).

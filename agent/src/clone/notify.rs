@@ -168,10 +168,10 @@ pub async fn notify(
             let g = generation.filter(|_| ctx.inproc.active())?;
             ctx.inproc.tell(g.generation, ctx.draw, until).await
         } else {
-            let name = crate::clone::inproc::EVENTS
-                .into_iter()
-                .find(|e| *e == event.as_str())
-                .filter(|e| ctx.inproc.wants(e))?;
+            let name = event.as_str();
+            if !ctx.inproc.wants(name) {
+                return None;
+            }
             ctx.inproc.tell_event(name, number, until).await
         };
         let r = if missing.is_empty() {

@@ -129,6 +129,8 @@ pub struct Agent {
     /// The clock's offset from its reference as the last comparison left it (ms; after a step,
     /// 0): a later one a second staler is a restore (`per_vm`).
     clock_baseline: Mutex<Option<i64>>,
+    /// A stale-clock comparison is running (`per_vm`): requests meanwhile start none.
+    clock_comparing: std::sync::atomic::AtomicBool,
     /// The capability split (`sys::caps`), for `/status`.
     pub privileges: std::sync::OnceLock<crate::sys::caps::Report>,
 }
@@ -164,6 +166,7 @@ impl Agent {
             restore_sources: std::sync::OnceLock::new(),
             privileges: std::sync::OnceLock::new(),
             clock_baseline: Mutex::new(None),
+            clock_comparing: Default::default(),
         })
     }
 

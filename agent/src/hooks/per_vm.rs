@@ -24,11 +24,7 @@ impl Agent {
     /// Compares the wall clock with the VM's best reference; steps it forward when it is stale
     /// and the agent may. `None`: no reference (or the I/O thread was busy).
     pub(crate) async fn check_clock(&self) -> Option<ClockCheck> {
-        let reading: Reading = tokio::time::timeout(CLOCK_READ, offload::run(wallclock::read))
-            .await
-            .ok()
-            .flatten()
-            .flatten()?;
+        let reading = read_clock().await?;
         let action = if !reading.stale() {
             "within-1s"
         } else if self.config.clock_step == ClockStep::Off {
@@ -83,12 +79,14 @@ impl Agent {
         if !matches!(self.state(), Ready | Running | Suspended) {
             return;
         }
-        let Some(reading) = tokio::time::timeout(CLOCK_READ, offload::run(wallclock::read))
-            .await
-            .ok()
-            .flatten()
-            .flatten()
-        else {
+        // One comparison at a time: a burst of requests costs one read, not one each.
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.clock_comparing.swap(true, Relaxed) {
+            return;
+        }
+        let reading = read_clock().await;
+        self.clock_comparing.store(false, Relaxed);
+        let Some(reading) = reading else {
             return;
         };
         let staler = {
@@ -188,6 +186,16 @@ impl Agent {
             .map(|b| format!("{b:02x}"))
             .collect()
     }
+}
+
+/// The wall clock against its reference, read on the I/O thread (`None`: no reference, or the
+/// I/O thread was busy for longer than `CLOCK_READ`).
+async fn read_clock() -> Option<Reading> {
+    tokio::time::timeout(CLOCK_READ, offload::run(wallclock::read))
+        .await
+        .ok()
+        .flatten()
+        .flatten()
 }
 
 /// On the platform, or PID 1 (the container is the agent's): where "auto" may change the

@@ -333,25 +333,19 @@ impl Agent {
     /// A restore noticed without a hook (VM generation counter, VMGenID uevent, clock step).
     /// Runs the routine unless a hook just did, on a VM whose app is up.
     pub async fn restore_detected(&self, source: &'static str) {
-        let recent =
-            crate::sys::lock(&self.last_hook_routine).is_some_and(|t| t.elapsed() < SAME_RESTORE);
         let state = self.state();
         // Ready counts: a clone restored from the build snapshot whose /run hook is disabled (or
         // late) is exactly what this defence is for. Booting does not: the app is not up yet, and
         // the build VM itself is never restored before its snapshot.
         use crate::hooks::lifecycle::State::{Ready, Running, Suspended};
-        if recent || !matches!(state, Ready | Running | Suspended) {
-            tracing::info!(
-                source,
-                ?state,
-                handled_by_hook = recent,
-                "restore detected; nothing to do"
-            );
+        if !matches!(state, Ready | Running | Suspended) {
+            tracing::info!(source, ?state, "restore detected; nothing to do");
             return;
         }
+        // After the hooks' guard: a hook's routine in progress finishes first. One restore can
+        // show up on several sources (a hook, a stale clock, then the clock step that routine
+        // itself makes): whichever came first made the generation.
         let _guard = self.actions.lock().await;
-        // One restore can show up on several sources (a stale clock, then the clock step this
-        // very routine makes): whichever came first made the generation.
         {
             let mut last = crate::sys::lock(&self.last_hook_routine);
             if last.is_some_and(|t| t.elapsed() < SAME_RESTORE) {

@@ -94,7 +94,7 @@ enum Payload {
 }
 
 /// The events without a generation a process may ask for in its hello.
-pub const EVENTS: [&str; 2] = ["suspend", "terminate"];
+const EVENTS: [&str; 2] = ["suspend", "terminate"];
 
 struct Member {
     id: u64,

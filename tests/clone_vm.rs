@@ -565,8 +565,8 @@ fn unannounced(lab: &Lab, mode: Mode, snap: &Path, tag: &str) {
 /// The clock case: the clone's wall clock resumed stale by about `gap` ms (the VM was stopped
 /// between snapshot and restore, bracketed by the host's clock) and `skew` ms behind the host's
 /// as its app read it before `/run` (in `rtt` ms); the RTC follows the host. The agent must
-/// report that offset (within 1 s of the real skew, and half the read's round trip: the RTC
-/// counts whole seconds) and, with CAP_SYS_TIME, step the
+/// report that offset (within 2 s of the real skew, and half the read's round trip: the RTC
+/// counts whole seconds and QEMU's lags a little after a restore) and, with CAP_SYS_TIME, step the
 /// clock before the app is told: the app's clock when told within 1 s of the host's then.
 #[allow(clippy::too_many_arguments)]
 fn check_clock(
@@ -585,9 +585,11 @@ fn check_clock(
         gap.0 >= CLOCK_WAIT.as_millis() as i64 - 1000 && skew >= gap.0 - 1000,
         "[{tag}] the clone was restored too soon, or its clock was not stale: {gap:?}, {skew}"
     );
-    // Two errors add up: the RTC counts whole seconds (the agent takes the midpoint: +-0.5 s)
-    // and the skew itself was read through QEMU's port forwarding (+- half that round trip).
-    let tolerance = 1000 + rtt / 2;
+    // The errors add up: the RTC counts whole seconds (the agent takes the midpoint: +-0.5 s),
+    // QEMU's CMOS clock read right after a restore was measured up to 1.24 s behind what the
+    // app's own clock read said (ten CI runs: -1.24 s to +0.63 s), and the skew itself was read
+    // through QEMU's port forwarding (+- half that round trip).
+    let tolerance = 2000 + rtt / 2;
     assert!(
         (offset - skew).abs() < tolerance,
         "[{tag}] offset {offset} ms reported, the clock was {skew} ms behind (read in {rtt} ms; \

@@ -200,11 +200,10 @@ fn check_template(name: &str) {
                 continue; // the documented prebuilt binary, copied in by the image author
             }
             // A client library, copied in from this repository as the Dockerfile says.
-            let library = match src {
-                "microvm_agent" => Some("clients/python/src/microvm_agent"),
-                "node_modules/microvm-agent" => Some("clients/node"),
-                _ => None,
-            };
+            let library = support::LIBRARIES
+                .iter()
+                .find(|l| l.0 == name && l.1 == src)
+                .map(|l| l.2);
             if let Some(from) = library {
                 assert!(
                     text.contains(from) && support::root().join(from).is_dir(),
@@ -237,11 +236,15 @@ fn check_template(name: &str) {
     let work = std::env::temp_dir().join(format!("mva-docker-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).unwrap();
+    // The context as the author makes it (the client library copied in), then what the build
+    // stage copies of it.
+    let context = work.join("context");
+    support::build_context(name, &context);
     for (sources, _) in context_copies(stage) {
         for src in sources {
             let status = Command::new("cp")
                 .arg("-r")
-                .arg(dir.join(&src))
+                .arg(context.join(&src))
                 .arg(&work)
                 .status()
                 .unwrap();

@@ -55,19 +55,27 @@ fn prepare_with(
         }
         "node" => vec!["node".into(), src.join("app.js").display().to_string()],
         "java" => {
+            // With its client library's source, as the Dockerfile compiles them.
             run(
                 Command::new("javac")
                     .args(["-d", &d])
-                    .arg(src.join("App.java")),
+                    .arg(src.join("App.java"))
+                    .arg(
+                        root()
+                            .join("clients/java/src/main/java/dev/microvm/agent/MicroVmAgent.java"),
+                    ),
                 "javac",
             );
             vec!["java".into(), "-cp".into(), d.clone(), "App".into()]
         }
+        // Go and Rust: built in their build context, the client library copied in as the
+        // Dockerfile has it.
         "go" => {
+            support::build_context("go", &dir.join("context"));
             run(
                 Command::new("go")
                     .args(["build", "-o", &format!("{d}/server"), "."])
-                    .current_dir(&src)
+                    .current_dir(dir.join("context"))
                     .env("GOFLAGS", "-mod=mod"),
                 "go build",
             );
@@ -77,10 +85,11 @@ fn prepare_with(
             let target = std::env::var_os("CARGO_TARGET_DIR")
                 .map_or(root().join("target"), PathBuf::from)
                 .join("template-rust");
+            support::build_context("rust", &dir.join("context"));
             run(
                 Command::new("cargo")
-                    .args(["build", "-q", "--release", "--manifest-path"])
-                    .arg(src.join("Cargo.toml"))
+                    .args(["build", "-q", "--release", "--locked", "--manifest-path"])
+                    .arg(dir.join("context/Cargo.toml"))
                     .env("CARGO_TARGET_DIR", &target),
                 "cargo build (template)",
             );

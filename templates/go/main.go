@@ -1,14 +1,15 @@
-// A clone-safe Go app for microvm-agent (standard library only; go.mod says go 1.24, built with
-// a current Go).
+// A clone-safe Go app for microvm-agent, on its client library (package microvmagent,
+// clients/go; standard library only; go.mod says go 1.24, built with a current Go).
 //
 // The trap: the generators' state is made during the image build and every clone draws the same
 // numbers. The top-level functions of math/rand and math/rand/v2 draw from the runtime's
 // generator, seeded once at start-up: cloned, and with `go 1.24` or later in go.mod rand.Seed is
 // a no-op, so nothing reseeds them (under `go 1.19`..`1.23`, Seed still works).
-// The fix: keep your own *rand.Rand and replace it when the agent announces a new generation,
-// seeded from the kernel *and* the agent's per-generation seed ("seed" in the event): under the
-// platform's default capabilities and without VMGenID, crypto/rand can return the same bytes in
-// every clone; the seed cannot.
+// The fix: keep your own *rand.Rand over a ChaCha8 source and reseed the source in a callback
+// the library runs in every clone before the agent answers /run (and on every /resume), from the
+// kernel *and* the agent's seed (microvmagent.ReseedChaCha8): under the platform's default
+// capabilities and without VMGenID, crypto/rand can return the same bytes in every clone; the
+// seed cannot.
 //
 // GET /probe answers the next value of each common generator and what this template claims for
 // it ("safe", "kernel": safe only where the kernel was reseeded, "none"); tests/runtime_vm.rs
@@ -18,7 +19,6 @@ package main
 import (
 	crand "crypto/rand"
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -28,33 +28,22 @@ import (
 	"os"
 	"runtime"
 	"sync"
+
+	microvmagent "github.com/microvm-agent/microvm-agent/clients/go"
 )
 
 var (
 	mu         sync.Mutex
-	seed       [32]byte
-	draws      int64
-	rng        *rand.Rand
-	generation int64
+	src        = microvmagent.NewChaCha8() // crypto/rand ‖ the agent's seed
+	rng        = rand.New(src)             // kept by the app; its source reseeded in place
+	generation uint64
 )
 
-// reseed replaces the generator with one seeded from sha256(kernel bytes || agent seed).
-func reseed(agentSeedHex string) {
-	var b [32]byte
-	_, _ = crand.Read(b[:])
-	h := sha256.New()
-	h.Write(b[:])
-	if s, err := hex.DecodeString(agentSeedHex); err == nil {
-		h.Write(s)
-	}
-	copy(seed[:], h.Sum(nil))
-	rng = rand.New(rand.NewChaCha8(seed))
-	draws = 0
-}
-
-// fingerprint identifies the generator's state: its seed and how far it has been drawn.
+// fingerprint identifies the generator's state (its serialised ChaCha8 state; nothing drawn).
 func fingerprint() string {
-	return fmt.Sprintf("%016x-%d", binary.LittleEndian.Uint64(seed[:8]), draws)
+	state, _ := src.MarshalBinary()
+	sum := sha256.Sum256(state)
+	return hex.EncodeToString(sum[:8])
 }
 
 var claims = map[string]string{
@@ -67,7 +56,6 @@ var claims = map[string]string{
 func probe() map[string]any {
 	mu.Lock()
 	defer mu.Unlock()
-	draws++
 	var b [16]byte
 	_, _ = crand.Read(b[:])
 	return map[string]any{
@@ -84,7 +72,22 @@ func probe() map[string]any {
 }
 
 func main() {
-	reseed("")
+	// Every clone's /run, every /resume: runs before the agent answers the hook.
+	microvmagent.OnNewGeneration(func(g microvmagent.Generation) error {
+		mu.Lock()
+		before := fingerprint()
+		microvmagent.ReseedChaCha8(src)
+		generation = g.Number
+		line, _ := json.Marshal(map[string]any{"event": g.Reason, "generation": g.Number, "before": before, "after": fingerprint()})
+		mu.Unlock()
+		fmt.Println(string(line))
+		return nil
+	})
+	// Before the VM is frozen (OnTerminate: before the app is stopped).
+	microvmagent.OnSuspend(func(g microvmagent.Generation) error {
+		fmt.Printf("{\"event\":\"suspend\",\"generation\":%d}\n", g.Number)
+		return nil
+	})
 	port := os.Getenv("PORT")
 	if port == "" {
 		port = "8080"
@@ -94,26 +97,7 @@ func main() {
 	http.HandleFunc("/whoami", func(w http.ResponseWriter, r *http.Request) {
 		mu.Lock()
 		defer mu.Unlock()
-		draws++
 		_ = json.NewEncoder(w).Encode(map[string]any{"generation": generation, "random": rng.Int64(), "fingerprint": fingerprint()})
-	})
-	http.HandleFunc("/__lifecycle", func(w http.ResponseWriter, r *http.Request) {
-		var event struct {
-			Event      string `json:"event"`
-			Generation int64  `json:"generation"`
-			Seed       string `json:"seed"`
-		}
-		_ = json.NewDecoder(r.Body).Decode(&event)
-		mu.Lock()
-		before := fingerprint()
-		if event.Event == "run" || event.Event == "resume" || event.Event == "validate" {
-			reseed(event.Seed)
-			generation = event.Generation
-		}
-		line, _ := json.Marshal(map[string]any{"event": event.Event, "generation": event.Generation, "before": before, "after": fingerprint()})
-		mu.Unlock()
-		fmt.Println(string(line))
-		fmt.Fprint(w, `{"acknowledged":true}`)
 	})
 	if err := http.ListenAndServe("0.0.0.0:"+port, nil); err != nil {
 		fmt.Fprintln(os.Stderr, err)

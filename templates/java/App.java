@@ -1,36 +1,36 @@
-// A clone-safe Java app for microvm-agent (JDK only: com.sun.net.httpserver).
+// A clone-safe Java app for microvm-agent, on its client library (dev.microvm.agent.MicroVmAgent,
+// clients/java; JDK only: com.sun.net.httpserver).
 //
 // The trap: a java.util.Random (or a SecureRandom DRBG/SHA1PRNG instance) created during the image
 // build keeps its state in the snapshot, and every clone draws the same numbers. The fix: replace
-// it when the agent announces a new generation, seeded from the kernel *and* the agent's
-// per-generation seed ("seed" in the event): under the platform's default capabilities and
-// without VMGenID the kernel can hand every clone the same bytes, the seed cannot.
-// What supports reseed(): a DRBG SecureRandom (reseeded here with the same mix, as additional
-// input). SHA1PRNG and NativePRNG throw UnsupportedOperationException from reseed() (JDK 17):
-// never call it on them from a handler. The default `new SecureRandom()` (NativePRNG) and
-// UUID.randomUUID() read the kernel: safe only where the agent's kernel_crng is "reseeded" or
-// "platform". A Random made at start-up that nobody replaces (a library's) stays cloned.
+// it in a callback the library runs in every clone before the agent answers /run (and on every
+// /resume), seeded from the kernel *and* the agent's seed (MicroVmAgent.seedMaterial()): under
+// the platform's default capabilities and without VMGenID the kernel can hand every clone the
+// same bytes, the seed cannot. What supports reseed(): a DRBG SecureRandom
+// (MicroVmAgent.reseed(drbg): the same mix, as additional input). SHA1PRNG and NativePRNG throw
+// UnsupportedOperationException from reseed() (JDK 17): the library uses setSeed on them. The
+// default `new SecureRandom()` (NativePRNG) and UUID.randomUUID() read the kernel: safe only
+// where the agent's kernel_crng is "reseeded" or "platform". A Random made at start-up that
+// nobody replaces (a library's) stays cloned.
 //
 // GET /probe answers the next value of each common generator and what this template claims for
 // it ("safe", "kernel": safe only where the kernel was reseeded, "none"); tests/runtime_vm.rs
 // measures them in real clones.
 import com.sun.net.httpserver.HttpExchange;
 import com.sun.net.httpserver.HttpServer;
+import dev.microvm.agent.MicroVmAgent;
 import java.io.ByteArrayOutputStream;
 import java.io.IOException;
 import java.io.ObjectOutputStream;
 import java.net.InetSocketAddress;
 import java.nio.charset.StandardCharsets;
 import java.security.MessageDigest;
-import java.security.DrbgParameters;
 import java.security.SecureRandom;
 import java.util.LinkedHashMap;
 import java.util.Map;
 import java.util.UUID;
 import java.util.HexFormat;
 import java.util.Random;
-import java.util.regex.Matcher;
-import java.util.regex.Pattern;
 
 public class App {
     static volatile Random rng = new Random();
@@ -90,23 +90,10 @@ public class App {
         return HexFormat.of().formatHex(d, 0, 8);
     }
 
-    /** seed = SHA-256(kernel bytes || agent seed); never throws on a missing or odd seed. */
-    static void reseed(String agentSeedHex) throws Exception {
-        byte[] os = new byte[32];
-        new SecureRandom().nextBytes(os); // NativePRNG: the kernel
-        MessageDigest h = MessageDigest.getInstance("SHA-256");
-        h.update(os);
-        if (agentSeedHex.matches("[0-9a-f]{64}")) {
-            h.update(HexFormat.of().parseHex(agentSeedHex));
-        }
-        byte[] mix = h.digest();
-        rng = new Random(java.nio.ByteBuffer.wrap(mix).getLong());
-        DRBG.reseed(DrbgParameters.reseed(false, mix));
-    }
-
-    static String field(String json, String name) {
-        Matcher m = Pattern.compile("\"" + name + "\"\\s*:\\s*\"?([^\",}]*)").matcher(json);
-        return m.find() ? m.group(1) : "";
+    /** The generator replaced, the DRBG reseeded: each from SHA-256(kernel bytes || agent seed). */
+    static void reseed() {
+        rng = MicroVmAgent.newRandom();
+        MicroVmAgent.reseed(DRBG);
     }
 
     static void reply(HttpExchange x, int status, String body) throws IOException {
@@ -117,15 +104,13 @@ public class App {
         x.close();
     }
 
-    static void onEvent(String body) throws Exception {
-        String event = field(body, "event");
+    /** Every clone's /run, every /resume: runs before the agent answers the hook. */
+    static void onNewGeneration(MicroVmAgent.Generation gen) throws Exception {
         String before = fingerprint();
-        if (event.equals("run") || event.equals("resume") || event.equals("validate")) {
-            reseed(field(body, "seed"));
-            generation = Long.parseLong(field(body, "generation"));
-        }
-        System.out.printf("{\"event\":\"%s\",\"generation\":%s,\"before\":\"%s\",\"after\":\"%s\"}%n",
-                event, field(body, "generation"), before, fingerprint());
+        reseed();
+        generation = gen.number();
+        System.out.printf("{\"event\":\"%s\",\"generation\":%d,\"before\":\"%s\",\"after\":\"%s\"}%n",
+                gen.reason(), gen.number(), before, fingerprint());
         System.out.flush();
     }
 
@@ -142,19 +127,16 @@ public class App {
                 reply(x, 500, "{\"error\":\"" + e + "\"}");
             }
         });
-        server.createContext("/__lifecycle", x -> {
-            try {
-                onEvent(new String(x.getRequestBody().readAllBytes(), StandardCharsets.UTF_8));
-                reply(x, 200, "{\"acknowledged\":true}");
-            } catch (Exception e) {
-                reply(x, 500, "{\"error\":\"" + e + "\"}");
-            }
+        MicroVmAgent.onNewGeneration(App::onNewGeneration);
+        // Before the VM is frozen (onTerminate: before the app is stopped).
+        MicroVmAgent.onSuspend(gen -> {
+            System.out.printf("{\"event\":\"suspend\",\"generation\":%d}%n", gen.number());
+            System.out.flush();
         });
-        // Run the handler's code once before the snapshot: a clone's first event must not pay
+        // Run the callback's work once before the snapshot: a clone's first event must not pay
         // for loading and verifying these classes inside /run's budget (measured: it did not fit
         // in 800 ms on an emulated CPU).
-        reseed("");
-        field("{\"event\":\"warm-up\",\"generation\":0}", "event");
+        reseed();
         fingerprint();
         probe();
         server.start();

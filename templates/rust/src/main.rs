@@ -1,18 +1,20 @@
-//! A clone-safe Rust app for microvm-agent (std HTTP, `rand` 0.9).
+//! A clone-safe Rust app for microvm-agent (std HTTP, `rand` 0.9), on its client library
+//! (`microvm-agent-client`, clients/rust).
 //!
 //! The trap: any `StdRng` you keep is seeded once, during the image build, and never reseeds by
 //! itself (`rand::rng()`, ThreadRng, reseeds only after 64 KiB of output): every clone draws the
-//! same numbers. The fix: replace it when the agent announces a new generation, seeded from the
-//! kernel *and* the agent's per-generation seed ("seed" in the event): under the platform's
-//! default capabilities and without VMGenID, `OsRng` can return the same bytes in every clone;
-//! the seed cannot. `rand::rng()` is seeded from `OsRng` once per thread: in this
-//! thread-per-connection server every request gets a fresh one (safe only where the kernel was
-//! reseeded); in a long-lived thread (a pool, an async runtime's worker) it is cloned state.
+//! same numbers. The fix: replace it in a callback the library runs in every clone before the
+//! agent answers /run (and on every /resume), seeded from the kernel *and* the agent's seed
+//! (`seed_material()`: OS bytes XOR the agent's seed): under the platform's default capabilities
+//! and without VMGenID, `OsRng` can return the same bytes in every clone; the seed cannot.
+//! `rand::rng()` is seeded from `OsRng` once per thread: in this thread-per-connection server
+//! every request gets a fresh one (safe only where the kernel was reseeded); in a long-lived
+//! thread (a pool, an async runtime's worker) it is cloned state.
 //!
 //! GET /probe answers the next value of each common generator and what this template claims for
 //! it ("safe", "kernel": safe only where the kernel was reseeded, "none"); tests/runtime_vm.rs
 //! measures them in real clones.
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::sync::Mutex;
 
@@ -49,17 +51,10 @@ fn probe() -> String {
     )
 }
 
-/// The kernel's bytes XOR the agent's seed: uniform if either is, different per clone if the
-/// seed is (two independent 32-byte values; no hash crate needed).
-fn reseed(agent_seed_hex: &str) {
-    let mut seed = <StdRng as SeedableRng>::Seed::default();
-    rand::rngs::OsRng.try_fill_bytes(&mut seed).expect("getrandom");
-    if agent_seed_hex.len() == 64 {
-        for (i, s) in seed.iter_mut().enumerate() {
-            *s ^= u8::from_str_radix(&agent_seed_hex[2 * i..2 * i + 2], 16).unwrap_or(0);
-        }
-    }
-    *RNG.lock().unwrap() = Some(StdRng::from_seed(seed));
+/// A new generator from the kernel's bytes XOR the agent's seed: uniform if either is, different
+/// per clone if the seed is.
+fn reseed() {
+    *RNG.lock().unwrap() = Some(StdRng::from_seed(microvm_agent_client::seed_material()));
 }
 
 /// The generator's next value, drawn from a copy: a fingerprint of its state.
@@ -68,14 +63,23 @@ fn fingerprint() -> String {
     format!("{:016x}", copy.expect("seeded").random::<u64>())
 }
 
-fn field<'a>(json: &'a str, name: &str) -> &'a str {
-    let key = format!("\"{name}\":");
-    json.find(&key).map_or("", |i| json[i + key.len()..].trim_start().trim_start_matches('"').split(['"', ',', '}']).next().unwrap_or(""))
-}
-
 fn main() {
-    reseed("");
+    reseed();
     *STARTUP.lock().unwrap() = Some(StdRng::from_os_rng());
+    // Every clone's /run, every /resume: runs before the agent answers the hook.
+    microvm_agent_client::on_new_generation(|g| {
+        let before = fingerprint();
+        reseed();
+        *GENERATION.lock().unwrap() = g.number;
+        let reason = g.reason.as_deref().unwrap_or("");
+        println!(r#"{{"event":"{reason}","generation":{},"before":"{before}","after":"{}"}}"#, g.number, fingerprint());
+        Ok(())
+    });
+    // Before the VM is frozen (on_terminate: before the app is stopped).
+    microvm_agent_client::on_suspend(|g| {
+        println!(r#"{{"event":"suspend","generation":{}}}"#, g.number);
+        Ok(())
+    });
     let port = std::env::var("PORT").unwrap_or_else(|_| "8080".into());
     let listener = TcpListener::bind(format!("0.0.0.0:{port}")).expect("bind");
     for conn in listener.incoming().flatten() {
@@ -86,19 +90,12 @@ fn main() {
             if r.read_line(&mut line).unwrap_or(0) == 0 {
                 return;
             }
-            let mut len = 0;
             loop {
                 let mut h = String::new();
                 if r.read_line(&mut h).unwrap_or(0) == 0 || h.trim_end().is_empty() {
                     break;
                 }
-                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
             }
-            let mut body = vec![0; len];
-            let _ = r.read_exact(&mut body);
-            let body = String::from_utf8_lossy(&body).into_owned();
             let (status, text) = match line.split_whitespace().nth(1).unwrap_or("/") {
                 "/healthz" => ("200 OK", r#"{"ok":true}"#.to_string()),
                 "/probe" => ("200 OK", probe()),
@@ -106,16 +103,6 @@ fn main() {
                     let value: u64 = RNG.lock().unwrap().as_mut().expect("seeded").random();
                     let g = *GENERATION.lock().unwrap();
                     ("200 OK", format!(r#"{{"generation":{g},"random":{value},"fingerprint":"{}"}}"#, fingerprint()))
-                }
-                "/__lifecycle" => {
-                    let (event, generation) = (field(&body, "event"), field(&body, "generation"));
-                    let before = fingerprint();
-                    if matches!(event, "run" | "resume" | "validate") {
-                        reseed(field(&body, "seed"));
-                        *GENERATION.lock().unwrap() = generation.parse().unwrap_or(0);
-                    }
-                    println!(r#"{{"event":"{event}","generation":{generation},"before":"{before}","after":"{}"}}"#, fingerprint());
-                    ("200 OK", r#"{"acknowledged":true}"#.to_string())
                 }
                 _ => ("404 Not Found", r#"{"error":"not found"}"#.to_string()),
             };

@@ -1,0 +1,270 @@
+//! The apps of the runtime clone test: the five templates, broken copies of the Python one (the
+//! test of the test), and the unmodified apps of `tests/runtime/`, each built for the guest's
+//! architecture.
+
+use crate::support::run;
+use crate::vm::Arch;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// One app in the guest: a template (or a broken copy of one) under its own agent.
+pub struct App {
+    pub name: &'static str,
+    pub template: &'static str,
+    /// The guest's command line for the app, after `--`.
+    pub command: &'static str,
+    /// For a broken copy: the text replaced in the template's app, and what replaces it.
+    pub broken: Option<(&'static str, &'static str)>,
+    /// `[app] reseed_in_process` (the agent's default is on).
+    pub inproc: bool,
+    /// It opens outbound TLS connections to the recorder on every probe (server name: its name).
+    pub tls: bool,
+}
+
+const fn app(name: &'static str, template: &'static str, command: &'static str) -> App {
+    App {
+        name,
+        template,
+        command,
+        broken: None,
+        inproc: true,
+        tls: false,
+    }
+}
+
+pub const APPS: [App; 12] = [
+    app("python", "python", "python3 /run/mva/python/app.py"),
+    app("node", "node", "node /run/mva/node/app.js"),
+    app("java", "java", "java -cp /run/mva/java App"),
+    app("go", "go", "/run/mva/go/server"),
+    app("rust", "rust", "/run/mva/rust/server"),
+    App {
+        broken: Some(("microvm_agent.reseed(random)", "random.seed(42)")),
+        inproc: false,
+        ..app(
+            "python-constant",
+            "python",
+            "python3 /run/mva/python-constant/app.py",
+        )
+    },
+    App {
+        broken: Some(("microvm_agent.reseed(random)", "pass")),
+        inproc: false,
+        ..app(
+            "python-no-handler",
+            "python",
+            "python3 /run/mva/python-no-handler/app.py",
+        )
+    },
+    // Unmodified apps (tests/runtime/): no handler, no seed; the agent's in-process reseed is
+    // all they get, and what they send on the wire is read from the recorder.
+    App {
+        tls: true,
+        ..app(
+            "plain-python",
+            "plain-python",
+            "python3 /run/mva/plain-python/plain.py plain-python",
+        )
+    },
+    App {
+        tls: true,
+        ..app(
+            "plain-node",
+            "plain-node",
+            "node /run/mva/plain-node/plain.js plain-node",
+        )
+    },
+    App {
+        tls: true,
+        ..app("plain-c", "plain-c", "/run/mva/plain-c/plain-c plain-c")
+    },
+    // The same apps with the switch off: the test of the test for the in-process reseed.
+    App {
+        inproc: false,
+        tls: true,
+        ..app(
+            "plain-python-off",
+            "plain-python",
+            "python3 /run/mva/plain-python-off/plain.py plain-python-off",
+        )
+    },
+    App {
+        inproc: false,
+        tls: true,
+        ..app(
+            "plain-node-off",
+            "plain-node",
+            "node /run/mva/plain-node-off/plain.js plain-node-off",
+        )
+    },
+];
+
+impl App {
+    /// A copy that must fail the check (the test of the test): a broken handler, or an
+    /// unmodified app with the in-process reseed switched off.
+    pub fn control(&self) -> bool {
+        self.broken.is_some() || (!self.inproc && self.template.starts_with("plain-"))
+    }
+    fn index(&self) -> u16 {
+        APPS.iter().position(|a| a.name == self.name).unwrap() as u16
+    }
+    pub fn app_port(&self) -> u16 {
+        8081 + self.index()
+    }
+    pub fn hook_port(&self) -> u16 {
+        9001 + self.index()
+    }
+}
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The unmodified apps' configuration: what an author writes who has read nothing about clones.
+const PLAIN_TOML: &str = "[app]\nrestart = \"on-failure\"\n\n[ready]\nhttp = \"http://127.0.0.1:8080/healthz\"\n\n[hooks]\nready_timeout = \"60s\"\n";
+
+/// The Java client library's one source file (the Java template compiles it with its app).
+const JAVA_CLIENT: &str = "clients/java/src/main/java/dev/microvm/agent/MicroVmAgent.java";
+
+/// The template's build context (`support::build_context`), next to the apps in `out`.
+fn context(out: &Path, template: &str) -> PathBuf {
+    let dir = out.with_file_name(format!("context-{template}"));
+    if !dir.exists() {
+        crate::support::build_context(template, &dir);
+    }
+    dir
+}
+
+/// The Go architecture and Rust target of the guest's static binaries.
+fn targets(arch: Arch) -> (&'static str, &'static str) {
+    match arch {
+        Arch::X86_64 => ("amd64", "x86_64-unknown-linux-musl"),
+        Arch::Aarch64 => ("arm64", "aarch64-unknown-linux-musl"),
+    }
+}
+
+/// The arm64 libssl and libc `prepare.sh` extracted (the unmodified C app links against them).
+pub fn arm64_libs() -> PathBuf {
+    Arch::Aarch64
+        .dir()
+        .join("userland/usr/lib/aarch64-linux-gnu")
+}
+
+/// Builds every app into `out/<name>/`: the template's files, its configuration with its ports,
+/// Java's classes, and Go's, Rust's and C's binaries for `arch`.
+pub fn build(out: &Path, arch: Arch) {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or(root().join("target"), PathBuf::from)
+        .join("template-rust");
+    let (goarch, rust_target) = targets(arch);
+    for app in &APPS {
+        let src = root().join("templates").join(app.template);
+        let dir = out.join(app.name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let toml = if app.template.starts_with("plain-") {
+            PLAIN_TOML.to_string()
+        } else {
+            std::fs::read_to_string(src.join("microvm-agent.toml")).unwrap()
+        };
+        let mut toml = toml.replace("8080", &app.app_port().to_string());
+        if !app.inproc {
+            assert!(toml.contains("[app]\n"), "{}: no [app] section", app.name);
+            toml = toml.replace("[app]\n", "[app]\nreseed_in_process = false\n");
+        }
+        std::fs::write(dir.join("microvm-agent.toml"), toml).unwrap();
+        let d = dir.display().to_string();
+        let plain = root().join("tests/runtime");
+        match app.template {
+            "plain-python" => {
+                std::fs::copy(plain.join("plain.py"), dir.join("plain.py")).unwrap();
+            }
+            "plain-node" => {
+                std::fs::copy(plain.join("plain.js"), dir.join("plain.js")).unwrap();
+            }
+            // Against libssl.so.3 alone (plain.c declares what it calls): on x86_64 the host's
+            // (the guest is the same Debian release), on aarch64 the arm64 one prepare.sh
+            // extracted, with Debian's cross compiler.
+            "plain-c" => {
+                let mut gcc = match arch {
+                    Arch::X86_64 => Command::new("gcc"),
+                    Arch::Aarch64 => {
+                        let libs = arm64_libs();
+                        let mut c = Command::new("aarch64-linux-gnu-gcc");
+                        c.arg(format!("-L{}", libs.display()))
+                            .arg(format!("-Wl,-rpath-link,{}", libs.display()));
+                        c
+                    }
+                };
+                run(
+                    gcc.args(["-O2", "-o", &format!("{d}/plain-c")])
+                        .arg(plain.join("plain.c"))
+                        .args(["-l:libssl.so.3", "-l:libcrypto.so.3"]),
+                    "gcc (plain.c)",
+                )
+            }
+            "python" => {
+                let text = std::fs::read_to_string(src.join("app.py")).unwrap();
+                let text = match app.broken {
+                    Some((from, to)) => {
+                        assert!(text.contains(from), "the broken copy no longer applies");
+                        text.replace(from, to)
+                    }
+                    None => text,
+                };
+                std::fs::write(dir.join("app.py"), text).unwrap();
+                // Its client library, next to it as the Dockerfile has it.
+                let lib = root().join("clients/python/src/microvm_agent/__init__.py");
+                std::fs::create_dir_all(dir.join("microvm_agent")).unwrap();
+                std::fs::copy(lib, dir.join("microvm_agent/__init__.py")).unwrap();
+            }
+            "node" => {
+                std::fs::copy(src.join("app.js"), dir.join("app.js")).unwrap();
+                // Its client library, in node_modules as the Dockerfile has it.
+                let lib = dir.join("node_modules/microvm-agent");
+                std::fs::create_dir_all(&lib).unwrap();
+                for f in ["index.js", "package.json"] {
+                    std::fs::copy(root().join("clients/node").join(f), lib.join(f)).unwrap();
+                }
+            }
+            // With its client library's source, as the Dockerfile compiles them.
+            "java" => run(
+                Command::new("javac")
+                    .args(["--release", "17", "-d", &d])
+                    .arg(src.join("App.java"))
+                    .arg(root().join(JAVA_CLIENT)),
+                "javac",
+            ),
+            // Go and Rust: built in their build context, the client library copied in as the
+            // Dockerfile has it.
+            "go" => run(
+                Command::new("go")
+                    .args(["build", "-trimpath", "-o", &format!("{d}/server"), "."])
+                    .current_dir(context(out, "go"))
+                    .env("CGO_ENABLED", "0")
+                    .env("GOOS", "linux")
+                    .env("GOARCH", goarch)
+                    .env("GOFLAGS", "-mod=mod"),
+                "go build",
+            ),
+            "rust" => {
+                run(
+                    Command::new("cargo")
+                        .args(["build", "-q", "--release", "--locked", "--target"])
+                        .arg(rust_target)
+                        .arg("--manifest-path")
+                        .arg(context(out, "rust").join("Cargo.toml"))
+                        .env("CARGO_TARGET_DIR", &target)
+                        // As the workspace's .cargo/config.toml says, wherever cargo is run from.
+                        .env("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER", "rust-lld"),
+                    "cargo build (template)",
+                );
+                std::fs::copy(
+                    target.join(rust_target).join("release/microvm-app"),
+                    dir.join("server"),
+                )
+                .unwrap();
+            }
+            other => panic!("no template {other}"),
+        }
+    }
+}

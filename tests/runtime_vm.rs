@@ -164,11 +164,13 @@ impl Mode {
     }
     /// QEMU's CPU model: FEAT_RNG with pointer authentication on QEMU's cheap algorithm
     /// (Debian's arm64 programs sign their return addresses: the architected one costs TCG
-    /// dearly, and the test measures generators, not PAC), or a CPU without FEAT_RNG.
+    /// dearly) and without SVE (the JVM's compiled code uses it when present, which TCG emulates
+    /// slowly: measured, Java's first /run went from 465-560 ms to 225-318 ms of its 800 ms),
+    /// or a CPU without FEAT_RNG. The test measures generators, not PAC or vectors.
     fn cpu(self) -> &'static str {
         match (self.arch, self.rndr) {
             (Arch::X86_64, _) => "",
-            (Arch::Aarch64, true) => "max,pauth-impdef=on",
+            (Arch::Aarch64, true) => "max,pauth-impdef=on,sve=off",
             (Arch::Aarch64, false) => "cortex-a72",
         }
     }

@@ -15,7 +15,8 @@ use support::{agent, free_port, have_tool as have, root, run};
 
 const SIM: &str = env!("CARGO_BIN_EXE_microvm-sim");
 
-/// Copies a template into a fresh directory with its ports replaced, builds it, and returns the
+/// The template's build context as its author makes it (its files and its client library copied
+/// in, as its Dockerfile expects) in a fresh directory, its ports replaced, built; returns the
 /// directory and the app's command.
 fn prepare(lang: &str, app_port: u16, hook_port: u16) -> (PathBuf, Vec<String>) {
     prepare_with(lang, app_port, hook_port, None)
@@ -28,54 +29,47 @@ fn prepare_with(
     hook_port: u16,
     app: Option<&std::path::Path>,
 ) -> (PathBuf, Vec<String>) {
-    let src = root().join("templates").join(lang);
     // One directory per run: tests of one template run in parallel.
     static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let nth = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir =
         std::env::temp_dir().join(format!("mva-template-{lang}-{}-{nth}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let copy = |name: &str| {
-        let text = std::fs::read_to_string(src.join(name)).unwrap();
+    support::build_context(lang, &dir);
+    for name in ["microvm-agent.toml", "hooks.json"] {
+        let text = std::fs::read_to_string(dir.join(name)).unwrap();
         std::fs::write(
             dir.join(name),
             text.replace("8080", &app_port.to_string())
                 .replace("\"port\": 9000", &format!("\"port\": {hook_port}")),
         )
         .unwrap();
-    };
-    copy("microvm-agent.toml");
-    copy("hooks.json");
+    }
+    if let Some(app) = app {
+        std::fs::copy(app, dir.join("app.py")).unwrap();
+    }
     let d = dir.display().to_string();
     let command = match lang {
-        "python" | "passthrough" => {
-            let script = app.map_or(src.join("app.py"), std::path::Path::to_path_buf);
-            vec!["python3".into(), script.display().to_string()]
-        }
-        "node" => vec!["node".into(), src.join("app.js").display().to_string()],
+        // Next to its library, as in the image (`/app/app.py`, `/app/microvm_agent`,
+        // `/app/node_modules/microvm-agent`).
+        "python" | "passthrough" => vec!["python3".into(), format!("{d}/app.py")],
+        "node" => vec!["node".into(), format!("{d}/app.js")],
         "java" => {
             // With its client library's source, as the Dockerfile compiles them.
             run(
                 Command::new("javac")
                     .args(["-d", &d])
-                    .arg(src.join("App.java"))
-                    .arg(
-                        root()
-                            .join("clients/java/src/main/java/dev/microvm/agent/MicroVmAgent.java"),
-                    ),
+                    .arg(dir.join("App.java"))
+                    .arg(dir.join("dev/microvm/agent/MicroVmAgent.java")),
                 "javac",
             );
             vec!["java".into(), "-cp".into(), d.clone(), "App".into()]
         }
-        // Go and Rust: built in their build context, the client library copied in as the
-        // Dockerfile has it.
         "go" => {
-            support::build_context("go", &dir.join("context"));
             run(
                 Command::new("go")
                     .args(["build", "-o", &format!("{d}/server"), "."])
-                    .current_dir(dir.join("context"))
+                    .current_dir(&dir)
                     .env("GOFLAGS", "-mod=mod"),
                 "go build",
             );
@@ -85,11 +79,10 @@ fn prepare_with(
             let target = std::env::var_os("CARGO_TARGET_DIR")
                 .map_or(root().join("target"), PathBuf::from)
                 .join("template-rust");
-            support::build_context("rust", &dir.join("context"));
             run(
                 Command::new("cargo")
                     .args(["build", "-q", "--release", "--locked", "--manifest-path"])
-                    .arg(dir.join("context/Cargo.toml"))
+                    .arg(dir.join("Cargo.toml"))
                     .env("CARGO_TARGET_DIR", &target),
                 "cargo build (template)",
             );
@@ -166,24 +159,6 @@ fn template(lang: &str, runtime: &[&str]) {
 }
 
 /// One run under microvm-sim; returns the fingerprint of the app's generator after `/run`.
-/// The Python client library, where the Python template's image has it (next to `app.py`): the
-/// agent keeps the image's `PYTHONPATH` after its own helper's.
-fn python_client() -> PathBuf {
-    root().join("clients/python/src")
-}
-
-/// A `node_modules` holding the Node.js client library as `microvm-agent` (the Node template's
-/// image has it in `/app/node_modules`), for `NODE_PATH`.
-fn node_modules() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mva-node-modules-{}", std::process::id()));
-    let lib = dir.join("microvm-agent");
-    std::fs::create_dir_all(&lib).unwrap();
-    for f in ["index.js", "package.json"] {
-        std::fs::copy(root().join("clients/node").join(f), lib.join(f)).unwrap();
-    }
-    dir
-}
-
 fn template_run(lang: &str, app: Option<&std::path::Path>) -> String {
     let (app_port, hook_port) = (free_port(), free_port());
     let (dir, command) = prepare_with(lang, app_port, hook_port, app);
@@ -197,8 +172,6 @@ fn template_run(lang: &str, app: Option<&std::path::Path>) -> String {
     let mut child = Command::new(SIM)
         .args(&args)
         .env("PORT", app_port.to_string())
-        .env("PYTHONPATH", python_client())
-        .env("NODE_PATH", node_modules())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -307,10 +280,7 @@ fn sim_template(lang: &str, env: &[(&str, &str)], payload: &str) -> (i32, String
     let (dir, command) = prepare(lang, app_port, hook_port);
     let args = sim_args(&dir, hook_port, &["--payload", payload], command);
     let mut cmd = Command::new(SIM);
-    cmd.args(&args)
-        .env("PORT", app_port.to_string())
-        .env("PYTHONPATH", python_client())
-        .env("NODE_PATH", node_modules());
+    cmd.args(&args).env("PORT", app_port.to_string());
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -123,18 +123,6 @@ pub fn root() -> PathBuf {
 /// The unmodified apps' configuration: what an author writes who has read nothing about clones.
 const PLAIN_TOML: &str = "[app]\nrestart = \"on-failure\"\n\n[ready]\nhttp = \"http://127.0.0.1:8080/healthz\"\n\n[hooks]\nready_timeout = \"60s\"\n";
 
-/// The Java client library's one source file (the Java template compiles it with its app).
-const JAVA_CLIENT: &str = "clients/java/src/main/java/dev/microvm/agent/MicroVmAgent.java";
-
-/// The template's build context (`support::build_context`), next to the apps in `out`.
-fn context(out: &Path, template: &str) -> PathBuf {
-    let dir = out.with_file_name(format!("context-{template}"));
-    if !dir.exists() {
-        crate::support::build_context(template, &dir);
-    }
-    dir
-}
-
 /// The Go architecture and Rust target of the guest's static binaries.
 fn targets(arch: Arch) -> (&'static str, &'static str) {
     match arch {
@@ -158,13 +146,15 @@ pub fn build(out: &Path, arch: Arch) {
         .join("template-rust");
     let (goarch, rust_target) = targets(arch);
     for app in &APPS {
-        let src = root().join("templates").join(app.template);
         let dir = out.join(app.name);
-        std::fs::create_dir_all(&dir).unwrap();
+        // A template's directory is its build context as its author makes it (its client library
+        // copied in where its Dockerfile expects it), built in place.
         let toml = if app.template.starts_with("plain-") {
+            std::fs::create_dir_all(&dir).unwrap();
             PLAIN_TOML.to_string()
         } else {
-            std::fs::read_to_string(src.join("microvm-agent.toml")).unwrap()
+            crate::support::build_context(app.template, &dir);
+            std::fs::read_to_string(dir.join("microvm-agent.toml")).unwrap()
         };
         let mut toml = toml.replace("8080", &app.app_port().to_string());
         if !app.inproc {
@@ -202,44 +192,28 @@ pub fn build(out: &Path, arch: Arch) {
                     "gcc (plain.c)",
                 )
             }
+            // Python and Node.js run from their context; a broken copy's app replaces the
+            // template's.
             "python" => {
-                let text = std::fs::read_to_string(src.join("app.py")).unwrap();
-                let text = match app.broken {
-                    Some((from, to)) => {
-                        assert!(text.contains(from), "the broken copy no longer applies");
-                        text.replace(from, to)
-                    }
-                    None => text,
-                };
-                std::fs::write(dir.join("app.py"), text).unwrap();
-                // Its client library, next to it as the Dockerfile has it.
-                let lib = root().join("clients/python/src/microvm_agent/__init__.py");
-                std::fs::create_dir_all(dir.join("microvm_agent")).unwrap();
-                std::fs::copy(lib, dir.join("microvm_agent/__init__.py")).unwrap();
-            }
-            "node" => {
-                std::fs::copy(src.join("app.js"), dir.join("app.js")).unwrap();
-                // Its client library, in node_modules as the Dockerfile has it.
-                let lib = dir.join("node_modules/microvm-agent");
-                std::fs::create_dir_all(&lib).unwrap();
-                for f in ["index.js", "package.json"] {
-                    std::fs::copy(root().join("clients/node").join(f), lib.join(f)).unwrap();
+                if let Some((from, to)) = app.broken {
+                    let text = std::fs::read_to_string(dir.join("app.py")).unwrap();
+                    assert!(text.contains(from), "the broken copy no longer applies");
+                    std::fs::write(dir.join("app.py"), text.replace(from, to)).unwrap();
                 }
             }
+            "node" => {}
             // With its client library's source, as the Dockerfile compiles them.
             "java" => run(
                 Command::new("javac")
                     .args(["--release", "17", "-d", &d])
-                    .arg(src.join("App.java"))
-                    .arg(root().join(JAVA_CLIENT)),
+                    .arg(dir.join("App.java"))
+                    .arg(dir.join("dev/microvm/agent/MicroVmAgent.java")),
                 "javac",
             ),
-            // Go and Rust: built in their build context, the client library copied in as the
-            // Dockerfile has it.
             "go" => run(
                 Command::new("go")
                     .args(["build", "-trimpath", "-o", &format!("{d}/server"), "."])
-                    .current_dir(context(out, "go"))
+                    .current_dir(&dir)
                     .env("CGO_ENABLED", "0")
                     .env("GOOS", "linux")
                     .env("GOARCH", goarch)
@@ -252,7 +226,7 @@ pub fn build(out: &Path, arch: Arch) {
                         .args(["build", "-q", "--release", "--locked", "--target"])
                         .arg(rust_target)
                         .arg("--manifest-path")
-                        .arg(context(out, "rust").join("Cargo.toml"))
+                        .arg(dir.join("Cargo.toml"))
                         .env("CARGO_TARGET_DIR", &target)
                         // As the workspace's .cargo/config.toml says, wherever cargo is run from.
                         .env("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER", "rust-lld"),

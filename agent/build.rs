@@ -1,4 +1,5 @@
-//! Builds the in-process helper (`inproc/preload`, a `no_std` shared library) for the agent's own
+//! Builds the in-process helper (`inproc/preload`, a `no_std` shared library; a workspace crate
+//! too, for its clippy and unit tests) for the agent's own
 //! target and hands its path to the agent (`MICROVM_AGENT_PRELOAD`), which embeds it: an image
 //! still copies one file.
 //!
@@ -11,9 +12,17 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
-    let src =
-        PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap()).join("../inproc/preload");
-    for f in ["lib.rs", "libc.rs", "openssl.rs", "wire.rs"] {
+    let src = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap())
+        .join("../inproc/preload/src");
+    for f in [
+        "lib.rs",
+        "guard.rs",
+        "libc.rs",
+        "openssl.rs",
+        "owned.rs",
+        "seccomp.rs",
+        "wire.rs",
+    ] {
         println!("cargo:rerun-if-changed={}", src.join(f).display());
     }
     let target = std::env::var("TARGET").unwrap();

@@ -33,15 +33,46 @@ pub struct Libc {
     pub pthread_sigmask: unsafe extern "C" fn(c_int, *const SigSet, *mut SigSet) -> c_int,
     pub socket: unsafe extern "C" fn(c_int, c_int, c_int) -> c_int,
     pub connect: unsafe extern "C" fn(c_int, *const c_void, u32) -> c_int,
+    /// `recv`/`send`, not `read`/`write`: on a descriptor that is no longer a socket they fail
+    /// (`ENOTSOCK`) instead of reading or writing whatever the app put there.
+    pub recv: unsafe extern "C" fn(c_int, *mut u8, usize, c_int) -> isize,
+    pub send: unsafe extern "C" fn(c_int, *const u8, usize, c_int) -> isize,
+    pub open: unsafe extern "C" fn(*const c_char, c_int, ...) -> c_int,
     pub read: unsafe extern "C" fn(c_int, *mut u8, usize) -> isize,
-    pub write: unsafe extern "C" fn(c_int, *const u8, usize) -> isize,
     pub close: unsafe extern "C" fn(c_int) -> c_int,
+    /// For `fstat` by number: glibc before 2.33 exports no `fstat` function.
+    pub syscall: unsafe extern "C" fn(isize, ...) -> isize,
+    pub nanosleep: unsafe extern "C" fn(*const Timespec, *mut Timespec) -> c_int,
     pub getpid: unsafe extern "C" fn() -> c_int,
+    #[cfg_attr(test, allow(dead_code))] // the panic handler's, which tests do not build
     pub abort: unsafe extern "C" fn() -> !,
+    /// Registers a function to run at `exit` (glibc and musl both export it; `atexit` itself is
+    /// a static stub in glibc).
+    pub cxa_atexit:
+        unsafe extern "C" fn(extern "C" fn(*mut c_void), *mut c_void, *mut c_void) -> c_int,
+    /// glibc's: a destructor of the calling thread, which `exit` runs before any `atexit`
+    /// handler when that thread calls it. musl has none.
+    pub cxa_thread_atexit:
+        Option<unsafe extern "C" fn(extern "C" fn(*mut c_void), *mut c_void, *mut c_void) -> c_int>,
     /// glibc < 2.25 and old musl have none: the agent's bytes and the pid still differ per clone.
     pub getrandom: Option<unsafe extern "C" fn(*mut u8, usize, u32) -> isize>,
-    /// How to register an at-fork handler, if the process's libc says.
+    /// How to register at-fork handlers, if the process's libc says.
     pub atfork: Atfork,
+}
+
+/// `struct timespec` on 64-bit Linux.
+#[repr(C)]
+pub struct Timespec {
+    pub sec: i64,
+    pub nsec: i64,
+}
+
+/// The handlers run around every `fork`: before it in the forking thread, then after it in the
+/// parent and in the child.
+pub struct ForkHandlers {
+    pub prepare: extern "C" fn(),
+    pub parent: extern "C" fn(),
+    pub child: extern "C" fn(),
 }
 
 pub enum Atfork {
@@ -53,15 +84,16 @@ pub enum Atfork {
 }
 
 impl Atfork {
-    /// Registers `child` to run in the child after every `fork`.
+    /// Registers the handlers; false when this libc offers no way to.
     ///
     /// # Safety
-    /// `child` must stay valid for the process's life.
-    pub unsafe fn child(&self, child: extern "C" fn()) {
+    /// The handlers must stay valid for the process's life.
+    pub unsafe fn register(&self, h: &ForkHandlers) -> bool {
+        let (p, a, c) = (Some(h.prepare), Some(h.parent), Some(h.child));
         match self {
-            Atfork::Glibc(f) => drop(f(None, None, Some(child), core::ptr::null_mut())),
-            Atfork::Posix(f) => drop(f(None, None, Some(child))),
-            Atfork::None => {}
+            Atfork::Glibc(f) => f(p, a, c, core::ptr::null_mut()) == 0,
+            Atfork::Posix(f) => f(p, a, c) == 0,
+            Atfork::None => false,
         }
     }
 }
@@ -116,7 +148,7 @@ core::arch::global_asm!(".weak dlsym");
 // unwinds here (panic = abort). Defined here, hidden: a strong import would kill every process
 // that has none ("symbol lookup error": we measured it), and an exported one would interpose
 // on a Rust program's own.
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(not(test), target_arch = "x86_64"))]
 core::arch::global_asm!(
     ".globl rust_eh_personality",
     ".hidden rust_eh_personality",
@@ -124,7 +156,7 @@ core::arch::global_asm!(
     "rust_eh_personality:",
     "ud2"
 );
-#[cfg(target_arch = "aarch64")]
+#[cfg(all(not(test), target_arch = "aarch64"))]
 core::arch::global_asm!(
     ".globl rust_eh_personality",
     ".hidden rust_eh_personality",
@@ -162,6 +194,8 @@ const RTLD_DEFAULT: *mut c_void = core::ptr::null_mut();
 ///
 /// # Safety
 /// Call once, from the constructor, before any thread of ours exists.
+// Each function's type is its field's: the annotation would only repeat it.
+#[allow(clippy::missing_transmute_annotations)]
 pub unsafe fn resolve() -> Option<&'static Libc> {
     let addr = dlsym_address();
     if addr == 0 {
@@ -205,15 +239,33 @@ pub unsafe fn resolve() -> Option<&'static Libc> {
         pthread_sigmask: need!(c"pthread_sigmask"),
         socket: need!(c"socket"),
         connect: need!(c"connect"),
+        recv: need!(c"recv"),
+        send: need!(c"send"),
+        open: need!(c"open"),
         read: need!(c"read"),
-        write: need!(c"write"),
         close: need!(c"close"),
+        syscall: need!(c"syscall"),
+        nanosleep: need!(c"nanosleep"),
         getpid: need!(c"getpid"),
         abort: need!(c"abort"),
+        cxa_atexit: need!(c"__cxa_atexit"),
+        cxa_thread_atexit: maybe!(c"__cxa_thread_atexit_impl"),
         getrandom: maybe!(c"getrandom"),
         atfork,
     };
     *LIBC.get_mut() = Some(libc);
     READY.store(true, Ordering::Release);
     LIBC.get().as_ref()
+}
+
+/// The resolved functions in a unit test (resolved once for the whole test binary).
+#[cfg(test)]
+pub fn for_tests() -> &'static Libc {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // SAFETY: `Once` makes this the only call, before any reader.
+    ONCE.call_once(|| {
+        // SAFETY: `Once` makes this the only call, before any reader.
+        unsafe { resolve() };
+    });
+    get().expect("the test binary's libc has every function")
 }

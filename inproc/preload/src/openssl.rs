@@ -10,16 +10,20 @@ const RTLD_NOLOAD: c_int = 4;
 const GRND_NONBLOCK: u32 = 1;
 
 type RandAdd = unsafe extern "C" fn(*const c_void, c_int, f64);
+type InitCrypto = unsafe extern "C" fn(u64, *const c_void) -> c_int;
+/// `OPENSSL_INIT_BASE_ONLY` (1.1.1 and 3.x): initialise nothing beyond the base; returns 0 once
+/// `OPENSSL_cleanup` has begun, without raising an error.
+const INIT_BASE_ONLY: u64 = 0x0004_0000;
 
 /// Calls every distinct `RAND_add` this process can reach with `seed`, fresh kernel bytes, the
-/// pid and the generation; returns how many copies of OpenSSL took them.
+/// pid and the generation; returns how many copies of OpenSSL it found, and how many took them.
 ///
 /// `RAND_add` (OpenSSL 1.1.1 and 3.x alike) reseeds the primary DRBG now: fresh entropy from its
 /// source, and our bytes as additional input, so the result differs per clone even where the
 /// kernel's generator was not reseeded. Each thread's DRBG reseeds from the primary on its next
 /// draw (it watches the primary's reseed counter). `randomness = 0`: our bytes are additional
 /// input, never a replacement for the source's.
-pub fn reseed_all(c: &Libc, seed: &[u8; 32], pid: c_int, number: u64) -> u32 {
+pub fn reseed_all(c: &Libc, seed: &[u8; 32], pid: c_int, number: u64) -> (u32, u32) {
     let mut input = [0u8; 76];
     input[..32].copy_from_slice(seed);
     if let Some(getrandom) = c.getrandom {
@@ -32,7 +36,7 @@ pub fn reseed_all(c: &Libc, seed: &[u8; 32], pid: c_int, number: u64) -> u32 {
 
     let mut found = Found::default();
     // SAFETY: the global scope: a `libcrypto` the program links, or a Node.js's own OpenSSL.
-    found.add(unsafe { (c.dlsym)(core::ptr::null_mut(), c"RAND_add".as_ptr()) });
+    unsafe { found.add_from(c, core::ptr::null_mut()) };
     // Each loaded object's own scope (with its dependencies): a `libcrypto` loaded RTLD_LOCAL,
     // as Python's `_ssl` does. Names are copied out first: `dlopen` must not run inside
     // `dl_iterate_phdr`'s callback (both take the loader's lock).
@@ -45,40 +49,59 @@ pub fn reseed_all(c: &Libc, seed: &[u8; 32], pid: c_int, number: u64) -> u32 {
         unsafe {
             let handle = (c.dlopen)(name, RTLD_LAZY | RTLD_NOLOAD);
             if !handle.is_null() {
-                found.add((c.dlsym)(handle, c"RAND_add".as_ptr()));
+                found.add_from(c, handle);
                 (c.dlclose)(handle);
             }
         }
     }
-    for &f in &found.fns[..found.len] {
+    let mut reseeded = 0;
+    for &(f, init) in &found.fns[..found.len] {
+        // A copy whose cleanup has begun (the process is exiting from a thread our exit handlers
+        // do not see) is left alone: after it, `RAND_add` touches freed locks.
+        // SAFETY: `init` is that copy's `OPENSSL_init_crypto(uint64_t, const void *)`; with
+        // BASE_ONLY it only answers whether the library is usable.
+        if init != 0
+            && unsafe {
+                core::mem::transmute::<usize, InitCrypto>(init)(INIT_BASE_ONLY, core::ptr::null())
+            } == 0
+        {
+            continue;
+        }
         // SAFETY: `f` is OpenSSL's `RAND_add(const void *, int, double)`; our buffer outlives it.
         unsafe {
             let f: RandAdd = core::mem::transmute(f);
             f(input.as_ptr() as *const c_void, input.len() as c_int, 0.0);
         }
+        reseeded += 1;
     }
     // Nothing of the bytes stays on our stack after the call.
     for b in input.iter_mut() {
         // SAFETY: a valid byte of our own buffer; volatile so the wipe is not optimised away.
         unsafe { core::ptr::write_volatile(b, 0) };
     }
-    found.len as u32
+    (found.len as u32, reseeded)
 }
 
-/// Distinct `RAND_add` addresses.
+/// Distinct `RAND_add` addresses, each with its copy's `OPENSSL_init_crypto` (0: none).
 #[derive(Default)]
 struct Found {
-    fns: [usize; 8],
+    fns: [(usize, usize); 8],
     len: usize,
 }
 
 impl Found {
-    fn add(&mut self, p: *mut c_void) {
-        let a = p as usize;
-        if a != 0 && !self.fns[..self.len].contains(&a) && self.len < self.fns.len() {
-            self.fns[self.len] = a;
-            self.len += 1;
+    /// Adds the copy `handle` (null: the global scope) leads to, if it is a new one.
+    ///
+    /// # Safety
+    /// `handle` is null or a live handle from `dlopen`.
+    unsafe fn add_from(&mut self, c: &Libc, handle: *mut c_void) {
+        let a = (c.dlsym)(handle, c"RAND_add".as_ptr()) as usize;
+        if a == 0 || self.fns[..self.len].iter().any(|f| f.0 == a) || self.len == self.fns.len() {
+            return;
         }
+        let init = (c.dlsym)(handle, c"OPENSSL_init_crypto".as_ptr()) as usize;
+        self.fns[self.len] = (a, init);
+        self.len += 1;
     }
 }
 

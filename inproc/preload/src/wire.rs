@@ -4,6 +4,7 @@
 use core::ffi::c_int;
 
 use crate::libc::Libc;
+use crate::owned::{identity, Identity};
 
 const AF_UNIX: c_int = 1;
 const SOCK_STREAM: c_int = 1;
@@ -17,8 +18,11 @@ struct SockaddrUn {
     path: [u8; 108],
 }
 
+const MSG_NOSIGNAL: c_int = 0x4000;
+
 /// Connects to the agent's socket at `path` (NUL-terminated); `None` when it is not there.
-pub fn connect(c: &Libc, path: &[u8; 108]) -> Option<c_int> {
+/// Returns the descriptor and its identity.
+pub fn connect(c: &Libc, path: &[u8; 108]) -> Option<(c_int, Identity)> {
     // SAFETY: plain system calls on a descriptor we own; the address is a complete sockaddr_un.
     unsafe {
         let fd = (c.socket)(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -30,11 +34,16 @@ pub fn connect(c: &Libc, path: &[u8; 108]) -> Option<c_int> {
             path: *path,
         };
         let len = core::mem::size_of::<SockaddrUn>() as u32;
-        if (c.connect)(fd, &addr as *const SockaddrUn as *const _, len) != 0 {
-            (c.close)(fd);
-            return None;
+        let id = identity(c, fd);
+        match id {
+            Some(id) if (c.connect)(fd, &addr as *const SockaddrUn as *const _, len) == 0 => {
+                Some((fd, id))
+            }
+            _ => {
+                (c.close)(fd);
+                None
+            }
         }
-        Some(fd)
     }
 }
 
@@ -46,19 +55,38 @@ pub struct Generation {
 pub struct Conn<'a> {
     c: &'a Libc,
     fd: c_int,
+    id: Identity,
     buf: [u8; 256],
     len: usize,
 }
 
-pub struct Gone;
+/// Why the conversation ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Gone {
+    /// The agent closed, or the line was nonsense: our socket, ours to close.
+    Closed,
+    /// The descriptor is not our socket any more (the app closed it and reused the number):
+    /// touch nothing.
+    Taken,
+}
 
 impl<'a> Conn<'a> {
-    pub fn new(c: &'a Libc, fd: c_int) -> Self {
+    pub fn new(c: &'a Libc, fd: c_int, id: Identity) -> Self {
         Conn {
             c,
             fd,
+            id,
             buf: [0; 256],
             len: 0,
+        }
+    }
+
+    /// Checked before every receive and send.
+    fn still_ours(&self) -> Result<(), Gone> {
+        if identity(self.c, self.fd) == Some(self.id) {
+            Ok(())
+        } else {
+            Err(Gone::Taken)
         }
     }
 
@@ -82,51 +110,57 @@ impl<'a> Conn<'a> {
 
     fn send(&mut self, mut bytes: &[u8]) -> Result<(), Gone> {
         while !bytes.is_empty() {
-            // SAFETY: writes from a live slice to our own descriptor.
-            let n = unsafe { (self.c.write)(self.fd, bytes.as_ptr(), bytes.len()) };
+            self.still_ours()?;
+            // SAFETY: sends from a live slice on our own socket (checked just above); no SIGPIPE.
+            let n = unsafe { (self.c.send)(self.fd, bytes.as_ptr(), bytes.len(), MSG_NOSIGNAL) };
             // Our thread blocks every signal: no EINTR, so -1 is an error.
             if n <= 0 {
-                return Err(Gone);
+                return Err(Gone::Closed);
             }
             bytes = &bytes[n as usize..];
         }
         Ok(())
     }
 
-    /// The next `MVA1 generation` line; `Ok(None)` never happens (lines that are not one are
-    /// skipped); `Err` when the agent has gone or talks nonsense.
-    pub fn next_generation(&mut self) -> Result<Option<Generation>, Gone> {
+    /// The next `MVA1 generation` line (lines that are not one are skipped); `Err` when the
+    /// agent has gone or talks nonsense, or the descriptor is not ours any more.
+    pub fn next_generation(&mut self) -> Result<Generation, Gone> {
         loop {
             if let Some(end) = self.buf[..self.len].iter().position(|&b| b == b'\n') {
                 let parsed = parse(&self.buf[..end]);
                 self.buf.copy_within(end + 1..self.len, 0);
                 self.len -= end + 1;
                 if let Some(g) = parsed {
-                    return Ok(Some(g));
+                    return Ok(g);
                 }
                 continue;
             }
             if self.len == self.buf.len() {
-                return Err(Gone);
+                return Err(Gone::Closed);
             }
-            // SAFETY: reads into the free tail of our own buffer.
+            self.still_ours()?;
+            // SAFETY: receives into the free tail of our own buffer, from our own socket (checked
+            // just above).
             let n = unsafe {
-                (self.c.read)(
+                (self.c.recv)(
                     self.fd,
                     self.buf.as_mut_ptr().add(self.len),
                     self.buf.len() - self.len,
+                    0,
                 )
             };
             if n <= 0 {
-                return Err(Gone);
+                return Err(Gone::Closed);
             }
+            // A receive that was already waiting when the app closed the number returns our
+            // bytes; whether the number is still ours is checked again before the next use.
             self.len += n as usize;
         }
     }
 }
 
 /// `MVA1 generation <number> <64 hex digits>`.
-fn parse(line: &[u8]) -> Option<Generation> {
+pub fn parse(line: &[u8]) -> Option<Generation> {
     let rest = line.strip_prefix(b"MVA1 generation ")?;
     let space = rest.iter().position(|&b| b == b' ')?;
     let (num, hex) = (&rest[..space], &rest[space + 1..]);
@@ -189,5 +223,40 @@ impl Line {
     }
     fn bytes(&self) -> &[u8] {
         &self.buf[..self.len]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_generation_and_nothing_else() {
+        let hex = "00ff".repeat(16);
+        let g = parse(format!("MVA1 generation 42 {hex}").as_bytes()).unwrap();
+        assert_eq!(g.number, 42);
+        assert_eq!(g.seed[..2], [0x00, 0xff]);
+        for bad in [
+            format!("MVA1 generation 42 {}", &hex[..62]),
+            format!("MVA1 generation x {hex}"),
+            format!("MVA1 generation  {hex}"),
+            format!("MVA1 generation 42 {}", hex.to_uppercase()),
+            format!("MVA1 generation 99999999999999999999 {hex}"),
+            format!("MVA2 generation 42 {hex}"),
+            "MVA1 event suspend 3".to_string(),
+            String::new(),
+        ] {
+            assert!(parse(bad.as_bytes()).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn lines_are_built_on_the_stack() {
+        let mut l = Line::new();
+        l.push(b"MVA1 ack ");
+        l.number(0);
+        l.push(b" ");
+        l.number(u64::MAX);
+        assert_eq!(l.bytes(), b"MVA1 ack 0 18446744073709551615");
     }
 }

@@ -19,19 +19,79 @@ PROTOCOL = b"MVA1"
 MAX_LINE = 256
 
 
+# This process's connection: (socket, identity). A forked child closes the parent's (if the
+# number is still that socket) and registers as itself.
+_conn = None
+
+
 def start():
     path = os.environ.get("MICROVM_AGENT_INPROC")
-    if not path:
+    # Under a seccomp filter our socket() (or the thread's clone) might be what kills the
+    # process: a filtered process does not take part.
+    if not path or filtered():
         return
     _spawn(path)
     if hasattr(os, "register_at_fork"):
-        os.register_at_fork(after_in_child=lambda: _spawn(path))
+        os.register_at_fork(after_in_child=lambda: _after_fork(path))
 
 
 def _spawn(path):
     import _thread
 
     _thread.start_new_thread(_serve, (path,))
+
+
+def _after_fork(path):
+    global _conn
+    conn, _conn = _conn, None
+    if conn is not None:
+        _let_go(*conn)
+    if not filtered():
+        _spawn(path)
+
+
+def filtered():
+    """True unless this thread's status says ``Seccomp: 0`` (or the kernel has no seccomp)."""
+    for name in ("/proc/thread-self/status", "/proc/self/status"):
+        try:
+            with open(name, "rb") as f:
+                status = f.read()
+        except OSError:
+            continue
+        return seccomp_mode(status) not in (None, b"0")
+    return True  # no /proc: cannot tell, so stay out
+
+
+def seccomp_mode(status):
+    for line in status.split(b"\n"):
+        if line.startswith(b"Seccomp:"):
+            return line[len(b"Seccomp:") :].strip()[:1]
+    return None
+
+
+def identity(fd):
+    """What descriptor ``fd`` is now (device, inode), or None."""
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+class _Taken(Exception):
+    """Our descriptor's number now belongs to something else the app opened."""
+
+
+def _check(s, ident):
+    if identity(s.fileno()) != ident:
+        raise _Taken()
+
+
+def _let_go(s, ident):
+    """Closes our socket, but never a descriptor the app reused: that one is only forgotten."""
+    fd = s.detach()
+    if fd >= 0 and identity(fd) == ident:
+        os.close(fd)
 
 
 def reseed(seed, number):
@@ -80,14 +140,20 @@ def parse(line):
 
 
 def _serve(path):
+    global _conn
     import _socket
 
     s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    ident = identity(s.fileno())
+    mine = (s, ident)
+    _conn = mine
     try:
         s.connect(path)
+        _check(s, ident)
         s.sendall(b"MVA1 hello python %d\n" % os.getpid())
         buf = b""
         while True:
+            _check(s, ident)
             chunk = s.recv(MAX_LINE)
             if not chunk:
                 return
@@ -98,10 +164,13 @@ def _serve(path):
                 if order is not None:
                     number, seed = order
                     what = reseed(seed, number)
+                    _check(s, ident)
                     s.sendall(b"MVA1 ack %d %s\n" % (number, what.encode("ascii")))
             if len(buf) > MAX_LINE:
                 return
-    except OSError:
+    except (OSError, _Taken):
         return
     finally:
-        s.close()
+        if _conn is mine:
+            _conn = None
+        _let_go(s, ident)

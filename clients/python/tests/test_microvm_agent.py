@@ -129,11 +129,33 @@ def second_callback(gen):
     if {mode!r} == "hang" and gen.reason == "run":
         time.sleep(30)
 
+if {mode!r} == "launcher":
+    # A launcher (the app's own child) that registers, forks its worker and exits.
+    import subprocess
+    subprocess.Popen([sys.executable, "-c", {launcher!r}])
+
 microvm_agent.on_suspend(lambda gen: write("events", "suspend %d" % gen.number))
 microvm_agent.on_terminate(lambda gen: write("events", "terminate %d" % gen.number))
 write("started", "yes")
 while True:
     time.sleep(1)
+"""
+
+
+LAUNCHER = """
+import os, sys, time
+sys.path.insert(0, {src!r})
+import microvm_agent
+microvm_agent.on_new_generation(lambda gen: None)
+while not microvm_agent.is_active():
+    time.sleep(0.01)
+if os.fork() == 0:
+    while not microvm_agent.is_active():
+        time.sleep(0.01)
+    open(os.path.join({out!r}, "worker"), "w").write(str(os.getpid()))
+    time.sleep(60)
+    os._exit(0)
+os._exit(0)
 """
 
 
@@ -143,7 +165,7 @@ class Agent:
         self.out.mkdir()
         self.port = free_port()
         app = tmp_path / "app.py"
-        app.write_text(APP.format(src=SRC, out=str(self.out), mode=mode))
+        app.write_text(APP.format(src=SRC, out=str(self.out), mode=mode, launcher=LAUNCHER.format(src=SRC, out=str(self.out))))
         conf = tmp_path / "agent.toml"
         conf.write_text("[hooks]\nrun_timeout = \"2s\"\n" + config)
         env = dict(os.environ)
@@ -267,3 +289,21 @@ def test_with_the_helpers_off_the_library_still_gets_its_generations(agent):
     a = agent(config="[app]\nreseed_in_process = false\n")
     assert a.hook("/run")[0] == 200
     assert len(a.read("generations")) == 1
+
+
+def test_a_launcher_that_forks_its_worker_and_exits_never_fails_run(agent):
+    # The forked worker closes the launcher's connection (without writing to it) and registers
+    # as itself: when the launcher exits, its registration ends with it.
+    a = agent(mode="launcher")
+    worker = int(a.wait_for(lambda: a.read("worker"), "the worker")[0])
+    def registered():
+        st = a.status()
+        return {p["pid"] for p in st["inproc"]["processes"] if p["kind"] == "app"} == {
+            st["app"]["pid"],
+            worker,
+        }
+
+    a.wait_for(registered, "the app and the worker registered, the launcher gone")
+    status, body = a.hook("/run")
+    assert status == 200, body
+    os.kill(worker, 9)

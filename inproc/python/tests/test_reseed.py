@@ -151,3 +151,122 @@ def test_a_forked_child_registers_itself(monkeypatch):
         finally:
             p.kill()
             p.wait()
+
+
+def test_seccomp_mode_is_read_from_the_status():
+    assert helper.seccomp_mode(b"Name:\tx\nSeccomp:\t0\nSeccomp_filters:\t0\n") == b"0"
+    assert helper.seccomp_mode(b"Name:\tx\nSeccomp:\t2\n") == b"2"
+    assert helper.seccomp_mode(b"Name:\tx\n") is None
+    assert not helper.filtered(), "this test runs under no filter"
+
+
+# A seccomp filter that kills the process on socket(2), installed with ctypes (the shape of a
+# common job sandbox; the wrapper runs with -S, without the helper); then the job runs with the
+# helper on.
+KILL_SOCKET = r"""
+import ctypes, os, platform, struct, sys
+nr = {"x86_64": 41, "aarch64": 198}[platform.machine()]
+def stmt(code, k): return struct.pack("HBBI", code, 0, 0, k)
+def jump(code, k, jt, jf): return struct.pack("HBBI", code, jt, jf, k)
+prog = b"".join([
+    stmt(0x20, 0),                     # ld [nr]
+    jump(0x15, nr, 0, 1),              # jeq socket
+    stmt(0x06, 0x80000000),            # ret KILL_PROCESS
+    stmt(0x06, 0x7FFF0000),            # ret ALLOW
+])
+buf = ctypes.create_string_buffer(prog)
+fprog = struct.pack("HxxxxxxQ", len(prog) // 8, ctypes.addressof(buf))
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
+assert libc.prctl(22, 2, ctypes.c_char_p(fprog), 0, 0) == 0, ctypes.get_errno()  # SECCOMP_MODE_FILTER
+os.execv(sys.executable, [sys.executable, "-c", sys.argv[1]])
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="seccomp is Linux's")
+def test_a_job_under_a_seccomp_filter_runs_to_completion():
+    with tempfile.TemporaryDirectory() as d:
+        agent = FakeAgent(os.path.join(d, "s"))
+        env = {**os.environ, "PYTHONPATH": HERE, "MICROVM_AGENT_INPROC": agent.path}
+        r = subprocess.run(
+            [sys.executable, "-S", "-c", KILL_SOCKET, "import time; time.sleep(0.3); print('done')"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert (r.returncode, r.stdout) == (0, "done\n"), r.stderr
+        agent.server.settimeout(0.2)
+        with pytest.raises(socket.timeout):
+            agent.accept()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
+def test_a_descriptor_the_app_reused_is_never_written_read_or_closed():
+    # A daemon closes every descriptor above 2 and opens its data file, which gets the number
+    # the helper's socket had. The generation that arrives next must not touch that file.
+    with tempfile.TemporaryDirectory() as d:
+        agent = FakeAgent(os.path.join(d, "s"))
+        data = os.path.join(d, "data")
+        with open(data, "wb") as f:
+            f.write(b"the app's data\n")
+        script = (
+            "import os, sys, time; sys.path.insert(0, %r); import _microvm_reseed as h; h.start()\n"
+            "while h._conn is None: time.sleep(0.01)\n"
+            "time.sleep(0.2)\n"
+            "mine = h._conn[0].fileno()\n"
+            "os.closerange(3, 1024)\n"
+            "fd = os.open(%r, os.O_RDWR)\n"
+            "assert fd == mine, (fd, mine)\n"
+            "print('reused', flush=True)\n"
+            "time.sleep(1.5)\n"
+            "os.lseek(fd, 0, 0)\n"
+            "print(os.read(fd, 100).decode().strip(), flush=True)\n" % (HERE, data)
+        )
+        p = subprocess.Popen(
+            [sys.executable, "-c", script],
+            env={**os.environ, "MICROVM_AGENT_INPROC": agent.path},
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            f, conn = agent.accept()
+            assert f.readline().startswith(b"MVA1 hello python")
+            assert p.stdout.readline() == "reused\n"
+            f.write(b"MVA1 generation 5 " + os.urandom(32).hex().encode() + b"\n")
+            out, _ = p.communicate(timeout=30)
+            assert p.returncode == 0, out
+            assert out == "the app's data\n", "the helper read from or wrote to the app's file"
+            with open(data, "rb") as g:
+                assert g.read() == b"the app's data\n"
+        finally:
+            p.kill()
+            p.wait()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
+def test_a_launcher_that_forks_and_exits_leaves_no_connection_behind():
+    # The parent's connection is closed in the forked child: when the launcher exits, the
+    # agent sees its connection end although the worker lives on.
+    with tempfile.TemporaryDirectory() as d:
+        agent = FakeAgent(os.path.join(d, "s"))
+        script = (
+            "import os, sys, time; sys.path.insert(0, %r); import _microvm_reseed as h; h.start()\n"
+            "while h._conn is None: time.sleep(0.01)\n"
+            "time.sleep(0.2)\n"
+            "if os.fork() == 0:\n"
+            "    time.sleep(10); os._exit(0)\n"
+            "os._exit(0)\n" % HERE
+        )
+        p = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "MICROVM_AGENT_INPROC": agent.path})
+        try:
+            f, conn = agent.accept()
+            assert f.readline() == b"MVA1 hello python %d\n" % p.pid
+            p.wait(timeout=10)
+            assert f.readline() == b"", "the launcher's connection outlived it (held by its child)"
+            f2, _ = agent.accept()
+            assert f2.readline().startswith(b"MVA1 hello python ")
+        finally:
+            p.kill()
+            p.wait()
+            subprocess.run(["pkill", "-f", "time.sleep\\(10\\)"], check=False)

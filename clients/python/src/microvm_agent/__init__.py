@@ -47,7 +47,7 @@ _EVENTS = ("generation", "suspend", "terminate")
 
 _lock = threading.Lock()
 _callbacks = {e: [] for e in _EVENTS}
-_state = {"started": False, "connected": False, "said_outside": False, "process_seed": None}
+_state = {"started": False, "connected": False, "said_outside": False, "process_seed": None, "conn": None}
 
 
 class Generation:
@@ -199,8 +199,9 @@ def _start():
         return
     _spawn(path)
     if hasattr(os, "register_at_fork"):
-        # A worker forked without exec is a process of its own: it registers anew.
-        os.register_at_fork(after_in_child=lambda: _spawn(path))
+        # A worker forked without exec is a process of its own: it closes the parent's
+        # connection (never writing to it) and registers anew.
+        os.register_at_fork(after_in_child=lambda: _after_fork(path))
 
 
 def _spawn(path):
@@ -208,18 +209,59 @@ def _spawn(path):
     t.start()
 
 
-def _serve(path):
+def _after_fork(path):
+    conn, _state["conn"] = _state["conn"], None
+    _state["connected"] = False
+    if conn is not None:
+        _let_go(*conn)
+    _spawn(path)
+
+
+def _identity(fd):
+    """What descriptor ``fd`` is now (device, inode), or None."""
     try:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        st = os.fstat(fd)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+class _Taken(Exception):
+    """The connection's descriptor number now belongs to something else the app opened."""
+
+
+def _check(s, ident):
+    if _identity(s.fileno()) != ident:
+        raise _Taken()
+
+
+def _let_go(s, ident):
+    """Closes the connection, but never a descriptor the app reused: that one is only forgotten."""
+    fd = s.detach()
+    if fd >= 0 and _identity(fd) == ident:
+        os.close(fd)
+
+
+def _serve(path):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    ident = _identity(s.fileno())
+    mine = (s, ident)
+    _state["conn"] = mine
+    try:
         s.connect(path)
     except OSError as e:
         _log.warning("cannot reach microvm-agent at %s: %s", path, e)
+        if _state["conn"] is mine:
+            _state["conn"] = None
+        _let_go(s, ident)
         return
     _state["connected"] = True
     try:
+        _check(s, ident)
         s.sendall(b"MVA1 hello app %d suspend,terminate\n" % os.getpid())
         buf = b""
         while True:
+            _check(s, ident)
             chunk = s.recv(_MAX_LINE)
             if not chunk:
                 return
@@ -228,14 +270,19 @@ def _serve(path):
                 line, buf = buf.split(b"\n", 1)
                 answer = _handle(line)
                 if answer is not None:
+                    _check(s, ident)
                     s.sendall(answer)
             if len(buf) > _MAX_LINE:
                 return
+    except _Taken:
+        _log.warning("microvm-agent: the app reused this library's descriptor; it stops taking part")
     except OSError:
         return
     finally:
-        _state["connected"] = False
-        s.close()
+        if _state["conn"] is mine:
+            _state["conn"] = None
+            _state["connected"] = False
+        _let_go(s, ident)
 
 
 def parse(line):

@@ -7,23 +7,46 @@
 // - `Math.random` (V8's xorshift128+, which JavaScript cannot reseed) is replaced, before the
 //   app's code runs, by one that draws from `crypto.randomFillSync` through a pool that every
 //   new generation empties;
-// - the caches of `crypto.randomUUID` (128 UUIDs) and `crypto.randomInt` (6 KiB) are drawn
-//   through, so what they hold afterwards comes from the reseeded OpenSSL.
+// - the caches of `crypto.randomUUID` (128 UUIDs) and `crypto.randomInt` (6 KiB), which are
+//   internal to Node, are drawn through, so what they hold afterwards comes from the reseeded
+//   OpenSSL; only when the process used them since the last generation (a cache never filled
+//   holds nothing cloned), which most processes never do.
 // The process registers with the agent over $MICROVM_AGENT_INPROC (inproc/PROTOCOL.md) on an
 // unreferenced socket (it never keeps the process alive), and acknowledges each generation.
-// Nothing here may stop the app from starting: every failure leaves the process as it was.
+// Nothing here may stop the app from starting or touch what is the app's: every failure leaves
+// the process as it was; under a seccomp filter it does not start; before every write it checks
+// that the socket's descriptor is still that socket.
 
 (function microvmReseed() {
   const path = process.env.MICROVM_AGENT_INPROC;
   if (!path) return;
   let crypto;
   let net;
+  let fs;
   try {
     crypto = require('crypto');
     net = require('net');
+    fs = require('fs');
   } catch {
     return;
   }
+
+  // "Seccomp: 0" (or no such line) in this thread's status, else stay out: a filter that kills
+  // socket() would kill the app for our sake. No /proc: cannot tell, stay out.
+  function seccompMode(status) {
+    const m = /^Seccomp:\s*(\S)/m.exec(status);
+    return m ? m[1] : null;
+  }
+  let status = null;
+  for (const name of ['/proc/thread-self/status', '/proc/self/status']) {
+    try {
+      status = fs.readFileSync(name, 'latin1');
+      break;
+    } catch {}
+  }
+  if (status === null) return;
+  const mode = seccompMode(status);
+  if (mode !== null && mode !== '0') return;
 
   const pool = Buffer.allocUnsafeSlow(4096);
   let at = pool.length;
@@ -49,17 +72,50 @@
     // A frozen Math (e.g. SES lockdown) keeps V8's.
   }
 
+  // Whether the app used the cached generators since the last generation: only then does
+  // their cache hold anything drawn before it.
+  const used = { uuid: false, int: false };
+  function watch(owner, name, flag) {
+    const orig = owner && owner[name];
+    if (typeof orig !== 'function') return;
+    try {
+      Object.defineProperty(owner, name, {
+        value: function (...args) {
+          used[flag] = true;
+          return orig.apply(this, args);
+        },
+        writable: true,
+        configurable: true,
+        enumerable: true,
+      });
+    } catch {}
+  }
+  watch(crypto, 'randomUUID', 'uuid');
+  watch(crypto, 'randomInt', 'int');
+  try {
+    // Web Crypto's randomUUID shares the same cache.
+    if (crypto.webcrypto) watch(Object.getPrototypeOf(crypto.webcrypto), 'randomUUID', 'uuid');
+  } catch {}
+  const uuid = crypto.randomUUID;
+  const int = crypto.randomInt;
+
   function reseed() {
     at = pool.length;
     const done = ['math.random'];
-    try {
-      for (let i = 0; i < 128; i++) crypto.randomUUID();
-      done.push('randomUUID');
-    } catch {}
-    try {
-      for (let i = 0; i < 1024; i++) crypto.randomInt(2);
-      done.push('randomInt');
-    } catch {}
+    if (used.uuid) {
+      try {
+        for (let i = 0; i < 128; i++) uuid.call(crypto);
+        done.push('randomUUID');
+      } catch {}
+    }
+    if (used.int) {
+      try {
+        for (let i = 0; i < 1024; i++) int.call(crypto, 2);
+        done.push('randomInt');
+      } catch {}
+    }
+    used.uuid = false;
+    used.int = false;
     return done.join(',');
   }
 
@@ -77,7 +133,33 @@
   sock.unref();
   sock.on('error', () => {});
   sock.setEncoding('latin1');
-  sock.on('connect', () => sock.write(`MVA1 hello node ${process.pid}\n`));
+  // The socket's identity (device, inode), checked before every write: a descriptor number the
+  // app closed and reused is never written to (and never closed by us: we only stop).
+  let identity = null;
+  function ident() {
+    try {
+      const st = fs.fstatSync(sock._handle.fd);
+      return `${st.dev}:${st.ino}`;
+    } catch {
+      return null;
+    }
+  }
+  function send(line) {
+    if (identity === null || ident() !== identity) {
+      stop();
+      return;
+    }
+    sock.write(line);
+  }
+  function stop() {
+    sock.removeAllListeners('data');
+    sock.on('error', () => {});
+    sock.pause();
+  }
+  sock.on('connect', () => {
+    identity = ident();
+    send(`MVA1 hello node ${process.pid}\n`);
+  });
   let buf = '';
   sock.on('data', (chunk) => {
     buf += chunk;
@@ -85,10 +167,10 @@
     while ((i = buf.indexOf('\n')) >= 0) {
       const number = parse(buf.slice(0, i));
       buf = buf.slice(i + 1);
-      if (number !== null) sock.write(`MVA1 ack ${number} ${reseed()}\n`);
+      if (number !== null) send(`MVA1 ack ${number} ${reseed()}\n`);
     }
     if (buf.length > 256) sock.destroy();
   });
 
-  module.exports = { random, reseed, parse };
+  module.exports = { random, reseed, parse, seccompMode, used };
 })();

@@ -54,7 +54,7 @@ test('Math.random is replaced before the app runs, and stays in [0, 1)', () => {
   assert.strictEqual(distinct, 20000);
 });
 
-test('registers, empties its pool and the crypto caches, and acknowledges', async () => {
+async function generationFor(code) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mva-node-'));
   const sock = path.join(dir, 's');
   const lines = [];
@@ -74,18 +74,54 @@ test('registers, empties its pool and the crypto caches, and acknowledges', asyn
     });
   });
   await new Promise((r) => server.listen(sock, r));
-  const child = spawn(process.execPath, ['--require', helper, '-e', 'setTimeout(() => {}, 5000)'], {
+  const child = spawn(process.execPath, ['--require', helper, '-e', `${code}; setTimeout(() => {}, 5000)`], {
     env: { ...process.env, MICROVM_AGENT_INPROC: sock },
   });
   try {
     for (let i = 0; i < 200 && lines.length < 2; i++) await new Promise((r) => setTimeout(r, 25));
     assert.match(lines[0], new RegExp(`^MVA1 hello node ${child.pid}$`));
-    assert.strictEqual(lines[1], 'MVA1 ack 3 math.random,randomUUID,randomInt');
+    return lines[1];
   } finally {
     child.kill();
     if (conn) conn.destroy();
     server.close();
   }
+}
+
+test('registers, empties its pool and the crypto caches it used, and acknowledges', async () => {
+  const used = "const c = require('crypto'); c.randomUUID(); c.randomInt(10)";
+  assert.strictEqual(await generationFor(used), 'MVA1 ack 3 math.random,randomUUID,randomInt');
+  const web = 'globalThis.crypto.randomUUID()';
+  assert.strictEqual(await generationFor(web), 'MVA1 ack 3 math.random,randomUUID');
+  // Caches never filled hold nothing from before the generation: nothing to draw through.
+  assert.strictEqual(await generationFor('0'), 'MVA1 ack 3 math.random');
+});
+
+test('a job under a seccomp filter that kills socket() runs to completion', () => {
+  // The filter is installed by a small Python wrapper (ctypes), which then execs Node with the
+  // helper: the shape of a job sandbox. Without the helper's check, Node dies of SIGSYS.
+  const wrapper = path.join(__dirname, '..', '..', 'python', 'tests', 'kill_socket.py');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mva-node-'));
+  const sock = path.join(dir, 's');
+  const server = net.createServer(() => {}).listen(sock);
+  try {
+    const r = spawnSync('python3', ['-S', wrapper, process.execPath, '--require', helper, '-e', "console.log('done')"], {
+      env: { ...process.env, MICROVM_AGENT_INPROC: sock },
+      encoding: 'utf8',
+      timeout: 30000,
+    });
+    assert.deepStrictEqual([r.status, r.signal, r.stdout], [0, null, 'done\n'], r.stderr);
+  } finally {
+    server.close();
+  }
+});
+
+test('the seccomp mode is read from the status', () => {
+  process.env.MICROVM_AGENT_INPROC = '/nonexistent/socket';
+  const { seccompMode } = require(helper);
+  assert.strictEqual(seccompMode('Name:\tx\nSeccomp:\t2\nSeccomp_filters:\t1\n'), '2');
+  assert.strictEqual(seccompMode('Name:\tx\nSeccomp:\t0\n'), '0');
+  assert.strictEqual(seccompMode('Name:\tx\n'), null);
 });
 
 test('only a version 1 generation line is obeyed', () => {

@@ -160,27 +160,9 @@ def test_seccomp_mode_is_read_from_the_status():
     assert not helper.filtered(), "this test runs under no filter"
 
 
-# A seccomp filter that kills the process on socket(2), installed with ctypes (the shape of a
-# common job sandbox; the wrapper runs with -S, without the helper); then the job runs with the
-# helper on.
-KILL_SOCKET = r"""
-import ctypes, os, platform, struct, sys
-nr = {"x86_64": 41, "aarch64": 198}[platform.machine()]
-def stmt(code, k): return struct.pack("HBBI", code, 0, 0, k)
-def jump(code, k, jt, jf): return struct.pack("HBBI", code, jt, jf, k)
-prog = b"".join([
-    stmt(0x20, 0),                     # ld [nr]
-    jump(0x15, nr, 0, 1),              # jeq socket
-    stmt(0x06, 0x80000000),            # ret KILL_PROCESS
-    stmt(0x06, 0x7FFF0000),            # ret ALLOW
-])
-buf = ctypes.create_string_buffer(prog)
-fprog = struct.pack("HxxxxxxQ", len(prog) // 8, ctypes.addressof(buf))
-libc = ctypes.CDLL(None, use_errno=True)
-assert libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
-assert libc.prctl(22, 2, ctypes.c_char_p(fprog), 0, 0) == 0, ctypes.get_errno()  # SECCOMP_MODE_FILTER
-os.execv(sys.executable, [sys.executable, "-c", sys.argv[1]])
-"""
+# kill_socket.py installs a seccomp filter that kills the process on socket(2) (the shape of a
+# common job sandbox; it runs with -S, without the helper), then execs the job with the helper on.
+KILL_SOCKET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kill_socket.py")
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="seccomp is Linux's")
@@ -189,7 +171,7 @@ def test_a_job_under_a_seccomp_filter_runs_to_completion():
         agent = FakeAgent(os.path.join(d, "s"))
         env = {**os.environ, "PYTHONPATH": HERE, "MICROVM_AGENT_INPROC": agent.path}
         r = subprocess.run(
-            [sys.executable, "-S", "-c", KILL_SOCKET, "import time; time.sleep(0.3); print('done')"],
+            [sys.executable, "-S", KILL_SOCKET, sys.executable, "-c", "import time; time.sleep(0.3); print('done')"],
             env=env,
             capture_output=True,
             text=True,

@@ -23,6 +23,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"unicode/utf8"
 
 	mrand "math/rand/v2"
 )
@@ -253,13 +254,21 @@ func run(cb Callback, g Generation) (err error) {
 	return cb(g)
 }
 
-// failLine is one protocol line of at most 256 bytes, cut at a character boundary.
+// failLine is one protocol line of at most 256 bytes, cut once, by bytes, at a character
+// boundary (valid UTF-8: the agent reads nothing else).
 func failLine(number uint64, reason string) string {
 	head := fmt.Sprintf("MVA1 fail %d ", number)
-	body := strings.ReplaceAll(reason, "\n", " ")
-	for len(head)+len(body)+1 > maxLine {
-		rs := []rune(body)
-		body = string(rs[:len(rs)-1])
+	room := maxLine - 1 - len(head)
+	if len(reason) > 4*room {
+		reason = reason[:4*room] // more than can fit: never scan a huge message
+	}
+	body := strings.ToValidUTF8(strings.NewReplacer("\n", " ", "\r", " ").Replace(reason), "?")
+	if len(body) > room {
+		cut := room
+		for cut > 0 && !utf8.RuneStart(body[cut]) {
+			cut--
+		}
+		body = body[:cut]
 	}
 	return head + body + "\n"
 }

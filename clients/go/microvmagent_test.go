@@ -19,6 +19,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	mrand "math/rand/v2"
 )
@@ -89,8 +90,16 @@ func TestTheProtocolLines(t *testing.T) {
 		}
 	}
 	line := failLine(7, "boom: "+strings.Repeat("é", 300)+"\nmore")
-	if len(line) > 256 || !strings.HasSuffix(line, "\n") || strings.Count(line, "\n") != 1 {
+	if len(line) > 256 || len(line) < 254 || !strings.HasSuffix(line, "\n") || strings.Count(line, "\n") != 1 || !utf8.ValidString(line) {
 		t.Fatalf("%q", line)
+	}
+	// Cut once, by bytes (a rune at a time took seconds for 32 KiB): at once, or the runner's
+	// timeout fails it.
+	if huge := failLine(7, strings.Repeat("x", 16<<20)); len(huge) != 256 {
+		t.Fatalf("%d bytes", len(huge))
+	}
+	if bad := failLine(7, "a\xffb"); !utf8.ValidString(bad) {
+		t.Fatalf("%q", bad)
 	}
 }
 

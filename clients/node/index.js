@@ -165,11 +165,15 @@ async function handle(line) {
   return `MVA1 ack ${msg.number} callbacks=${list.length}\n`;
 }
 
-/** One protocol line, at most 256 bytes, whole UTF-8 characters. */
+/** One protocol line, at most 256 bytes, whole UTF-8 characters: cut once, by bytes. */
 function failLine(number, reason) {
   const head = `MVA1 fail ${number} `;
-  let body = reason.replace(/\n/g, ' ');
-  while (Buffer.byteLength(head + body) > MAX_LINE - 1) body = body.slice(0, -1);
-  return `${head}${body}\n`;
+  const room = MAX_LINE - 1 - Buffer.byteLength(head);
+  // Only the first `room` characters can fit: never encode more than that of a huge message.
+  const body = Buffer.from(String(reason).slice(0, room).replace(/[\r\n]/g, ' '), 'utf8');
+  let cut = Math.min(body.length, room);
+  // Back to the start of a character (continuation bytes are 10xxxxxx).
+  while (cut > 0 && cut < body.length && (body[cut] & 0xc0) === 0x80) cut--;
+  return `${head}${body.subarray(0, cut).toString('utf8')}\n`;
 }
 exports._failLine = failLine;

@@ -28,6 +28,11 @@ test('the protocol lines', () => {
   assert.strictEqual(agentLib._parse(`MVA2 generation 3 ${seed}`), null);
   const line = agentLib._failLine(7, `Error: ${'é'.repeat(300)}\nmore`);
   assert.ok(Buffer.byteLength(line) <= 256 && line.endsWith('\n') && line.split('\n').length === 2);
+  assert.ok(Buffer.byteLength(line) >= 254, 'cut at the last whole character, not before');
+  // A huge message is cut once (it blocked the event loop for seconds when cut a character at a
+  // time): this finishes at once or the runner's timeout fails it.
+  const huge = agentLib._failLine(7, 'x'.repeat(16 << 20));
+  assert.strictEqual(Buffer.byteLength(huge), 256);
 });
 
 test('randomBytes gives what is asked and differs between calls', () => {

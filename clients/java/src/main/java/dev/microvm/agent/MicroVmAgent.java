@@ -298,13 +298,23 @@ public final class MicroVmAgent {
     return new StringBuilder("MVA1 ack ").append(number).append(" callbacks=").append(callbacks).append('\n').toString();
   }
 
-  /** One protocol line of at most 256 bytes, whole characters. */
+  /** One protocol line of at most 256 bytes, whole characters: one pass over what can fit. */
   static String failLine(long number, String reason) {
     String head = new StringBuilder("MVA1 fail ").append(number).append(' ').toString();
-    String body = reason.replace('\n', ' ');
-    while ((head + body).getBytes(StandardCharsets.UTF_8).length + 1 > MAX_LINE) {
-      body = body.substring(0, body.offsetByCodePoints(body.length(), -1));
+    int room = MAX_LINE - 1 - head.getBytes(StandardCharsets.UTF_8).length;
+    StringBuilder line = new StringBuilder(head);
+    int used = 0;
+    for (int i = 0; i < reason.length(); ) {
+      int cp = reason.codePointAt(i);
+      // UTF-8 length; a lone surrogate is encoded as one '?', counted as three to be safe.
+      int len = cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4;
+      if (used + len > room) {
+        break;
+      }
+      used += len;
+      line.appendCodePoint(cp == '\n' || cp == '\r' ? ' ' : cp);
+      i += Character.charCount(cp);
     }
-    return new StringBuilder(head).append(body).append('\n').toString();
+    return line.append('\n').toString();
   }
 }

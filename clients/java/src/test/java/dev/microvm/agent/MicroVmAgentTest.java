@@ -51,6 +51,10 @@ class MicroVmAgentTest {
     String fail = MicroVmAgent.failLine(7, "boom " + "é".repeat(300) + "\nmore");
     assertTrue(fail.getBytes(StandardCharsets.UTF_8).length <= 256 && fail.endsWith("\n"));
     assertEquals(1, fail.chars().filter(c -> c == '\n').count());
+    assertTrue(fail.getBytes(StandardCharsets.UTF_8).length >= 254, "cut at the last whole character");
+    // One pass (it re-encoded the whole message per character cut): at once, or the runner hangs.
+    String huge = MicroVmAgent.failLine(7, "x".repeat(16 << 20));
+    assertEquals(256, huge.getBytes(StandardCharsets.UTF_8).length);
   }
 
   @Test

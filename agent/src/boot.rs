@@ -72,7 +72,9 @@ pub fn wire(config: Config, listener: &TcpListener) -> Result<Parts, i32> {
     // The in-process reseed helpers, for the app the agent starts (a sidecar's app is started
     // by someone else, who can set the environment `--check` shows).
     let owner = run_as.as_ref().map(|u| (u.uid, u.gid));
-    let inproc = Arc::new(clone::inproc::InProc::default());
+    let inproc = Arc::new(clone::inproc::InProc::for_nofile(
+        crate::supervise::spawn::nofile(),
+    ));
     let setup = match &config.app {
         Some(app) if app.reseed_in_process => clone::inproc::setup::arrange(&state, owner),
         Some(_) => {

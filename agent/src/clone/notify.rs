@@ -44,11 +44,14 @@ pub struct Ctx<'a> {
     pub draw: &'a (dyn Fn() -> Option<Seed> + Sync),
 }
 
-/// Which channels acknowledged, and which did not (with why).
+/// Which channels acknowledged, and which did not (with why); and what is only reported: the
+/// in-process helpers still at work when the hook answered (`clone::inproc`'s policy).
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct Outcome {
     pub acknowledged: Vec<&'static str>,
     pub failed: Vec<(&'static str, String)>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub late: Vec<String>,
 }
 
 impl Outcome {
@@ -164,7 +167,7 @@ pub async fn notify(
             return None;
         }
         let until = Instant::now() + limit;
-        let missing = if reseeds(event) {
+        let told = if reseeds(event) {
             let g = generation.filter(|_| ctx.inproc.active())?;
             ctx.inproc.tell(g.generation, ctx.draw, until).await
         } else {
@@ -174,20 +177,27 @@ pub async fn notify(
             }
             ctx.inproc.tell_event(name, number, until).await
         };
-        let r = if missing.is_empty() {
+        Some(told)
+    };
+    let (a, b, c, d, told) = tokio::join!(http, signal, exec, restart, inproc);
+    let mut outcome = Outcome::default();
+    let inproc = told.map(|t| {
+        outcome.late = t.late;
+        let r = if t.failed.is_empty() {
             Ok(())
         } else {
-            Err(missing.join("; "))
+            Err(t.failed.join("; "))
         };
-        Some(("inproc", r))
-    };
-    let (a, b, c, d, e) = tokio::join!(http, signal, exec, restart, inproc);
-    let mut outcome = Outcome::default();
-    for (channel, result) in [a, b, c, d, e].into_iter().flatten() {
+        ("inproc", r)
+    });
+    for (channel, result) in [a, b, c, d, inproc].into_iter().flatten() {
         match result {
             Ok(()) => outcome.acknowledged.push(channel),
             Err(e) => outcome.failed.push((channel, e)),
         }
+    }
+    if !outcome.late.is_empty() {
+        tracing::warn!(event = event.as_str(), late = %outcome.late.join("; "), "in-process reseed: answered before every helper acknowledged (reported, not a failure)");
     }
     outcome
 }

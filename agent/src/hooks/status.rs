@@ -68,8 +68,10 @@ impl Agent {
         };
         json!({
             "arranged": inproc.setup.get(),
+            "cap": inproc.cap(),
             "processes": members,
             "not_taking_part": others,
+            "left_while_running": inproc.leavers(),
         })
     }
 

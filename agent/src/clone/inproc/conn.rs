@@ -2,26 +2,35 @@
 //! `MVA1 generation <n> <64 hex>` (for an event it asked for, `MVA1 event <name> <n>`) and its
 //! `MVA1 ack <n> <what>` or `MVA1 fail <n> <reason>` (`inproc/PROTOCOL.md`).
 //!
-//! Lines are at most `MAX_LINE` bytes; a process that sends a longer one, or a first line that is
-//! not a hello, is disconnected. Nothing here has a timer: an idle process costs nothing, and
-//! the one that does not answer is the caller's deadline's business (`InProc::tell`).
+//! The socket is the agent's, not the app's to exhaust: a connection holds one of the
+//! registry's slots from before it is accepted until it ends; it must say hello within
+//! `HELLO_DEADLINE`; lines are at most `MAX_LINE` bytes; and after the hello a process may only
+//! answer what it was sent (one line per order): an unsolicited line, a longer one, or one that is
+//! not the protocol's ends the connection. So a process costs the agent's one thread at most one
+//! line per order, however it behaves. An idle connection has no timer.
 
 use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
-use super::{Current, InProc, Kind, Order, Payload, Seed, EVENTS};
+use super::{Current, InProc, Kind, Order, Payload, Seed, EVENTS, HELLO_DEADLINE};
 
 const MAX_LINE: usize = 256;
 
-pub(super) async fn serve(registry: Arc<InProc>, stream: UnixStream, current: Current) {
+pub(super) async fn serve(
+    registry: Arc<InProc>,
+    stream: UnixStream,
+    current: Current,
+    _slot: OwnedSemaphorePermit,
+) {
     // The kernel's word for who connected; the hello's pid is only the process's own.
     let peer_pid = stream.peer_cred().ok().and_then(|c| c.pid());
     let (mut rd, mut wr) = stream.into_split();
     let mut lines = Lines::default();
-    let Some(hello) = lines.next(&mut rd).await else {
+    let Ok(Some(hello)) = tokio::time::timeout(HELLO_DEADLINE, lines.next(&mut rd)).await else {
+        tracing::debug!("in-process reseed: no hello in time; disconnected");
         return;
     };
     let Some((kind, said_pid, events)) = parse_hello(&hello) else {
@@ -31,6 +40,8 @@ pub(super) async fn serve(registry: Arc<InProc>, stream: UnixStream, current: Cu
     let pid = peer_pid.unwrap_or(said_pid);
     let (orders_tx, mut orders) = mpsc::unbounded_channel::<Order>();
     let id = registry.join(pid, kind, events, orders_tx);
+    // Answers this process still owes: one per line we sent. Anything beyond is unsolicited.
+    let mut owed = 0u32;
 
     // A process that starts after the generation was made gets it now: its own generators
     // were seeded in this clone, but from a kernel that may not have been reseeded. (Nobody
@@ -40,25 +51,37 @@ pub(super) async fn serve(registry: Arc<InProc>, stream: UnixStream, current: Cu
             .await
             .is_err()
         {
-            registry.leave(id);
+            registry.leave(id, pid, kind, "closed its connection");
             return;
         }
+        registry.told(id, number);
+        owed += 1;
     }
     // The order being waited for. A newer one replaces it: dropping the older reply tells its
     // waiter the process moved on, which is not a failure of that generation.
     let mut pending: Option<(u64, tokio::sync::oneshot::Sender<Result<(), String>>)> = None;
-    loop {
+    let why = loop {
         tokio::select! {
             order = orders.recv() => {
-                let Some(order) = order else { break };
+                let Some(order) = order else { break "the agent let it go" };
                 if send(&mut wr, order.number, &order.what).await.is_err() {
-                    break;
+                    break "closed its connection";
                 }
+                if matches!(order.what, Payload::Generation(_)) {
+                    registry.told(id, order.number);
+                }
+                owed = owed.saturating_add(1);
                 pending = Some((order.number, order.reply));
             }
             line = lines.next(&mut rd) => {
-                let Some(line) = line else { break };
-                let Some((number, answer)) = parse_answer(&line) else { continue };
+                let Some(line) = line else { break "closed its connection" };
+                let Some((number, answer)) = parse_answer(&line) else {
+                    break "sent a line that is not the protocol's";
+                };
+                if owed == 0 {
+                    break "sent a line it was not asked for";
+                }
+                owed -= 1;
                 if let Ok(what) = &answer {
                     registry.acked(id, number, what);
                 }
@@ -69,11 +92,12 @@ pub(super) async fn serve(registry: Arc<InProc>, stream: UnixStream, current: Cu
                 }
             }
         }
-    }
-    registry.leave(id);
+    };
+    registry.leave(id, pid, kind, why);
     tracing::debug!(
         pid,
         kind = kind.as_str(),
+        why,
         "in-process reseed: a process left"
     );
 }

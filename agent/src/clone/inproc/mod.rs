@@ -14,22 +14,34 @@
 
 mod conn;
 pub mod setup;
+mod tell;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
 use tokio::net::UnixListener;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 use zeroize::Zeroizing;
 
+pub use tell::Told;
+
 use crate::sys::lock;
 
-/// At most this many processes take part at once; more are refused (said once).
+/// At most this many connections at once, before their hello and after: more wait in the
+/// socket's backlog (never accepted, so they cost the agent nothing). Lower when the agent's
+/// descriptor limit is low (a quarter of it), so the hook port always has room.
 pub const MAX_MEMBERS: usize = 256;
 
+/// How long a connection may take to say hello.
+pub const HELLO_DEADLINE: Duration = Duration::from_secs(1);
+
+/// How many processes that closed their connection while still running are remembered for
+/// `/status`.
+const REMEMBERED_LEAVERS: usize = 16;
 /// 32 bytes for one process, drawn from the agent's generator.
 pub type Seed = Zeroizing<[u8; 32]>;
 
@@ -103,6 +115,8 @@ struct Member {
     orders: mpsc::UnboundedSender<Order>,
     /// The events without a generation it asked to hear of (`EVENTS`).
     events: Vec<&'static str>,
+    /// The last generation it was sent.
+    told: Option<u64>,
     /// The last generation it acknowledged, and what it said.
     acked: Option<(u64, String)>,
 }
@@ -112,21 +126,70 @@ struct Member {
 pub struct MemberView {
     pub pid: i32,
     pub kind: Kind,
+    /// The last generation it acknowledged.
     pub generation: Option<u64>,
+    /// The last generation it was sent (ahead of `generation` while it is late).
+    pub told: Option<u64>,
     pub reseeded: Option<String>,
 }
 
-#[derive(Default)]
+/// A process that closed its connection while it was still running: it does not take part.
+#[derive(Clone, Debug, Serialize)]
+pub struct Leaver {
+    pub pid: i32,
+    pub kind: Kind,
+    pub why: &'static str,
+}
+
 pub struct InProc {
     members: Mutex<Vec<Member>>,
     next_id: AtomicU64,
-    /// Set once the registry was full and a process was refused (said once).
-    refused: std::sync::atomic::AtomicBool,
+    /// One permit per connection, taken before it is accepted and held until it ends.
+    slots: Arc<Semaphore>,
+    cap: usize,
+    /// Set once the registry was full (said once).
+    full: AtomicBool,
+    /// The newest generation told: an older chain stops (`tell`).
+    latest: Arc<AtomicU64>,
+    /// The last processes that left while running.
+    leavers: Mutex<VecDeque<Leaver>>,
     /// What was arranged for the app at start (for `/status` and the log).
     pub setup: std::sync::OnceLock<setup::Arranged>,
 }
 
+impl Default for InProc {
+    fn default() -> Self {
+        InProc::with_cap(MAX_MEMBERS)
+    }
+}
+
 impl InProc {
+    /// A registry for an agent whose descriptor limit is `nofile`.
+    pub fn for_nofile(nofile: usize) -> Self {
+        InProc::with_cap(MAX_MEMBERS.min(nofile / 4).max(8))
+    }
+
+    pub fn with_cap(cap: usize) -> Self {
+        InProc {
+            members: Mutex::default(),
+            next_id: AtomicU64::new(0),
+            slots: Arc::new(Semaphore::new(cap)),
+            cap,
+            full: AtomicBool::new(false),
+            latest: Arc::default(),
+            leavers: Mutex::default(),
+            setup: std::sync::OnceLock::new(),
+        }
+    }
+
+    pub fn cap(&self) -> usize {
+        self.cap
+    }
+
+    pub fn leavers(&self) -> Vec<Leaver> {
+        lock(&self.leavers).iter().cloned().collect()
+    }
+
     /// Whether any process takes part (a notify channel to wait on).
     pub fn active(&self) -> bool {
         !lock(&self.members).is_empty()
@@ -146,14 +209,27 @@ impl InProc {
                 pid: m.pid,
                 kind: m.kind,
                 generation: m.acked.as_ref().map(|a| a.0),
+                told: m.told,
                 reseeded: m.acked.as_ref().map(|a| a.1.clone()),
             })
             .collect()
     }
 
-    /// Accepts processes until the listener fails; each is served by a task of its own.
+    /// Accepts processes until the listener fails; each is served by a task of its own. A
+    /// connection takes a slot before it is accepted: when every slot is taken (silent
+    /// connections included, until their hello deadline) the rest wait in the socket's backlog,
+    /// costing the agent neither a descriptor nor a wake-up.
     pub async fn serve(self: Arc<Self>, listener: UnixListener, current: Current) {
         loop {
+            if self.slots.available_permits() == 0 && !self.full.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    limit = self.cap,
+                    "in-process reseed: too many processes; the rest wait their turn"
+                );
+            }
+            let Ok(slot) = self.slots.clone().acquire_owned().await else {
+                return;
+            };
             let stream = match listener.accept().await {
                 Ok((s, _)) => s,
                 Err(e) => {
@@ -164,16 +240,7 @@ impl InProc {
                     continue;
                 }
             };
-            if lock(&self.members).len() >= MAX_MEMBERS {
-                if !self.refused.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(
-                        limit = MAX_MEMBERS,
-                        "in-process reseed: too many processes; refusing the rest"
-                    );
-                }
-                continue;
-            }
-            tokio::spawn(conn::serve(self.clone(), stream, current.clone()));
+            tokio::spawn(conn::serve(self.clone(), stream, current.clone(), slot));
         }
     }
 
@@ -191,6 +258,7 @@ impl InProc {
             kind,
             orders,
             events,
+            told: None,
             acked: None,
         });
         tracing::debug!(
@@ -201,8 +269,24 @@ impl InProc {
         id
     }
 
-    fn leave(&self, id: u64) {
+    /// A connection ended. A process still running that closes it does not take part any more
+    /// (it may have closed every descriptor, as daemons do): remembered for `/status`.
+    fn leave(&self, id: u64, pid: i32, kind: Kind, why: &'static str) {
         lock(&self.members).retain(|m| m.id != id);
+        if alive(pid) {
+            tracing::info!(pid, kind = kind.as_str(), why, "in-process reseed: a running process left; it does not take part");
+            let mut l = lock(&self.leavers);
+            if l.len() == REMEMBERED_LEAVERS {
+                l.pop_front();
+            }
+            l.push_back(Leaver { pid, kind, why });
+        }
+    }
+
+    fn told(&self, id: u64, number: u64) {
+        if let Some(m) = lock(&self.members).iter_mut().find(|m| m.id == id) {
+            m.told = Some(number);
+        }
     }
 
     fn acked(&self, id: u64, number: u64, what: &str) {
@@ -211,50 +295,37 @@ impl InProc {
         }
     }
 
-    /// Tells every process of generation `number` and waits (until `deadline`) for each to
-    /// acknowledge: native helpers first, then the runtimes', then the app's callbacks. `draw`
-    /// gives each its own seed. Returns the processes that did not acknowledge, in words
-    /// (`pid 12 (native) ...`).
+    /// Tells every process of generation `number` and waits (until `deadline`) for them, each
+    /// process in its own order and all at once (`tell`). `draw` gives each its own seed.
     pub async fn tell(
         &self,
         number: u64,
         draw: &(dyn Fn() -> Option<Seed> + Sync),
         deadline: Instant,
-    ) -> Vec<String> {
-        let mut missing = Vec::new();
-        let phases: [&[Kind]; 3] = [&[Kind::Native], &[Kind::Python, Kind::Node], &[Kind::App]];
-        for phase in phases {
-            let targets = self.targets(|m| phase.contains(&m.kind));
-            let mut waiting = Vec::new();
-            for (pid, kind, orders) in targets {
-                let Some(seed) = draw() else {
-                    missing.push(format!("pid {pid} ({}): no seed", kind.as_str()));
-                    continue;
-                };
-                waiting.extend(order(pid, kind, &orders, number, Payload::Generation(seed)));
+    ) -> Told {
+        let mut targets = Vec::new();
+        let mut unseeded = Vec::new();
+        for (pid, kind, orders) in self.targets(|_| true) {
+            match draw() {
+                Some(seed) => targets.push(tell::Target {
+                    pid,
+                    kind,
+                    orders,
+                    seed,
+                }),
+                None => unseeded.push(format!("pid {pid} ({}): no seed", kind.as_str())),
             }
-            let what = format!("generation {number}");
-            missing.extend(wait_all(waiting, &what, deadline).await);
         }
-        missing
+        let mut told = tell::generation(number, targets, &self.latest, deadline).await;
+        told.failed.extend(unseeded);
+        told
     }
 
     /// Tells the processes that asked for `event` (`suspend`, `terminate`; the current
     /// generation is `number`) and waits (until `deadline`) for their acknowledgements.
-    pub async fn tell_event(
-        &self,
-        event: &'static str,
-        number: u64,
-        deadline: Instant,
-    ) -> Vec<String> {
-        let waiting: Vec<_> = self
-            .targets(|m| m.events.contains(&event))
-            .into_iter()
-            .flat_map(|(pid, kind, orders)| {
-                order(pid, kind, &orders, number, Payload::Event(event))
-            })
-            .collect();
-        wait_all(waiting, event, deadline).await
+    pub async fn tell_event(&self, event: &'static str, number: u64, deadline: Instant) -> Told {
+        let targets = self.targets(|m| m.events.contains(&event));
+        tell::event(event, number, targets, deadline).await
     }
 
     fn targets(
@@ -269,42 +340,13 @@ impl InProc {
     }
 }
 
-type Waiting = (i32, Kind, oneshot::Receiver<Result<(), String>>);
-
-fn order(
-    pid: i32,
-    kind: Kind,
-    orders: &mpsc::UnboundedSender<Order>,
-    number: u64,
-    what: Payload,
-) -> Option<Waiting> {
-    let (reply, answer) = oneshot::channel();
-    orders
-        .send(Order {
-            number,
-            what,
-            reply,
-        })
-        .ok()
-        .map(|()| (pid, kind, answer))
+/// Whether `pid` is a running process (not gone, not a zombie).
+fn alive(pid: i32) -> bool {
+    !matches!(proc_state(pid), None | Some('Z') | Some('X'))
 }
 
-/// Waits for every answer until `deadline`; what failed or did not answer, in words.
-async fn wait_all(waiting: Vec<Waiting>, what: &str, deadline: Instant) -> Vec<String> {
-    let mut missing = Vec::new();
-    for (pid, kind, answer) in waiting {
-        match tokio::time::timeout_at(deadline, answer).await {
-            Ok(Ok(Err(reason))) => missing.push(format!(
-                "pid {pid} ({}) failed {what}: {reason}",
-                kind.as_str()
-            )),
-            // Acknowledged, or exited (its task ended): dropped, not a failure.
-            Ok(_) => {}
-            Err(_) => missing.push(format!(
-                "pid {pid} ({}) did not acknowledge {what} in time",
-                kind.as_str()
-            )),
-        }
-    }
-    missing
+/// The state letter of `/proc/<pid>/stat` (after the command's closing parenthesis).
+fn proc_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
 }

@@ -438,6 +438,17 @@ fn inproc(bin: &Path, o: &Opts) -> Value {
             // Node's own start-up (its heap, its modules) settles in both modes before anything
             // is measured: the helpers' share is the difference.
             std::thread::sleep(Duration::from_secs(3));
+            let node_rss = || -> Vec<u64> {
+                descendants(a.proc.0.id())
+                    .into_iter()
+                    .filter(|p| {
+                        std::fs::read_to_string(format!("/proc/{p}/comm"))
+                            .is_ok_and(|c| c.trim() == "node")
+                    })
+                    .map(|p| status_field(p, "VmRSS:"))
+                    .collect()
+            };
+            let before = node_rss();
             let mut resume = Stats::default();
             for _ in 0..o.n(300, 10) {
                 let _ = once(a.port, "POST", &format!("{PREFIX}/suspend"), "");
@@ -447,18 +458,14 @@ fn inproc(bin: &Path, o: &Opts) -> Value {
                     _ => resume.errors += 1,
                 }
             }
-            let rss: Vec<u64> = descendants(a.proc.0.id())
-                .into_iter()
-                .filter(|p| {
-                    std::fs::read_to_string(format!("/proc/{p}/comm"))
-                        .is_ok_and(|c| c.trim() == "node")
-                })
-                .map(|p| status_field(p, "VmRSS:"))
-                .collect();
+            let rss = node_rss();
+            let mean = |v: &[u64]| v.iter().sum::<u64>() / v.len().max(1) as u64;
             let key = format!("{}_{procs}_node", if on { "on" } else { "off" });
             out[key] = json!({
                 "resume": resume.json(),
-                "node_rss_kib_mean": rss.iter().sum::<u64>() / rss.len().max(1) as u64,
+                "node_rss_kib_mean": mean(&rss),
+                // What the generations left behind in each process (after minus before).
+                "node_rss_kib_growth_mean": mean(&rss).saturating_sub(mean(&before)),
             });
             drop(a);
         }

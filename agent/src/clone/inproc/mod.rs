@@ -274,7 +274,12 @@ impl InProc {
     fn leave(&self, id: u64, pid: i32, kind: Kind, why: &'static str) {
         lock(&self.members).retain(|m| m.id != id);
         if alive(pid) {
-            tracing::info!(pid, kind = kind.as_str(), why, "in-process reseed: a running process left; it does not take part");
+            tracing::info!(
+                pid,
+                kind = kind.as_str(),
+                why,
+                "in-process reseed: a running process left; it does not take part"
+            );
             let mut l = lock(&self.leavers);
             if l.len() == REMEMBERED_LEAVERS {
                 l.pop_front();

@@ -286,7 +286,10 @@ mod tests {
         .await;
         assert!(told.failed.is_empty(), "{told:?}");
         assert_eq!(told.late.len(), 1, "{told:?}");
-        assert!(told.late[0].starts_with(&format!("pid {me} (native)")), "{told:?}");
+        assert!(
+            told.late[0].starts_with(&format!("pid {me} (native)")),
+            "{told:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -304,7 +307,10 @@ mod tests {
         )
         .await;
         assert!(told.failed.is_empty(), "{told:?}");
-        assert!(told.late.iter().any(|l| l.contains("(app) not told")), "{told:?}");
+        assert!(
+            told.late.iter().any(|l| l.contains("(app) not told")),
+            "{told:?}"
+        );
 
         let (app, app_rx) = member(me, Kind::App);
         answer(app_rx, None);
@@ -349,6 +355,9 @@ mod tests {
         latest.store(7, Ordering::SeqCst);
         first.reply.send(Ok(())).unwrap();
         let _ = older.await;
-        assert!(node_rx2.try_recv().is_err(), "a superseded chain told its next phase");
+        assert!(
+            node_rx2.try_recv().is_err(),
+            "a superseded chain told its next phase"
+        );
     }
 }

@@ -31,7 +31,7 @@
 //! | `clone::{entropy, generation, secrets, identity, notify}` | the routine's steps: kernel reseed and the agent's generator; generations; secrets and the seed's staging; `/etc/machine-id`, the hostname (+ `/etc/hosts`), the `boot_id` mount; telling the app |
 //! | `clone::machine` | what the machine offers for clone safety (CAP_SYS_ADMIN, VMGenID, vmclock, RNG) |
 //! | `clone::restore` | noticing a restore without a hook (vmclock, VMGenID uevent, clock steps) |
-//! | `clone::inproc` (+ `setup`, `conn`) | the in-process reseed: the helpers written and the app's environment at start, the socket, the registry of the app's processes, and the wait for their acknowledgements (`inproc/PROTOCOL.md`) |
+//! | `clone::inproc` (+ `setup`, `conn`, `tell`) | the in-process reseed: the helpers written and the app's environment at start, the socket and its limits, the registry of the app's processes, and telling them (one chain per process under the hook's deadline; late helpers reported, never a failed hook: `inproc/PROTOCOL.md`) |
 //! | `supervise::supervisor` (+ `phase`, `exit`) | the app's life: the one stop path, leftovers; after an exit: restart policy, backoff, giving up, linger |
 //! | `supervise::handle` | `AppHandle`: what the rest of the agent holds of the app (health, view, last probe, restart and wait, wait until gone) |
 //! | `supervise::launcher` | `Launcher`: the one place that starts processes (the app and every helper), as the run-as user, watched by the reaper |

@@ -58,13 +58,14 @@ pub fn reseed_all(c: &Libc, seed: &[u8; 32], pid: c_int, number: u64) -> (u32, u
     for &(f, init) in &found.fns[..found.len] {
         // A copy whose cleanup has begun (the process is exiting from a thread our exit handlers
         // do not see) is left alone: after it, `RAND_add` touches freed locks.
-        // SAFETY: `init` is that copy's `OPENSSL_init_crypto(uint64_t, const void *)`; with
-        // BASE_ONLY it only answers whether the library is usable.
-        if init != 0
-            && unsafe {
-                core::mem::transmute::<usize, InitCrypto>(init)(INIT_BASE_ONLY, core::ptr::null())
-            } == 0
-        {
+        let usable = init == 0 || {
+            // SAFETY: `init` is that copy's `OPENSSL_init_crypto(uint64_t, const void *)`; with
+            // BASE_ONLY it only answers whether the library is usable.
+            let init = unsafe { core::mem::transmute::<usize, InitCrypto>(init) };
+            // SAFETY: as above; no settings.
+            unsafe { init(INIT_BASE_ONLY, core::ptr::null()) != 0 }
+        };
+        if !usable {
             continue;
         }
         // SAFETY: `f` is OpenSSL's `RAND_add(const void *, int, double)`; our buffer outlives it.

@@ -290,11 +290,6 @@ fn hook(vm: &Vm, app: &App, path: &str, body: &[u8]) -> u128 {
     t.elapsed().as_millis()
 }
 
-/// A scoped thread's result, its panic (an assertion in a hook) passed on as it was.
-fn join<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
-    h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
-}
-
 /// One generator's measurement in one mode: identical in the clones without /run, distinct
 /// after /run, distinct after /resume.
 #[derive(Debug, Clone, Copy)]
@@ -356,41 +351,21 @@ fn measure_mode(lab: &Lab, mode: Mode, origin: Vm, booted: Instant) -> Measured 
         control.push(sample(&vm));
     }
 
-    // A restore storm, as the platform makes one: the three clones load at the same time,
-    // continue at the same time, and every agent of every clone gets /run at the same moment
-    // (a restored VM is slow at first; several on two cores are slower still).
     let mut clones: Vec<Vm> = (0..3)
-        .map(|i| spec.boot(&format!("clone{i}-{}", mode.name()), Some(&snap)))
+        .map(|i| {
+            let mut vm = spec.boot(&format!("clone{i}-{}", mode.name()), Some(&snap));
+            vm.resume_clone();
+            vm
+        })
         .collect();
-    let t = Instant::now();
-    std::thread::scope(|s| {
-        for vm in clones.iter_mut() {
-            s.spawn(move || vm.resume_clone());
-        }
-    });
-    let took: Vec<Vec<String>> = std::thread::scope(|s| {
-        let runs: Vec<Vec<_>> = clones
-            .iter()
-            .enumerate()
-            .map(|(i, vm)| {
-                APPS.iter()
-                    .map(|app| {
-                        s.spawn(move || {
-                            let body = format!(
-                                r#"{{"microvmId":"microvm-clone{i}","runHookPayload":"tenant-{i}"}}"#
-                            );
-                            format!("{} {} ms", app.name, hook(vm, app, "/run", body.as_bytes()))
-                        })
-                    })
-                    .collect()
-            })
-            .collect();
-        runs.into_iter()
-            .map(|r| r.into_iter().map(join).collect())
-            .collect()
-    });
     let mut after_run = Vec::new();
-    for (i, vm) in clones.iter().enumerate() {
+    for (i, vm) in clones.iter_mut().enumerate() {
+        let t = Instant::now();
+        let body = format!(r#"{{"microvmId":"microvm-clone{i}","runHookPayload":"tenant-{i}"}}"#);
+        let took: Vec<String> = APPS
+            .iter()
+            .map(|app| format!("{} {} ms", app.name, hook(vm, app, "/run", body.as_bytes())))
+            .collect();
         let g: serde_json::Value =
             serde_json::from_str(&vm.request(APPS[0].hook_port(), "GET", "/generation", b"").1)
                 .unwrap();
@@ -408,27 +383,19 @@ fn measure_mode(lab: &Lab, mode: Mode, origin: Vm, booted: Instant) -> Measured 
         }
         after_run.push(sample(vm));
         say!(
-            "[{tag}] clone {i}: restored with two others and /run by every agent at once ({:?} since the restore; {})",
+            "[{tag}] clone {i}: restored and /run by every agent in {:?} ({})",
             t.elapsed(),
-            took[i].join(", ")
+            took.join(", ")
         );
     }
-    // /suspend and /resume on every clone at once, each clone's agents one after another.
-    std::thread::scope(|s| {
-        let all: Vec<_> = clones
-            .iter()
-            .map(|vm| {
-                s.spawn(move || {
-                    for app in &APPS {
-                        hook(vm, app, "/suspend", b"");
-                        hook(vm, app, "/resume", b"");
-                    }
-                })
-            })
-            .collect();
-        all.into_iter().for_each(join);
-    });
-    let after_resume: Vec<Sample> = clones.iter().map(sample).collect();
+    let mut after_resume = Vec::new();
+    for vm in &clones {
+        for app in &APPS {
+            hook(vm, app, "/suspend", b"");
+            hook(vm, app, "/resume", b"");
+        }
+        after_resume.push(sample(vm));
+    }
     drop(clones);
     let _ = std::fs::remove_file(&snap);
 

@@ -67,6 +67,19 @@ fn wait_file(path: &Path, what: &str, limit: Duration) -> String {
     }
 }
 
+/// `/run`, then new generations (`/suspend` + `/resume`, as fast as the agent answers: no
+/// pause) until the app writes `done`; how many were made.
+fn generations_until(a: &Agent, done: &Path, mode: &str) -> u32 {
+    assert_eq!(a.post("/run", b"{}").status, 200, "{mode}");
+    let mut generations = 1;
+    while !done.exists() {
+        assert_eq!(a.post("/suspend", b"{}").status, 200, "{mode}");
+        assert_eq!(a.post("/resume", b"{}").status, 200, "{mode}");
+        generations += 1;
+    }
+    generations
+}
+
 fn inproc(a: &Agent) -> serde_json::Value {
     a.status()["inproc"].clone()
 }
@@ -190,14 +203,7 @@ fn ten_thousand_short_lived_openssl_processes_never_crash_while_generations_are_
             .config(extra)
             .app(&["/bin/sh", "-c", &script])
             .start();
-        assert_eq!(a.post("/run", b"{}").status, 200);
-        let mut generations = 1;
-        while !done.exists() {
-            assert_eq!(a.post("/suspend", b"{}").status, 200);
-            assert_eq!(a.post("/resume", b"{}").status, 200, "{mode}");
-            generations += 1;
-            assert!(generations < 1_000_000);
-        }
+        let generations = generations_until(&a, &done, mode);
         let failed = std::fs::read_to_string(&fails).unwrap_or_default();
         eprintln!("{mode}: 10,000 openssl runs across {generations} generations");
         assert_eq!(
@@ -254,13 +260,7 @@ fn fifty_thousand_forks_across_generations_leave_no_hung_child() {
             .config(extra)
             .app(&[forks.to_str().unwrap(), "50000", out.to_str().unwrap()])
             .start();
-        assert_eq!(a.post("/run", b"{}").status, 200);
-        let mut generations = 1;
-        while !out.exists() {
-            assert_eq!(a.post("/suspend", b"{}").status, 200);
-            assert_eq!(a.post("/resume", b"{}").status, 200, "{mode}");
-            generations += 1;
-        }
+        let generations = generations_until(&a, &out, mode);
         let seen = wait_file(&out, "the fork storm's count", PATIENCE);
         eprintln!("{mode}: 50,000 forks across {generations} generations: {seen}");
         assert_eq!(seen, "hung=0 other=0\n", "{mode}");

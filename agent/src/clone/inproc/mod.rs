@@ -4,13 +4,14 @@
 //!
 //! - `setup`: at start, writes the helpers (embedded in this binary) read-only under
 //!   `<state_dir>/inproc/` and makes the app's environment load them; binds the socket.
-//! - `conn`: one task per connected process: its registration, the generations it is sent and
-//!   its acknowledgements.
-//! - here: the registry, and [`InProc::tell`], which a new generation waits on: every native
-//!   helper first (OpenSSL), then every runtime helper (whose language generators may draw from
-//!   OpenSSL), then the app's own callbacks (the client libraries, `clients/`: they may draw from
-//!   both), each acknowledging within the hook's budget; and [`InProc::tell_event`] for
-//!   `/suspend` and `/terminate`, to the processes that asked for them.
+//! - `conn`: one task per connected process: its slot, its registration, the generations it is
+//!   sent and its acknowledgements, and the limits that keep the socket the agent's.
+//! - `tell`: a new generation, one chain per process (its native helper, then its runtime's,
+//!   then the app's own callbacks) under the hook's deadline, and the policy for the late: a
+//!   helper is reported, never a failed hook; the app's callbacks fail the channel.
+//! - here: the registry (slots, members, the processes that left while running),
+//!   [`InProc::tell`] and [`InProc::tell_event`] (`/suspend`, `/terminate`, to the processes
+//!   that asked for them).
 
 mod conn;
 pub mod setup;
@@ -42,6 +43,7 @@ pub const HELLO_DEADLINE: Duration = Duration::from_secs(1);
 /// How many processes that closed their connection while still running are remembered for
 /// `/status`.
 const REMEMBERED_LEAVERS: usize = 16;
+
 /// 32 bytes for one process, drawn from the agent's generator.
 pub type Seed = Zeroizing<[u8; 32]>;
 

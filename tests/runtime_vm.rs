@@ -413,6 +413,26 @@ fn measure_mode(lab: &Lab, mode: Mode, origin: Vm, booted: Instant) -> Measured 
             restored.elapsed(),
             took[i]
         );
+        // What each agent's in-process channel saw at /run (acknowledged, late, failed): the
+        // first thing to read when a claim fails.
+        for app in &APPS {
+            let st: serde_json::Value =
+                serde_json::from_str(&vm.request(app.hook_port(), "GET", "/status", b"").1)
+                    .unwrap_or_default();
+            let members: Vec<String> = st["inproc"]["processes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| format!("{}:{}:{}", p["kind"], p["told"], p["generation"]))
+                .collect();
+            say!(
+                "[{tag}] clone {i} {}: generation {} notify {} members [{}]",
+                app.name,
+                st["generation"]["generation"],
+                st["last_routine"]["notify"],
+                members.join(" ")
+            );
+        }
     }
     // /suspend and /resume: every clone at once, each clone's agents one after another.
     std::thread::scope(|s| {

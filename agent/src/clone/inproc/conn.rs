@@ -4,7 +4,7 @@
 //!
 //! The socket is the agent's, not the app's to exhaust: a connection holds one of the
 //! registry's slots from before it is accepted until it ends; it must say hello within
-//! `HELLO_DEADLINE`; lines are at most `MAX_LINE` bytes; and after the hello a process may only
+//! `HELLO_DEADLINE` (`HELLO_UNDER_PRESSURE` when the slots run short); lines are at most `MAX_LINE` bytes; and after the hello a process may only
 //! answer what it was sent (one line per order): an unsolicited line, a longer one, or one that is
 //! not the protocol's ends the connection. So a process costs the agent's one thread at most one
 //! line per order, however it behaves. An idle connection has no timer.
@@ -15,7 +15,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
-use super::{Current, InProc, Kind, Order, Payload, Seed, EVENTS, HELLO_DEADLINE};
+use super::{
+    Current, InProc, Kind, Order, Payload, Seed, EVENTS, HELLO_DEADLINE, HELLO_UNDER_PRESSURE,
+};
 
 const MAX_LINE: usize = 256;
 
@@ -29,8 +31,22 @@ pub(super) async fn serve(
     let peer_pid = stream.peer_cred().ok().and_then(|c| c.pid());
     let (mut rd, mut wr) = stream.into_split();
     let mut lines = Lines::default();
-    let Ok(Some(hello)) = tokio::time::timeout(HELLO_DEADLINE, lines.next(&mut rd)).await else {
-        tracing::debug!("in-process reseed: no hello in time; disconnected");
+    let accepted = tokio::time::Instant::now();
+    let mut pressure = registry.pressure.subscribe();
+    let hello = loop {
+        let limit = if *pressure.borrow_and_update() {
+            HELLO_UNDER_PRESSURE
+        } else {
+            HELLO_DEADLINE
+        };
+        tokio::select! {
+            line = lines.next(&mut rd) => break line,
+            Ok(()) = pressure.changed() => continue,
+            () = tokio::time::sleep_until(accepted + limit) => break None,
+        }
+    };
+    let Some(hello) = hello else {
+        tracing::debug!("in-process reseed: no hello (in time); disconnected");
         return;
     };
     let Some((kind, said_pid, events)) = parse_hello(&hello) else {

@@ -37,8 +37,14 @@ use crate::sys::lock;
 /// descriptor limit is low (a quarter of it), so the hook port always has room.
 pub const MAX_MEMBERS: usize = 256;
 
-/// How long a connection may take to say hello.
-pub const HELLO_DEADLINE: Duration = Duration::from_secs(1);
+/// How long a connection may take to say hello. Long: a Node.js process says it only once its
+/// event loop first turns, after the app's whole main module has loaded, and a JVM and a Node.js
+/// starting together under emulation took more than a second (measured in the aarch64 runtime
+/// clone test with a 1 s limit: neither ever took part).
+pub const HELLO_DEADLINE: Duration = Duration::from_secs(60);
+/// ... unless the slots run short (fewer than a quarter free): then a connection that has not
+/// said hello within this is dropped, so silent connections cannot keep processes out.
+pub const HELLO_UNDER_PRESSURE: Duration = Duration::from_secs(1);
 
 /// How many processes that closed their connection while still running are remembered for
 /// `/status`.
@@ -151,6 +157,8 @@ pub struct InProc {
     cap: usize,
     /// Set once the registry was full (said once).
     full: AtomicBool,
+    /// Whether the slots are short (fewer than a quarter free): the hello deadline tightens.
+    pressure: tokio::sync::watch::Sender<bool>,
     /// The newest generation told: an older chain stops (`tell`).
     latest: Arc<AtomicU64>,
     /// The last processes that left while running.
@@ -178,6 +186,7 @@ impl InProc {
             slots: Arc::new(Semaphore::new(cap)),
             cap,
             full: AtomicBool::new(false),
+            pressure: tokio::sync::watch::Sender::new(false),
             latest: Arc::default(),
             leavers: Mutex::default(),
             setup: std::sync::OnceLock::new(),
@@ -232,6 +241,9 @@ impl InProc {
             let Ok(slot) = self.slots.clone().acquire_owned().await else {
                 return;
             };
+            let short = self.slots.available_permits() < self.cap / 4;
+            self.pressure
+                .send_if_modified(|p| std::mem::replace(p, short) != short);
             let stream = match listener.accept().await {
                 Ok((s, _)) => s,
                 Err(e) => {

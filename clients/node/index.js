@@ -108,9 +108,30 @@ function connect(socketPath) {
   let buf = '';
   // Lines are handled one after the other: a generation's callbacks finish before the next.
   let chain = Promise.resolve();
+  // The socket's identity (device, inode), checked before every write: a descriptor number that
+  // native code in the app closed and reused is never written to (we stop taking part instead).
+  let identity = null;
+  const ident = () => {
+    try {
+      const st = fs.fstatSync(sock._handle.fd);
+      return `${st.dev}:${st.ino}`;
+    } catch {
+      return null;
+    }
+  };
+  const send = (line) => {
+    if (identity === null || ident() !== identity) {
+      sock.removeAllListeners('data');
+      sock.pause();
+      state.connected = false;
+      return;
+    }
+    sock.write(line);
+  };
   sock.on('connect', () => {
     state.connected = true;
-    sock.write(`MVA1 hello app ${process.pid} suspend,terminate\n`);
+    identity = ident();
+    send(`MVA1 hello app ${process.pid} suspend,terminate\n`);
   });
   sock.on('data', (data) => {
     buf += data.toString('latin1');
@@ -119,7 +140,7 @@ function connect(socketPath) {
       const line = buf.slice(0, nl);
       buf = buf.slice(nl + 1);
       chain = chain.then(() => handle(line)).then((answer) => {
-        if (answer && !sock.destroyed) sock.write(answer);
+        if (answer && !sock.destroyed) send(answer);
       });
     }
     if (buf.length > MAX_LINE) sock.destroy();

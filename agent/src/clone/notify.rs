@@ -20,12 +20,11 @@
 //!   directory.
 
 use std::ffi::OsString;
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::json;
-use std::time::Duration;
-
 use tokio::time::Instant;
 
 use crate::clone::generation::Generation;

@@ -579,5 +579,9 @@ fn a_process_slow_to_say_hello_still_takes_part() {
     let mut line = [0u8; 32];
     s.set_read_timeout(Some(PATIENCE)).unwrap();
     s.read_exact(&mut line).unwrap();
-    assert!(line.starts_with(b"MVA1 generation 1 "), "{:?}", String::from_utf8_lossy(&line));
+    assert!(
+        line.starts_with(b"MVA1 generation 1 "),
+        "{:?}",
+        String::from_utf8_lossy(&line)
+    );
 }

@@ -467,7 +467,13 @@ fn inproc(bin: &Path, o: &Opts) -> Value {
                 // What the generations left behind in each process (after minus before).
                 "node_rss_kib_growth_mean": mean(&rss).saturating_sub(mean(&before)),
             });
+            // The app is `sh` with its servers in the background: killing the agent leaves
+            // them running, and the next configuration would be measured beside them.
+            let app = descendants(a.proc.0.id());
             drop(a);
+            for p in app {
+                let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+            }
         }
     }
     // Start-up: `node -e 0` and `python3 -c pass` with the helpers' environment (an agent's,

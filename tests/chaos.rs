@@ -3,7 +3,12 @@
 //! close every descriptor, thousands of short-lived OpenSSL processes, fork storms, sandboxed
 //! jobs, busy apps, and a crowd on the agent's socket. Each case runs with the helpers on and,
 //! as the control, with `[app] reseed_in_process = false`; each failed against the agent before
-//! the helpers were made harmless (the commit that added this file says how).
+//! the helpers were made harmless (8ddbc05, run with `MICROVM_AGENT_BIN`): the daemon's file
+//! descriptor closed under it (`open=0`); 798 of the 10,000 `openssl` runs killed by SIGSEGV
+//! across 5,852 generations; fork-storm children hung in their first `RAND_bytes` (killed by their
+//! alarm); the launcher's registration outlived it; `openssl`, `python3` and `node` under the
+//! filter killed by SIGSYS (exit 159); the busy apps' `/run` answered 500; the crowd left the
+//! agent holding 1,031 descriptors.
 //!
 //! Assertions are causal or counted (crashes, hung children, bytes in a file, hooks answered),
 //! never a wall-clock margin: the budgets are the agent's own deadlines, which answer 200 or not.

@@ -50,7 +50,7 @@ pub fn wire(config: Config, listener: &TcpListener) -> Result<Parts, i32> {
         Some(spec) => match supervise::spawn::resolve_user(spec) {
             Ok(u) => Some(u),
             Err(e) => {
-                eprintln!("microvm-agent: configuration error: app.user: {e}");
+                crate::cli::complain(format_args!("configuration error: app.user: {e}"));
                 return Err(EX_USAGE);
             }
         },
@@ -123,7 +123,7 @@ pub fn wire(config: Config, listener: &TcpListener) -> Result<Parts, i32> {
     if let Some(s) = &mut supervisor {
         if let Err(e) = s.start() {
             tracing::error!(error = %e.message, code = e.code, "cannot start the app");
-            eprintln!("microvm-agent: {}", e.message);
+            crate::cli::complain(format_args!("{}", e.message));
             return Err(e.code);
         }
     }

@@ -8,6 +8,7 @@ use crate::sys::signals::Signals;
 
 const EX_USAGE: u8 = crate::EX_USAGE as u8;
 const EX_OSERR: u8 = crate::EX_OSERR as u8;
+const EX_IOERR: u8 = crate::EX_IOERR as u8;
 
 /// The whole command: what `main` runs, and what the simulator runs when it plays the agent.
 pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
@@ -15,7 +16,7 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
     let signals = match Signals::block_all() {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("microvm-agent: cannot set up signal handling: {e}");
+            complain(format_args!("cannot set up signal handling: {e}"));
             return ExitCode::from(EX_OSERR);
         }
     };
@@ -34,27 +35,23 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
         });
     let config = match action {
         Err(e) => {
-            eprintln!("microvm-agent: configuration error: {e}");
+            complain(format_args!("configuration error: {e}"));
             return ExitCode::from(EX_USAGE);
         }
-        Ok(Action::Help) => {
-            print!("{}", config::HELP);
-            return ExitCode::SUCCESS;
-        }
-        Ok(Action::Version) => {
-            println!("{}", version());
-            return ExitCode::SUCCESS;
-        }
+        Ok(Action::Help) => return out(config::HELP),
+        Ok(Action::Version) => return out(&format!("{}\n", version())),
         Ok(Action::Check(c)) => {
             if let Err(e) = writable(&c.state_dir) {
-                eprintln!("microvm-agent: configuration error: state_dir: {e}");
+                complain(format_args!("configuration error: state_dir: {e}"));
                 return ExitCode::from(EX_USAGE);
             }
-            print!("{c}");
-            print!("{}", machine_report(&crate::clone::machine::Facts::read()));
-            print!("{}", crate::clone::inproc::setup::report(&c));
-            print!("{}", caps_report(&c));
-            return ExitCode::SUCCESS;
+            let report = format!(
+                "{c}{}{}{}",
+                machine_report(&crate::clone::machine::Facts::read()),
+                crate::clone::inproc::setup::report(&c),
+                caps_report(&c)
+            );
+            return out(&report);
         }
         Ok(Action::Run(c)) => {
             // A state directory that is not safe to write secrets into (a link, another user's,
@@ -63,10 +60,10 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
             if let Err(crate::sys::state_files::OpenError::Refused(why)) =
                 crate::sys::state_files::StateDir::open(&c.state_dir)
             {
-                eprintln!(
-                    "microvm-agent: configuration error: state_dir: {}: {why}",
+                complain(format_args!(
+                    "configuration error: state_dir: {}: {why}",
                     c.state_dir.display()
-                );
+                ));
                 return ExitCode::from(EX_USAGE);
             }
             *c
@@ -98,6 +95,33 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
         crate::run(config, listener, signals, std::future::pending()).await
     });
     ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+/// Everything the command prints on stdout goes through here, once, never through `print!`:
+/// that panics when the reader has gone (`--check | head -1`; SIGPIPE is blocked, so the write
+/// fails with EPIPE instead of killing us). A reader that stopped reading wanted no more: exit 0,
+/// as ripgrep and other well-behaved tools do. Any other failure to write is EX_IOERR.
+fn out(text: &str) -> ExitCode {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            complain(format_args!("cannot write to standard output: {e}"));
+            ExitCode::from(EX_IOERR)
+        }
+    }
+}
+
+/// A line on stderr for a person, before logging exists or instead of it. Never `eprintln!`: that
+/// panics when stderr is a pipe nobody reads any more, and a message is not worth a panic.
+pub(crate) fn complain(message: std::fmt::Arguments) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "microvm-agent: {message}");
 }
 
 fn init_logging(config: &config::Config) {

@@ -135,6 +135,8 @@ pub const EX_USAGE: i32 = 64;
 pub const EX_SOFTWARE: i32 = 70;
 /// sysexits' EX_OSERR: the OS refused (the hook port is taken, no runtime).
 pub const EX_OSERR: i32 = 71;
+/// sysexits' EX_IOERR: standard output could not be written (not a reader that went away).
+pub const EX_IOERR: i32 = 74;
 
 /// Serves the hooks on `listener`, supervises the app (if any) and runs until the agent is done;
 /// returns the exit code. `shutdown` is an extra stop trigger for embedders and tests (`main`

@@ -592,3 +592,59 @@ fn check_help_and_version_exit_cleanly_when_the_reader_has_gone() {
         bad.len()
     );
 }
+
+/// Round four, finding 5: text logs printed an app's failure reason raw, so a carriage return and
+/// ANSI codes in a callback's error forged a `status=200` line on a terminal. Now every control
+/// character of a record (but its newline) is an escape. Against 1dd49b7 the reason's `\r` and
+/// ESC reach stderr as they are.
+#[test]
+fn text_logs_escape_the_control_characters_of_an_apps_failure_reason() {
+    use std::io::BufRead;
+    let port = free_port();
+    let mut a = Spec::default()
+        .arg("--listen")
+        .arg(&format!("127.0.0.1:{port}"))
+        .arg("--log-format")
+        .arg("text")
+        .app(&["sleep", "1000"])
+        .no_wait()
+        .start();
+    a.port = port;
+    eventually("the agent listens", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let sock = a.state("inproc.sock");
+    eventually("inproc.sock", || sock.exists());
+    let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    s.write_all(b"MVA1 hello app 424242\n").unwrap();
+    eventually("the callback registered", || {
+        a.status()["inproc"]["processes"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["pid"] == std::process::id()))
+    });
+    let answer = std::thread::spawn(move || {
+        let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        let forged = "boom\r\x1b[2K2026-12-06T00:00:00Z  INFO microvm_agent: hook=/run status=200";
+        s.write_all(format!("MVA1 fail 1 {forged}\n").as_bytes())
+            .unwrap();
+        s
+    });
+    let r = a.post("/run", b"{}");
+    let _s = answer.join().unwrap();
+    let line = a
+        .stderr
+        .wait_for("the failure logged", |l| l.contains("boom"));
+    assert!(
+        !line.contains('\r') && !line.contains('\x1b'),
+        "/run {}: {line:?}",
+        r.status
+    );
+    assert!(line.contains("boom\\r\\u{1b}[2K2026"), "{line:?}");
+    assert_eq!(
+        a.stderr.count(|l| l.chars().any(|c| c.is_control())),
+        0,
+        "no raw control character in any line"
+    );
+}

@@ -185,10 +185,39 @@ impl io::Write for EventWriter<'_> {
 
 impl Drop for EventWriter<'_> {
     fn drop(&mut self) {
-        if !self.buf.is_empty() {
+        if self.buf.is_empty() {
+        } else if self.sink.json {
+            // serde escapes every control character in a JSON string already.
             self.sink.line(&self.buf);
+        } else {
+            self.sink.line(&escape_controls(&self.buf));
         }
     }
+}
+
+/// A text record with every control character but its final newline written as an escape.
+/// Values from outside (an app's failure reason, a callback's error) are printed as they are by
+/// the text format: a carriage return plus ANSI codes would let an app forge a line
+/// (`hook=/run status=200`) or hide one on a terminal. Control characters are C0, DEL and C1
+/// (U+0080-U+009F: a terminal takes U+009B as the start of an escape sequence, like ESC `[`).
+fn escape_controls(record: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let body = record.strip_suffix(b"\n").unwrap_or(record);
+    let text = String::from_utf8_lossy(body);
+    if !text.chars().any(char::is_control) && !matches!(text, std::borrow::Cow::Owned(_)) {
+        return std::borrow::Cow::Borrowed(record);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            '\r' => out.push_str("\\r"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('\n');
+    std::borrow::Cow::Owned(out.into_bytes())
 }
 
 impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Sink {
@@ -205,6 +234,22 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Sink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_records_carry_no_control_character_but_their_newline() {
+        let forged = "hook failed error=x\r\x1b[2K2026 INFO hook=/run status=200\u{9b}31m\n";
+        let out = escape_controls(forged.as_bytes());
+        let out = std::str::from_utf8(&out).unwrap();
+        assert_eq!(
+            out,
+            "hook failed error=x\\r\\u{1b}[2K2026 INFO hook=/run status=200\\u{9b}31m\n"
+        );
+        assert!(matches!(
+            escape_controls(b"plain line\n"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(&*escape_controls(b"two\nlines\n"), b"two\\nlines\n");
+    }
 
     /// A pipe nobody reads: lines are dropped and counted, never blocking, and the next line
     /// that gets through says how many were lost.

@@ -171,11 +171,8 @@ fn serve(path: PathBuf) {
     let hello = format!("MVA1 hello app {} suspend,terminate\n", std::process::id());
     if stream.write_all(hello.as_bytes()).is_ok() {
         if let Ok(reader) = stream.try_clone() {
-            for line in BufReader::new(reader.take(u64::MAX)).lines() {
-                let Ok(line) = line else { break };
-                if line.len() > MAX_LINE {
-                    break;
-                }
+            let mut reader = BufReader::with_capacity(MAX_LINE + 1, reader);
+            while let Some(line) = next_line(&mut reader) {
                 if let Some(answer) = handle(&line) {
                     if stream.write_all(answer.as_bytes()).is_err() {
                         break;
@@ -185,6 +182,23 @@ fn serve(path: PathBuf) {
         }
     }
     CONNECTED.store(false, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The next line, without its newline, read a bounded amount at a time: at most `MAX_LINE` bytes
+/// and the newline are ever taken from the socket for one line, so a peer that never ends its
+/// line costs 257 bytes, not all the memory it cares to send. `None`: the end, an error, a line
+/// over the limit or one that is not UTF-8 (the agent never sends one; the connection ends).
+fn next_line(reader: &mut impl BufRead) -> Option<String> {
+    let mut line = Vec::with_capacity(MAX_LINE + 1);
+    let n = reader
+        .by_ref()
+        .take(MAX_LINE as u64 + 1)
+        .read_until(b'\n', &mut line)
+        .ok()?;
+    if n == 0 || line.pop() != Some(b'\n') {
+        return None;
+    }
+    String::from_utf8(line).ok()
 }
 
 /// A line from the agent: the event, the generation's number, the process's seed.
@@ -272,6 +286,37 @@ mod tests {
         assert!(parse(&format!("MVA2 generation 3 {}", "ab".repeat(32))).is_none());
         let fail = fail_line(7, &format!("boom {}\nmore", "é".repeat(300)));
         assert!(fail.len() <= 256 && fail.ends_with('\n') && fail.matches('\n').count() == 1);
+    }
+
+    /// A reader of endless bytes that counts what was taken from it.
+    struct Endless(usize);
+    impl Read for Endless {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            buf.fill(b'x');
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+    }
+
+    /// A line that never ends costs at most one line's worth of bytes. (The loop before it,
+    /// `BufReader::lines()`, checked the length after reading the whole line: against it this
+    /// test never returns.)
+    #[test]
+    fn a_line_is_read_at_most_256_bytes_at_a_time() {
+        let mut endless = Endless(0);
+        let mut r = BufReader::with_capacity(MAX_LINE + 1, &mut endless);
+        assert_eq!(next_line(&mut r), None);
+        drop(r);
+        assert!(endless.0 <= MAX_LINE + 1, "{} bytes taken", endless.0);
+
+        let mut two = BufReader::new(&b"MVA1 event suspend 3\nMVA1 ev"[..]);
+        assert_eq!(next_line(&mut two).as_deref(), Some("MVA1 event suspend 3"));
+        assert_eq!(next_line(&mut two), None, "a line cut short is not a line");
+        let at_limit = format!("{}\n", "y".repeat(MAX_LINE));
+        let mut r = BufReader::new(at_limit.as_bytes());
+        assert_eq!(next_line(&mut r).map(|l| l.len()), Some(MAX_LINE));
+        let over = format!("{}\n", "y".repeat(MAX_LINE + 1));
+        assert_eq!(next_line(&mut BufReader::new(over.as_bytes())), None);
     }
 
     #[test]

@@ -207,13 +207,18 @@ fn kernel_crng_says_honestly_whether_the_kernel_was_reseeded() {
 
 /// An agent in a mount namespace whose `/etc` is a fresh tmpfs holding `machine_id` (if any).
 fn with_etc(machine_id: Option<&str>, config: &str) -> Agent {
+    with_etc_and(machine_id, "", config)
+}
+
+/// [`with_etc`], with `prep` run in that `/etc` before the agent starts.
+fn with_etc_and(machine_id: Option<&str>, prep: &str, config: &str) -> Agent {
     let write = match machine_id {
         Some(id) => format!("echo {id} > /etc/machine-id; chmod 0444 /etc/machine-id; "),
         None => String::new(),
     };
     let script = format!(
         "set -e; mount -t tmpfs tmpfs /etc; printf '127.0.0.1\\tlocalhost\\n' > /etc/hosts; \
-         {write}exec \"$@\""
+         {write}{prep}exec \"$@\""
     );
     let w: Vec<String> = private_mounts(&script);
     let w: Vec<&str> = w.iter().map(String::as_str).collect();
@@ -391,4 +396,39 @@ fn the_hostname_and_boot_id_are_per_vm_with_cap_sys_admin_and_reported_without()
         "{routine}"
     );
     assert_eq!(inside(&plain, "--uts", &["hostname"]), before);
+}
+
+/// Round four, finding 2: `/etc/hosts` was read whole and written back for the hostname line; a
+/// 400 MiB file made before the snapshot turned `/run` into a 500 (`timeout`). Now a file over
+/// 1 MiB is left alone, reported (`hosts: not-changed:too-large`), and the hostname is still set.
+/// Against 1dd49b7 the file is rewritten (400 MiB read, a line appended) or `/run` fails.
+#[test]
+fn a_huge_etc_hosts_is_left_alone_and_reported_and_run_still_answers_200() {
+    let a = with_etc_and(None, "truncate -s 400M /etc/hosts; ", "");
+    let hosts = format!("/proc/{}/root/etc/hosts", a.pid());
+    let before = std::fs::metadata(&hosts).unwrap();
+    assert_eq!(before.len(), 400 << 20);
+    let r = a.post("/run", b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let routine = &a.status()["last_routine"];
+    assert_eq!(routine["hosts"], "not-changed:too-large", "{routine}");
+    assert_eq!(routine["hostname"], "set", "{routine}");
+    let after = std::fs::metadata(&hosts).unwrap();
+    assert_eq!(after.len(), before.len());
+    assert_eq!(after.ino(), before.ino(), "not replaced");
+    assert_eq!(
+        after.modified().unwrap(),
+        before.modified().unwrap(),
+        "not written"
+    );
+    let head = {
+        use std::io::Read;
+        let mut buf = [0u8; 20];
+        std::fs::File::open(&hosts)
+            .unwrap()
+            .read_exact(&mut buf)
+            .unwrap();
+        buf
+    };
+    assert_eq!(&head, b"127.0.0.1\tlocalhost\n");
 }

@@ -243,7 +243,12 @@ fn cargo_build(args: &[&str]) {
 }
 
 /// The shipped form: the static musl build.
+/// The agent under measurement: this workspace's static musl release build, or
+/// `MICROVM_AGENT_BIN` (another build, to compare two revisions on the same machine and run).
 fn agent_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("MICROVM_AGENT_BIN") {
+        return PathBuf::from(bin);
+    }
     let target = "x86_64-unknown-linux-musl";
     let _ = Command::new("rustup")
         .args(["target", "add", target])
@@ -640,6 +645,64 @@ fn spawn_time(argv: &[&str], n: usize) -> Option<(f64, f64)> {
     Some((v[v.len() / 2], v.iter().sum::<f64>() / v.len() as f64))
 }
 
+// ------------------------------------------------------------------ the bare routine
+
+/// The routine with nothing configured and no app (`/resume` after `/suspend`, `n` pairs, one
+/// plain client, a new connection each) and the peer's empty `/run`, interleaved request by
+/// request with the same client: a noisy neighbour then slows both alike, and the ratio is the
+/// routine's own cost against a hook server that does nothing. The routine's step timings come
+/// from `/status` after every pair (p50 and p99 per step).
+fn bare_routine(bin: &Path, o: &Opts) -> Value {
+    let n = o.n(600, 60);
+    let a = start_agent(bin, "", &[]);
+    let _ = once(a.port, "POST", &format!("{PREFIX}/run"), "{}");
+    let peer = start_peer();
+    let body = "{\"microvmId\":\"bench\",\"runHookPayload\":\"x\"}";
+    let mut resume = Stats::default();
+    let mut peer_run = Stats::default();
+    let mut steps: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+    for _ in 0..n {
+        let _ = once(a.port, "POST", &format!("{PREFIX}/suspend"), "");
+        let (status, took) = once(a.port, "POST", &format!("{PREFIX}/resume"), "");
+        match status {
+            Some(200) => resume.samples.push(took),
+            _ => resume.errors += 1,
+        }
+        if let Some((_, port)) = &peer {
+            match once(*port, "POST", &format!("{PREFIX}/run"), body) {
+                (Some(200..=299), took) => peer_run.samples.push(took),
+                _ => peer_run.errors += 1,
+            }
+        }
+        if let Some(v) = status_json(a.port) {
+            for st in v["last_routine"]["steps"].as_array().into_iter().flatten() {
+                steps
+                    .entry(st["step"].as_str().unwrap_or("?").to_string())
+                    .or_default()
+                    .push(st["us"].as_f64().unwrap_or(0.0));
+            }
+        }
+    }
+    drop(a);
+    let steps: serde_json::Map<String, Value> = steps
+        .into_iter()
+        .map(|(k, mut v)| {
+            v.sort_by(|a, b| a.total_cmp(b));
+            let at = |p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize];
+            (
+                k,
+                json!({ "p50_us": at(0.5), "p99_us": at(0.99), "max_us": at(1.0) }),
+            )
+        })
+        .collect();
+    let mut out = json!({ "agent_resume": resume.json(), "steps": steps });
+    if peer.is_some() {
+        out["ratio_agent_p99_to_peer_p50"] = json!(resume.pct(0.99) / peer_run.pct(0.5));
+        out["peer_run"] = peer_run.json();
+    }
+    out
+}
+
 // ------------------------------------------------------------------ the run
 
 fn main() {
@@ -652,6 +715,12 @@ fn main() {
     let o = Opts {
         quick: args.iter().any(|a| a == "--quick"),
     };
+    if args.iter().any(|a| a == "--routine") {
+        // Only the bare routine against the peer's empty /run, printed (nothing written).
+        let v = bare_routine(&agent_bin(), &o);
+        println!("{}", serde_json::to_string_pretty(&v).unwrap());
+        return;
+    }
     if args.iter().any(|a| a == "--inproc") {
         // Only the in-process reseed's section, printed (nothing written).
         let v = inproc(&agent_bin(), &o);

@@ -116,13 +116,42 @@ impl Generations {
         state: &state_files::Handle,
         generation: Generation,
     ) -> std::io::Result<()> {
-        let mut json = serde_json::to_vec(&generation).map_err(std::io::Error::other)?;
+        self.publish_after(state, generation, |_| Ok(()))
+            .await
+            .map_err(|(_, e)| e)
+    }
+
+    /// [`Self::publish`], with `first` run in the same job on the I/O thread just before the
+    /// generation file is written: one trip to that thread for a routine's files, not one per
+    /// step (each trip is a thread wake-up, and the tail of the routine's latency). An error
+    /// says which part failed (`Step::First`: nothing was published).
+    pub async fn publish_after(
+        &self,
+        state: &state_files::Handle,
+        generation: Generation,
+        first: impl FnOnce(&state_files::StateDir) -> std::io::Result<()> + Send + 'static,
+    ) -> Result<(), (Step, std::io::Error)> {
+        let mut json = serde_json::to_vec(&generation).map_err(|e| (Step::Publish, e.into()))?;
         json.push(b'\n');
         let state = state.clone();
-        offload::io(move || state.get()?.write("generation", &json, 0o644, None)).await?;
+        offload::run(move || {
+            let dir = state.get().map_err(|e| (Step::First, e))?;
+            first(&dir).map_err(|e| (Step::First, e))?;
+            dir.write("generation", &json, 0o644, None)
+                .map_err(|e| (Step::Publish, e))
+        })
+        .await
+        .unwrap_or_else(|| Err((Step::First, std::io::Error::other("the I/O thread failed"))))?;
         self.current.send_replace(Some(generation));
         Ok(())
     }
+}
+
+/// Which part of [`Generations::publish_after`] failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    First,
+    Publish,
 }
 
 #[cfg(test)]

@@ -26,6 +26,8 @@ pub const MACHINE_ID: &str = "/etc/machine-id";
 enum Replaced {
     Absent,
     NotRegular,
+    /// Over [`crate::sys::bounded::SYSTEM_FILE`]: left alone.
+    TooLarge,
     /// Atomically (a temporary file renamed over it), mode and owner kept.
     Renamed,
     /// In place: a file bind-mounted into the container (Docker does it with `/etc/hosts`, some
@@ -35,10 +37,10 @@ enum Replaced {
 }
 
 /// Replaces the content of the regular file `path` with what `content` makes of its current
-/// text (read only when it is a regular file).
+/// text (read only when it is a regular file; `None`: too large to read, left alone).
 fn replace_system_file(
     path: &Path,
-    content: impl FnOnce(&Path) -> Result<String, String>,
+    content: impl FnOnce(&Path) -> Result<Option<String>, String>,
 ) -> Result<Replaced, String> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_file() => m,
@@ -46,7 +48,9 @@ fn replace_system_file(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Replaced::Absent),
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
-    let content = content(path)?;
+    let Some(content) = content(path)? else {
+        return Ok(Replaced::TooLarge);
+    };
     let fail = |e: std::io::Error| format!("{}: {e}", path.display());
     match crate::sys::state_files::replace_file(
         path,
@@ -69,7 +73,9 @@ fn replace_system_file(
 /// What happened to the machine-id, for the routine's record.
 pub fn rewrite_machine_id(path: &Path, id_hex: &str) -> Result<&'static str, String> {
     Ok(
-        match replace_system_file(path, |_| Ok(format!("{id_hex}\n")))? {
+        match replace_system_file(path, |_| Ok(Some(format!("{id_hex}\n"))))? {
+            // Never: the machine-id is written whole, its old content never read.
+            Replaced::TooLarge => "not-changed:too-large",
             Replaced::Absent => "absent",
             Replaced::NotRegular => "not-a-regular-file",
             Replaced::Renamed => "rewritten",
@@ -106,12 +112,15 @@ pub fn hosts_with(current: &str, name: &str) -> String {
 
 /// Adds `name` to `/etc/hosts` when it is a regular file; what happened, for the record.
 pub fn add_to_hosts(path: &Path, name: &str) -> Result<&'static str, String> {
-    let content = |p: &Path| {
-        std::fs::read_to_string(p)
-            .map(|current| hosts_with(&current, name))
-            .map_err(|e| format!("{}: {e}", p.display()))
-    };
+    let content =
+        |p: &Path| match crate::sys::bounded::read_to_string(p, crate::sys::bounded::SYSTEM_FILE) {
+            Ok(current) => Ok(Some(hosts_with(&current, name))),
+            // Not ours to shrink: the hostname is set, the file is left as it is, the record says so.
+            Err(e) if e.kind() == std::io::ErrorKind::FileTooLarge => Ok(None),
+            Err(e) => Err(format!("{}: {e}", p.display())),
+        };
     Ok(match replace_system_file(path, content)? {
+        Replaced::TooLarge => "not-changed:too-large",
         Replaced::Absent => "absent",
         Replaced::NotRegular => "not-a-regular-file",
         Replaced::Renamed => "added",

@@ -22,9 +22,12 @@ const CLOCK_READ: Duration = Duration::from_millis(200);
 
 impl Agent {
     /// Compares the wall clock with the VM's best reference; steps it forward when it is stale
-    /// and the agent may. `None`: no reference (or the I/O thread was busy).
+    /// and the agent may. [`ClockCheck::NONE`] when the VM has no reference; `None` when the I/O
+    /// thread was too busy to read it.
     pub(crate) async fn check_clock(&self) -> Option<ClockCheck> {
-        let reading = read_clock().await?;
+        let Some(reading) = read_clock().await else {
+            return wallclock::none_known().then_some(ClockCheck::NONE);
+        };
         let action = if !reading.stale() {
             "within-1s"
         } else if self.config.clock_step == ClockStep::Off {
@@ -63,7 +66,7 @@ impl Agent {
         }
         Some(ClockCheck {
             source: reading.source,
-            offset_ms: reading.offset_ms,
+            offset_ms: Some(reading.offset_ms),
             action,
         })
     }
@@ -189,8 +192,12 @@ impl Agent {
 }
 
 /// The wall clock against its reference, read on the I/O thread (`None`: no reference, or the
-/// I/O thread was busy for longer than `CLOCK_READ`).
+/// I/O thread was busy for longer than `CLOCK_READ`). Once the VM is known to have no reference,
+/// nothing goes to the I/O thread at all.
 async fn read_clock() -> Option<Reading> {
+    if wallclock::none_known() {
+        return None;
+    }
     tokio::time::timeout(CLOCK_READ, offload::run(wallclock::read))
         .await
         .ok()

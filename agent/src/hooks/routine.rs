@@ -9,13 +9,14 @@
 //!    from the same per-clone input (so it diverges even if the kernel step failed).
 //! 3. the next generation: number + 1, a fresh 128-bit id from that generator.
 //! 4. **secrets**: every secret rewritten for the new generation.
-//! 5. **seed**: 32 bytes from that generator for the app's own generators, in `<state_dir>/seed`
-//!    and in the notify event. Without CAP_SYS_ADMIN and without VMGenID the kernel's `getrandom`
-//!    can be the same in every clone; this seed, keyed from what differs per clone, cannot.
-//! 6. **identity** (`/run` only: once per VM): `/etc/machine-id`, the hostname, the `boot_id`
+//! 5. **identity** (`/run` only: once per VM): `/etc/machine-id`, the hostname, the `boot_id`
 //!    (`per_vm`).
-//! 7. **publish**: `<state_dir>/generation` and `GET /generation`.
-//! 8. **notify**: the app is told and acknowledges (or the hook fails / warns, per `on_timeout`).
+//! 6. **publish**: 32 bytes from that generator for the app's own generators (the seed) staged
+//!    in `<state_dir>/seed`, every staged secret and the seed switched in, `<state_dir>/generation`
+//!    written, all in one job on the I/O thread; then `GET /generation`. Without CAP_SYS_ADMIN and
+//!    without VMGenID the kernel's `getrandom` can be the same in every clone; the seed, keyed
+//!    from what differs per clone, cannot.
+//! 7. **notify**: the app is told and acknowledges (or the hook fails / warns, per `on_timeout`).
 //!
 //! Secrets come before publishing (DESIGN.md lists them after): an app that sees generation N in
 //! the state directory can then trust that every secret file already holds generation N's value.
@@ -35,12 +36,12 @@ pub use super::routine_error::RoutineError;
 use super::{Agent, Answer};
 use crate::clone::entropy;
 use crate::clone::entropy::Reseeded;
-use crate::clone::generation::{Generation, KernelStep};
+use crate::clone::generation::{self, Generation, KernelStep};
 use crate::clone::machine::{Facts, KernelCrng};
 use crate::clone::notify::{self, Outcome};
 use crate::clone::secrets;
 use crate::config::{Event, OnTimeout};
-use crate::sys::{offload, state_files};
+use crate::sys::state_files;
 
 /// The app's per-generation seed: `<state_dir>/seed`, 32 raw bytes, 0600.
 pub const SEED_FILE: &str = "seed";
@@ -165,32 +166,6 @@ impl Agent {
         let rotated = staged.len();
         rec.fields["secrets"] = json!(rotated);
 
-        // The seed is staged too, then all of them are switched in together: a failure before
-        // this point leaves every file with the previous generation's value.
-        let t = Instant::now();
-        let seed = self.generations.draw(SEED_BYTES).unwrap_or_default();
-        let (state, owner, file_seed) = (self.state.clone(), self.app_owner(), seed.clone());
-        let written = offload::io(move || {
-            let mut file_seed = file_seed;
-            let seed_file = state.get()?.stage(SEED_FILE, &file_seed, 0o600, owner);
-            file_seed.zeroize();
-            staged
-                .into_iter()
-                .chain(std::iter::once(seed_file?))
-                .try_for_each(state_files::Staged::commit)
-        })
-        .await;
-        rec.step("seed", t);
-        let mut seed = seed;
-        if let Err(e) = written {
-            seed.zeroize();
-            tracing::error!(error = %e, "cannot write the seed; the new generation is not published");
-            return Err(self.failed(
-                rec,
-                RoutineError::StateDir(format!("cannot write the seed: {e}")),
-            ));
-        }
-
         if event == Event::Run {
             let t = Instant::now();
             let fields = self.repair_identity(&generation.id).await;
@@ -205,19 +180,41 @@ impl Agent {
             }
         }
 
+        // The seed is staged too, then the secrets and the seed are switched in together and the
+        // generation is written, in one job on the I/O thread: a failure before the generation
+        // file leaves every file with the previous generation's value, and nothing published.
         let t = Instant::now();
-        if let Err(e) = self
+        let seed = self.generations.draw(SEED_BYTES).unwrap_or_default();
+        let (owner, file_seed) = (self.app_owner(), seed.clone());
+        let switch_in = move |dir: &state_files::StateDir| {
+            let mut file_seed = file_seed;
+            let seed_file = dir.stage(SEED_FILE, &file_seed, 0o600, owner);
+            file_seed.zeroize();
+            staged
+                .into_iter()
+                .chain(std::iter::once(seed_file?))
+                .try_for_each(state_files::Staged::commit)
+        };
+        let published = self
             .generations
-            .publish(&self.state, generation.clone())
-            .await
-        {
-            tracing::error!(error = %e, "cannot publish the generation");
-            return Err(self.failed(
-                rec,
-                RoutineError::StateDir(format!("cannot publish the generation: {e}")),
-            ));
-        }
+            .publish_after(&self.state, generation.clone(), switch_in)
+            .await;
         rec.step("publish", t);
+        let mut seed = seed;
+        if let Err((step, e)) = published {
+            seed.zeroize();
+            let message = match step {
+                generation::Step::First => {
+                    tracing::error!(error = %e, "cannot write the seed; the new generation is not published");
+                    format!("cannot write the seed: {e}")
+                }
+                generation::Step::Publish => {
+                    tracing::error!(error = %e, "cannot publish the generation");
+                    format!("cannot publish the generation: {e}")
+                }
+            };
+            return Err(self.failed(rec, RoutineError::StateDir(message)));
+        }
 
         let t = Instant::now();
         let outcome = self
@@ -424,7 +421,6 @@ mod tests {
                 "kernel",
                 "generator",
                 "secrets",
-                "seed",
                 "publish",
                 "notify"
             ]

@@ -1,9 +1,11 @@
-//! Thin, safe wrappers over what the system offers: atomic state files held by descriptor, the
+//! Thin, safe wrappers over what the system offers: atomic state files held by descriptor, bounded
+//! reads of files others can write, the
 //! I/O thread that runs whatever may block, timers that tell a
 //! freeze from elapsed time, capabilities (the app's and the agent's own), the non-blocking log writer, signals (the signalfd and `kill`),
 //! the outbound HTTP client (a leaf: the supervisor's probes, the notify callbacks and the hook
 //! pass-through all use it, so it lives below them), and the platform's environment.
 
+pub mod bounded;
 pub mod caps;
 pub mod client;
 pub mod clock;

@@ -37,13 +37,27 @@ impl Reading {
 /// What the clock step found and did, for the generation and `/status`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct ClockCheck {
+    /// `vmclock`, `ptp-kvm`, `rtc`, or `none` (the VM offers no reference: the clock is
+    /// unknown, not right).
     pub source: &'static str,
-    /// The reference minus the VM's clock before any step (positive: the VM was behind).
-    pub offset_ms: i64,
+    /// The reference minus the VM's clock before any step (positive: the VM was behind); absent
+    /// without a reference.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset_ms: Option<i64>,
     /// `stepped`, `within-1s`, `not-stepped:off`, `not-stepped:not-on-the-platform`,
     /// `not-stepped:no-cap-sys-time`,
-    /// `not-stepped:ahead-of-reference` (a clock ahead is never stepped back), `failed`.
+    /// `not-stepped:ahead-of-reference` (a clock ahead is never stepped back), `failed`,
+    /// `no-reference`.
     pub action: &'static str,
+}
+
+impl ClockCheck {
+    /// No reference to compare with: said, so that "unknown" is not read as "right".
+    pub const NONE: ClockCheck = ClockCheck {
+        source: "none",
+        offset_ms: None,
+        action: "no-reference",
+    };
 }
 
 fn realtime_ns() -> i128 {
@@ -78,25 +92,53 @@ fn read_ptp(dev: &str) -> Option<i128> {
         .then(|| i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec))
 }
 
-/// The best PTP reference: `(rank, source, device)`.
-fn ptp_clocks() -> Vec<(usize, &'static str, String)> {
-    let mut found: Vec<(usize, &'static str, String)> = std::fs::read_dir("/sys/class/ptp")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let name = std::fs::read_to_string(e.path().join("clock_name")).ok()?;
-            let kind = ptp_kind(&name)?;
-            let rank = if kind == "vmclock" { 0 } else { 1 };
-            Some((
-                rank,
-                kind,
-                format!("/dev/{}", e.file_name().to_string_lossy()),
-            ))
-        })
-        .collect();
-    found.sort();
-    found
+/// A reference the VM offers.
+#[derive(Debug)]
+enum Reference {
+    Ptp { source: &'static str, dev: String },
+    Rtc,
+}
+
+/// The references, best first, looked for once: a VM's devices are its hypervisor's
+/// configuration, the same in the snapshot and in every clone (they do not come and go), so a
+/// routine never scans sysfs again, and a VM without any never sends the I/O thread a job.
+static REFERENCES: std::sync::OnceLock<Vec<Reference>> = std::sync::OnceLock::new();
+
+fn references() -> &'static [Reference] {
+    REFERENCES.get_or_init(|| {
+        let mut found: Vec<(usize, &'static str, String)> = std::fs::read_dir("/sys/class/ptp")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let name = std::fs::read_to_string(e.path().join("clock_name")).ok()?;
+                let kind = ptp_kind(&name)?;
+                let rank = if kind == "vmclock" { 0 } else { 1 };
+                Some((
+                    rank,
+                    kind,
+                    format!("/dev/{}", e.file_name().to_string_lossy()),
+                ))
+            })
+            .collect();
+        found.sort();
+        let mut refs: Vec<Reference> = found
+            .into_iter()
+            .map(|(_, source, dev)| Reference::Ptp { source, dev })
+            .collect();
+        if std::path::Path::new(RTC).exists() {
+            refs.push(Reference::Rtc);
+        }
+        refs
+    })
+}
+
+const RTC: &str = "/sys/class/rtc/rtc0/since_epoch";
+
+/// True once it is known that the VM offers no reference at all: then there is nothing to read
+/// and the generation says `"source": "none"`.
+pub fn none_known() -> bool {
+    REFERENCES.get().is_some_and(Vec::is_empty)
 }
 
 /// The offset in ms from a reference in ns and the realtime bracket around its reading.
@@ -114,22 +156,31 @@ pub fn rtc_offset_ms(rtc_secs: i64, realtime_ns: i128) -> i64 {
 /// Compares the wall clock with the best reference there is (blocking: sysfs and device reads;
 /// run it on the I/O thread).
 pub fn read() -> Option<Reading> {
-    for (_, source, dev) in ptp_clocks() {
-        let before = realtime_ns();
-        if let Some(ns) = read_ptp(&dev) {
-            let after = realtime_ns();
-            return Some(Reading {
-                source,
-                offset_ms: offset_ms(ns, before, after),
-            });
+    for r in references() {
+        match r {
+            Reference::Ptp { source, dev } => {
+                let before = realtime_ns();
+                if let Some(ns) = read_ptp(dev) {
+                    let after = realtime_ns();
+                    return Some(Reading {
+                        source,
+                        offset_ms: offset_ms(ns, before, after),
+                    });
+                }
+            }
+            Reference::Rtc => {
+                let mut buf = [0u8; 32];
+                let text =
+                    crate::sys::bounded::read_into(std::path::Path::new(RTC), &mut buf).ok()?;
+                let secs: i64 = std::str::from_utf8(text).ok()?.trim().parse().ok()?;
+                return Some(Reading {
+                    source: "rtc",
+                    offset_ms: rtc_offset_ms(secs, realtime_ns()),
+                });
+            }
         }
     }
-    let text = std::fs::read_to_string("/sys/class/rtc/rtc0/since_epoch").ok()?;
-    let secs: i64 = text.trim().parse().ok()?;
-    Some(Reading {
-        source: "rtc",
-        offset_ms: rtc_offset_ms(secs, realtime_ns()),
-    })
+    None
 }
 
 /// Steps `CLOCK_REALTIME` by `offset_ms` (needs `CAP_SYS_TIME`).

@@ -459,7 +459,7 @@ mod tests {
             )
             .await;
         assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
-        assert_eq!(a.status()["hooks"]["ready"]["count"], 1);
+        assert_eq!(a.status().await["hooks"]["ready"]["count"], 1);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -42,41 +42,30 @@ impl Agent {
 
     /// The in-process reseed: what was arranged, the processes that take part (and what each
     /// reseeded at its last acknowledgement), and the app's processes that do not (a static
-    /// binary, a program the helpers cannot load into, one that exited its registration).
-    pub(super) fn inproc_json(&self) -> Value {
+    /// binary, a program the helpers cannot load into, one that exited its registration): those
+    /// from a walk of the process tree shared by every `/status` of a second (`census`).
+    pub(super) async fn inproc_json(&self) -> Value {
         let inproc = &self.links.inproc;
         let members = inproc.members();
         let taking_part: std::collections::HashSet<i32> = members.iter().map(|m| m.pid).collect();
-        let others: Vec<Value> = match self.links.app.view().pid {
-            Some(app) => std::iter::once(app)
-                .chain(
-                    crate::supervise::proctree::descendants(std::process::id() as i32)
-                        .into_iter()
-                        .map(|p| p.pid),
-                )
-                .filter(|pid| !taking_part.contains(pid))
-                .collect::<std::collections::BTreeSet<i32>>()
-                .into_iter()
-                .map(|pid| {
-                    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                        .map(|c| c.trim_end().to_string())
-                        .unwrap_or_default();
-                    json!({ "pid": pid, "comm": comm })
-                })
-                .collect(),
-            None => Vec::new(),
-        };
+        let others = inproc
+            .census
+            .outsiders(self.links.app.view().pid, &taking_part)
+            .await;
         json!({
             "arranged": inproc.setup.get(),
             "cap": inproc.cap(),
             "processes": members,
-            "not_taking_part": others,
+            "not_taking_part": others.shown,
+            "not_taking_part_total": others.total,
             "left_while_running": inproc.leavers(),
         })
     }
 
     /// `GET /status`: what an operator (or a test) needs to see the agent's state at a glance.
-    pub fn status(&self) -> Value {
+    pub async fn status(&self) -> Value {
+        // First: the walk it may wait for must not make the rest of the answer stale.
+        let inproc = self.inproc_json().await;
         let state = crate::sys::lock(&self.machine).state();
         let stats = crate::sys::lock(&self.stats).clone();
         let mut hooks = Map::new();
@@ -106,7 +95,7 @@ impl Agent {
             "platform": crate::sys::platform_env::get(),
             "log_lines_dropped": crate::sys::logwriter::dropped_total(),
             "app": self.app_json(),
-            "inproc": self.inproc_json(),
+            "inproc": inproc,
             "hooks": hooks,
         })
     }

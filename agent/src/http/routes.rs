@@ -177,7 +177,7 @@ async fn body_of(req: Request) -> Bytes {
 
 async fn status(State(agent): State<Arc<Agent>>) -> Response<Body> {
     tokio::spawn(agent.clone().clock_says_restored());
-    json(StatusCode::OK, agent.status())
+    json(StatusCode::OK, agent.status().await)
 }
 
 /// `GET /generation?after=N` waits for a generation after N. When its connection is closed (a

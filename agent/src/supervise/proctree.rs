@@ -42,9 +42,12 @@ fn read_proc(pid: i32) -> Option<Proc> {
     parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
-/// Walks `/proc/<pid>/task/<tid>/children`; `None` when the kernel has no such files.
+/// Walks `/proc/<pid>/task/<tid>/children`; `None` when the kernel has no such files. Linear in
+/// the processes found (a set, not a search of the list: 1,500 processes were 2 million
+/// comparisons).
 fn children_lists(root: i32) -> Option<Vec<Proc>> {
     let mut out: Vec<Proc> = Vec::new();
+    let mut seen: std::collections::HashSet<i32> = std::collections::HashSet::new();
     let mut frontier = vec![root];
     let mut first = true;
     while let Some(parent) = frontier.pop() {
@@ -61,7 +64,7 @@ fn children_lists(root: i32) -> Option<Vec<Proc>> {
                 .split_whitespace()
                 .filter_map(|p| p.parse::<i32>().ok())
             {
-                if !out.iter().any(|o| o.pid == pid) {
+                if seen.insert(pid) {
                     if let Some(p) = read_proc(pid) {
                         out.push(p);
                         frontier.push(pid);
@@ -74,12 +77,16 @@ fn children_lists(root: i32) -> Option<Vec<Proc>> {
 }
 
 fn scan(root: i32) -> Vec<Proc> {
-    let procs = all();
+    let mut children: std::collections::HashMap<i32, Vec<Proc>> = Default::default();
+    for p in all() {
+        children.entry(p.ppid).or_default().push(p);
+    }
     let mut out: Vec<Proc> = Vec::new();
+    let mut seen: std::collections::HashSet<i32> = std::collections::HashSet::new();
     let mut frontier = vec![root];
     while let Some(parent) = frontier.pop() {
-        for p in procs.iter().filter(|p| p.ppid == parent) {
-            if !out.iter().any(|o| o.pid == p.pid) {
+        for p in children.get(&parent).into_iter().flatten() {
+            if seen.insert(p.pid) {
                 out.push(*p);
                 frontier.push(p.pid);
             }

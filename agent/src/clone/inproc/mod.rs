@@ -9,10 +9,13 @@
 //! - `tell`: a new generation, one chain per process (its native helper, then its runtime's,
 //!   then the app's own callbacks) under the hook's deadline, and the policy for the late: a
 //!   helper is reported, never a failed hook; the app's callbacks fail the channel.
+//! - `census`: the app's processes that do not take part, for `/status`, walked off the
+//!   runtime's thread at most once a second.
 //! - here: the registry (slots, members, the processes that left while running),
 //!   [`InProc::tell`] and [`InProc::tell_event`] (`/suspend`, `/terminate`, to the processes
 //!   that asked for them).
 
+pub mod census;
 mod conn;
 pub mod setup;
 mod tell;
@@ -165,6 +168,8 @@ pub struct InProc {
     leavers: Mutex<VecDeque<Leaver>>,
     /// What was arranged for the app at start (for `/status` and the log).
     pub setup: std::sync::OnceLock<setup::Arranged>,
+    /// The app's processes that do not take part (`/status`).
+    pub census: census::Census,
 }
 
 impl Default for InProc {
@@ -190,6 +195,7 @@ impl InProc {
             latest: Arc::default(),
             leavers: Mutex::default(),
             setup: std::sync::OnceLock::new(),
+            census: census::Census::default(),
         }
     }
 

@@ -141,3 +141,154 @@ fn sixteen_status_pollers_and_1500_app_processes_leave_the_hooks_their_budget() 
         st["inproc"]["not_taking_part_total"]
     );
 }
+
+/// 1,200 app workers long-polling `GET /generation?after=N`, each reconnecting at once whenever
+/// its connection ends or is refused: no back-off anywhere (the naive loop). Stops when dropped.
+struct Pollers {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    answers: Arc<AtomicUsize>,
+    busy: Arc<AtomicUsize>,
+}
+
+impl Pollers {
+    fn start(port: u16, n: usize) -> Pollers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let answers = Arc::new(AtomicUsize::new(0));
+        let busy = Arc::new(AtomicUsize::new(0));
+        let threads = (0..n)
+            .map(|_| {
+                let (stop, answers, busy) = (stop.clone(), answers.clone(), busy.clone());
+                std::thread::Builder::new()
+                    .stack_size(64 * 1024)
+                    .spawn(move || {
+                        use std::io::Write;
+                        let mut after = 0u64;
+                        while !stop.load(Ordering::Relaxed) {
+                            let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port))
+                            else {
+                                continue;
+                            };
+                            let _ = s.set_read_timeout(Some(Duration::from_secs(70)));
+                            let path = format!("/generation?after={after}");
+                            let req = request_bytes(port, "GET", &path, &[], b"", true);
+                            if s.write_all(&req).is_err() {
+                                continue;
+                            }
+                            let Some(r) = read_response(&mut std::io::BufReader::new(s)) else {
+                                continue;
+                            };
+                            if r.status == 503 {
+                                busy.fetch_add(1, Ordering::Relaxed);
+                            } else if let Some(g) =
+                                serde_json::from_slice::<serde_json::Value>(&r.body)
+                                    .ok()
+                                    .and_then(|v| v["generation"].as_u64())
+                            {
+                                answers.fetch_add(1, Ordering::Relaxed);
+                                after = g;
+                            }
+                        }
+                    })
+                    .unwrap()
+            })
+            .collect();
+        Pollers {
+            stop,
+            threads,
+            answers,
+            busy,
+        }
+    }
+
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Pollers {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Round four, finding 3: 1,200 such pollers, then `/run`, `/suspend`, `/resume`, `/terminate`:
+/// every hook's connection was closed without an answer, and 15 s after `/terminate` the agent
+/// was still running (the `/run` had never been read: state `ready`). Round three's test passed
+/// only because its pollers backed off. Now long-polls have a cap of their own (half the
+/// connection table): past it a poll is answered at once, 503 with `Retry-After`, so the table
+/// always has room for the hooks; and the hook port's listener stays open (not accepting) until
+/// the agent exits, so a crowd that reconnects at once waits in the kernel's queue instead of
+/// spinning on refused connections and starving the agent's exit. With the agent's descriptor
+/// limit 8192 and 1024 (the platform's). Against 1dd49b7 (its release build; the last assertion
+/// left out, the agent having no cap): at 8192 the hooks answered but the agent exited 4.9 s and
+/// 7.8 s after `/terminate` in two of four runs; at 1024 `/run` failed, `secret-failed`: "No file
+/// descriptors available". Now: hooks ~0.2 s (debug build), exit ~2.5 s after `/terminate`.
+#[test]
+fn twelve_hundred_pollers_that_never_back_off_cost_no_hook_and_no_exit() {
+    let _serial = serial();
+    raise_own_fd_limit();
+    for nofile in [8192, 1024] {
+        let limit = format!("--nofile={nofile}:{nofile}");
+        let mut a = Spec::default()
+            .wrapper(&["prlimit", &limit, "--"])
+            .config("[[secret]]\nname = \"k\"\nbytes = 16\n")
+            .app(&["sleep", "1000"])
+            .start();
+        assert_eq!(a.ready_settled().status, 200);
+        let mut pollers = Pollers::start(a.port, 1200);
+        eventually("the pollers are waiting", || {
+            // (An agent before the long-poll count: two seconds, as the test of round three.)
+            match a.status()["hooks_port"]["long_polls"].as_u64() {
+                Some(n) => n > 100,
+                None => {
+                    std::thread::sleep(Duration::from_secs(2));
+                    true
+                }
+            }
+        });
+        let mut took = Vec::new();
+        for (path, outcome) in [
+            ("/run", "ok"),
+            ("/suspend", "suspended"),
+            ("/resume", "resumed"),
+        ] {
+            let (r, t) = timed(&a, path);
+            assert_eq!(r.status, 200, "nofile {nofile}: {path}: {}", r.text());
+            assert_eq!(r.json()["outcome"], outcome, "nofile {nofile}: {path}");
+            took.push((path, t));
+        }
+        let (r, t) = timed(&a, "/terminate");
+        took.push(("/terminate", t));
+        assert_eq!(r.status, 200, "nofile {nofile}: /terminate: {}", r.text());
+        let answered = Instant::now();
+        let exited = a.wait_for(Duration::from_secs(10));
+        let exit_took = answered.elapsed();
+        pollers.stop();
+        eprintln!(
+            "nofile {nofile}: {took:?}; exited {exit_took:?} after /terminate's answer; {} \
+             long-poll answers, {} 503",
+            pollers.answers.load(Ordering::Relaxed),
+            pollers.busy.load(Ordering::Relaxed)
+        );
+        assert!(
+            exited.is_some(),
+            "nofile {nofile}: the agent still runs 10 s (the app's stop_timeout) after /terminate"
+        );
+        let late: Vec<_> = took
+            .iter()
+            .filter(|(_, t)| *t >= Duration::from_secs(1))
+            .collect();
+        assert!(
+            late.is_empty(),
+            "nofile {nofile}: past the 1 s budget: {late:?}"
+        );
+        assert!(
+            pollers.busy.load(Ordering::Relaxed) > 0,
+            "the cap was reached (the case is what it says)"
+        );
+    }
+}

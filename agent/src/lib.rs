@@ -162,7 +162,8 @@ pub async fn run(
     let code = event_loop::run(parts, signals, shutdown).await;
     tracing::debug!(code, "the event loop is done; closing the hook port");
     let _ = done_tx.send(());
-    let _ = server.await;
+    // Held, not accepting, until the process exits (`http::accept::serve` says why).
+    let _listener = server.await;
     tracing::info!(code, "exiting");
     code
 }

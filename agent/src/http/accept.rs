@@ -23,7 +23,7 @@ use tower::ServiceExt;
 
 use crate::hooks::Agent;
 use crate::http::routes::{self, Arrived};
-use crate::http::slots::{Close, Rank, Slots, Stage};
+use crate::http::slots::{Close, LongPolls, Rank, Slots, Stage};
 
 /// A client has this long to send a request's headers once it has started one.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,11 +38,11 @@ pub use crate::http::slots::MAX_CONNECTIONS;
 
 /// Removes a connection from the table when its task ends, however it ends (its socket is
 /// dropped with it: the table counts exactly the sockets held).
-struct Slot(Arc<Mutex<Slots>>, u64);
+struct Slot(Arc<Port>, u64);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut slots = crate::sys::lock(&self.0);
+        let mut slots = crate::sys::lock(&self.0.slots);
         slots.remove(self.1);
         if slots.is_empty() {
             release_memory();
@@ -99,12 +99,41 @@ where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let close: Close = Arc::new(watch::channel(false).0);
+    let port = Port::new(crate::supervise::spawn::nofile());
     let _ = http1()
         .serve_connection(
             TokioIo::new(io),
-            service(routes::router(agent), Stage::default(), close),
+            service(routes::router(agent), Stage::default(), close, port),
         )
         .await;
+}
+
+/// The hook port's shared bookkeeping: its connection table and its long-polls.
+pub struct Port {
+    pub slots: Mutex<Slots>,
+    pub long_polls: Arc<LongPolls>,
+}
+
+impl Port {
+    fn new(nofile: usize) -> Arc<Port> {
+        let slots = Slots::new(nofile);
+        let long_polls = Arc::new(LongPolls::for_table(slots.cap()));
+        Arc::new(Port {
+            slots: Mutex::new(slots),
+            long_polls,
+        })
+    }
+
+    /// For `/status`: what the port holds against its caps.
+    pub fn json(&self) -> serde_json::Value {
+        let slots = crate::sys::lock(&self.slots);
+        serde_json::json!({
+            "connections": slots.len(),
+            "connection_cap": slots.cap(),
+            "long_polls": self.long_polls.waiting(),
+            "long_poll_cap": self.long_polls.cap(),
+        })
+    }
 }
 
 /// What a request carries from its connection: the connection's stage (the body layer moves it
@@ -115,6 +144,7 @@ pub struct Conn {
     /// The rank the request has once its body is in.
     pub then: Rank,
     pub close: watch::Receiver<bool>,
+    pub port: Arc<Port>,
 }
 
 /// The router as hyper's service. Each request is stamped with the moment its headers were read
@@ -123,6 +153,7 @@ fn service(
     router: Router,
     stage: Stage,
     close: Close,
+    port: Arc<Port>,
 ) -> impl hyper::service::Service<
     hyper::Request<Incoming>,
     Response = hyper::Response<axum::body::Body>,
@@ -135,6 +166,7 @@ fn service(
             stage: stage.clone(),
             then: routes::rank(&req),
             close: close.subscribe(),
+            port: port.clone(),
         };
         req.extensions_mut()
             .insert(Arrived(tokio::time::Instant::now()));
@@ -150,10 +182,18 @@ fn service(
 }
 
 /// Serves hooks on `listener` until `stop` completes, then lets answers in flight finish
-/// (bounded by `DRAIN`) and returns.
-pub async fn serve(listener: TcpListener, agent: Arc<Agent>, stop: impl Future<Output = ()>) {
+/// (bounded by `DRAIN`) and returns the listener, no longer accepting: the caller holds it until
+/// the process exits. Closed earlier, every client that reconnects at once (a worker's naive
+/// loop) is refused at once and spins: 1,200 of them spinning on two cores left the agent's one
+/// thread too little CPU to finish its own exit. Open, their connections wait in the kernel's
+/// queue and their threads sleep, until the exit resets them all together.
+pub async fn serve(
+    listener: TcpListener,
+    agent: Arc<Agent>,
+    stop: impl Future<Output = ()>,
+) -> TcpListener {
     let (closing, closing_rx) = watch::channel(false);
-    let slots = Arc::new(Mutex::new(Slots::new(crate::supervise::spawn::nofile())));
+    let port = Port::new(crate::supervise::spawn::nofile());
     let router = routes::router(agent);
     tokio::pin!(stop);
     loop {
@@ -172,9 +212,14 @@ pub async fn serve(listener: TcpListener, agent: Arc<Agent>, stop: impl Future<O
         };
         let _ = stream.set_nodelay(true);
         let mut closing = closing_rx.clone();
-        let admitted = crate::sys::lock(&slots).admit();
-        let service = service(router.clone(), admitted.stage, admitted.close.clone());
-        let slot = Slot(slots.clone(), admitted.id);
+        let admitted = crate::sys::lock(&port.slots).admit();
+        let service = service(
+            router.clone(),
+            admitted.stage,
+            admitted.close.clone(),
+            port.clone(),
+        );
+        let slot = Slot(port.clone(), admitted.id);
         let close = admitted.close;
         let task = tokio::spawn(async move {
             let _slot = slot;
@@ -192,16 +237,16 @@ pub async fn serve(listener: TcpListener, agent: Arc<Agent>, stop: impl Future<O
             let _ = tokio::time::timeout(EVICT_GRACE, conn).await;
             drop(closing);
         });
-        crate::sys::lock(&slots).set_abort(admitted.id, task.abort_handle());
+        crate::sys::lock(&port.slots).set_abort(admitted.id, task.abort_handle());
         if admitted.cut {
             // Let the runtime drop the connection that was cut, so its descriptor is free again
             // before the next accept.
             tokio::task::yield_now().await;
         }
     }
-    drop(listener);
-    tracing::debug!("the hook port is closed; draining its connections");
+    tracing::debug!("the hook port accepts no more; draining its connections");
     let _ = closing.send(true);
     drop(closing_rx);
     let _ = tokio::time::timeout(DRAIN, closing.closed()).await;
+    listener
 }

@@ -175,10 +175,17 @@ async fn body_of(req: Request) -> Bytes {
         .unwrap_or_default()
 }
 
-async fn status(State(agent): State<Arc<Agent>>) -> Response<Body> {
+async fn status(State(agent): State<Arc<Agent>>, req: Request) -> Response<Body> {
     tokio::spawn(agent.clone().clock_says_restored());
-    json(StatusCode::OK, agent.status().await)
+    let mut v = agent.status().await;
+    if let Some(conn) = req.extensions().get::<Conn>() {
+        v["hooks_port"] = conn.port.json();
+    }
+    json(StatusCode::OK, v)
 }
+
+/// How long a long-poll turned away at the cap is asked to wait before it asks again.
+const RETRY_AFTER_S: &str = "1";
 
 /// `GET /generation?after=N` waits for a generation after N. When its connection is closed (a
 /// full table, or the agent on its way out) it answers at once with what there is, so that a
@@ -190,7 +197,16 @@ async fn generation(State(agent): State<Arc<Agent>>, req: Request) -> Response<B
     };
     // Never waited for: the answer does not depend on it.
     tokio::spawn(agent.clone().clock_says_restored());
-    let closing = req.extensions().get::<Conn>().map(|c| c.close.clone());
+    let conn = req.extensions().get::<Conn>();
+    // A place among the long-polls (`http::slots::LongPolls`), or an answer at once.
+    let _place = match (after, conn) {
+        (Some(_), Some(conn)) => match conn.port.long_polls.enter() {
+            Some(place) => Some(place),
+            None => return too_many_polls(conn.port.long_polls.cap()),
+        },
+        _ => None,
+    };
+    let closing = conn.map(|c| c.close.clone());
     let closed = async move {
         match closing {
             Some(mut c) => drop(c.wait_for(|c| *c).await),
@@ -201,6 +217,25 @@ async fn generation(State(agent): State<Arc<Agent>>, req: Request) -> Response<B
         g = agent.generation_after(after) => json(StatusCode::OK, g),
         () = closed => json(StatusCode::OK, agent.generation_after(None).await),
     }
+}
+
+/// A long-poll past the cap: 503 at once, with `Retry-After` and the connection closed (its
+/// descriptor is free as soon as the answer is out), so that it never holds a place the hooks
+/// need.
+fn too_many_polls(cap: usize) -> Response<Body> {
+    let mut resp = refuse(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "too many long-polls waiting ({cap}, the most this agent holds): ask again in              {RETRY_AFTER_S} s, or read <state_dir>/generation"
+        ),
+    );
+    let headers = resp.headers_mut();
+    headers.insert(
+        hyper::header::RETRY_AFTER,
+        HeaderValue::from_static(RETRY_AFTER_S),
+    );
+    headers.insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+    resp
 }
 
 /// `?after=N`: absent is `None`; anything but a number is an error.

@@ -61,6 +61,63 @@ impl Stage {
     }
 }
 
+/// The long-polls (`GET /generation?after=N`) waiting at once, capped below the table: half of
+/// it. Past the cap a poll is answered at once (503, `Retry-After`) instead of taking a place, so
+/// that however many workers poll, and however they reconnect, the table keeps room for the
+/// platform's hooks. (Without a cap of their own, 1,200 pollers reconnecting at once filled the
+/// table, each eviction brought its poller straight back, and the hooks' connections were cut
+/// before their requests were read.)
+#[derive(Debug)]
+pub struct LongPolls {
+    waiting: std::sync::atomic::AtomicUsize,
+    cap: usize,
+}
+
+impl LongPolls {
+    pub fn for_table(table_cap: usize) -> LongPolls {
+        LongPolls {
+            waiting: Default::default(),
+            cap: (table_cap / 2).max(1),
+        }
+    }
+
+    /// A place for one long-poll, given back when the guard drops; `None` at the cap.
+    pub fn enter(self: &Arc<Self>) -> Option<LongPoll> {
+        let mut now = self.waiting.load(Ordering::Relaxed);
+        loop {
+            if now >= self.cap {
+                return None;
+            }
+            match self.waiting.compare_exchange_weak(
+                now,
+                now + 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(LongPoll(self.clone())),
+                Err(seen) => now = seen,
+            }
+        }
+    }
+
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    pub fn cap(&self) -> usize {
+        self.cap
+    }
+}
+
+/// One long-poll's place.
+pub struct LongPoll(Arc<LongPolls>);
+
+impl Drop for LongPoll {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// How the table closes a connection gracefully: its task and its long-polls watch this.
 pub type Close = Arc<watch::Sender<bool>>;
 
@@ -183,6 +240,17 @@ impl Slots {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_polls_have_a_cap_of_their_own_and_give_their_place_back() {
+        let polls = Arc::new(LongPolls::for_table(Slots::new(1024).cap()));
+        assert_eq!(polls.cap(), 256);
+        let held: Vec<LongPoll> = (0..256).map(|_| polls.enter().unwrap()).collect();
+        assert!(polls.enter().is_none(), "the 257th is answered at once");
+        drop(held);
+        assert_eq!(polls.waiting(), 0);
+        assert!(polls.enter().is_some());
+    }
 
     #[test]
     fn the_cap_keeps_descriptors_for_the_hooks() {

@@ -372,9 +372,10 @@ fn a_hanging_callback_fails_the_hook_inside_its_budget_or_continues() {
         let r = a.post("/run", b"");
         let took = t.elapsed();
         assert_eq!(r.status, status, "{on_timeout}: {}", r.text());
+        // The callback hangs for ever: any answer is the agent's deadline, not the callback.
         assert!(
-            took < Duration::from_secs(1),
-            "{on_timeout}: answered after {took:?}, past the 1 s budget"
+            took < ANSWERED_IN_BUDGET,
+            "{on_timeout}: answered after {took:?}"
         );
         if status == 500 {
             assert_eq!(r.json()["outcome"], "not-acknowledged");
@@ -449,8 +450,9 @@ fn a_secret_that_cannot_be_produced_fails_the_routine_and_publishes_nothing() {
     let t = Instant::now();
     let r = a.post("/run", b"");
     assert!(
-        t.elapsed() < Duration::from_secs(1),
-        "answered inside the budget"
+        t.elapsed() < ANSWERED_IN_BUDGET,
+        "answered long before the 30 s command ended: {:?}",
+        t.elapsed()
     );
     assert_eq!(r.status, 500, "{}", r.text());
 }

@@ -106,13 +106,37 @@ fn let_in(ignore: &str) -> Vec<String> {
 /// Runs `cmd` (a Dockerfile RUN line) with `sh -c` in `dir`, with the image paths mapped.
 fn run_stage_command(cmd: &str, dir: &Path, out: &Path) {
     let cmd = cmd.replace(" /server", &format!(" {}", out.display()));
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg(&cmd)
+    let status = docker_env(Command::new("sh").arg("-c").arg(&cmd))
         .current_dir(dir)
         .status()
         .unwrap();
     assert!(status.success(), "`{cmd}` failed in {}", dir.display());
+}
+
+/// What a Docker build gives a `RUN`: the build image's environment (its tools on `PATH`, where
+/// they keep their caches), never the caller's. With the caller's, `CARGO_TARGET_DIR` (a common
+/// way to share one target directory) moved the Rust template's build elsewhere and its
+/// `cp target/...` found no binary: `cargo test --workspace` failed every time (#32). The
+/// variables kept are those the official `rust:` and `golang:` images set (`PATH`, `CARGO_HOME`,
+/// `RUSTUP_HOME`, `GOPATH`) and those that only say where this machine keeps the same things.
+fn docker_env(c: &mut Command) -> &mut Command {
+    const KEPT: [&str; 8] = [
+        "PATH",
+        "HOME",
+        "TMPDIR",
+        "CARGO_HOME",
+        "RUSTUP_HOME",
+        "GOPATH",
+        "GOCACHE",
+        "GOMODCACHE",
+    ];
+    c.env_clear();
+    for k in KEPT {
+        if let Some(v) = std::env::var_os(k) {
+            c.env(k, v);
+        }
+    }
+    c
 }
 
 fn assert_static_aarch64(bin: &Path) {
@@ -267,6 +291,33 @@ fn the_rust_template_builds_a_static_aarch64_binary_from_its_own_context() {
     check_template("rust");
 }
 
+/// The same, run as `cargo test` is run by someone who shares one target directory: this test
+/// binary again, in a child with `CARGO_TARGET_DIR` set (and the other variables cargo gives a
+/// test). Against 1dd49b7 the child fails: "cp: cannot stat 'target/aarch64-unknown-linux-musl/
+/// release/microvm-app'".
+#[test]
+fn the_rust_template_builds_with_the_callers_cargo_target_dir_set() {
+    if std::env::var_os("MVA_CHILD").is_some() {
+        return;
+    }
+    let elsewhere = std::env::temp_dir().join(format!("mva-target-{}", std::process::id()));
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "the_rust_template_builds_a_static_aarch64_binary_from_its_own_context",
+            "--nocapture",
+        ])
+        .env("CARGO_TARGET_DIR", &elsewhere)
+        .env("MVA_CHILD", "1")
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&elsewhere);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("1 passed"), "{text}");
+}
+
 #[test]
 fn the_go_template_cross_compiles_for_arm64() {
     check_template("go");
@@ -314,13 +365,11 @@ fn dockerfile_example_builds_the_agent_from_the_documented_context() {
         .iter()
         .find(|i| i.op == "RUN" && i.args.starts_with("cargo build"))
         .expect("the agent's build");
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg(&run.args)
+    let status = docker_env(Command::new("sh").arg("-c").arg(&run.args))
         .current_dir(&root)
         .status()
         .unwrap();
     assert!(status.success(), "{}", run.args);
-    let target = std::env::var("CARGO_TARGET_DIR").map_or(root.join("target"), PathBuf::from);
-    assert_static_aarch64(&target.join("aarch64-unknown-linux-musl/release/microvm-agent"));
+    // Where a Docker build puts it: the context's own target/ (COPY --from=build reads it there).
+    assert_static_aarch64(&root.join("target/aarch64-unknown-linux-musl/release/microvm-agent"));
 }

@@ -165,7 +165,7 @@ fn assert_degraded(a: &Agent, hook: &str, failure: &str) -> serde_json::Value {
     let r = a.post(&format!("/{hook}"), b"");
     let took = t.elapsed();
     assert!(
-        took < Duration::from_secs(1),
+        took < ANSWERED_IN_BUDGET,
         "/{hook} took {took:?}, past its budget"
     );
     assert_eq!(r.status, 200, "/{hook}: {}", r.text());
@@ -358,7 +358,7 @@ fn a_restart_backoff_and_a_readiness_probe_pending_at_a_freeze_do_not_burst_afte
         let t = Instant::now();
         let r = a.get("/ready");
         assert_eq!(r.status, 503, "{}", r.text());
-        assert!(t.elapsed() < Duration::from_secs(1));
+        assert!(t.elapsed() < ANSWERED_IN_BUDGET, "{:?}", t.elapsed());
     }
     // The backoff is armed again for its whole 1.5 s: no restart at the thaw.
     std::thread::sleep(Duration::from_millis(400).saturating_sub(thawed.elapsed()));

@@ -72,7 +72,7 @@ fn platform_hook(a: &Agent, path: &str, body: &[u8], outcome: &str) -> Resp {
     assert_eq!(r.status, 200, "{path}: {}", r.text());
     assert_eq!(r.json()["outcome"], outcome, "{path}: {}", r.text());
     assert!(
-        took < Duration::from_secs(1),
+        took < ANSWERED_IN_BUDGET,
         "{path} answered after {took:?}, past its 1 s budget"
     );
     eprintln!("{path}: {} in {took:?}", r.json()["outcome"]);
@@ -340,8 +340,9 @@ fn slow_storage_never_blocks_the_hooks() {
         "[entropy]\nkernel = \"off\"\n",
     );
     assert_eq!(r.status, 200, "{}", r.text());
+    // "ok" is the agent's own deadline met (past it: 500 "timeout"); the rest is causal.
     assert_eq!(r.json()["outcome"], "ok", "{}", r.text());
-    assert!(took < Duration::from_secs(1), "{took:?}");
+    assert!(took < ANSWERED_IN_BUDGET, "{took:?}");
     assert!(
         status_first,
         "/status was answered while /run was still writing"
@@ -351,16 +352,17 @@ fn slow_storage_never_blocks_the_hooks() {
 /// Finding 4, `exec`: a notify command whose `execve` took 2 s (a binary paged in from a restored
 /// VM's disk) made `/run` answer at 2.01 s: the standard library waits for the exec, and it ran on
 /// the runtime's thread. Now it runs on the I/O thread, inside the notification's time limit.
+/// The assertions are causal: `/run` answered before the injected 5 s delay ended, and `/status`
+/// was answered while `/run` waited. (It asserted "within 1 s" under strace, and failed the
+/// README's test command on its first run in a fresh clone, 2 times of 3: #32.)
 #[test]
 fn a_slow_exec_never_blocks_the_hooks() {
+    const INJECTED: Duration = Duration::from_secs(5);
+    let delay = format!("inject=execve:delay_enter={}", INJECTED.as_micros());
     let (r, took, status_first, a) = run_under_faults(
-        &[
-            "-e",
-            "trace=execve",
-            "-e",
-            "inject=execve:delay_enter=2000000",
-        ],
-        "[entropy]\nkernel = \"off\"\n[notify]\nexec = [\"true\"]\ntimeout = \"500ms\"\n\
+        // Only the notify command's exec (`-P`): the agent's own and the app's start at once.
+        &["-P", "/bin/true", "-e", "trace=execve", "-e", &delay],
+        "[entropy]\nkernel = \"off\"\n[notify]\nexec = [\"/bin/true\"]\ntimeout = \"500ms\"\n\
          on_timeout = \"continue\"\n",
     );
     assert_eq!(r.status, 200, "{}", r.text());
@@ -370,7 +372,7 @@ fn a_slow_exec_never_blocks_the_hooks() {
         "waived by on_timeout: {}",
         r.text()
     );
-    assert!(took < Duration::from_secs(1), "{took:?}");
+    assert!(took < INJECTED, "answered after the exec ended: {took:?}");
     assert!(
         status_first,
         "/status answered while /run waited for the exec"

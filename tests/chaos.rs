@@ -133,6 +133,7 @@ int main(int argc, char **argv) {
 
 #[test]
 fn a_daemon_that_closes_every_descriptor_keeps_its_file_untouched() {
+    heavy_tier();
     if !can_build_c() {
         return;
     }
@@ -189,6 +190,7 @@ fn a_daemon_that_closes_every_descriptor_keeps_its_file_untouched() {
 
 #[test]
 fn ten_thousand_short_lived_openssl_processes_never_crash_while_generations_are_made() {
+    heavy_tier();
     if !have_tool("openssl") {
         eprintln!("SKIP: no openssl");
         return;
@@ -254,6 +256,7 @@ int main(int argc, char **argv) {
 
 #[test]
 fn fifty_thousand_forks_across_generations_leave_no_hung_child() {
+    heavy_tier();
     if !can_build_c() {
         return;
     }
@@ -274,6 +277,7 @@ fn fifty_thousand_forks_across_generations_leave_no_hung_child() {
 
 #[test]
 fn a_python_launcher_that_forks_its_worker_and_exits_never_fails_run() {
+    heavy_tier();
     if !Path::new("/usr/bin/python3").exists() {
         eprintln!("SKIP: no /usr/bin/python3");
         return;
@@ -322,6 +326,7 @@ fn a_python_launcher_that_forks_its_worker_and_exits_never_fails_run() {
 
 #[test]
 fn jobs_under_a_seccomp_filter_that_kills_socket_run_to_completion() {
+    heavy_tier();
     let wrapper =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../inproc/python/tests/kill_socket.py");
     let mut jobs: Vec<Vec<String>> = Vec::new();
@@ -402,6 +407,7 @@ fn hook_in_budget(a: &Agent, path: &str) -> Resp {
 
 #[test]
 fn an_app_busy_in_synchronous_code_is_reseeded_before_its_next_request_and_never_fails_run() {
+    heavy_tier();
     let dir = TempDir::new("chaos-busy");
     let mut apps: Vec<(&str, Vec<String>)> = Vec::new();
     if have_tool("node") {
@@ -539,6 +545,7 @@ fn fds_of(pid: u32) -> usize {
 
 #[test]
 fn the_agents_socket_survives_a_crowd_and_its_cap_is_exact() {
+    heavy_tier();
     if !Path::new("/usr/bin/python3").exists() {
         eprintln!("SKIP: no /usr/bin/python3");
         return;

@@ -29,6 +29,8 @@
 //! agent and the fixture in `target/vm`). Without them the test says loudly that it was skipped;
 //! with `MICROVM_AGENT_REQUIRE_VM=1` (as in CI) a missing prerequisite fails it.
 
+#[path = "common/machine_lock.rs"]
+mod machine_lock;
 #[macro_use]
 #[path = "vm/mod.rs"]
 mod vm;
@@ -656,6 +658,7 @@ fn clones_of_one_snapshot_disagree_on_everything_that_must_be_unique() {
     if !prerequisites(Arch::X86_64) {
         return;
     }
+    machine_lock::heavy_tier();
     let lab = lab(Arch::X86_64);
     let t = Instant::now();
     let mode = |platform_caps, vmgenid| Mode {
@@ -705,6 +708,7 @@ fn aarch64_clones_of_one_snapshot_disagree_on_everything_that_must_be_unique() {
     if !prerequisites(Arch::Aarch64) {
         return;
     }
+    machine_lock::heavy_tier();
     let lab = lab(Arch::Aarch64);
     let t = Instant::now();
     for cpu in ["max", "cortex-a72"] {

@@ -16,6 +16,7 @@ use common::*;
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
+    heavy_tier();
     SERIAL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -32,6 +32,8 @@
 //! Node.js, Java 17; `tests/vm/prepare.sh` builds it) shared by every clone; the agent, the
 //! templates (Go and Rust built static here) and a tmpfs are all that is per VM.
 
+#[path = "common/machine_lock.rs"]
+mod machine_lock;
 #[path = "sim_support/mod.rs"]
 mod support;
 #[macro_use]
@@ -563,6 +565,7 @@ fn run_arch(arch: Arch, all_modes: &[Mode]) {
     if !prerequisites(arch) {
         return;
     }
+    machine_lock::heavy_tier();
     // For working on one mode locally: MVA_RUNTIME_MODES=root-genid,arm-caps-nogenid (CI runs all).
     let only = std::env::var("MVA_RUNTIME_MODES").ok();
     let modes: Vec<Mode> = all_modes

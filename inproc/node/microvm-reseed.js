@@ -101,22 +101,24 @@
 
   function reseed() {
     at = pool.length;
-    const done = ['math.random'];
+    // The common case (no cache used) allocates nothing.
+    if (!used.uuid && !used.int) return 'math.random';
+    let done = 'math.random';
     if (used.uuid) {
       try {
         for (let i = 0; i < 128; i++) uuid.call(crypto);
-        done.push('randomUUID');
+        done += ',randomUUID';
       } catch {}
     }
     if (used.int) {
       try {
         for (let i = 0; i < 1024; i++) int.call(crypto, 2);
-        done.push('randomInt');
+        done += ',randomInt';
       } catch {}
     }
     used.uuid = false;
     used.int = false;
-    return done.join(',');
+    return done;
   }
 
   function parse(line) {
@@ -133,13 +135,16 @@
   sock.unref();
   sock.on('error', () => {});
   sock.setEncoding('latin1');
-  // The socket's identity (device, inode), checked before every write: a descriptor number the
-  // app closed and reused is never written to (and never closed by us: we only stop).
+  // The socket's identity, checked before every write: a descriptor number the app closed and
+  // reused is never written to (and never closed by us: we only stop). `/proc/self/fd/N` names
+  // a socket by its inode (`socket:[1234]`), unique while it is open: reading the link costs a
+  // short string where fstat costs a Stats object (measured: ~1.3 KB of V8's young generation
+  // per generation, a third of what a generation allocated here).
   let identity = null;
   function ident() {
     try {
-      const st = fs.fstatSync(sock._handle.fd);
-      return `${st.dev}:${st.ino}`;
+      const link = fs.readlinkSync(`/proc/self/fd/${sock._handle.fd}`);
+      return link.startsWith('socket:') ? link : null;
     } catch {
       return null;
     }

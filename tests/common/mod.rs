@@ -3,6 +3,10 @@
 //! the test ends, even when the test fails.
 #![allow(dead_code)]
 
+pub mod machine_lock;
+#[allow(unused_imports)] // used by the heavy tiers only
+pub use machine_lock::heavy_tier;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;

@@ -128,7 +128,7 @@ test('only a version 1 generation line is obeyed', () => {
   process.env.MICROVM_AGENT_INPROC = '/nonexistent/socket';
   const { parse } = require(helper);
   assert.strictEqual(parse(`MVA1 generation 12 ${'0f'.repeat(32)}`), '12');
-  for (const bad of [`MVA2 generation 12 ${'0f'.repeat(32)}`, `MVA1 generation 12 ${'0F'.repeat(32)}`, 'MVA1 generation 12 ab', 'MVA1 ack 12 x']) {
+  for (const bad of [`MVA2 generation 12 ${'0f'.repeat(32)}`, `MVA1 generation 12 ${'0F'.repeat(32)}`, 'MVA1 generation 12 ab', 'MVA1 ack 12 x', `MVA1 generation  ${'0f'.repeat(32)}`, `MVA1 generation ${'1'.repeat(20)} ${'0f'.repeat(32)}`, `MVA1 generation 12 ${'0f'.repeat(32)}0`, `MVA1 generation 1x ${'0f'.repeat(32)}`]) {
     assert.strictEqual(parse(bad), null, bad);
   }
 });

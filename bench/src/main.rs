@@ -57,6 +57,7 @@ fn free_port() -> u16 {
 struct Proc(Child);
 impl Drop for Proc {
     fn drop(&mut self) {
+        // SAFETY: kill takes plain integers; no memory of ours is involved.
         unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -417,63 +418,90 @@ fn inproc(bin: &Path, o: &Opts) -> Value {
     };
     let mut out = json!({});
     for procs in [1usize, 8] {
-        for on in [true, false] {
+        // Both agents at once, each with its own Node servers, and their /resume interleaved
+        // pair by pair: what the helpers cost is the difference at the same moment, not between
+        // two periods of a noisy machine.
+        let start = |on: bool| {
             let script = format!(
                 "for i in $(seq {procs}); do {node} -e 'require(\"http\").createServer().listen(0, \"127.0.0.1\")' & done; wait"
             );
             let cfg = format!("[app]\nreseed_in_process = {on}\n");
             let a = start_agent_on_disk(bin, &cfg, &["sh", "-c", &script]);
             let _ = once(a.port, "POST", &format!("{PREFIX}/run"), "{}");
+            a
+        };
+        let agents = [(true, start(true)), (false, start(false))];
+        for (on, a) in &agents {
             // Every process registered (on), or every process running (off).
             let deadline = Instant::now() + Duration::from_secs(30);
             while Instant::now() < deadline {
                 let v = status_json(a.port).unwrap_or_default();
-                let n = if on {
-                    v["inproc"]["processes"].as_array().map_or(0, Vec::len)
+                let n = if *on {
+                    v["inproc"]["processes"].as_array().map_or(0, Vec::len) as u64
                 } else {
-                    v["inproc"]["not_taking_part"]
-                        .as_array()
-                        .map_or(0, Vec::len)
+                    // (`_total` is new; an older agent listed them all.)
+                    v["inproc"]["not_taking_part_total"]
+                        .as_u64()
+                        .unwrap_or_else(|| {
+                            v["inproc"]["not_taking_part"]
+                                .as_array()
+                                .map_or(0, |l| l.len() as u64)
+                        })
                 };
-                if n >= 2 * procs || (!on && n > procs) {
+                if n >= 2 * procs as u64 || (!on && n > procs as u64) {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
-            // Node's own start-up (its heap, its modules) settles in both modes before anything
-            // is measured: the helpers' share is the difference.
-            std::thread::sleep(Duration::from_secs(3));
-            let node_rss = || -> Vec<u64> {
-                descendants(a.proc.0.id())
-                    .into_iter()
-                    .filter(|p| {
-                        std::fs::read_to_string(format!("/proc/{p}/comm"))
-                            .is_ok_and(|c| c.trim() == "node")
-                    })
-                    .map(|p| status_field(p, "VmRSS:"))
-                    .collect()
-            };
-            let before = node_rss();
-            let mut resume = Stats::default();
-            for _ in 0..o.n(300, 10) {
+        }
+        // Node's own start-up (its heap, its modules) settles in both modes before anything
+        // is measured: the helpers' share is the difference.
+        std::thread::sleep(Duration::from_secs(3));
+        let node_mem = |a: &Agent, field: &str| -> Vec<u64> {
+            descendants(a.proc.0.id())
+                .into_iter()
+                .filter(|p| {
+                    std::fs::read_to_string(format!("/proc/{p}/comm"))
+                        .is_ok_and(|c| c.trim() == "node")
+                })
+                .map(|p| status_field(p, field))
+                .collect()
+        };
+        let before: Vec<[Vec<u64>; 2]> = agents
+            .iter()
+            .map(|(_, a)| [node_mem(a, "VmRSS:"), node_mem(a, "RssAnon:")])
+            .collect();
+        let mut resume = [Stats::default(), Stats::default()];
+        for _ in 0..o.n(300, 10) {
+            for (i, (_, a)) in agents.iter().enumerate() {
                 let _ = once(a.port, "POST", &format!("{PREFIX}/suspend"), "");
                 let (status, took) = once(a.port, "POST", &format!("{PREFIX}/resume"), "");
                 match status {
-                    Some(200) => resume.samples.push(took),
-                    _ => resume.errors += 1,
+                    Some(200) => resume[i].samples.push(took),
+                    _ => resume[i].errors += 1,
                 }
             }
-            let rss = node_rss();
-            let mean = |v: &[u64]| v.iter().sum::<u64>() / v.len().max(1) as u64;
-            let key = format!("{}_{procs}_node", if on { "on" } else { "off" });
+        }
+        let mean = |v: &[u64]| v.iter().sum::<u64>() / v.len().max(1) as u64;
+        for (i, (on, a)) in agents.iter().enumerate() {
+            let rss = node_mem(a, "VmRSS:");
+            let anon = node_mem(a, "RssAnon:");
+            let key = format!("{}_{procs}_node", if *on { "on" } else { "off" });
             out[key] = json!({
-                "resume": resume.json(),
+                "resume": resume[i].json(),
                 "node_rss_kib_mean": mean(&rss),
-                // What the generations left behind in each process (after minus before).
-                "node_rss_kib_growth_mean": mean(&rss).saturating_sub(mean(&before)),
+                // What the generations left behind in each process (after minus before): all of
+                // its resident memory, and its private (anonymous) part alone (the rest is the
+                // node binary's and libraries' pages, shared by every Node process).
+                "node_rss_kib_growth_mean": mean(&rss).saturating_sub(mean(&before[i][0])),
+                "node_anon_kib_growth_mean": mean(&anon).saturating_sub(mean(&before[i][1])),
             });
-            // The app is `sh` with its servers in the background: killing the agent leaves
-            // them running, and the next configuration would be measured beside them.
+        }
+        out[format!("resume_p99_above_off_{procs}_node_us")] =
+            json!(resume[0].pct(0.99) - resume[1].pct(0.99));
+        // The app is `sh` with its servers in the background: killing the agent leaves them
+        // running, and the next configuration would be measured beside them.
+        for (_, a) in agents {
             let app = descendants(a.proc.0.id());
             drop(a);
             for p in app {

@@ -48,6 +48,7 @@ fn a_configuration_path_that_is_not_a_regular_file_exits_64_at_once() {
     let dir = TempDir::new("fifo");
     let fifo = dir.join("agent.toml");
     let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path we own.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
     for path in [fifo.to_str().unwrap(), "/dev/zero"] {
         let mut child = agent_command()
@@ -546,6 +547,7 @@ fn check_help_and_version_exit_cleanly_when_the_reader_has_gone() {
         &["--version"][..],
     ] {
         let mut fds = [0; 2];
+        // SAFETY: pipe2 fills the two-int array we own.
         assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
         // SAFETY: both ends are ours and used once each.
         let (read, write) = unsafe {

@@ -185,6 +185,8 @@ fn agent_socket_nodelay(agent_pid: u32, client: &std::net::TcpStream) -> Option<
             (link.to_string_lossy() == target)
                 .then(|| e.file_name().to_string_lossy().parse::<i32>().ok())?
         })?;
+    // SAFETY: the pidfd calls take integers; getsockopt writes into the int and length we own;
+    // both descriptors we get are closed here.
     unsafe {
         let pidfd = libc::syscall(libc::SYS_pidfd_open, agent_pid as i32, 0) as i32;
         if pidfd < 0 {

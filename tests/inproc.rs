@@ -476,6 +476,7 @@ fn a_helper_file_removed_under_a_running_app_is_back_before_its_restart() {
     assert_eq!(a.ready_settled().status, 200);
     std::fs::remove_dir_all(a.state("inproc")).unwrap();
     let pid = a.app_pid().unwrap() as i32;
+    // SAFETY: kill takes plain integers; no memory of ours is involved.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     eventually("the app restarted and serves again", || {
         a.app_pid().is_some_and(|p| p != i64::from(pid))

@@ -303,6 +303,7 @@ fn freeze(a: &Agent, sig: i32) {
     let mut all = vec![a.pid()];
     all.extend(descendants(a.pid()));
     for p in all {
+        // SAFETY: kill takes plain integers; no memory of ours is involved.
         unsafe { libc::kill(p as i32, sig) };
     }
 }

@@ -21,6 +21,7 @@ fn root_with_every_capability() -> bool {
         .find_map(|l| l.strip_prefix("CapEff:"))
         .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
         .unwrap();
+    // SAFETY: geteuid takes nothing and cannot fail.
     let ok = unsafe { libc::geteuid() } == 0 && NEEDED.iter().all(|c| eff & (1 << c) != 0);
     if !ok {
         assert!(

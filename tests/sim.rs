@@ -610,6 +610,7 @@ fn a_hooks_file_that_is_not_a_regular_file_is_refused_at_once() {
     let dir = Tmp::new("hooksfifo");
     let fifo = dir.0.join("hooks.json");
     let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path we own.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
     for path in [fifo.to_str().unwrap(), "/dev/zero"] {
         let (code, out) = sim(&["--hooks", path, "--", "true"]);

@@ -394,6 +394,7 @@ fn a_state_directory_someone_else_prepared_is_refused_and_its_links_never_follow
     std::fs::create_dir(&state).unwrap();
     std::os::unix::fs::symlink(&victim, state.join("secrets")).unwrap();
     let nobody = std::ffi::CString::new(state.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path we own.
     assert_eq!(unsafe { libc::chown(nobody.as_ptr(), 65534, 65534) }, 0);
     let cfg = "[app]\nuser = \"nobody\"\n[[secret]]\nname = \"k\"\nbytes = 8\n";
     let cfg_path = dir.join("agent.toml");

@@ -170,6 +170,7 @@ fn term_right_after_launch_is_never_lost_or_a_hang_1000_times() {
         if i % 3 == 1 {
             std::thread::sleep(Duration::from_micros(500));
         }
+        // SAFETY: kill takes plain integers; no memory of ours is involved.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + PATIENCE;
         let status = loop {
@@ -678,6 +679,7 @@ fn http_readiness_503_then_200_then_500_when_the_app_dies() {
             .contains("GET /healthz"));
         // The app dies for good: /ready says 500 at once (the build fails fast), then the agent exits.
         let app = descendants(a.pid())[0];
+        // SAFETY: kill takes plain integers; no memory of ours is involved.
         unsafe { libc::kill(app as i32, libc::SIGKILL) };
         let r = ready_until_not(&a, 200);
         assert_eq!(r.status, 500, "{}", r.text());

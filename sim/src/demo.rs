@@ -86,6 +86,7 @@ struct Xorshift(u64);
 impl Xorshift {
     fn seeded() -> Self {
         let mut b = [0u8; 8];
+        // SAFETY: getrandom writes at most the length given into our own buffer.
         unsafe { libc::getrandom(b.as_mut_ptr().cast(), 8, 0) };
         Xorshift(u64::from_le_bytes(b) | 1)
     }

@@ -93,6 +93,7 @@ impl Tree {
 
     fn signal_all(&self, sig: i32) {
         for p in self.members() {
+            // SAFETY: kill takes plain integers; no memory of ours is involved.
             unsafe { libc::kill(p, sig) };
         }
     }
@@ -122,6 +123,7 @@ impl Tree {
             let _ = fs::write(d.join("cgroup.kill"), "1");
         }
         self.signal_all(libc::SIGKILL);
+        // SAFETY: kill takes plain integers; no memory of ours is involved.
         unsafe { libc::kill(-self.root, libc::SIGKILL) };
     }
 }

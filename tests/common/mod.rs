@@ -447,6 +447,7 @@ impl Agent {
     }
 
     pub fn signal(&self, sig: i32) {
+        // SAFETY: kill takes plain integers; no memory of ours is involved.
         unsafe { libc::kill(self.pid() as i32, sig) };
     }
 
@@ -588,6 +589,7 @@ impl Drop for Agent {
             let mut all = descendants(self.child.id());
             all.push(self.child.id());
             for p in all {
+                // SAFETY: kill takes plain integers; no memory of ours is involved.
                 unsafe { libc::kill(p as i32, libc::SIGKILL) };
             }
             let _ = self.child.wait();

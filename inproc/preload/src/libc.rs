@@ -90,10 +90,14 @@ impl Atfork {
     /// The handlers must stay valid for the process's life.
     pub unsafe fn register(&self, h: &ForkHandlers) -> bool {
         let (p, a, c) = (Some(h.prepare), Some(h.parent), Some(h.child));
-        match self {
-            Atfork::Glibc(f) => f(p, a, c, core::ptr::null_mut()) == 0,
-            Atfork::Posix(f) => f(p, a, c) == 0,
-            Atfork::None => false,
+        // SAFETY: `f` is this libc's own registration function, resolved by name with its
+        // documented signature; the handlers outlive the process (the caller's promise).
+        unsafe {
+            match self {
+                Atfork::Glibc(f) => f(p, a, c, core::ptr::null_mut()) == 0,
+                Atfork::Posix(f) => f(p, a, c) == 0,
+                Atfork::None => false,
+            }
         }
     }
 }
@@ -119,12 +123,14 @@ impl<T> Global<T> {
     /// Only while no other thread can read it (the constructor).
     #[allow(clippy::mut_from_ref)]
     pub unsafe fn get_mut(&self) -> &mut T {
-        &mut *self.0.get()
+        // SAFETY: no other thread reads it meanwhile (the caller's promise).
+        unsafe { &mut *self.0.get() }
     }
     /// # Safety
     /// Only after the last write (the constructor has returned or is the caller).
     pub unsafe fn get(&self) -> &T {
-        &*self.0.get()
+        // SAFETY: nothing writes it any more (the caller's promise).
+        unsafe { &*self.0.get() }
     }
 }
 
@@ -201,16 +207,22 @@ pub unsafe fn resolve() -> Option<&'static Libc> {
     if addr == 0 {
         return None;
     }
+    // SAFETY: a non-zero GOT entry for `dlsym` is `dlsym`, whose C signature this is.
     let dlsym_fn: unsafe extern "C" fn(*mut c_void, *const c_char) -> *mut c_void =
-        core::mem::transmute(addr);
-    let find = |name: &core::ffi::CStr| -> *mut c_void { dlsym_fn(RTLD_DEFAULT, name.as_ptr()) };
+        unsafe { core::mem::transmute(addr) };
+    let find = |name: &core::ffi::CStr| -> *mut c_void {
+        // SAFETY: `dlsym` with the global scope and a NUL-terminated name.
+        unsafe { dlsym_fn(RTLD_DEFAULT, name.as_ptr()) }
+    };
     macro_rules! need {
         ($name:literal) => {{
             let p = find($name);
             if p.is_null() {
                 return None;
             }
-            core::mem::transmute(p)
+            // SAFETY: the libc's own function of that name, typed as the field it fills (each
+            // field's type is that function's C signature).
+            unsafe { core::mem::transmute(p) }
         }};
     }
     macro_rules! maybe {
@@ -219,7 +231,8 @@ pub unsafe fn resolve() -> Option<&'static Libc> {
             if p.is_null() {
                 None
             } else {
-                Some(core::mem::transmute(p))
+                // SAFETY: as in `need!`.
+                Some(unsafe { core::mem::transmute(p) })
             }
         }};
     }
@@ -253,9 +266,11 @@ pub unsafe fn resolve() -> Option<&'static Libc> {
         getrandom: maybe!(c"getrandom"),
         atfork,
     };
-    *LIBC.get_mut() = Some(libc);
+    // SAFETY: the one write, before any thread of ours exists (the caller's promise).
+    unsafe { *LIBC.get_mut() = Some(libc) };
     READY.store(true, Ordering::Release);
-    LIBC.get().as_ref()
+    // SAFETY: after the one write.
+    unsafe { LIBC.get().as_ref() }
 }
 
 /// The resolved functions in a unit test (resolved once for the whole test binary).

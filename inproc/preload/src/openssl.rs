@@ -96,11 +96,13 @@ impl Found {
     /// # Safety
     /// `handle` is null or a live handle from `dlopen`.
     unsafe fn add_from(&mut self, c: &Libc, handle: *mut c_void) {
-        let a = (c.dlsym)(handle, c"RAND_add".as_ptr()) as usize;
+        // SAFETY: `dlsym` on a valid handle (the caller's promise) and a NUL-terminated name.
+        let a = unsafe { (c.dlsym)(handle, c"RAND_add".as_ptr()) } as usize;
         if a == 0 || self.fns[..self.len].iter().any(|f| f.0 == a) || self.len == self.fns.len() {
             return;
         }
-        let init = (c.dlsym)(handle, c"OPENSSL_init_crypto".as_ptr()) as usize;
+        // SAFETY: as above.
+        let init = unsafe { (c.dlsym)(handle, c"OPENSSL_init_crypto".as_ptr()) } as usize;
         self.fns[self.len] = (a, init);
         self.len += 1;
     }

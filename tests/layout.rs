@@ -115,3 +115,166 @@ fn a_dependency_that_points_back_is_caught() {
         "clone -> http would be a back edge"
     );
 }
+
+/// The modules of `agent/src` and the module-to-module edges their sources name (`crate::a::b`,
+/// `super::x`), each path resolved to the deepest module file it reaches. A module and its own
+/// parent always name each other (the parent declares the child, the child uses the parent's
+/// types): those edges are not counted.
+fn module_edges(files: &[(String, String)]) -> BTreeSet<(String, String)> {
+    let module_of = |rel: &str| -> Vec<String> {
+        let mut parts: Vec<String> = rel
+            .trim_end_matches(".rs")
+            .split('/')
+            .map(String::from)
+            .collect();
+        if parts.last().is_some_and(|p| p == "mod") {
+            parts.pop();
+        }
+        parts
+    };
+    let by_path: std::collections::BTreeMap<Vec<String>, String> = files
+        .iter()
+        .map(|(rel, _)| (module_of(rel), rel.clone()))
+        .collect();
+    let resolve = |path: Vec<String>| -> Option<String> {
+        (1..=path.len())
+            .rev()
+            .find_map(|n| by_path.get(&path[..n]).cloned())
+    };
+    let idents = |rest: &str| -> Vec<String> {
+        let mut out = Vec::new();
+        let mut s = rest;
+        loop {
+            let id: String = s
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            if id.is_empty() {
+                break;
+            }
+            s = &s[id.len()..];
+            out.push(id);
+            match s.strip_prefix("::") {
+                Some(r) => s = r,
+                None => break,
+            }
+        }
+        out
+    };
+    let parent =
+        |rel: &str| resolve(module_of(rel)[..module_of(rel).len().saturating_sub(1)].to_vec());
+    let mut edges = BTreeSet::new();
+    for (rel, code) in files {
+        let me = module_of(rel);
+        let mut targets = Vec::new();
+        for (i, _) in code.match_indices("crate::") {
+            targets.push(idents(&code[i + "crate::".len()..]));
+        }
+        for (i, _) in code.match_indices("super::") {
+            let mut path = me[..me.len().saturating_sub(1)].to_vec();
+            path.extend(idents(&code[i + "super::".len()..]));
+            targets.push(path);
+        }
+        for t in targets {
+            let Some(target) = resolve(t) else { continue };
+            if &target == rel
+                || parent(rel).as_deref() == Some(target.as_str())
+                || parent(&target).as_deref() == Some(rel.as_str())
+            {
+                continue;
+            }
+            edges.insert((rel.clone(), target));
+        }
+    }
+    edges
+}
+
+/// The modules that depend on one another in a circle (each group's files).
+fn circles(edges: &BTreeSet<(String, String)>) -> Vec<BTreeSet<String>> {
+    let reach = |from: &String| -> BTreeSet<String> {
+        let mut seen = BTreeSet::new();
+        let mut todo = vec![from.clone()];
+        while let Some(n) = todo.pop() {
+            for (a, b) in edges {
+                if *a == n && seen.insert(b.clone()) {
+                    todo.push(b.clone());
+                }
+            }
+        }
+        seen
+    };
+    let nodes: BTreeSet<&String> = edges.iter().flat_map(|(a, b)| [a, b]).collect();
+    let mut groups: Vec<BTreeSet<String>> = Vec::new();
+    for n in nodes {
+        let from_n = reach(n);
+        if !from_n.contains(n) || groups.iter().any(|g| g.contains(n)) {
+            continue;
+        }
+        let group: BTreeSet<String> = from_n
+            .iter()
+            .filter(|m| reach(m).contains(n))
+            .cloned()
+            .collect();
+        groups.push(group);
+    }
+    groups
+}
+
+/// Within a layer too, dependencies point one way: no two modules need each other, directly or
+/// round a circle (#33: the request extensions lived in the accept loop, which the routes and
+/// layers it calls then needed; the helper runner and the launcher needed each other).
+#[test]
+fn no_module_depends_on_itself_round_a_circle() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut paths = Vec::new();
+    sources(&root, &mut paths);
+    let files: Vec<(String, String)> = paths
+        .iter()
+        .map(|f| {
+            let rel = f
+                .strip_prefix(&root)
+                .unwrap()
+                .to_string_lossy()
+                .replace('\\', "/");
+            let text = std::fs::read_to_string(f).unwrap();
+            let code = text
+                .split("\n#[cfg(test)]")
+                .next()
+                .unwrap_or("")
+                .to_string();
+            (rel, code)
+        })
+        .collect();
+    let found = circles(&module_edges(&files));
+    assert!(found.is_empty(), "modules in a circle: {found:?}");
+}
+
+/// The test of the test: two modules that use each other are found, a parent and its child are
+/// not a circle.
+#[test]
+fn a_circle_between_two_modules_is_caught() {
+    let files = vec![
+        (
+            "http/mod.rs".to_string(),
+            "pub mod accept; pub mod routes; use crate::http::accept::x;".to_string(),
+        ),
+        (
+            "http/accept.rs".to_string(),
+            "use crate::http::routes::router; use super::X;".to_string(),
+        ),
+        (
+            "http/routes.rs".to_string(),
+            "use crate::http::accept::Conn;".to_string(),
+        ),
+        (
+            "sys/clock.rs".to_string(),
+            "use crate::http::routes::json;".to_string(),
+        ),
+    ];
+    let found = circles(&module_edges(&files));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(
+        found[0],
+        BTreeSet::from(["http/accept.rs".to_string(), "http/routes.rs".to_string()])
+    );
+}

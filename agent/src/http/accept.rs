@@ -9,7 +9,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -22,8 +22,9 @@ use tokio::sync::watch;
 use tower::ServiceExt;
 
 use crate::hooks::Agent;
-use crate::http::routes::{self, Arrived};
-use crate::http::slots::{Close, LongPolls, Rank, Slots, Stage};
+use crate::http::request::{Arrived, Conn};
+use crate::http::routes;
+use crate::http::slots::{Close, Port, Rank, Stage};
 
 /// A client has this long to send a request's headers once it has started one.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -106,45 +107,6 @@ where
             service(routes::router(agent), Stage::default(), close, port),
         )
         .await;
-}
-
-/// The hook port's shared bookkeeping: its connection table and its long-polls.
-pub struct Port {
-    pub slots: Mutex<Slots>,
-    pub long_polls: Arc<LongPolls>,
-}
-
-impl Port {
-    fn new(nofile: usize) -> Arc<Port> {
-        let slots = Slots::new(nofile);
-        let long_polls = Arc::new(LongPolls::for_table(slots.cap()));
-        Arc::new(Port {
-            slots: Mutex::new(slots),
-            long_polls,
-        })
-    }
-
-    /// For `/status`: what the port holds against its caps.
-    pub fn json(&self) -> serde_json::Value {
-        let slots = crate::sys::lock(&self.slots);
-        serde_json::json!({
-            "connections": slots.len(),
-            "connection_cap": slots.cap(),
-            "long_polls": self.long_polls.waiting(),
-            "long_poll_cap": self.long_polls.cap(),
-        })
-    }
-}
-
-/// What a request carries from its connection: the connection's stage (the body layer moves it
-/// on once the body is in) and its close signal (a long-poll answers when it fires).
-#[derive(Clone)]
-pub struct Conn {
-    pub stage: Stage,
-    /// The rank the request has once its body is in.
-    pub then: Rank,
-    pub close: watch::Receiver<bool>,
-    pub port: Arc<Port>,
 }
 
 /// The router as hyper's service. Each request is stamped with the moment its headers were read

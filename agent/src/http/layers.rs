@@ -10,7 +10,7 @@ use http_body_util::BodyExt;
 
 use crate::config::Trust;
 use crate::hooks::Caller;
-use crate::http::routes::refuse;
+use crate::http::request::{refuse, Conn};
 
 /// Larger than any `/run` body the platform can send (16 KiB payload plus the wrapper), small
 /// enough that no caller can make the agent hold much memory.
@@ -55,7 +55,7 @@ pub async fn body_limit(req: Request, next: Next) -> Response<Body> {
     match read_body(body, declared).await {
         Ok(bytes) => {
             // The body is in: the request now counts for what it is (`http::slots`).
-            if let Some(conn) = parts.extensions.get::<crate::http::accept::Conn>() {
+            if let Some(conn) = parts.extensions.get::<Conn>() {
                 conn.stage.set(conn.then);
             }
             next.run(Request::from_parts(parts, Body::from(bytes)))

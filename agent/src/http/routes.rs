@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use axum::http::header::{HeaderValue, ALLOW};
 use axum::http::{Method, Response, StatusCode};
 use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::{middleware, Router};
@@ -23,31 +23,13 @@ use tokio::time::Instant;
 
 use crate::hooks::lifecycle::Hook;
 use crate::hooks::{Agent, Answer, Caller};
-use crate::http::accept::Conn;
 use crate::http::layers::{self, Gate};
+use crate::http::request::Conn;
+pub use crate::http::request::{json, refuse, Arrived};
 use crate::http::slots::Rank;
 
 pub use crate::http::layers::{is_forwarded, BODY_LIMIT, BODY_TIMEOUT};
 pub const PREFIX: &str = "/aws/lambda-microvms/runtime/v1/";
-
-/// When a request's headers were read (set by the accept loop before routing): a hook's budget
-/// counts from here.
-#[derive(Clone, Copy)]
-pub struct Arrived(pub Instant);
-
-pub fn json(status: StatusCode, body: Value) -> Response<Body> {
-    let mut bytes = serde_json::to_vec(&body).unwrap_or_default();
-    bytes.push(b'\n');
-    let mut resp = Response::new(Body::from(bytes));
-    *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp
-}
-
-pub fn refuse(status: StatusCode, error: impl Into<String>) -> Response<Body> {
-    json(status, json!({ "error": error.into() }))
-}
 
 const NOT_FOUND: &str = "no such path; hooks are /ready /validate /run /resume /suspend /terminate (also under /aws/lambda-microvms/runtime/v1/), and GET /status, GET /generation";
 

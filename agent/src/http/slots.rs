@@ -19,7 +19,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
@@ -234,6 +234,34 @@ impl Slots {
         if let Some(i) = self.live.iter().position(|e| e.id == id) {
             self.live.remove(i);
         }
+    }
+}
+
+/// The hook port's shared bookkeeping: its connection table and its long-polls.
+pub struct Port {
+    pub slots: Mutex<Slots>,
+    pub long_polls: Arc<LongPolls>,
+}
+
+impl Port {
+    pub fn new(nofile: usize) -> Arc<Port> {
+        let slots = Slots::new(nofile);
+        let long_polls = Arc::new(LongPolls::for_table(slots.cap()));
+        Arc::new(Port {
+            slots: Mutex::new(slots),
+            long_polls,
+        })
+    }
+
+    /// For `/status`: what the port holds against its caps.
+    pub fn json(&self) -> serde_json::Value {
+        let slots = crate::sys::lock(&self.slots);
+        serde_json::json!({
+            "connections": slots.len(),
+            "connection_cap": slots.cap(),
+            "long_polls": self.long_polls.waiting(),
+            "long_poll_cap": self.long_polls.cap(),
+        })
     }
 }
 

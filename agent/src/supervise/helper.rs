@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 
-use crate::supervise::launcher::Launcher;
-use crate::supervise::reaper::Exit;
-use crate::supervise::spawn::{self, Output};
+use crate::supervise::reaper::{Exit, Reaper};
+use crate::supervise::spawn::{self, Output, RunAs};
 
 /// Kills the helper's process group unless disarmed (the helper exited on its own).
 struct KillOnDrop(Option<i32>);
@@ -35,9 +34,18 @@ pub struct Finished {
     pub stdout: Vec<u8>,
 }
 
+/// What a helper is started with: the launcher's, lent (the launcher calls [`run`]; this module
+/// does not know it).
+pub(super) struct With<'a> {
+    pub reaper: &'a Reaper,
+    pub run_as: Option<&'a RunAs>,
+    pub caps: Option<crate::sys::caps::ForChild>,
+    pub state_dir: &'a std::path::Path,
+}
+
 /// Runs the helper; `Err` says why it did not finish (could not start, or timed out).
 pub(super) async fn run(
-    launcher: &Launcher,
+    launcher: With<'_>,
     argv: &[OsString],
     env: Vec<(&'static str, String)>,
     capture: bool,
@@ -48,8 +56,8 @@ pub(super) async fn run(
     // 2 s), during which the runtime's thread must go on answering. The time limit covers it.
     let (argv, run_as, state_dir, caps) = (
         argv.to_vec(),
-        launcher.run_as.clone(),
-        launcher.state_dir.clone(),
+        launcher.run_as.cloned(),
+        launcher.state_dir.to_path_buf(),
         launcher.caps,
     );
     let epoch = launcher.reaper.epoch();

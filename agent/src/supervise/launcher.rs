@@ -72,7 +72,13 @@ impl Launcher {
         capture: bool,
         limit: Duration,
     ) -> Result<Finished, String> {
-        helper::run(self, argv, env, capture, limit).await
+        let with = helper::With {
+            reaper: &self.reaper,
+            run_as: self.run_as.as_ref(),
+            caps: self.caps,
+            state_dir: &self.state_dir,
+        };
+        helper::run(with, argv, env, capture, limit).await
     }
 
     /// Who owns the files the app must read (the run-as user, else the agent's own).

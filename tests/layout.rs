@@ -40,21 +40,31 @@ fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// Every source file of the agent as (its path below `src/`, its code without the unit tests).
+fn agent_sources() -> Vec<(String, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut paths = Vec::new();
+    sources(&root, &mut paths);
+    paths
+        .iter()
+        .map(|f| {
+            let rel = f
+                .strip_prefix(&root)
+                .unwrap()
+                .to_string_lossy()
+                .replace('\\', "/");
+            let text = std::fs::read_to_string(f).unwrap();
+            let code = text.split("\n#[cfg(test)]").next().unwrap_or("");
+            (rel, code.to_string())
+        })
+        .collect()
+}
+
 #[test]
 fn dependencies_point_one_way_and_modules_stay_small() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut files = Vec::new();
-    sources(&root, &mut files);
     let mut back = BTreeSet::new();
     let mut big = Vec::new();
-    for f in &files {
-        let rel = f
-            .strip_prefix(&root)
-            .unwrap()
-            .to_string_lossy()
-            .replace('\\', "/");
-        let text = std::fs::read_to_string(f).unwrap();
-        let code = text.split("\n#[cfg(test)]").next().unwrap_or("");
+    for (rel, code) in &agent_sources() {
         if code.lines().count() > MAX_LINES {
             big.push(format!("{rel}: {} lines of code", code.lines().count()));
         }
@@ -62,8 +72,8 @@ fn dependencies_point_one_way_and_modules_stay_small() {
         let Some(mine) = layer(own) else {
             continue; // the crate root may use everything
         };
-        for (i, _) in text.match_indices("crate::") {
-            let rest = &text[i + "crate::".len()..];
+        for (i, _) in code.match_indices("crate::") {
+            let rest = &code[i + "crate::".len()..];
             let target: String = rest
                 .chars()
                 .take_while(|c| c.is_alphanumeric() || *c == '_')
@@ -225,26 +235,7 @@ fn circles(edges: &BTreeSet<(String, String)>) -> Vec<BTreeSet<String>> {
 /// layers it calls then needed; the helper runner and the launcher needed each other).
 #[test]
 fn no_module_depends_on_itself_round_a_circle() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut paths = Vec::new();
-    sources(&root, &mut paths);
-    let files: Vec<(String, String)> = paths
-        .iter()
-        .map(|f| {
-            let rel = f
-                .strip_prefix(&root)
-                .unwrap()
-                .to_string_lossy()
-                .replace('\\', "/");
-            let text = std::fs::read_to_string(f).unwrap();
-            let code = text
-                .split("\n#[cfg(test)]")
-                .next()
-                .unwrap_or("")
-                .to_string();
-            (rel, code)
-        })
-        .collect();
+    let files = agent_sources();
     let found = circles(&module_edges(&files));
     assert!(found.is_empty(), "modules in a circle: {found:?}");
 }

@@ -675,6 +675,18 @@ fn spawn_time(argv: &[&str], n: usize) -> Option<(f64, f64)> {
 
 // ------------------------------------------------------------------ the bare routine
 
+/// Each step of the agent's last routine (from `/status`), added to its samples.
+fn record_steps(port: u16, steps: &mut std::collections::BTreeMap<String, Vec<f64>>) {
+    if let Some(v) = status_json(port) {
+        for st in v["last_routine"]["steps"].as_array().into_iter().flatten() {
+            steps
+                .entry(st["step"].as_str().unwrap_or("?").to_string())
+                .or_default()
+                .push(st["us"].as_f64().unwrap_or(0.0));
+        }
+    }
+}
+
 /// The routine with nothing configured and no app (`/resume` after `/suspend`, `n` pairs, one
 /// plain client, a new connection each) and the peer's empty `/run`, interleaved request by
 /// request with the same client: a noisy neighbour then slows both alike, and the ratio is the
@@ -702,14 +714,7 @@ fn bare_routine(bin: &Path, o: &Opts) -> Value {
                 _ => peer_run.errors += 1,
             }
         }
-        if let Some(v) = status_json(a.port) {
-            for st in v["last_routine"]["steps"].as_array().into_iter().flatten() {
-                steps
-                    .entry(st["step"].as_str().unwrap_or("?").to_string())
-                    .or_default()
-                    .push(st["us"].as_f64().unwrap_or(0.0));
-            }
-        }
+        record_steps(a.port, &mut steps);
     }
     drop(a);
     let steps: serde_json::Map<String, Value> = steps
@@ -845,14 +850,7 @@ fn main() {
         }
         if i % 10 == 0 {
             // Where the time goes: the routine's own step timings, from /status.
-            if let Some(v) = status_json(a.port) {
-                for st in v["last_routine"]["steps"].as_array().into_iter().flatten() {
-                    steps
-                        .entry(st["step"].as_str().unwrap_or("?").to_string())
-                        .or_default()
-                        .push(st["us"].as_f64().unwrap_or(0.0));
-                }
-            }
+            record_steps(a.port, &mut steps);
         }
     }
     let mut routine = routine.json();

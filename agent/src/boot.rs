@@ -72,9 +72,6 @@ pub fn wire(config: Config, listener: &TcpListener) -> Result<Parts, i32> {
     // The in-process reseed helpers, for the app the agent starts (a sidecar's app is started
     // by someone else, who can set the environment `--check` shows).
     let owner = run_as.as_ref().map(|u| (u.uid, u.gid));
-    let inproc = Arc::new(clone::inproc::InProc::for_nofile(
-        crate::supervise::spawn::nofile(),
-    ));
     let setup = match &config.app {
         Some(app) if app.reseed_in_process => clone::inproc::setup::arrange(&state, owner),
         Some(_) => {
@@ -82,7 +79,10 @@ pub fn wire(config: Config, listener: &TcpListener) -> Result<Parts, i32> {
         }
         None => clone::inproc::setup::Setup::off("off: no app (sidecar)"),
     };
-    let _ = inproc.setup.set(setup.arranged);
+    let inproc = Arc::new(clone::inproc::InProc::for_nofile(
+        crate::supervise::spawn::nofile(),
+        setup.arranged,
+    ));
     let launcher = Launcher {
         reaper: reaper.clone(),
         run_as,
@@ -97,8 +97,14 @@ pub fn wire(config: Config, listener: &TcpListener) -> Result<Parts, i32> {
         launcher: launcher.clone(),
         inproc: inproc.clone(),
     };
-    let agent = Agent::with_state(config, links, state);
-    let _ = agent.privileges.set(report);
+    // Which restore signals this VM offers: opened before the agent exists, so that it is
+    // built complete (watched below, once it does).
+    let sources = clone::restore::Sources::open();
+    let found = hooks::Found {
+        restore_sources: clone::restore::describe(&sources),
+        privileges: Some(report),
+    };
+    let agent = Agent::with_state(config, links, state, found);
     if let Some(listener) = setup.listener {
         match tokio::net::UnixListener::from_std(listener) {
             Ok(listener) => {
@@ -136,10 +142,6 @@ pub fn wire(config: Config, listener: &TcpListener) -> Result<Parts, i32> {
         on_platform = image.is_some(),
         "serving hooks"
     );
-    let sources = clone::restore::Sources::open();
-    let _ = agent
-        .restore_sources
-        .set(clone::restore::describe(&sources));
     let on_restore = agent.clone();
     tokio::spawn(clone::restore::watch(sources, move |source| {
         let agent = on_restore.clone();

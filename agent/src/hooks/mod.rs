@@ -125,24 +125,37 @@ pub struct Agent {
     /// Both clocks at `/suspend`, so that `/resume` can say how long the freeze looked.
     suspended_at: Mutex<Option<Clocks>>,
     /// Which restore-detection sources this VM offers, for `/status`.
-    pub restore_sources: std::sync::OnceLock<Vec<&'static str>>,
+    pub restore_sources: Vec<&'static str>,
     /// The clock's offset from its reference as the last comparison left it (ms; after a step,
     /// 0): a later one a second staler is a restore (`per_vm`).
     clock_baseline: Mutex<Option<i64>>,
     /// A stale-clock comparison is running (`per_vm`): requests meanwhile start none.
     clock_comparing: std::sync::atomic::AtomicBool,
     /// The capability split (`sys::caps`), for `/status`.
-    pub privileges: std::sync::OnceLock<crate::sys::caps::Report>,
+    pub privileges: Option<crate::sys::caps::Report>,
+}
+
+/// What start-up found before the agent was built, for `/status`: handed to the constructor, so
+/// that nothing is filled in after the agent exists.
+#[derive(Default)]
+pub struct Found {
+    pub restore_sources: Vec<&'static str>,
+    pub privileges: Option<crate::sys::caps::Report>,
 }
 
 impl Agent {
     /// An agent whose state directory is opened on first use (tests and the fuzz targets).
     pub fn new(config: Config, links: Links) -> Arc<Agent> {
         let state = StateHandle::new(&config.state_dir, None);
-        Agent::with_state(config, links, state)
+        Agent::with_state(config, links, state, Found::default())
     }
 
-    pub fn with_state(config: Config, links: Links, state: StateHandle) -> Arc<Agent> {
+    pub fn with_state(
+        config: Config,
+        links: Links,
+        state: StateHandle,
+        found: Found,
+    ) -> Arc<Agent> {
         Arc::new(Agent {
             config,
             state,
@@ -163,8 +176,8 @@ impl Agent {
             last_hook_routine: Mutex::new(None),
             suspended_at: Mutex::new(None),
             run_failure: Mutex::new(None),
-            restore_sources: std::sync::OnceLock::new(),
-            privileges: std::sync::OnceLock::new(),
+            restore_sources: found.restore_sources,
+            privileges: found.privileges,
             clock_baseline: Mutex::new(None),
             clock_comparing: Default::default(),
         })

@@ -53,7 +53,7 @@ impl Agent {
             .outsiders(self.links.app.view().pid, &taking_part)
             .await;
         json!({
-            "arranged": inproc.setup.get(),
+            "arranged": &inproc.setup,
             "cap": inproc.cap(),
             "processes": members,
             "not_taking_part": others.shown,
@@ -88,8 +88,8 @@ impl Agent {
             "microvm_id": *crate::sys::lock(&self.microvm_id),
             "generation": self.generations.current(),
             "last_routine": *crate::sys::lock(&self.last_routine),
-            "restore_detection": self.restore_sources.get(),
-            "capabilities": self.privileges.get(),
+            "restore_detection": &self.restore_sources,
+            "capabilities": &self.privileges,
             // The wall clock's offset from its reference at the last comparison (`per_vm`).
             "clock_offset_ms": *crate::sys::lock(&self.clock_baseline),
             "platform": crate::sys::platform_env::get(),

@@ -167,24 +167,25 @@ pub struct InProc {
     /// The last processes that left while running.
     leavers: Mutex<VecDeque<Leaver>>,
     /// What was arranged for the app at start (for `/status` and the log).
-    pub setup: std::sync::OnceLock<setup::Arranged>,
+    pub setup: setup::Arranged,
     /// The app's processes that do not take part (`/status`).
     pub census: census::Census,
 }
 
 impl Default for InProc {
+    /// A registry for nothing arranged (the tests' and the fuzz targets' agents).
     fn default() -> Self {
-        InProc::with_cap(MAX_MEMBERS)
+        InProc::with_cap(MAX_MEMBERS, setup::Arranged::off("off: not arranged"))
     }
 }
 
 impl InProc {
     /// A registry for an agent whose descriptor limit is `nofile`.
-    pub fn for_nofile(nofile: usize) -> Self {
-        InProc::with_cap(MAX_MEMBERS.min(nofile / 4).max(8))
+    pub fn for_nofile(nofile: usize, arranged: setup::Arranged) -> Self {
+        InProc::with_cap(MAX_MEMBERS.min(nofile / 4).max(8), arranged)
     }
 
-    pub fn with_cap(cap: usize) -> Self {
+    pub fn with_cap(cap: usize, arranged: setup::Arranged) -> Self {
         InProc {
             members: Mutex::default(),
             next_id: AtomicU64::new(0),
@@ -194,7 +195,7 @@ impl InProc {
             pressure: tokio::sync::watch::Sender::new(false),
             latest: Arc::default(),
             leavers: Mutex::default(),
-            setup: std::sync::OnceLock::new(),
+            setup: arranged,
             census: census::Census::default(),
         }
     }

@@ -110,8 +110,8 @@ pub fn wire(config: Config, listener: &TcpListener) -> Result<Parts, i32> {
             Ok(listener) => {
                 let gens = agent.clone();
                 let current: clone::inproc::Current = Arc::new(move || {
-                    let number = gens.generations.current()?.generation;
-                    Some((number, clone::inproc::seed(&gens.generations)?))
+                    let number = gens.generations().current()?.generation;
+                    Some((number, clone::inproc::seed(gens.generations())?))
                 });
                 tokio::spawn(inproc.serve(listener, current));
             }

@@ -27,7 +27,7 @@ impl Agent {
     ) -> Answer {
         // The warm-up holds the action guard for as long as it runs (minutes, maybe): the
         // platform's polls meanwhile get their answer at once instead of waiting out the budget.
-        if hook == Hook::Validate && *crate::sys::lock(&self.warmup) == Warmup::Running {
+        if hook == Hook::Validate && *crate::sys::lock(&self.build.warmup) == Warmup::Running {
             return Answer::error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "warming-up",
@@ -40,7 +40,8 @@ impl Agent {
             // nobody's but a stranger's. Its work and its warm-up are cancelled here.
             self.preempt_validate();
         }
-        let Ok(guard) = tokio::time::timeout_at(deadline, self.actions.clone().lock_owned()).await
+        let Ok(guard) =
+            tokio::time::timeout_at(deadline, self.life.actions.clone().lock_owned()).await
         else {
             return Answer::error(
                 busy_status(hook),
@@ -49,7 +50,7 @@ impl Agent {
             );
         };
         let verdict = {
-            let mut m = crate::sys::lock(&self.machine);
+            let mut m = crate::sys::lock(&self.life.machine);
             match hook {
                 Hook::Validate => m.validate(self.health()),
                 Hook::Run => m.run(&body),
@@ -81,7 +82,7 @@ impl Agent {
         // The guard travels with the work (a `/validate` lets go of it before its warm-up).
         let work = tokio::spawn(async move { agent.act(hook, body, deadline, guard).await });
         if hook == Hook::Validate {
-            *crate::sys::lock(&self.validating) = Some(work.abort_handle());
+            *crate::sys::lock(&self.build.validating) = Some(work.abort_handle());
         }
         match budget::wait(deadline, work).await {
             Ok(answer) => answer,
@@ -113,7 +114,7 @@ impl Agent {
     /// not happen. (Running the routine again would not help: the platform ends a VM whose `/run`
     /// failed, and a local caller who retries gets the reason.)
     fn replay(&self) -> Answer {
-        match &*crate::sys::lock(&self.run_failure) {
+        match &*crate::sys::lock(&self.life.run_failure) {
             None => Answer::ok("replay"),
             Some((status, outcome, extra)) => {
                 let mut extra = extra.clone();
@@ -126,13 +127,13 @@ impl Agent {
     /// Cancels a `/validate` that is still working (its routine or its warm-up).
     fn preempt_validate(&self) {
         let running = [
-            crate::sys::lock(&self.validating).take(),
-            crate::sys::lock(&self.warmup_task).take(),
+            crate::sys::lock(&self.build.validating).take(),
+            crate::sys::lock(&self.build.warmup_task).take(),
         ];
         for task in running.into_iter().flatten() {
             task.abort();
         }
-        let mut w = crate::sys::lock(&self.warmup);
+        let mut w = crate::sys::lock(&self.build.warmup);
         if *w == Warmup::Running {
             *w = Warmup::Failed("cancelled: /run arrived".into());
         }
@@ -153,7 +154,7 @@ impl Agent {
         let answer = self.act_inner(hook, body, deadline).await;
         drop(guard);
         if hook == Hook::Run && !answer.status.is_success() {
-            *crate::sys::lock(&self.run_failure) =
+            *crate::sys::lock(&self.life.run_failure) =
                 Some((answer.status, answer.outcome, answer.extra.clone()));
         }
         answer
@@ -173,7 +174,7 @@ impl Agent {
         };
         let frozen = (hook == Hook::Resume)
             .then(|| {
-                crate::sys::lock(&self.suspended_at)
+                crate::sys::lock(&self.life.suspended_at)
                     .take()
                     .map(Clocks::since)
             })
@@ -213,7 +214,7 @@ impl Agent {
                 format!("cannot write the run payload in {}: {e}", dir.display()),
             ));
         }
-        *crate::sys::lock(&self.microvm_id) = parsed.microvm_id;
+        *crate::sys::lock(&self.lineage.microvm_id) = parsed.microvm_id;
         Ok(())
     }
 }

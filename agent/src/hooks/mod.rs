@@ -84,7 +84,8 @@ impl Links {
 }
 
 /// The hooks' shared state: one per process, behind an `Arc` that the hook port, the restore
-/// watcher and the event loop hold.
+/// watcher and the event loop hold. A few parts, each with one job, each built complete before
+/// the agent exists.
 pub struct Agent {
     /// Validated once at start, never changed.
     pub config: Config,
@@ -92,6 +93,18 @@ pub struct Agent {
     state: StateHandle,
     /// The app and the process launcher.
     links: Links,
+    /// Which hook may act now, and what each one did.
+    life: Lifecycle,
+    /// The build's work: `/validate` and its warm-up.
+    build: Build,
+    /// This VM's line of generations, and what the routine remembers between runs.
+    lineage: Lineage,
+    /// What start-up found (for `/status`).
+    found: Found,
+}
+
+/// Which hook may act now, and what each one did.
+struct Lifecycle {
     /// For `/status`'s uptime.
     started: Instant,
     /// The lifecycle state machine: which hook may act now.
@@ -104,35 +117,39 @@ pub struct Agent {
     actions: Arc<tokio::sync::Mutex<()>>,
     /// Tells the main loop to stop the app (and then exit).
     terminate: watch::Sender<bool>,
-    /// The VM's id from the `/run` body: per-clone input, and in every generation.
-    microvm_id: Mutex<Option<String>>,
     /// Signalled when `/ready` has answered 500, which ends a build-time linger.
     failure_reported: tokio::sync::Notify,
-    /// Whether `/validate`'s warm-up requests have run, are running, or failed.
+    /// How the `/run` that acted failed, if it did: its replays answer the same.
+    run_failure: Mutex<Option<(StatusCode, &'static str, Value)>>,
+    /// Both clocks at `/suspend`, so that `/resume` can say how long the freeze looked.
+    suspended_at: Mutex<Option<Clocks>>,
+}
+
+/// The build's work: whether `/validate`'s warm-up requests have run, and the tasks `/run`
+/// cancels.
+struct Build {
     warmup: Mutex<Warmup>,
     /// A `/validate`'s work and its warm-up while they run: `/run` cancels them.
     validating: Mutex<Option<tokio::task::AbortHandle>>,
     warmup_task: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+/// This VM's line of generations, and what the routine remembers between runs.
+pub struct Lineage {
     /// The agent's generator and the published generations.
     pub generations: Generations,
+    /// The VM's id from the `/run` body: per-clone input, and in every generation.
+    microvm_id: Mutex<Option<String>>,
     /// The last new-generation routine, for `/status`.
     last_routine: Mutex<Value>,
     /// When the last routine ran for a hook or a detected restore, so that the same restore seen
     /// again right after (another source, or the clock step that routine made) is not redone.
     last_hook_routine: Mutex<Option<Instant>>,
-    /// How the `/run` that acted failed, if it did: its replays answer the same.
-    run_failure: Mutex<Option<(StatusCode, &'static str, Value)>>,
-    /// Both clocks at `/suspend`, so that `/resume` can say how long the freeze looked.
-    suspended_at: Mutex<Option<Clocks>>,
-    /// Which restore-detection sources this VM offers, for `/status`.
-    pub restore_sources: Vec<&'static str>,
     /// The clock's offset from its reference as the last comparison left it (ms; after a step,
     /// 0): a later one a second staler is a restore (`per_vm`).
     clock_baseline: Mutex<Option<i64>>,
     /// A stale-clock comparison is running (`per_vm`): requests meanwhile start none.
     clock_comparing: std::sync::atomic::AtomicBool,
-    /// The capability split (`sys::caps`), for `/status`.
-    pub privileges: Option<crate::sys::caps::Report>,
 }
 
 /// What start-up found before the agent was built, for `/status`: handed to the constructor, so
@@ -160,27 +177,37 @@ impl Agent {
             config,
             state,
             links,
-            started: Instant::now(),
-            machine: Mutex::default(),
-            stats: Mutex::default(),
-            platform_polled_ready: Default::default(),
-            actions: Arc::default(),
-            terminate: watch::channel(false).0,
-            microvm_id: Mutex::default(),
-            failure_reported: tokio::sync::Notify::new(),
-            warmup: Mutex::new(Warmup::NotStarted),
-            validating: Mutex::new(None),
-            warmup_task: Mutex::new(None),
-            generations: Generations::default(),
-            last_routine: Mutex::new(Value::Null),
-            last_hook_routine: Mutex::new(None),
-            suspended_at: Mutex::new(None),
-            run_failure: Mutex::new(None),
-            restore_sources: found.restore_sources,
-            privileges: found.privileges,
-            clock_baseline: Mutex::new(None),
-            clock_comparing: Default::default(),
+            life: Lifecycle {
+                started: Instant::now(),
+                machine: Mutex::default(),
+                stats: Mutex::default(),
+                platform_polled_ready: Default::default(),
+                actions: Arc::default(),
+                terminate: watch::channel(false).0,
+                failure_reported: tokio::sync::Notify::new(),
+                run_failure: Mutex::new(None),
+                suspended_at: Mutex::new(None),
+            },
+            build: Build {
+                warmup: Mutex::new(Warmup::NotStarted),
+                validating: Mutex::new(None),
+                warmup_task: Mutex::new(None),
+            },
+            lineage: Lineage {
+                generations: Generations::default(),
+                microvm_id: Mutex::default(),
+                last_routine: Mutex::new(Value::Null),
+                last_hook_routine: Mutex::new(None),
+                clock_baseline: Mutex::new(None),
+                clock_comparing: Default::default(),
+            },
+            found,
         })
+    }
+
+    /// The published generations and the agent's generator.
+    pub fn generations(&self) -> &Generations {
+        &self.lineage.generations
     }
 
     pub fn links(&self) -> &Links {
@@ -188,23 +215,24 @@ impl Agent {
     }
 
     pub fn state(&self) -> State {
-        crate::sys::lock(&self.machine).state()
+        crate::sys::lock(&self.life.machine).state()
     }
 
     /// Whether the platform (a build polling us, not a stranger) has asked `/ready`.
     pub fn ready_polled(&self) -> bool {
-        self.platform_polled_ready
+        self.life
+            .platform_polled_ready
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Resolves once `/ready` has answered 500.
     pub async fn failure_reported(&self) {
-        self.failure_reported.notified().await
+        self.life.failure_reported.notified().await
     }
 
     /// Resolves once `/terminate` has asked the agent to stop its app (and then exit).
     pub async fn terminate_requested(&self) {
-        let _ = self.terminate.subscribe().wait_for(|t| *t).await;
+        let _ = self.life.terminate.subscribe().wait_for(|t| *t).await;
     }
 
     fn budget(&self, hook: Hook) -> Duration {
@@ -247,7 +275,7 @@ impl Agent {
             answer
         };
         let answer = self.fail_policy(hook, answer);
-        let mut stats = crate::sys::lock(&self.stats);
+        let mut stats = crate::sys::lock(&self.life.stats);
         let s = &mut stats[hook as usize];
         s.count += 1;
         s.last_status = answer.status.as_u16();
@@ -304,10 +332,11 @@ impl Agent {
 
     fn ready(&self, caller: Caller) -> Answer {
         if caller != Caller::Public {
-            self.platform_polled_ready
+            self.life
+                .platform_polled_ready
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
-        let verdict = crate::sys::lock(&self.machine).ready(self.health());
+        let verdict = crate::sys::lock(&self.life.machine).ready(self.health());
         match verdict {
             Verdict::Act => Answer::ok("ready"),
             Verdict::Failed => {
@@ -315,7 +344,7 @@ impl Agent {
                 // through the public endpoint gets the same answer but must not end the linger:
                 // the platform's own next poll would then find nothing listening.
                 if caller != Caller::Public {
-                    self.failure_reported.notify_one();
+                    self.life.failure_reported.notify_one();
                 }
                 let app = self.links.app.view();
                 Answer::with(

@@ -51,7 +51,7 @@ impl Agent {
                 }
             }
         };
-        *crate::sys::lock(&self.clock_baseline) = Some(if action == "stepped" {
+        *crate::sys::lock(&self.lineage.clock_baseline) = Some(if action == "stepped" {
             0
         } else {
             reading.offset_ms
@@ -84,16 +84,16 @@ impl Agent {
         }
         // One comparison at a time: a burst of requests costs one read, not one each.
         use std::sync::atomic::Ordering::Relaxed;
-        if self.clock_comparing.swap(true, Relaxed) {
+        if self.lineage.clock_comparing.swap(true, Relaxed) {
             return;
         }
         let reading = read_clock().await;
-        self.clock_comparing.store(false, Relaxed);
+        self.lineage.clock_comparing.store(false, Relaxed);
         let Some(reading) = reading else {
             return;
         };
         let staler = {
-            let mut base = crate::sys::lock(&self.clock_baseline);
+            let mut base = crate::sys::lock(&self.lineage.clock_baseline);
             let staler =
                 base.is_some_and(|b| reading.offset_ms - b >= wallclock::STALE.as_millis() as i64);
             if base.is_none() {
@@ -167,7 +167,7 @@ impl Agent {
 
     async fn bind_boot_id(&self) -> Result<&'static str, String> {
         let mut bytes = [0u8; 16];
-        bytes.copy_from_slice(&self.generations.draw(16).unwrap_or_default());
+        bytes.copy_from_slice(&self.lineage.generations.draw(16).unwrap_or_default());
         let content = format!("{}\n", identity::uuid(&bytes));
         let state = self.state.clone();
         let source = self.config.state_dir.join("boot_id");
@@ -182,7 +182,8 @@ impl Agent {
     }
 
     fn draw_hex(&self, n: usize) -> String {
-        self.generations
+        self.lineage
+            .generations
             .draw(n)
             .unwrap_or_default()
             .iter()

@@ -79,7 +79,7 @@ impl Agent {
         deadline: Instant,
     ) -> Result<Generation, RoutineError> {
         let mut rec = Record::new(reason);
-        let microvm_id = crate::sys::lock(&self.microvm_id).clone();
+        let microvm_id = crate::sys::lock(&self.lineage.microvm_id).clone();
 
         // The clock first: every time stamp after it (the generation's, the app's first
         // request's) must be right.
@@ -125,7 +125,10 @@ impl Agent {
         let t = Instant::now();
         // The same per-clone input keys the agent's generator too: it must diverge even when the
         // kernel step could not run.
-        let generation = self.generations.next(reason, microvm_id, kernel, &input);
+        let generation = self
+            .lineage
+            .generations
+            .next(reason, microvm_id, kernel, &input);
         drop(input);
         rec.step("generator", t);
         let generation = match generation {
@@ -142,7 +145,7 @@ impl Agent {
         let t = Instant::now();
         let rotated = secrets::stage(
             &self.config.secrets,
-            &self.generations,
+            &self.lineage.generations,
             &generation,
             &self.links.launcher,
             &self.state,
@@ -184,7 +187,11 @@ impl Agent {
         // generation is written, in one job on the I/O thread: a failure before the generation
         // file leaves every file with the previous generation's value, and nothing published.
         let t = Instant::now();
-        let seed = self.generations.draw(SEED_BYTES).unwrap_or_default();
+        let seed = self
+            .lineage
+            .generations
+            .draw(SEED_BYTES)
+            .unwrap_or_default();
         let (owner, file_seed) = (self.app_owner(), seed.clone());
         let switch_in = move |dir: &state_files::StateDir| {
             let mut file_seed = file_seed;
@@ -196,6 +203,7 @@ impl Agent {
                 .try_for_each(state_files::Staged::commit)
         };
         let published = self
+            .lineage
             .generations
             .publish_after(&self.state, generation.clone(), switch_in)
             .await;
@@ -247,7 +255,7 @@ impl Agent {
             .iter()
             .map(|(step, us)| json!({ "step": step, "us": us }))
             .collect::<Vec<_>>());
-        *crate::sys::lock(&self.last_routine) = v;
+        *crate::sys::lock(&self.lineage.last_routine) = v;
     }
 
     fn failed(&self, mut rec: Record, e: RoutineError) -> RoutineError {
@@ -268,10 +276,10 @@ impl Agent {
         if !notify::is_configured(&self.config.notify, event, inproc) {
             return Outcome::default();
         }
-        let current = self.generations.current();
+        let current = self.lineage.generations.current();
         let generation = generation.or(current.as_ref());
-        let microvm_id = crate::sys::lock(&self.microvm_id).clone();
-        let draw = || crate::clone::inproc::seed(&self.generations);
+        let microvm_id = crate::sys::lock(&self.lineage.microvm_id).clone();
+        let draw = || crate::clone::inproc::seed(&self.lineage.generations);
         let ctx = notify::Ctx {
             launcher: &self.links.launcher,
             app: &self.links.app,
@@ -322,7 +330,7 @@ impl Agent {
         inputs: &[&[u8]],
         deadline: Instant,
     ) -> Result<Generation, RoutineError> {
-        *crate::sys::lock(&self.last_hook_routine) = Some(Instant::now());
+        *crate::sys::lock(&self.lineage.last_hook_routine) = Some(Instant::now());
         self.new_generation(event, event.as_str(), inputs, deadline)
             .await
     }
@@ -342,16 +350,16 @@ impl Agent {
         // After the hooks' guard: a hook's routine in progress finishes first. One restore can
         // show up on several sources (a hook, a stale clock, then the clock step that routine
         // itself makes): whichever came first made the generation.
-        let _guard = self.actions.lock().await;
+        let _guard = self.life.actions.lock().await;
         {
-            let mut last = crate::sys::lock(&self.last_hook_routine);
+            let mut last = crate::sys::lock(&self.lineage.last_hook_routine);
             if last.is_some_and(|t| t.elapsed() < SAME_RESTORE) {
                 tracing::info!(source, "restore detected; already handled");
                 return;
             }
             *last = Some(Instant::now());
         }
-        crate::sys::lock(&self.machine).restored();
+        crate::sys::lock(&self.life.machine).restored();
         tracing::warn!(
             source,
             "restore detected without a hook: making a new generation"
@@ -389,7 +397,7 @@ mod tests {
     }
 
     fn steps(a: &Agent) -> Vec<String> {
-        let r = a.last_routine.lock().unwrap();
+        let r = a.lineage.last_routine.lock().unwrap();
         r["steps"]
             .as_array()
             .unwrap()
@@ -442,13 +450,13 @@ mod tests {
         for _ in 0..2 {
             let a = a.clone();
             let _ = std::thread::spawn(move || {
-                let _stats = a.stats.lock().unwrap();
-                let _machine = a.machine.lock().unwrap();
+                let _stats = a.life.stats.lock().unwrap();
+                let _machine = a.life.machine.lock().unwrap();
                 panic!("a bug while holding the agent's locks");
             })
             .join();
         }
-        assert!(a.stats.is_poisoned() && a.machine.is_poisoned());
+        assert!(a.life.stats.is_poisoned() && a.life.machine.is_poisoned());
         let answer = a
             .hook(
                 crate::hooks::lifecycle::Hook::Ready,
@@ -483,7 +491,7 @@ mod tests {
         );
         assert!(!dir.join("generation").exists());
         assert_eq!(
-            a.generations.number(),
+            a.lineage.generations.number(),
             0,
             "the failed generation was not made current"
         );
@@ -496,13 +504,13 @@ mod tests {
         let a = agent("", &dir);
         a.restore_detected("vmclock").await;
         assert_eq!(
-            a.generations.number(),
+            a.lineage.generations.number(),
             0,
             "Booting: the app is not up, nothing to do"
         );
-        a.machine.lock().unwrap().observe(Health::Up);
+        a.life.machine.lock().unwrap().observe(Health::Up);
         a.restore_detected("vmclock").await;
-        let g = a.generations.current().expect("a generation");
+        let g = a.lineage.generations.current().expect("a generation");
         assert_eq!(
             (g.generation, g.reason),
             (1, "restore-detected"),
@@ -512,7 +520,7 @@ mod tests {
         a.hook_generation(Event::Run, &[], deadline).await.unwrap();
         a.restore_detected("vmgenid-uevent").await;
         assert_eq!(
-            a.generations.number(),
+            a.lineage.generations.number(),
             2,
             "the same restore, right after a hook made a generation: not redone"
         );

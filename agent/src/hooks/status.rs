@@ -16,14 +16,14 @@ impl Agent {
     /// exceeds N (at most `LONG_POLL` later: then the current one, and the client asks again).
     pub async fn generation_after(&self, after: Option<u64>) -> Value {
         if let Some(n) = after {
-            let mut rx = self.generations.subscribe();
+            let mut rx = self.lineage.generations.subscribe();
             let _ = tokio::time::timeout(
                 LONG_POLL,
                 rx.wait_for(|g| g.as_ref().map_or(0, |g| g.generation) > n),
             )
             .await;
         }
-        match self.generations.current() {
+        match self.lineage.generations.current() {
             Some(g) => serde_json::to_value(g).unwrap_or_default(),
             None => json!({ "generation": 0 }),
         }
@@ -66,8 +66,8 @@ impl Agent {
     pub async fn status(&self) -> Value {
         // First: the walk it may wait for must not make the rest of the answer stale.
         let inproc = self.inproc_json().await;
-        let state = crate::sys::lock(&self.machine).state();
-        let stats = crate::sys::lock(&self.stats).clone();
+        let state = crate::sys::lock(&self.life.machine).state();
+        let stats = crate::sys::lock(&self.life.stats).clone();
         let mut hooks = Map::new();
         for hook in Hook::ALL {
             let s = &stats[hook as usize];
@@ -84,14 +84,14 @@ impl Agent {
             "state": state,
             "health": self.health(),
             "mode": if self.config.app.is_some() { "supervisor" } else { "sidecar" },
-            "uptime_ms": self.started.elapsed().as_millis() as u64,
-            "microvm_id": *crate::sys::lock(&self.microvm_id),
-            "generation": self.generations.current(),
-            "last_routine": *crate::sys::lock(&self.last_routine),
-            "restore_detection": &self.restore_sources,
-            "capabilities": &self.privileges,
+            "uptime_ms": self.life.started.elapsed().as_millis() as u64,
+            "microvm_id": *crate::sys::lock(&self.lineage.microvm_id),
+            "generation": self.lineage.generations.current(),
+            "last_routine": *crate::sys::lock(&self.lineage.last_routine),
+            "restore_detection": &self.found.restore_sources,
+            "capabilities": &self.found.privileges,
             // The wall clock's offset from its reference at the last comparison (`per_vm`).
-            "clock_offset_ms": *crate::sys::lock(&self.clock_baseline),
+            "clock_offset_ms": *crate::sys::lock(&self.lineage.clock_baseline),
             "platform": crate::sys::platform_env::get(),
             "log_lines_dropped": crate::sys::logwriter::dropped_total(),
             "app": self.app_json(),

@@ -44,14 +44,14 @@ impl Agent {
     /// Starts the stop path and waits for the app to be gone until just before the deadline;
     /// then answers either way and lets the stop finish. A failed acknowledgement is reported (the answer is still 200: see `fail_policy`).
     pub(super) async fn terminate(&self, path: &str, deadline: Instant) -> Answer {
-        let first = crate::sys::lock(&self.machine).terminate() == Verdict::Act;
+        let first = crate::sys::lock(&self.life.machine).terminate() == Verdict::Act;
         let mut unacknowledged = None;
         let mut app = None;
         if first {
             // The app hears of it first (it may want to flush), then the stop begins.
             let outcome = self.tell_app(Event::Terminate, None, None, deadline).await;
             app = self.forward_to_app(path, Bytes::new(), deadline).await;
-            self.terminate.send_replace(true);
+            self.life.terminate.send_replace(true);
             if !outcome.ok() {
                 unacknowledged = Some(outcome);
             }
@@ -135,7 +135,7 @@ impl Agent {
                 reason: "the I/O thread failed".into(),
             }],
         });
-        *crate::sys::lock(&self.suspended_at) = Some(Clocks::now());
+        *crate::sys::lock(&self.life.suspended_at) = Some(Clocks::now());
         // The agent keeps no outbound connection (every client request uses a fresh one), so
         // there is nothing of ours to drop before the freeze.
         if !scrubbed.failed.is_empty() {

@@ -38,7 +38,7 @@ impl Agent {
     ) -> Answer {
         let requests = &self.config.validate;
         let start = {
-            let mut w = crate::sys::lock(&self.warmup);
+            let mut w = crate::sys::lock(&self.build.warmup);
             let start = *w == Warmup::NotStarted;
             if start {
                 *w = Warmup::Running;
@@ -51,7 +51,7 @@ impl Agent {
             let generation = self.hook_generation(Event::Validate, &[], deadline).await;
             drop(guard);
             if let Err(e) = generation {
-                *crate::sys::lock(&self.warmup) = Warmup::Failed(e.message());
+                *crate::sys::lock(&self.build.warmup) = Warmup::Failed(e.message());
                 return e.into();
             }
             tracing::info!(
@@ -64,7 +64,7 @@ impl Agent {
             let agent = self.clone();
             let task = tokio::spawn(async move {
                 let result = probe::warm_up(&agent.config.validate, per_request).await;
-                let mut w = crate::sys::lock(&agent.warmup);
+                let mut w = crate::sys::lock(&agent.build.warmup);
                 *w = match result {
                     Ok(n) => {
                         tracing::info!(sent = n, "warm-up passed");
@@ -76,12 +76,12 @@ impl Agent {
                     }
                 };
             });
-            *crate::sys::lock(&self.warmup_task) = Some(task.abort_handle());
+            *crate::sys::lock(&self.build.warmup_task) = Some(task.abort_handle());
             let _ = task.await;
         } else {
             drop(guard);
         }
-        match crate::sys::lock(&self.warmup).clone() {
+        match crate::sys::lock(&self.build.warmup).clone() {
             Warmup::Passed(n) => {
                 Answer::with(StatusCode::OK, "valid", json!({ "warmup_requests": n }))
             }

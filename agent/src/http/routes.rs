@@ -208,7 +208,8 @@ fn too_many_polls(cap: usize) -> Response<Body> {
     let mut resp = refuse(
         StatusCode::SERVICE_UNAVAILABLE,
         format!(
-            "too many long-polls waiting ({cap}, the most this agent holds): ask again in              {RETRY_AFTER_S} s, or read <state_dir>/generation"
+            "too many long-polls waiting ({cap}, the most this agent holds): ask again in \
+             {RETRY_AFTER_S} s, or read <state_dir>/generation"
         ),
     );
     let headers = resp.headers_mut();

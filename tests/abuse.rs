@@ -13,6 +13,7 @@ use common::*;
 
 #[test]
 fn ten_thousand_idle_connections_do_not_lock_the_platform_out() {
+    heavy_tier();
     raise_own_fd_limit();
     let a = Spec::default().app(&["sleep", "1000"]).start();
     a.get("/ready");
@@ -55,6 +56,7 @@ fn ten_thousand_idle_connections_do_not_lock_the_platform_out() {
 
 #[test]
 fn a_client_sending_headers_a_byte_at_a_time_is_cut_off() {
+    heavy_tier();
     let a = Spec::default().start();
     let mut s = connect(a.port);
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
@@ -87,6 +89,7 @@ fn a_client_sending_headers_a_byte_at_a_time_is_cut_off() {
 
 #[test]
 fn oversized_headers_invalid_paths_pipelining_and_half_closed_sockets() {
+    heavy_tier();
     let a = Spec::default().start();
     // Oversized headers: refused, and the listener goes on.
     let big = "x".repeat(64 * 1024);
@@ -150,6 +153,7 @@ fn in_mount_ns(options: &str, prep: &str) -> Spec {
 
 #[test]
 fn a_read_only_state_directory_fails_run_clearly_and_writes_nothing() {
+    heavy_tier();
     let a = in_mount_ns("ro", "true").start();
     let r = a.post("/run", br#"{"runHookPayload":"x"}"#);
     assert_eq!(r.status, 500, "{}", r.text());
@@ -174,6 +178,7 @@ fn a_read_only_state_directory_fails_run_clearly_and_writes_nothing() {
 
 #[test]
 fn a_full_state_directory_fails_the_routine_and_leaves_no_half_written_file() {
+    heavy_tier();
     let cfg = "[[secret]]\nname = \"big\"\nbytes = 65536\n";
     let a = in_mount_ns(
         "rw,size=64k",
@@ -199,6 +204,7 @@ fn a_full_state_directory_fails_the_routine_and_leaves_no_half_written_file() {
 
 #[test]
 fn an_unwritable_dev_urandom_is_reported_as_a_failed_reseed() {
+    heavy_tier();
     // No CAP_SYS_ADMIN and /dev/urandom read-only: the kernel step fails, and says so. (That the
     // agent's own generator still diverges per clone is entropy::tests::per_clone_input_*.)
     let script = "set -e; mount -t tmpfs tmpfs /mnt; echo x > /mnt/ro; mount --bind -o ro /mnt/ro /dev/urandom; exec \"$@\"";
@@ -231,6 +237,7 @@ fn an_unwritable_dev_urandom_is_reported_as_a_failed_reseed() {
 
 #[test]
 fn stopped_for_seconds_in_a_restart_backoff_then_continued_every_hook_still_answers() {
+    heavy_tier();
     let cfg = "[app]\nrestart = \"always\"\nmax_restarts = 100\nrestart_delay = \"2s\"\n";
     let a = Spec::default().config(cfg).fixture(&["exit", "1"]).start();
     eventually("the backoff", || a.status()["app"]["phase"] == "backoff");
@@ -257,6 +264,7 @@ fn stopped_for_seconds_in_a_restart_backoff_then_continued_every_hook_still_answ
 
 #[test]
 fn secret_names_cannot_escape_the_state_directory() {
+    heavy_tier();
     for name in ["../escape", "a/b", "..", ".hidden", "/abs"] {
         let dir = TempDir::new("escape");
         let path = dir.join("c.toml");
@@ -275,6 +283,7 @@ fn secret_names_cannot_escape_the_state_directory() {
 
 #[test]
 fn a_state_directory_that_cannot_be_created_fails_run_clearly() {
+    heavy_tier();
     // The state directory's parent is a file: it cannot be created at start, and /run says why.
     let dir = TempDir::new("nostate");
     let blocker = dir.join("blocker");

@@ -114,6 +114,7 @@ fn descriptors(pid: u32) -> usize {
 /// platform's `/run` answered 500 (`Too many open files`), `/suspend` and `/resume` degraded.
 #[test]
 fn a_connection_flood_at_300_and_600_a_second_leaves_the_platforms_hooks_whole() {
+    heavy_tier();
     raise_own_fd_limit();
     for rate in [300, 600] {
         let (a, _logs) = busy_agent(PLATFORM_NOFILE);
@@ -146,6 +147,7 @@ fn a_connection_flood_at_300_and_600_a_second_leaves_the_platforms_hooks_whole()
 /// the platform's `/run` 0.3 s later answered 500 `busy`, which terminates the VM.
 #[test]
 fn a_strangers_validate_with_a_long_warm_up_never_makes_run_fail() {
+    heavy_tier();
     // The fixture's /slow/N answers after N ms: three 1-second requests.
     let (a, _logs) = serving_agent(
         |port| {
@@ -188,6 +190,7 @@ const SLOW_TERMINATE: &str = "[hooks]\nrun_timeout = \"6s\"\nresume_timeout = \"
 /// 1 s into it) never stopped the app: its work ran in the connection's future, which was dropped.
 #[test]
 fn a_terminate_whose_connection_is_evicted_still_stops_the_app_and_the_agent_exits() {
+    heavy_tier();
     raise_own_fd_limit();
     let mut a = Spec::default()
         .config(SLOW_TERMINATE)
@@ -223,6 +226,7 @@ fn a_terminate_whose_connection_is_evicted_still_stops_the_app_and_the_agent_exi
 /// `/terminate` still working was cut with them.
 #[test]
 fn twelve_hundred_reconnecting_long_pollers_never_cost_the_platform_a_hook() {
+    heavy_tier();
     raise_own_fd_limit();
     let mut a = Spec::default()
         .config(&format!(
@@ -328,6 +332,7 @@ fn run_under_faults(faults: &[&str], cfg: &str) -> (Resp, Duration, bool, Agent)
 /// `/status` is answered while `/run` is still writing.
 #[test]
 fn slow_storage_never_blocks_the_hooks() {
+    heavy_tier();
     let (r, took, status_first, _a) = run_under_faults(
         &[
             "-e",
@@ -357,6 +362,7 @@ fn slow_storage_never_blocks_the_hooks() {
 /// README's test command on its first run in a fresh clone, 2 times of 3: #32.)
 #[test]
 fn a_slow_exec_never_blocks_the_hooks() {
+    heavy_tier();
     const INJECTED: Duration = Duration::from_secs(5);
     let delay = format!("inject=execve:delay_enter={}", INJECTED.as_micros());
     let (r, took, status_first, a) = run_under_faults(
@@ -385,6 +391,7 @@ fn a_slow_exec_never_blocks_the_hooks() {
 /// planted in it made the agent (root) chmod and chown the directory it pointed to.
 #[test]
 fn a_state_directory_someone_else_prepared_is_refused_and_its_links_never_followed() {
+    heavy_tier();
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let dir = TempDir::new("planted");
     let victim = dir.join("victim");
@@ -452,6 +459,7 @@ fn a_state_directory_someone_else_prepared_is_refused_and_its_links_never_follow
 /// a refusal (500: the VM dies). Its status is its answer; the body is kept up to the limit.
 #[test]
 fn a_pass_through_app_answering_200_with_a_large_body_has_said_200() {
+    heavy_tier();
     let (a, _logs) = serving_agent(
         |port| format!("[notify]\nforward = \"http://127.0.0.1:{port}\"\n"),
         &[],
@@ -477,6 +485,7 @@ fn a_pass_through_app_answering_200_with_a_large_body_has_said_200() {
 /// Minor: `/generation` long-polls were closed without an answer when the agent exited.
 #[test]
 fn a_long_poll_gets_its_answer_when_the_agent_exits() {
+    heavy_tier();
     let mut a = Spec::default().app(&["sleep", "1000"]).start();
     assert_eq!(a.ready_settled().status, 200);
     let port = a.port;

@@ -569,7 +569,8 @@ fn unannounced(lab: &Lab, mode: Mode, snap: &Path, tag: &str) {
 /// as its app read it before `/run` (in `rtt` ms); the RTC follows the host. The agent must
 /// report that offset (within 2 s of the real skew, and half the read's round trip: the RTC
 /// counts whole seconds and QEMU's lags a little after a restore) and, with CAP_SYS_TIME, step the
-/// clock before the app is told: the app's clock when told within 1 s of the host's then.
+/// clock before the app is told: the app's clock when told as close to the host's as the RTC's
+/// reading allows (the same bound).
 #[allow(clippy::too_many_arguments)]
 fn check_clock(
     tag: &str,
@@ -608,9 +609,14 @@ fn check_clock(
         );
     } else {
         assert_eq!(clock["action"], "stepped", "[{tag}] {clock}");
+        // Stepped by the RTC's reading, the clock is as right as that reading: the same error
+        // bound as the offset above (a 1 s bound here failed once in CI, the step 1.09 s short:
+        // the offset reported 29,899 ms of a 30,989 ms lag). Not stepped, the app would read the
+        // snapshot's time, 30 s behind: far outside it.
         assert!(
-            told_at >= run.0 - 1000 && told_at <= run.1 + 1000,
-            "[{tag}] the app was told at {told_at}, the host's clock said {run:?}"
+            told_at >= run.0 - tolerance && told_at <= run.1 + tolerance,
+            "[{tag}] the app was told at {told_at}, the host's clock said {run:?} (tolerance \
+             {tolerance} ms)"
         );
     }
 }

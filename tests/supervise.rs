@@ -779,7 +779,9 @@ fn without_a_probe_a_running_app_is_ready() {
 
 #[test]
 fn the_last_probe_result_is_logged_every_few_seconds_not_every_try() {
-    let port = free_port();
+    // A port that stays closed for the whole test (a free one was once taken by another test's
+    // listener under emulation, and the app looked ready).
+    let (_closed, port) = refused_port();
     let a = Spec::default()
         .config(&format!("[ready]\ntcp = \"127.0.0.1:{port}\"\n"))
         .app(&["sleep", "1000"])

@@ -556,6 +556,45 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A port on 127.0.0.1 that refuses every connection for as long as the returned socket lives:
+/// bound, never listening, so no other test can take it (a [`free_port`] is free only until
+/// someone binds it: under emulation a readiness probe of a "closed" port once found another
+/// test's listener there).
+pub fn refused_port() -> (std::os::fd::OwnedFd, u16) {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: socket takes integers; the descriptor is owned at once.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+    // SAFETY: a descriptor we just made and own alone.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: a zeroed sockaddr_in is valid; we set its family and address.
+    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    addr.sin_family = libc::AF_INET as libc::sa_family_t;
+    addr.sin_addr.s_addr = u32::from_be_bytes([127, 0, 0, 1]).to_be();
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: bind and getsockname read and write the sockaddr_in we own, of its length.
+    unsafe {
+        assert_eq!(
+            libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_in).cast(),
+                len
+            ),
+            0
+        );
+        let mut got = len;
+        assert_eq!(
+            libc::getsockname(
+                fd.as_raw_fd(),
+                (&mut addr as *mut libc::sockaddr_in).cast(),
+                &mut got
+            ),
+            0
+        );
+    }
+    (fd, u16::from_be(addr.sin_port))
+}
+
 /// All descendants of `pid`, children first, from /proc.
 pub fn descendants(pid: u32) -> Vec<u32> {
     let table = proc_table();

@@ -71,8 +71,10 @@ fn platform_hook(a: &Agent, path: &str, body: &[u8], outcome: &str) -> Resp {
     let took = t.elapsed();
     assert_eq!(r.status, 200, "{path}: {}", r.text());
     assert_eq!(r.json()["outcome"], outcome, "{path}: {}", r.text());
+    // The crowd is the case here, and the budget the property: the platform's own 1 s, strict.
+    // (These tests are a heavy tier: no other run's load shares the machine with them.)
     assert!(
-        took < ANSWERED_IN_BUDGET,
+        took < Duration::from_secs(1),
         "{path} answered after {took:?}, past its 1 s budget"
     );
     eprintln!("{path}: {} in {took:?}", r.json()["outcome"]);

@@ -417,13 +417,20 @@ fn inproc(bin: &Path, o: &Opts) -> Value {
         return json!("unavailable: no node");
     };
     let mut out = json!({});
-    for procs in [1usize, 8] {
+    // Two apps: a server that did a start-up's work first (16 MB of short-lived objects, what
+    // loading a small framework allocates), as any app that is snapshotted after its warm-up;
+    // and a bare server that allocated almost nothing since it started, whose V8 young
+    // generation is still at its first size (the first scavenge, which any JavaScript activity
+    // triggers, grows it by a megabyte and takes about a millisecond).
+    const STARTED: &str =
+        "for(let r=0;r<16;r++){const a=[];for(let i=0;i<20000;i++)a.push({i,s:\"x\"+i})}";
+    for (procs, app, suffix) in [(1usize, STARTED, ""), (8, STARTED, ""), (8, "", "_bare")] {
         // Both agents at once, each with its own Node servers, and their /resume interleaved
         // pair by pair: what the helpers cost is the difference at the same moment, not between
         // two periods of a noisy machine.
         let start = |on: bool| {
             let script = format!(
-                "for i in $(seq {procs}); do {node} -e 'require(\"http\").createServer().listen(0, \"127.0.0.1\")' & done; wait"
+                "for i in $(seq {procs}); do {node} -e '{app};require(\"http\").createServer().listen(0, \"127.0.0.1\")' & done; wait"
             );
             let cfg = format!("[app]\nreseed_in_process = {on}\n");
             let a = start_agent_on_disk(bin, &cfg, &["sh", "-c", &script]);
@@ -486,7 +493,7 @@ fn inproc(bin: &Path, o: &Opts) -> Value {
         for (i, (on, a)) in agents.iter().enumerate() {
             let rss = node_mem(a, "VmRSS:");
             let anon = node_mem(a, "RssAnon:");
-            let key = format!("{}_{procs}_node", if *on { "on" } else { "off" });
+            let key = format!("{}_{procs}_node{suffix}", if *on { "on" } else { "off" });
             out[key] = json!({
                 "resume": resume[i].json(),
                 "node_rss_kib_mean": mean(&rss),
@@ -497,7 +504,7 @@ fn inproc(bin: &Path, o: &Opts) -> Value {
                 "node_anon_kib_growth_mean": mean(&anon).saturating_sub(mean(&before[i][1])),
             });
         }
-        out[format!("resume_p99_above_off_{procs}_node_us")] =
+        out[format!("resume_p99_above_off_{procs}_node{suffix}_us")] =
             json!(resume[0].pct(0.99) - resume[1].pct(0.99));
         // The app is `sh` with its servers in the background: killing the agent leaves them
         // running, and the next configuration would be measured beside them.

@@ -132,3 +132,45 @@ test('only a version 1 generation line is obeyed', () => {
     assert.strictEqual(parse(bad), null, bad);
   }
 });
+
+test('lines that come together or in pieces are each answered, and a line too long ends its part', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mva-node-'));
+  const sock = path.join(dir, 's');
+  const seed = 'ab'.repeat(32);
+  const got = [];
+  let conn;
+  const server = net.createServer((c) => {
+    conn = c;
+    c.setEncoding('latin1');
+    let buf = '';
+    c.on('data', (d) => {
+      buf += d;
+      let i;
+      while ((i = buf.indexOf('\n')) >= 0) {
+        got.push(buf.slice(0, i));
+        buf = buf.slice(i + 1);
+        if (got.length === 1) {
+          // A process busy for three generations reads them in one go; then one line in two
+          // pieces; then garbage (ignored) and a line longer than any of the agent's.
+          c.write(`MVA1 generation 4 ${seed}\nMVA1 generation 5 ${seed}\nMVA1 generation 6 ${seed}\n`);
+          c.write(`MVA1 generation 7 ${seed.slice(0, 10)}`);
+          setTimeout(() => c.write(`${seed.slice(10)}\nnot a line\n`), 50);
+          setTimeout(() => c.write(`MVA1 generation 8 ${'ab'.repeat(200)}\nMVA1 generation 9 ${seed}\n`), 100);
+        }
+      }
+    });
+  });
+  await new Promise((r) => server.listen(sock, r));
+  const child = spawn(process.execPath, ['--require', helper, '-e', 'setTimeout(() => {}, 5000)'], {
+    env: { ...process.env, MICROVM_AGENT_INPROC: sock },
+  });
+  try {
+    for (let i = 0; i < 200 && got.length < 5; i++) await new Promise((r) => setTimeout(r, 25));
+    await new Promise((r) => setTimeout(r, 200));
+    assert.deepStrictEqual(got.slice(1), [4, 5, 6, 7].map((n) => `MVA1 ack ${n} math.random`));
+  } finally {
+    child.kill();
+    if (conn) conn.destroy();
+    server.close();
+  }
+});

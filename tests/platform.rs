@@ -1,5 +1,5 @@
-//! The hook contract as measured on the live service (CONTRACT.md, "Measured on the live
-//! service"): the builder's headers on the build hooks, which hooks may fail, the monotonic clock
+//! The hook contract as measured on the live service (docs/platform.md, the lines marked
+//! "measured"): the builder's headers on the build hooks, which hooks may fail, the monotonic clock
 //! across a freeze, the TLS probe, and the platform's environment. Real binary, real sockets.
 
 mod common;

@@ -1,5 +1,6 @@
-//! The README's path from an empty directory to a running MicroVM, followed as a person would:
-//! every file of its "Deploy to Lambda MicroVMs" section is written into an empty directory, the
+//! The documentation, checked. The deploy guide's path from an empty directory to a running
+//! MicroVM (`docs/deploy.md`, linked from the README), followed as a person would: every file of
+//! its "Deploy to Lambda MicroVMs" section is written into an empty directory, the
 //! Dockerfile's `COPY` sources must be there (and let in by `.dockerignore`), the local commands
 //! run as written (`microvm-agent --check`, `microvm-sim`), and the platform commands name only
 //! files that exist. Only ports and the state directory are changed, so runs do not collide.
@@ -58,12 +59,12 @@ fn commands(script: &str) -> Vec<String> {
 }
 
 #[test]
-fn the_readme_takes_an_empty_directory_to_the_platform_commands() {
-    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
-    let start = readme
-        .find("## Deploy to Lambda MicroVMs")
+fn the_deploy_guide_takes_an_empty_directory_to_the_platform_commands() {
+    let guide = std::fs::read_to_string(root().join("docs/deploy.md")).unwrap();
+    let start = guide
+        .find("# Deploy to Lambda MicroVMs")
         .expect("a Deploy section");
-    let rest = &readme[start + 3..];
+    let rest = &guide[start + 2..];
     let section = &rest[..rest.find("\n## ").unwrap_or(rest.len())];
     let (files, scripts) = blocks(section);
     for f in [
@@ -73,7 +74,7 @@ fn the_readme_takes_an_empty_directory_to_the_platform_commands() {
         "hooks.json",
         "app.py",
     ] {
-        assert!(files.contains_key(f), "the README gives no {f}");
+        assert!(files.contains_key(f), "the deploy guide gives no {f}");
     }
 
     let dir = std::env::temp_dir().join(format!("mva-readme-{}", std::process::id()));
@@ -180,4 +181,163 @@ fn the_readme_takes_an_empty_directory_to_the_platform_commands() {
         .expect("run-microvm");
     assert!(run.contains("--run-hook-payload"), "{run}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The Markdown files a reader follows: the README, `docs/`, and the other top-level guides.
+fn guides() -> Vec<std::path::PathBuf> {
+    let mut out: Vec<_> = [
+        "README.md",
+        "SECURITY.md",
+        "BENCHMARKS.md",
+        "tests/README.md",
+    ]
+    .iter()
+    .map(|p| root().join(p))
+    .collect();
+    for e in std::fs::read_dir(root().join("docs")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "md") {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// GitHub's anchor for a heading: lower case, punctuation other than `-` and `_` dropped, spaces
+/// to `-`.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// Every relative link in the guides names a file of the repository (and, with `#`, a heading
+/// of it): a guide moved or renamed breaks this test, not a reader's click.
+#[test]
+fn every_link_in_the_guides_points_inside_the_repository() {
+    let mut broken = Vec::new();
+    for guide in guides() {
+        let text = std::fs::read_to_string(&guide).unwrap();
+        let dir = guide.parent().unwrap();
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find("](") {
+            rest = &rest[at + 2..];
+            let Some(end) = rest.find(')') else { break };
+            let target = &rest[..end];
+            if target.starts_with("http") || target.contains(' ') {
+                continue;
+            }
+            let (file, frag) = target.split_once('#').unwrap_or((target, ""));
+            let path = if file.is_empty() {
+                guide.clone()
+            } else {
+                dir.join(file)
+            };
+            if !path.exists() {
+                broken.push(format!("{}: {target}", guide.display()));
+                continue;
+            }
+            if !frag.is_empty() {
+                let heads = std::fs::read_to_string(&path).unwrap_or_default();
+                let found = heads
+                    .lines()
+                    .filter_map(|l| {
+                        l.trim_start_matches('#')
+                            .strip_prefix(' ')
+                            .filter(|_| l.starts_with('#'))
+                    })
+                    .any(|h| anchor(h) == frag);
+                if !found {
+                    broken.push(format!("{}: {target} (no such heading)", guide.display()));
+                }
+            }
+        }
+    }
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+}
+
+/// The repository stands alone: no file refers to a document that is not in it (the design
+/// notes this project started from lived outside it; what it relies on is now in `docs/`).
+#[test]
+fn no_file_refers_to_a_document_outside_the_repository() {
+    let names = ["CONTRACT", "DESIGN", "BEHAVIOURS"].map(|n| format!("{n}.md"));
+    let out = Command::new("git")
+        .args([
+            "grep",
+            "--untracked",
+            "-l",
+            "-I",
+            "-e",
+            &names[0],
+            "-e",
+            &names[1],
+            "-e",
+            &names[2],
+        ])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    let offending: Vec<&str> = listed
+        .lines()
+        // This file names them to look for them.
+        .filter(|f| *f != "tests/readme.rs")
+        .collect();
+    for n in &names {
+        if root().join(n).exists() {
+            return;
+        }
+    }
+    assert!(
+        offending.is_empty(),
+        "refer to documents outside the repository: {offending:?}"
+    );
+}
+
+/// The README stays a guide: short enough to read in five minutes, with the routine in its
+/// first screen.
+#[test]
+fn the_readme_is_a_guide() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let lines = readme.lines().count();
+    assert!(
+        lines <= 300,
+        "README.md has {lines} lines (at most 300: the rest goes to docs/)"
+    );
+    let routine = readme
+        .find("new-generation routine")
+        .expect("the routine, named");
+    assert!(
+        readme[..routine].lines().count() <= 40,
+        "the routine is not in the README's first screen"
+    );
+}
+
+/// The supervision guide's table names real tests: every test it cites is a `fn` of
+/// `tests/supervise.rs`.
+#[test]
+fn the_supervision_guide_cites_tests_that_exist() {
+    let guide = std::fs::read_to_string(root().join("docs/supervision.md")).unwrap();
+    let tests = std::fs::read_to_string(root().join("tests/supervise.rs")).unwrap();
+    let table = &guide[guide
+        .find("## What a supervisor must do")
+        .expect("the table")..];
+    let mut cited = 0;
+    for row in table.lines().filter(|l| l.starts_with("| ")) {
+        let last = row.trim_end_matches('|').rsplit('|').next().unwrap_or("");
+        for name in last.split('`').skip(1).step_by(2) {
+            if name.contains('_') && !name.contains(' ') {
+                cited += 1;
+                assert!(
+                    tests.contains(&format!("fn {name}(")),
+                    "docs/supervision.md cites {name}, which tests/supervise.rs does not have"
+                );
+            }
+        }
+    }
+    assert!(cited >= 30, "only {cited} tests cited");
 }

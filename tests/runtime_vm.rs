@@ -8,7 +8,7 @@
 //! after `/resume`, in every mode), `kernel` (safe where the kernel's generator was reseeded,
 //! i.e. wherever the agent's `kernel_crng` is not `not-reseeded`), `none` (not clone-safe).
 //! The test holds every template to its claims and prints the whole table, which is the
-//! README's table.
+//! table in docs/clone-safety.md.
 //!
 //! x86_64, four modes, as the platform can run an image: full root or the platform's default
 //! capabilities (no CAP_SYS_ADMIN), with and without VMGenID. aarch64 (the platform's
@@ -682,14 +682,15 @@ fn run_arch(arch: Arch, all_modes: &[Mode]) {
         "claims not met:\n{}",
         failures.join("\n")
     );
-    check_readme(&all);
+    check_guide(&all);
     let _ = std::fs::remove_dir_all(&lab.dir);
 }
 
-/// The README's table lists the generators measured here, with the templates' claims, and has a
-/// column for every mode measured (x86_64's and aarch64's side by side).
-fn check_readme(all: &[(Mode, Measured)]) {
-    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+/// The clone-safety guide's table (`docs/clone-safety.md`) lists the generators measured here,
+/// with the templates' claims, and has a column for every mode measured (x86_64's and aarch64's
+/// side by side).
+fn check_guide(all: &[(Mode, Measured)]) {
+    let readme = std::fs::read_to_string(root().join("docs/clone-safety.md")).unwrap();
     let cells = |line: &str| -> Vec<String> {
         let c: Vec<String> = line.split('|').map(|c| c.trim().to_string()).collect();
         // Without the empty cells before the first bar and after the last.
@@ -698,13 +699,13 @@ fn check_readme(all: &[(Mode, Measured)]) {
     let header = readme
         .lines()
         .find(|l| l.starts_with("| runtime | generator | template's claim |"))
-        .expect("README.md has the runtime clone test's table");
+        .expect("docs/clone-safety.md has the runtime clone test's table");
     let columns = cells(header);
     let measured = table(all);
     for (m, _) in all {
         assert!(
             columns.contains(&m.tag()),
-            "README.md's table has no column for {}: {header}",
+            "docs/clone-safety.md's table has no column for {}: {header}",
             m.tag()
         );
     }
@@ -722,17 +723,17 @@ fn check_readme(all: &[(Mode, Measured)]) {
             c.len() == columns.len() && &c[1] == generator && runtime(&c[0]) == runtime(&here[0])
         });
         let Some(theirs) = found else {
-            panic!("README.md's table has no row for {generator} ({}); the measured table:\n{measured}", here[0]);
+            panic!("docs/clone-safety.md's table has no row for {generator} ({}); the measured table:\n{measured}", here[0]);
         };
         assert_eq!(
             &theirs[2], claim,
-            "README.md's row for {generator} does not state the claim {claim}"
+            "docs/clone-safety.md's row for {generator} does not state the claim {claim}"
         );
         for (i, (m, _)) in all.iter().enumerate() {
             let at = columns.iter().position(|c| *c == m.tag()).unwrap();
             if theirs[at] != here[3 + i] {
                 say!(
-                    "note: README.md's {generator} ({}) in [{}] is {}, this run measured {}",
+                    "note: docs/clone-safety.md's {generator} ({}) in [{}] is {}, this run measured {}",
                     here[0],
                     m.tag(),
                     theirs[at],

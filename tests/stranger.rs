@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// The platform's descriptor limit for the agent (CONTRACT.md: 1024, hard).
+/// The platform's descriptor limit for the agent (docs/platform.md: 1024, hard).
 const PLATFORM_NOFILE: &[&str] = &["prlimit", "--nofile=1024:1024", "--"];
 
 /// Headers of a request forwarded from the public endpoint.

@@ -1,4 +1,4 @@
-//! Black-box tests of the supervisor against BEHAVIOURS.md: the real binary, the fixture app,
+//! Black-box tests of the supervisor against docs/supervision.md: the real binary, the fixture app,
 //! both as a plain process and as PID 1 of a fresh PID namespace.
 
 mod common;

@@ -1,5 +1,5 @@
 //! The container the platform runs the entrypoint in, as measured on the live service
-//! (CONTRACT.md): root, but only Docker's default capability set (`0xa80425fb`: no
+//! (docs/platform.md): root, but only Docker's default capability set (`0xa80425fb`: no
 //! CAP_SYS_ADMIN, so no kernel CRNG reseed ioctl), `RLIMIT_NOFILE` 1024 soft and hard, and the
 //! image's identity in the environment. `--caps all` models `additionalOsCapabilities: ["ALL"]`.
 //! As root the entrypoint also gets its own `/etc/machine-id` (a private mount of a copy), as a

@@ -1,5 +1,5 @@
 //! A blocking HTTP/1.1 client with one deadline per call: the platform's side of a hook call,
-//! a new connection per call, with the headers the platform sends (measured; CONTRACT.md):
+//! a new connection per call, with the headers the platform sends (measured; docs/platform.md):
 //! runtime hooks carry `Host: localhost:<port>` and no user-agent; the image builder's `/ready`
 //! and `/validate` carry the build VM's endpoint as `Host`, `user-agent: smithy-java/1.6.0` and a
 //! fresh `x-amzn-requestid`.
@@ -155,7 +155,7 @@ fn close_delimited(raw: &[u8]) -> Option<Reply> {
 }
 
 /// What the platform's TLS probe saw: something sends a TLS ClientHello to the plaintext hook
-/// port before bootstrap (measured; CONTRACT.md). `None`: nothing listens yet.
+/// port before bootstrap (measured; docs/platform.md). `None`: nothing listens yet.
 pub fn tls_probe(host: &str, port: u16) -> Option<String> {
     let addr = (host, port).to_socket_addrs().ok()?.next()?;
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;

@@ -1,4 +1,4 @@
-//! The platform's part, played locally as it was measured on the live service (CONTRACT.md):
+//! The platform's part, played locally as it was measured on the live service (docs/platform.md):
 //! start the entrypoint in the platform's container (default capabilities, `RLIMIT_NOFILE`
 //! 1024, the image's environment), send the TLS probe, poll `/ready` with the builder's headers,
 //! "snapshot", `/validate` (builder headers), `/run` with the exact JSON body, `/suspend`, freeze

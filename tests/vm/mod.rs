@@ -21,7 +21,7 @@ macro_rules! say {
     }};
 }
 
-/// The platform's default capability set (measured; CONTRACT.md).
+/// The platform's default capability set (measured; docs/platform.md).
 pub const PLATFORM_CAPS: &str = "0xa80425fb";
 
 pub fn vm_dir() -> PathBuf {

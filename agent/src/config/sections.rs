@@ -267,7 +267,7 @@ pub(super) fn validate(s: &Section) -> Result<Validate, ConfigError> {
 }
 
 pub(super) fn hooks(s: &Section) -> Result<Hooks, ConfigError> {
-    // The platform's ranges (CONTRACT.md): build hooks 1-3600 s, runtime hooks 1-60 s.
+    // The platform's ranges (docs/platform.md): build hooks 1-3600 s, runtime hooks 1-60 s.
     let (one, build_max, run_max) = (
         Duration::from_secs(1),
         Duration::from_secs(3600),

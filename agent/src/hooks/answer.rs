@@ -41,7 +41,7 @@ impl Answer {
     }
 }
 
-/// Who called a hook, as far as the request tells (CONTRACT.md, "Measured on the live service").
+/// Who called a hook, as far as the request tells (docs/platform.md, "The hooks").
 /// It can only ever be a heuristic: every header can be forged by whoever holds a token for the
 /// hook port, so no hook may do harm when a stranger calls it, whatever this says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

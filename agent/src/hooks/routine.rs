@@ -18,10 +18,9 @@
 //!    from what differs per clone, cannot.
 //! 7. **notify**: the app is told and acknowledges (or the hook fails / warns, per `on_timeout`).
 //!
-//! Secrets come before publishing (DESIGN.md lists them after): an app that sees generation N in
-//! the state directory can then trust that every secret file already holds generation N's value.
-//! A routine that fails at step 4 publishes nothing: the app never sees a generation whose secrets
-//! are the old ones.
+//! Secrets come before publishing: an app that sees generation N in the state directory can then
+//! trust that every secret file already holds generation N's value. A routine that fails at step 4
+//! publishes nothing: the app never sees a generation whose secrets are the old ones.
 
 use std::time::Duration;
 

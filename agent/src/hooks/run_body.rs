@@ -1,4 +1,4 @@
-//! The `/run` body, as CONTRACT.md describes it.
+//! The `/run` body, as docs/platform.md describes it.
 //!
 //! Measured platforms send `{"microvmId": "...", "runHookPayload": "<the caller's string>"}`; the
 //! API model says the payload is "delivered as the request body". We accept both: a JSON object

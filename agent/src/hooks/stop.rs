@@ -15,7 +15,7 @@ use crate::hooks::lifecycle::Verdict;
 /// long the freeze looked on each.
 ///
 /// On Lambda MicroVMs **both** clocks advance across a suspend, by the whole suspended time
-/// (measured: 313 s suspended, wall +313.15 s, monotonic +313.14 s; CONTRACT.md). So every
+/// (measured: 313 s suspended, wall +313.15 s, monotonic +313.14 s; docs/platform.md). So every
 /// deadline armed before a freeze is due at once after it: `sys::clock` is how the agent's own
 /// timers tell a freeze from elapsed work (a timer that fires late re-arms instead of acting).
 #[derive(Clone, Copy, Debug)]

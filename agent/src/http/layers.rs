@@ -69,7 +69,7 @@ pub async fn body_limit(req: Request, next: Next) -> Response<Body> {
 ///
 /// The platform's own calls carry a loopback `Host` (`localhost`, `127.0.0.1` or `[::1]`, any
 /// port) and no `x-amzn-requestid`; forwarded calls carry the endpoint's host name and a request
-/// id (CONTRACT.md). Anything unusual counts as forwarded: a missing or repeated `Host`, an
+/// id (docs/platform.md). Anything unusual counts as forwarded: a missing or repeated `Host`, an
 /// absolute-form target (`POST http://host/run`), a host in another case (`LOCALHOST`: the
 /// platform sends lower case, so something else wrote it).
 pub fn is_forwarded<B>(req: &axum::http::Request<B>) -> bool {

@@ -1,7 +1,7 @@
 //! Timers that tell a freeze from elapsed time.
 //!
 //! On Lambda MicroVMs the monotonic clock **advances** while a VM is suspended, by the whole
-//! suspended time (measured: 313 s suspended, monotonic +313.14 s; CONTRACT.md), and the
+//! suspended time (measured: 313 s suspended, monotonic +313.14 s; docs/platform.md), and the
 //! simulator's SIGSTOP freeze does the same. So a deadline armed before a freeze (a stop grace, a
 //! restart backoff, a header deadline) is long past when the VM thaws, and would fire at once:
 //! a grace the app never had, a client cut off for time it spent frozen too.

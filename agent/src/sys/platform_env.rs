@@ -1,5 +1,5 @@
 //! Where the agent runs: Lambda MicroVMs inject `AWS_LAMBDA_MICROVM_IMAGE_ARN`, `_NAME`,
-//! `_VERSION` and `AWS_REGION` into the container's environment (measured; CONTRACT.md). The
+//! `_VERSION` and `AWS_REGION` into the container's environment (measured; docs/platform.md). The
 //! image ARN tells "on the platform" apart from a local run. Read once: the environment is fixed
 //! at build time and frozen into the snapshot, so it says which image, never which VM.
 

@@ -51,7 +51,7 @@ fn prepare_with(
     let d = dir.display().to_string();
     let command = match lang {
         // Next to its library, as in the image (`/app/app.py`, `/app/microvm_agent`,
-        // `/app/node_modules/microvm-agent`).
+        // `/app/node_modules/microvm-agent-client`).
         "python" | "passthrough" => vec!["python3".into(), format!("{d}/app.py")],
         "node" => vec!["node".into(), format!("{d}/app.js")],
         "java" => {

@@ -6,11 +6,17 @@ export interface Generation {
   /** `run`, `resume`, `validate`, `restore-detected`, ... */
   reason: string | null;
   microvmId: string | null;
-  /** `reseeded`, `platform` or `not-reseeded`. */
-  kernelCrng: string | null;
+  /** Whether the kernel's generator was reseeded for this clone (see `KernelCrng`). */
+  kernelCrng: KernelCrng | null;
   /** The 32 bytes the agent sent this process for this generation (null for suspend/terminate). */
   processSeed: Buffer | null;
 }
+/**
+ * `reseeded`: the agent made the kernel reseed; `platform`: the kernel reseeds itself on a restore
+ * (VMGenID, vmclock); `not-reseeded`: neither, so the kernel's bytes may be the same in every
+ * clone: mix in the agent's seed.
+ */
+export type KernelCrng = 'reseeded' | 'platform' | 'not-reseeded';
 export type Callback = (generation: Generation) => void | Promise<void>;
 export function onNewGeneration(callback: Callback): Callback;
 export function onSuspend(callback: Callback): Callback;
@@ -19,7 +25,7 @@ export function current(): Generation | null;
 export function generationId(): string | null;
 export function seed(): Buffer | null;
 export function secret(name: string): Buffer | null;
-export function kernelCrng(): string | null;
+export function kernelCrng(): KernelCrng | null;
 /** `n` bytes that differ in every clone: HMAC-SHA256(agent seed, crypto.randomBytes) blocks. */
 export function randomBytes(n: number): Buffer;
 export function isActive(): boolean;

@@ -1,4 +1,4 @@
-// A clone-safe Node.js app for microvm-agent, on its client library (`microvm-agent`, clients/node).
+// A clone-safe Node.js app for microvm-agent, on its client library (`microvm-agent-client`, clients/node).
 //
 // The trap: Math.random() is seeded once per V8 isolate, during the image build, and cannot be
 // reseeded from JavaScript; crypto.randomUUID(), crypto.randomBytes() and getRandomValues() draw
@@ -22,7 +22,7 @@
 'use strict';
 const http = require('http');
 const crypto = require('crypto');
-const agent = require('microvm-agent'); // clients/node: in node_modules (see the Dockerfile)
+const agent = require('microvm-agent-client'); // clients/node: in node_modules (see the Dockerfile)
 
 // HMAC-SHA256(agent seed, OpenSSL's bytes): different per clone if either is.
 const randomBytesPerVm = agent.randomBytes;

@@ -76,7 +76,7 @@ pub const LIBRARIES: [(&str, &str, &str); 5] = [
         "microvm_agent",
         "clients/python/src/microvm_agent",
     ),
-    ("node", "node_modules/microvm-agent", "clients/node"),
+    ("node", "node_modules/microvm-agent-client", "clients/node"),
     ("java", "dev", "clients/java/src/main/java/dev"),
     ("go", "microvm-agent-go", "clients/go"),
     ("rust", "microvm-agent-client", "clients/rust"),

@@ -202,3 +202,20 @@ test('a callback that never settles fails /run inside its budget', async (t) => 
   assert.match(JSON.stringify(run.body), /did not acknowledge/);
   assert.ok(Date.now() - t0 < 2000, 'answered inside run_timeout (2 s)');
 });
+
+test('the package is found by its name through its exports, with its types', () => {
+  const pkg = require('../package.json');
+  assert.strictEqual(pkg.name, 'microvm-agent-client');
+  assert.strictEqual(pkg.exports['.'].types, './index.d.ts');
+  // Resolve the package by name as an app would, from a node_modules beside it.
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mva-client-'));
+  fs.mkdirSync(path.join(dir, 'node_modules'));
+  fs.symlinkSync(path.resolve(__dirname, '..'), path.join(dir, 'node_modules', pkg.name));
+  const r = spawnSync(process.execPath, ['-e', `const a = require('${pkg.name}'); console.log(typeof a.onNewGeneration, typeof a.kernelCrng)`], { cwd: dir, encoding: 'utf8' });
+  assert.strictEqual(r.stdout.trim(), 'function function', r.stderr);
+  // A deep import is not part of the API: "exports" keeps it out.
+  const deep = spawnSync(process.execPath, ['-e', `require('${pkg.name}/index.js')`], { cwd: dir, encoding: 'utf8' });
+  assert.notStrictEqual(deep.status, 0);
+  const types = fs.readFileSync(path.join(__dirname, '..', 'index.d.ts'), 'utf8');
+  assert.match(types, /export type KernelCrng = 'reseeded' \| 'platform' \| 'not-reseeded';/);
+});

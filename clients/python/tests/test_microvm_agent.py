@@ -307,3 +307,22 @@ def test_a_launcher_that_forks_its_worker_and_exits_never_fails_run(agent):
     status, body = a.hook("/run")
     assert status == 200, body
     os.kill(worker, 9)
+
+
+def test_the_package_is_typed_and_passes_mypy_strict():
+    """The package ships its types (PEP 561) and they hold: mypy --strict on the source."""
+    import importlib.util
+    import pathlib
+    import subprocess
+    import sys
+
+    src = pathlib.Path(__file__).resolve().parent.parent / "src" / "microvm_agent"
+    assert (src / "py.typed").is_file()
+    if importlib.util.find_spec("mypy") is None:
+        import pytest
+
+        pytest.skip("mypy is not installed (CI installs it)")
+    out = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", str(src)], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -29,8 +29,12 @@ pub struct Generation {
     pub process_seed: Option<[u8; 32]>,
 }
 
+/// What a callback may fail with: any error (`?` works on I/O and parse errors; a string converts
+/// with `.into()`). Its `Display` text is the reason reported to the agent.
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
 /// A callback; an `Err` (or a panic) is reported to the agent.
-pub type Callback = Box<dyn Fn(&Generation) -> Result<(), String> + Send + Sync>;
+pub type Callback = Box<dyn Fn(&Generation) -> Result<(), Error> + Send + Sync>;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Event {
@@ -50,17 +54,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Runs `f` on every new generation (each clone's `/run`, every `/resume`, a `/validate`, a
 /// restore the agent detected), before the hook answers.
-pub fn on_new_generation(f: impl Fn(&Generation) -> Result<(), String> + Send + Sync + 'static) {
+pub fn on_new_generation(f: impl Fn(&Generation) -> Result<(), Error> + Send + Sync + 'static) {
     register(Event::Generation, Box::new(f));
 }
 
 /// Runs `f` on `/suspend`, before the VM is frozen.
-pub fn on_suspend(f: impl Fn(&Generation) -> Result<(), String> + Send + Sync + 'static) {
+pub fn on_suspend(f: impl Fn(&Generation) -> Result<(), Error> + Send + Sync + 'static) {
     register(Event::Suspend, Box::new(f));
 }
 
 /// Runs `f` on `/terminate`, before the agent stops the app.
-pub fn on_terminate(f: impl Fn(&Generation) -> Result<(), String> + Send + Sync + 'static) {
+pub fn on_terminate(f: impl Fn(&Generation) -> Result<(), Error> + Send + Sync + 'static) {
     register(Event::Terminate, Box::new(f));
 }
 
@@ -250,9 +254,10 @@ fn handle(line: &str) -> Option<String> {
                     .map(|s| s.to_string())
                     .or_else(|| p.downcast_ref::<String>().cloned())
                     .unwrap_or_default();
-                Err(format!("panic: {what}"))
+                Err(format!("panic: {what}").into())
             });
         if let Err(reason) = result {
+            let reason = reason.to_string();
             eprintln!("microvm-agent-client: a callback failed: {reason}");
             return Some(fail_line(number, &reason));
         }
@@ -317,6 +322,23 @@ mod tests {
         assert_eq!(next_line(&mut r).map(|l| l.len()), Some(MAX_LINE));
         let over = format!("{}\n", "y".repeat(MAX_LINE + 1));
         assert_eq!(next_line(&mut BufReader::new(over.as_bytes())), None);
+    }
+
+    /// A callback fails with any error, `?` included, and its text is the reason the agent
+    /// gets; a panic is a failure too.
+    #[test]
+    fn a_callback_fails_with_any_error() {
+        on_suspend(|_| {
+            let n: u32 = "not a number".parse()?;
+            let _ = n;
+            Ok(())
+        });
+        let line = handle("MVA1 event suspend 9").unwrap();
+        assert_eq!(line, "MVA1 fail 9 invalid digit found in string\n");
+        lock(&CALLBACKS).clear();
+        on_terminate(|_| panic!("boom"));
+        assert_eq!(handle("MVA1 event terminate 9").unwrap(), "MVA1 fail 9 panic: boom\n");
+        lock(&CALLBACKS).clear();
     }
 
     #[test]

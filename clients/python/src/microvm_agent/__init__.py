@@ -19,11 +19,14 @@ The channel is the agent's Unix socket (``$MICROVM_AGENT_INPROC``; ``inproc/PROT
 agent's repository): one connection per process, kind ``app``. Standard library only.
 """
 
+from __future__ import annotations
+
 import json
 import logging
 import os
 import socket
 import threading
+from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 __all__ = [
     "Generation",
@@ -45,9 +48,20 @@ _PROTOCOL = b"MVA1"
 _MAX_LINE = 256
 _EVENTS = ("generation", "suspend", "terminate")
 
+#: A callback: called with the generation; what it returns is ignored, what it raises is reported.
+Callback = Callable[["Generation"], Any]
+_F = TypeVar("_F", bound=Callable[["Generation"], Any])
+_Identity = Tuple[int, int]
+
 _lock = threading.Lock()
-_callbacks = {e: [] for e in _EVENTS}
-_state = {"started": False, "connected": False, "said_outside": False, "process_seed": None, "conn": None}
+_callbacks: Dict[str, List[Callback]] = {e: [] for e in _EVENTS}
+_state: Dict[str, Any] = {
+    "started": False,
+    "connected": False,
+    "said_outside": False,
+    "process_seed": None,
+    "conn": None,
+}
 
 
 class Generation:
@@ -58,8 +72,15 @@ class Generation:
     """
 
     __slots__ = ("number", "id", "reason", "microvm_id", "kernel_crng", "seed", "process_seed")
+    number: int
+    id: Optional[str]
+    reason: Optional[str]
+    microvm_id: Optional[str]
+    kernel_crng: Optional[str]
+    seed: Optional[bytes]
+    process_seed: Optional[bytes]
 
-    def __init__(self, fields, process_seed=None):
+    def __init__(self, fields: Dict[str, Any], process_seed: Optional[bytes] = None) -> None:
         self.number = int(fields.get("generation", 0))
         self.id = fields.get("id")
         self.reason = fields.get("reason")
@@ -68,37 +89,37 @@ class Generation:
         self.seed = seed()
         self.process_seed = process_seed
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         # Never the seeds.
         return "Generation(number=%r, id=%r, reason=%r)" % (self.number, self.id, self.reason)
 
 
-def on_new_generation(callback):
+def on_new_generation(callback: _F) -> _F:
     """Runs ``callback(generation)`` on every new generation (each clone's ``/run``, every
     ``/resume``, a ``/validate``, a restore the agent detected), before the hook answers."""
     return _register("generation", callback)
 
 
-def on_suspend(callback):
+def on_suspend(callback: _F) -> _F:
     """Runs ``callback(generation)`` on ``/suspend``, before the VM is frozen."""
     return _register("suspend", callback)
 
 
-def on_terminate(callback):
+def on_terminate(callback: _F) -> _F:
     """Runs ``callback(generation)`` on ``/terminate``, before the agent stops the app."""
     return _register("terminate", callback)
 
 
-def is_active():
+def is_active() -> bool:
     """Whether this process is connected to an agent."""
-    return _state["connected"]
+    return bool(_state["connected"])
 
 
-def _state_dir():
+def _state_dir() -> Optional[str]:
     return os.environ.get("MICROVM_AGENT_STATE_DIR")
 
 
-def _read(name):
+def _read(name: str) -> Optional[bytes]:
     d = _state_dir()
     if not d:
         return None
@@ -109,7 +130,7 @@ def _read(name):
         return None
 
 
-def current():
+def current() -> Optional[Generation]:
     """The current generation, or ``None`` (before the first one, or outside a MicroVM)."""
     raw = _read("generation")
     if not raw:
@@ -120,30 +141,31 @@ def current():
         return None
 
 
-def generation_id():
+def generation_id() -> Optional[str]:
     g = current()
     return g.id if g else None
 
 
-def seed():
+def seed() -> Optional[bytes]:
     """The app's seed for this generation (32 bytes), or ``None``."""
     return _read("seed")
 
 
-def secret(name):
+def secret(name: str) -> Optional[bytes]:
     """The value of the agent's ``[[secret]]`` ``name`` for this generation (bytes), or ``None``."""
     if not name or "/" in name or name in (".", ".."):
         raise ValueError("not a secret's name: %r" % (name,))
     return _read(os.path.join("secrets", name))
 
 
-def kernel_crng():
-    """``reseeded``, ``platform`` or ``not-reseeded`` (see the agent's README), or ``None``."""
+def kernel_crng() -> Optional[str]:
+    """``reseeded``, ``platform`` or ``not-reseeded`` (the agent's ``docs/clone-safety.md``), or
+    ``None``."""
     g = current()
     return g.kernel_crng if g else None
 
 
-def seed_material():
+def seed_material() -> bytes:
     """32 bytes: SHA-256 of ``os.urandom(32)`` and the agent's seed for this process (or the app's
     seed): different in every clone even where the kernel's ``getrandom`` is not. For what
     ``reseed`` does not know (``ssl.RAND_add(seed_material(), 32.0)``, a key you derive)."""
@@ -153,7 +175,7 @@ def seed_material():
     return hashlib.sha256(os.urandom(32) + bytes(agent)).digest()
 
 
-def reseed(*generators, extra=b""):
+def reseed(*generators: Any, extra: bytes = b"") -> int:
     """Reseeds each generator from ``os.urandom(32)`` and the agent's seed for this process (or the
     app's seed), the mix the agent's measurements call safe: different in every clone even where
     the kernel's ``getrandom`` is not. Takes ``random.Random`` instances (the ``random`` module
@@ -179,7 +201,7 @@ def reseed(*generators, extra=b""):
     return len(targets)
 
 
-def _register(event, callback):
+def _register(event: str, callback: _F) -> _F:
     if not callable(callback):
         raise TypeError("a callback must be callable")
     with _lock:
@@ -190,7 +212,7 @@ def _register(event, callback):
     return callback
 
 
-def _start():
+def _start() -> None:
     path = os.environ.get("MICROVM_AGENT_INPROC")
     if not path:
         if not _state["said_outside"]:
@@ -204,12 +226,12 @@ def _start():
         os.register_at_fork(after_in_child=lambda: _after_fork(path))
 
 
-def _spawn(path):
+def _spawn(path: str) -> None:
     t = threading.Thread(target=_serve, args=(path,), name="microvm-agent", daemon=True)
     t.start()
 
 
-def _after_fork(path):
+def _after_fork(path: str) -> None:
     conn, _state["conn"] = _state["conn"], None
     _state["connected"] = False
     if conn is not None:
@@ -217,7 +239,7 @@ def _after_fork(path):
     _spawn(path)
 
 
-def _identity(fd):
+def _identity(fd: int) -> Optional[_Identity]:
     """What descriptor ``fd`` is now (device, inode), or None."""
     try:
         st = os.fstat(fd)
@@ -230,19 +252,19 @@ class _Taken(Exception):
     """The connection's descriptor number now belongs to something else the app opened."""
 
 
-def _check(s, ident):
+def _check(s: socket.socket, ident: Optional[_Identity]) -> None:
     if _identity(s.fileno()) != ident:
         raise _Taken()
 
 
-def _let_go(s, ident):
+def _let_go(s: socket.socket, ident: Optional[_Identity]) -> None:
     """Closes the connection, but never a descriptor the app reused: that one is only forgotten."""
     fd = s.detach()
     if fd >= 0 and _identity(fd) == ident:
         os.close(fd)
 
 
-def _serve(path):
+def _serve(path: str) -> None:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     ident = _identity(s.fileno())
     mine = (s, ident)
@@ -285,7 +307,7 @@ def _serve(path):
         _let_go(s, ident)
 
 
-def parse(line):
+def parse(line: bytes) -> Optional[Tuple[str, int, Optional[bytes]]]:
     """A line from the agent -> ``("generation", n, seed)`` or ``(event, n, None)``, else None."""
     parts = line.split(b" ")
     if len(parts) < 3 or parts[0] != _PROTOCOL:
@@ -302,7 +324,7 @@ def parse(line):
     return None
 
 
-def _handle(line):
+def _handle(line: bytes) -> Optional[bytes]:
     msg = parse(line)
     if msg is None:
         return None
@@ -323,7 +345,7 @@ def _handle(line):
     return b"MVA1 ack %d callbacks=%d\n" % (number, len(callbacks))
 
 
-def _line(head, text):
+def _line(head: bytes, text: str) -> bytes:
     """``head`` + as much of ``text`` as fits in one protocol line."""
     room = _MAX_LINE - len(head) - 1
     # Cut at a character boundary: the agent reads UTF-8 lines only.

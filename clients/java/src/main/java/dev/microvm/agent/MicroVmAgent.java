@@ -43,7 +43,44 @@ public final class MicroVmAgent {
       String microvmId,
       String kernelCrng,
       /* The 32 bytes the agent sent this process for this generation (null for suspend/terminate). */
-      byte[] processSeed) {}
+      byte[] processSeed) {
+    public Generation {
+      processSeed = processSeed == null ? null : processSeed.clone();
+    }
+
+    /** A copy: the caller may wipe it after use without touching the generation's. */
+    @Override
+    public byte[] processSeed() {
+      return processSeed == null ? null : processSeed.clone();
+    }
+
+    /** Equal when every field is, the seed by its bytes (a record compares arrays by identity). */
+    @Override
+    public boolean equals(Object o) {
+      return o instanceof Generation g
+          && number == g.number
+          && java.util.Objects.equals(id, g.id)
+          && java.util.Objects.equals(reason, g.reason)
+          && java.util.Objects.equals(microvmId, g.microvmId)
+          && java.util.Objects.equals(kernelCrng, g.kernelCrng)
+          && java.util.Arrays.equals(processSeed, g.processSeed);
+    }
+
+    @Override
+    public int hashCode() {
+      return java.util.Objects.hash(number, id, reason, microvmId, kernelCrng)
+          * 31 + java.util.Arrays.hashCode(processSeed);
+    }
+
+    /** Never the seed. */
+    @Override
+    public String toString() {
+      return "Generation[number=" + number + ", id=" + id + ", reason=" + reason + "]";
+    }
+  }
+
+  /** One line from the agent: a generation (with this process's seed) or an event. */
+  record Line(String event, long number, byte[] seed) {}
 
   private static final int MAX_LINE = 256;
   private static final System.Logger LOG = System.getLogger("microvm_agent");
@@ -255,16 +292,16 @@ public final class MicroVmAgent {
     while (out.hasRemaining()) ch.write(out);
   }
 
-  /** A line from the agent: {event, number, seed-or-null}; null when it is not one. */
-  static Object[] parse(String line) {
+  /** A line from the agent, or null when it is not one. */
+  static Line parse(String line) {
     String[] w = line.split(" ");
     if (w.length != 4 || !w[0].equals("MVA1")) return null;
     try {
       if (w[1].equals("generation") && w[3].length() == 64) {
-        return new Object[] {"generation", Long.parseLong(w[2]), HexFormat.of().parseHex(w[3])};
+        return new Line("generation", Long.parseLong(w[2]), HexFormat.of().parseHex(w[3]));
       }
       if (w[1].equals("event") && (w[2].equals("suspend") || w[2].equals("terminate"))) {
-        return new Object[] {w[2], Long.parseLong(w[3]), null};
+        return new Line(w[2], Long.parseLong(w[3]), null);
       }
     } catch (IllegalArgumentException e) {
       return null;
@@ -273,11 +310,11 @@ public final class MicroVmAgent {
   }
 
   static String handle(String line) {
-    Object[] m = parse(line);
+    Line m = parse(line);
     if (m == null) return null;
-    String event = (String) m[0];
-    long number = (Long) m[1];
-    byte[] seed = (byte[]) m[2];
+    String event = m.event();
+    long number = m.number();
+    byte[] seed = m.seed();
     if (seed != null) processSeed = seed;
     Generation g = current().orElse(new Generation(number, null, null, null, null, null));
     g = new Generation(g.number(), g.id(), g.reason(), g.microvmId(), g.kernelCrng(), seed);

@@ -40,12 +40,28 @@ class MicroVmAgentTest {
   }
 
   @Test
+  void generationsAreEqualByValueAndNeverShowTheSeed() {
+    byte[] seed = new byte[32];
+    seed[0] = 7;
+    var a = new MicroVmAgent.Generation(2, "ab", "run", null, "reseeded", seed);
+    var b = new MicroVmAgent.Generation(2, "ab", "run", null, "reseeded", seed.clone());
+    assertEquals(a, b);
+    assertEquals(a.hashCode(), b.hashCode());
+    assertNotEquals(a, new MicroVmAgent.Generation(2, "ab", "run", null, "reseeded", new byte[32]));
+    a.processSeed()[0] = 9; // a copy: the generation's own seed is untouched
+    assertEquals(7, a.processSeed()[0]);
+    seed[0] = 9; // so is the array it was made from
+    assertEquals(7, a.processSeed()[0]);
+    assertFalse(a.toString().contains("7"), a.toString());
+  }
+
+  @Test
   void theProtocolLines() {
-    Object[] m = MicroVmAgent.parse("MVA1 generation 3 " + "ab".repeat(32));
-    assertEquals("generation", m[0]);
-    assertEquals(3L, m[1]);
-    assertEquals((byte) 0xab, ((byte[]) m[2])[0]);
-    assertEquals("suspend", MicroVmAgent.parse("MVA1 event suspend 3")[0]);
+    MicroVmAgent.Line m = MicroVmAgent.parse("MVA1 generation 3 " + "ab".repeat(32));
+    assertEquals("generation", m.event());
+    assertEquals(3L, m.number());
+    assertEquals((byte) 0xab, m.seed()[0]);
+    assertEquals("suspend", MicroVmAgent.parse("MVA1 event suspend 3").event());
     assertNull(MicroVmAgent.parse("MVA1 event reboot 3"));
     assertNull(MicroVmAgent.parse("MVA2 generation 3 " + "ab".repeat(32)));
     String fail = MicroVmAgent.failLine(7, "boom " + "é".repeat(300) + "\nmore");

@@ -4,22 +4,13 @@
 //! answers HTTP/1.1 or closes, never panics, never answers a 5xx that a bug produced
 //! ("internal-error"), and every refusal carries a readable `error`.
 #![no_main]
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
+use microvm_agent_fuzz::runtime;
 use microvm_agent::hooks::{Agent, Links};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn runtime() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    })
-}
 
 fn agent() -> Arc<Agent> {
     let dir = std::env::temp_dir().join(format!("mva-fuzz-conn-{}", std::process::id()));

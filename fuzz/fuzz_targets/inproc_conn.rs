@@ -5,23 +5,14 @@
 //! every failure within a line's bound (the process's reason is at most 256 bytes), and forgets
 //! the process once its connection ends.
 #![no_main]
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
+use microvm_agent_fuzz::runtime;
 use microvm_agent::clone::inproc::{Current, InProc, Seed};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
-
-fn runtime() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    })
-}
 
 fuzz_target!(|data: &[u8]| {
     runtime().block_on(async {

@@ -54,13 +54,15 @@ test('Math.random is replaced before the app runs, and stays in [0, 1)', () => {
   assert.strictEqual(distinct, 20000);
 });
 
-async function generationFor(code) {
+// A fake agent on a Unix socket: every line its connections send goes to `lines`, and
+// `reply(connection, lines)` runs after each.
+async function fakeAgent(reply) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mva-node-'));
   const sock = path.join(dir, 's');
   const lines = [];
-  let conn;
+  const conns = [];
   const server = net.createServer((c) => {
-    conn = c;
+    conns.push(c);
     c.setEncoding('latin1');
     let buf = '';
     c.on('data', (d) => {
@@ -69,22 +71,36 @@ async function generationFor(code) {
       while ((i = buf.indexOf('\n')) >= 0) {
         lines.push(buf.slice(0, i));
         buf = buf.slice(i + 1);
-        if (lines.length === 1) c.write(`MVA1 generation 3 ${'ab'.repeat(32)}\n`);
+        reply(c, lines);
       }
     });
   });
   await new Promise((r) => server.listen(sock, r));
+  return {
+    sock,
+    lines,
+    close() {
+      for (const c of conns) c.destroy();
+      server.close();
+    },
+  };
+}
+
+// Runs `code` with the helper until it answered one generation: that answer.
+async function generationFor(code) {
+  const agent = await fakeAgent((c, lines) => {
+    if (lines.length === 1) c.write(`MVA1 generation 3 ${'ab'.repeat(32)}\n`);
+  });
   const child = spawn(process.execPath, ['--require', helper, '-e', `${code}; setTimeout(() => {}, 5000)`], {
-    env: { ...process.env, MICROVM_AGENT_INPROC: sock },
+    env: { ...process.env, MICROVM_AGENT_INPROC: agent.sock },
   });
   try {
-    for (let i = 0; i < 200 && lines.length < 2; i++) await new Promise((r) => setTimeout(r, 25));
-    assert.match(lines[0], new RegExp(`^MVA1 hello node ${child.pid}$`));
-    return lines[1];
+    for (let i = 0; i < 200 && agent.lines.length < 2; i++) await new Promise((r) => setTimeout(r, 25));
+    assert.match(agent.lines[0], new RegExp(`^MVA1 hello node ${child.pid}$`));
+    return agent.lines[1];
   } finally {
     child.kill();
-    if (conn) conn.destroy();
-    server.close();
+    agent.close();
   }
 }
 
@@ -134,43 +150,25 @@ test('only a version 1 generation line is obeyed', () => {
 });
 
 test('lines that come together or in pieces are each answered, and a line too long ends its part', async () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mva-node-'));
-  const sock = path.join(dir, 's');
   const seed = 'ab'.repeat(32);
-  const got = [];
-  let conn;
-  const server = net.createServer((c) => {
-    conn = c;
-    c.setEncoding('latin1');
-    let buf = '';
-    c.on('data', (d) => {
-      buf += d;
-      let i;
-      while ((i = buf.indexOf('\n')) >= 0) {
-        got.push(buf.slice(0, i));
-        buf = buf.slice(i + 1);
-        if (got.length === 1) {
-          // A process busy for three generations reads them in one go; then one line in two
-          // pieces; then garbage (ignored) and a line longer than any of the agent's.
-          c.write(`MVA1 generation 4 ${seed}\nMVA1 generation 5 ${seed}\nMVA1 generation 6 ${seed}\n`);
-          c.write(`MVA1 generation 7 ${seed.slice(0, 10)}`);
-          setTimeout(() => c.write(`${seed.slice(10)}\nnot a line\n`), 50);
-          setTimeout(() => c.write(`MVA1 generation 8 ${'ab'.repeat(200)}\nMVA1 generation 9 ${seed}\n`), 100);
-        }
-      }
-    });
+  const agent = await fakeAgent((c, lines) => {
+    if (lines.length !== 1) return;
+    // A process busy for three generations reads them in one go; then one line in two pieces;
+    // then garbage (ignored) and a line longer than any of the agent's.
+    c.write(`MVA1 generation 4 ${seed}\nMVA1 generation 5 ${seed}\nMVA1 generation 6 ${seed}\n`);
+    c.write(`MVA1 generation 7 ${seed.slice(0, 10)}`);
+    setTimeout(() => c.write(`${seed.slice(10)}\nnot a line\n`), 50);
+    setTimeout(() => c.write(`MVA1 generation 8 ${'ab'.repeat(200)}\nMVA1 generation 9 ${seed}\n`), 100);
   });
-  await new Promise((r) => server.listen(sock, r));
   const child = spawn(process.execPath, ['--require', helper, '-e', 'setTimeout(() => {}, 5000)'], {
-    env: { ...process.env, MICROVM_AGENT_INPROC: sock },
+    env: { ...process.env, MICROVM_AGENT_INPROC: agent.sock },
   });
   try {
-    for (let i = 0; i < 200 && got.length < 5; i++) await new Promise((r) => setTimeout(r, 25));
+    for (let i = 0; i < 200 && agent.lines.length < 5; i++) await new Promise((r) => setTimeout(r, 25));
     await new Promise((r) => setTimeout(r, 200));
-    assert.deepStrictEqual(got.slice(1), [4, 5, 6, 7].map((n) => `MVA1 ack ${n} math.random`));
+    assert.deepStrictEqual(agent.lines.slice(1), [4, 5, 6, 7].map((n) => `MVA1 ack ${n} math.random`));
   } finally {
     child.kill();
-    if (conn) conn.destroy();
-    server.close();
+    agent.close();
   }
 });

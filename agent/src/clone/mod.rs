@@ -10,5 +10,6 @@ pub mod identity;
 pub mod inproc;
 pub mod machine;
 pub mod notify;
+pub mod record;
 pub mod restore;
 pub mod secrets;

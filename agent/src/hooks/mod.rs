@@ -141,7 +141,7 @@ pub struct Lineage {
     /// The VM's id from the `/run` body: per-clone input, and in every generation.
     microvm_id: Mutex<Option<String>>,
     /// The last new-generation routine, for `/status`.
-    last_routine: Mutex<Value>,
+    last_routine: Mutex<Option<crate::clone::record::Record>>,
     /// When the last routine ran for a hook or a detected restore, so that the same restore seen
     /// again right after (another source, or the clock step that routine made) is not redone.
     last_hook_routine: Mutex<Option<Instant>>,
@@ -196,7 +196,7 @@ impl Agent {
             lineage: Lineage {
                 generations: Generations::default(),
                 microvm_id: Mutex::default(),
-                last_routine: Mutex::new(Value::Null),
+                last_routine: Mutex::new(None),
                 last_hook_routine: Mutex::new(None),
                 clock_baseline: Mutex::new(None),
                 clock_comparing: Default::default(),

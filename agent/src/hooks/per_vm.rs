@@ -6,11 +6,10 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
-
 use super::Agent;
 use crate::clone::identity;
 use crate::clone::machine::Facts;
+use crate::clone::record::Identity;
 use crate::config::{ClockStep, Hostname, MachineId};
 use crate::sys::caps::{self, Sets};
 use crate::sys::offload;
@@ -108,14 +107,14 @@ impl Agent {
 
     /// `/run`'s identity step: the machine-id, the hostname and the `boot_id`, each by its own
     /// rule; returns the record's fields.
-    pub(crate) async fn repair_identity(&self, generation_id: &str) -> Value {
+    pub(crate) async fn repair_identity(&self, generation_id: &str) -> Identity {
         let hosted = hosted();
         let wanted = |m: MachineId| match m {
             MachineId::Always => true,
             MachineId::Never => false,
             MachineId::Auto => hosted,
         };
-        let mut fields = json!({});
+        let mut fields = Identity::default();
         if wanted(self.config.machine_id) {
             let hex = self.draw_hex(16);
             let outcome = offload::run(move || {
@@ -123,7 +122,7 @@ impl Agent {
             })
             .await
             .unwrap_or_else(|| Err("the I/O thread failed".into()));
-            fields["machine_id"] = json!(reported("machine-id", outcome));
+            fields.machine_id = Some(reported("machine-id", outcome));
         }
         let admin = Facts::get().cap_sys_admin;
         let hostname = match &self.config.hostname {
@@ -143,8 +142,8 @@ impl Agent {
                     .await
                     .unwrap_or_else(|| Err("the I/O thread failed".into()))
                     .map(|(name, hosts)| {
-                        fields["hosts"] = json!(hosts);
-                        fields["hostname_set"] = json!(name);
+                        fields.hosts = Some(hosts);
+                        fields.hostname_set = Some(name);
                         "set"
                     }),
                     Err(e) => Err(e),
@@ -152,7 +151,7 @@ impl Agent {
             } else {
                 Ok("not-set:no-cap-sys-admin")
             };
-            fields["hostname"] = json!(reported("hostname", outcome));
+            fields.hostname = Some(reported("hostname", outcome));
         }
         if wanted(self.config.boot_id) {
             let outcome = if admin {
@@ -160,7 +159,7 @@ impl Agent {
             } else {
                 Ok("not-bound:no-cap-sys-admin")
             };
-            fields["boot_id"] = json!(reported("boot_id", outcome));
+            fields.boot_id = Some(reported("boot_id", outcome));
         }
         fields
     }

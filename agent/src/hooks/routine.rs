@@ -25,7 +25,7 @@
 use std::time::Duration;
 
 use hyper::StatusCode;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::time::Instant;
 
 use zeroize::Zeroize;
@@ -38,6 +38,7 @@ use crate::clone::entropy::Reseeded;
 use crate::clone::generation::{self, Generation, KernelStep};
 use crate::clone::machine::{Facts, KernelCrng};
 use crate::clone::notify::{self, Outcome};
+use crate::clone::record::Record;
 use crate::clone::secrets;
 use crate::config::{Event, OnTimeout};
 use crate::sys::state_files;
@@ -49,25 +50,6 @@ const SEED_BYTES: usize = 32;
 /// A restore noticed this soon after a hook's routine is the same restore: not redone.
 const SAME_RESTORE: Duration = Duration::from_secs(2);
 
-/// What `/status` shows of the last routine: its steps in the order they ran, with their times.
-struct Record {
-    steps: Vec<(&'static str, u64)>,
-    fields: serde_json::Value,
-}
-
-impl Record {
-    fn new(reason: &'static str) -> Self {
-        Record {
-            steps: Vec::new(),
-            fields: json!({ "reason": reason }),
-        }
-    }
-
-    fn step(&mut self, name: &'static str, since: Instant) {
-        self.steps.push((name, since.elapsed().as_micros() as u64));
-    }
-}
-
 impl Agent {
     /// Runs the routine; `Err` says which step failed (recorded for `/status` too).
     pub(crate) async fn new_generation(
@@ -77,15 +59,12 @@ impl Agent {
         inputs: &[&[u8]],
         deadline: Instant,
     ) -> Result<Generation, RoutineError> {
-        let mut rec = Record::new(reason);
         let microvm_id = crate::sys::lock(&self.lineage.microvm_id).clone();
 
         // The clock first: every time stamp after it (the generation's, the app's first
         // request's) must be right.
-        let t = Instant::now();
+        let clock_started = Instant::now();
         let clock = self.check_clock().await;
-        rec.step("clock", t);
-        rec.fields["clock"] = json!(clock);
 
         let t = Instant::now();
         let input = {
@@ -101,10 +80,12 @@ impl Agent {
             crng: KernelCrng::verdict(reseeded, facts),
             hardware_random: facts.hardware_random,
         };
-        rec.step("kernel", t);
-        rec.fields["kernel_reseed"] = json!(reseeded);
-        rec.fields["kernel_crng"] = json!(kernel.crng);
-        rec.fields["kernel_note"] = json!(kernel_note);
+        let mut rec = Record::new(
+            reason,
+            (clock, clock_started),
+            (reseeded, kernel.crng, kernel_note.clone(), t),
+            Instant::now(),
+        );
         if let (Reseeded::Failed, Some(note)) = (reseeded, &kernel_note) {
             tracing::warn!(kernel_reseed = reseeded.as_str(), note = %note, "kernel reseed failed");
         } else if let Some(note) = &kernel_note {
@@ -139,7 +120,7 @@ impl Agent {
         };
         let mut generation = generation;
         generation.clock = clock;
-        rec.fields["generation"] = json!(generation.generation);
+        rec.generation = Some(generation.generation);
 
         let t = Instant::now();
         let rotated = secrets::stage(
@@ -166,19 +147,14 @@ impl Agent {
             }
         };
         let rotated = staged.len();
-        rec.fields["secrets"] = json!(rotated);
+        rec.secrets = Some(rotated);
 
         if event == Event::Run {
             let t = Instant::now();
-            let fields = self.repair_identity(&generation.id).await;
+            rec.identity = self.repair_identity(&generation.id).await;
             // Recorded when it did something (`[identity]` decides what, per machine).
-            if let Value::Object(m) = fields {
-                if !m.is_empty() {
-                    rec.step("identity", t);
-                }
-                for (k, v) in m {
-                    rec.fields[k] = v;
-                }
+            if !rec.identity.is_empty() {
+                rec.step("identity", t);
             }
         }
 
@@ -229,7 +205,7 @@ impl Agent {
             .await;
         seed.zeroize();
         rec.step("notify", t);
-        rec.fields["notify"] = json!(outcome);
+        rec.notify = Some(outcome.clone());
         self.keep(rec);
         tracing::info!(
             generation = generation.generation,
@@ -248,17 +224,11 @@ impl Agent {
     }
 
     fn keep(&self, rec: Record) {
-        let mut v = rec.fields;
-        v["steps"] = json!(rec
-            .steps
-            .iter()
-            .map(|(step, us)| json!({ "step": step, "us": us }))
-            .collect::<Vec<_>>());
-        *crate::sys::lock(&self.lineage.last_routine) = v;
+        *crate::sys::lock(&self.lineage.last_routine) = Some(rec);
     }
 
     fn failed(&self, mut rec: Record, e: RoutineError) -> RoutineError {
-        rec.fields["error"] = json!(e.message());
+        rec.error = Some(e.message());
         self.keep(rec);
         e
     }
@@ -395,14 +365,9 @@ mod tests {
         Agent::new(config, links)
     }
 
-    fn steps(a: &Agent) -> Vec<String> {
+    fn steps(a: &Agent) -> Vec<&'static str> {
         let r = a.lineage.last_routine.lock().unwrap();
-        r["steps"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["step"].as_str().unwrap().to_string())
-            .collect()
+        r.as_ref().expect("a routine ran").steps()
     }
 
     fn tmp(tag: &str) -> std::path::PathBuf {

@@ -337,7 +337,10 @@ mod tests {
         assert_eq!(line, "MVA1 fail 9 invalid digit found in string\n");
         lock(&CALLBACKS).clear();
         on_terminate(|_| panic!("boom"));
-        assert_eq!(handle("MVA1 event terminate 9").unwrap(), "MVA1 fail 9 panic: boom\n");
+        assert_eq!(
+            handle("MVA1 event terminate 9").unwrap(),
+            "MVA1 fail 9 panic: boom\n"
+        );
         lock(&CALLBACKS).clear();
     }
 

@@ -22,12 +22,12 @@
 //! | `http::layers` | the route layers: the origin check, the body limit and its deadline |
 //! | `hooks` | the `Agent`: shared state and what each hook does, the failure policy (`fail_on`) |
 //! | `hooks::acting` | the acting hooks (`/validate`, `/run`, `/resume`, `/suspend`): the action guard, the state machine's verdict, the work under the budget, the `/run` replay |
-//! | `hooks::routine` (+ `routine_error`) | the new-generation routine: its steps in order, notification, restore handling; how it fails, typed |
-//! | `hooks::per_vm` | the routine's repairs outside the generators: the wall clock (first) and, on `/run`, the machine-id, hostname and `boot_id`; a stale clock as a restore signal |
+//! | `hooks::routine` (+ `routine_error`, `per_vm`) | when the routine runs and what it means for a hook: the acknowledgement policy, a hook's routine remembered, a restore detected without a hook, a stale clock as a restore signal; a failed routine's answer |
 //! | `hooks::{answer, status, stop, warmup, forward}` | answers and callers; `/status`; `/suspend` and `/terminate`; `/validate`'s warm-up; the hook pass-through |
 //! | `hooks::lifecycle` | the pure state machine: which hook may act in which state |
 //! | `hooks::budget` | every hook answers before `budget - margin`, even when its work is stuck |
 //! | `hooks::run_body` | the `/run` body: wrapper JSON or raw payload; never fails |
+//! | `clone::routine` (+ `routine_error`, `record`, `lineage`, `per_vm`) | the new-generation routine: its steps in order over the parts a hook lends it (`Routine`), its typed record for `/status`, how it fails, typed; this VM's line of generations; the wall clock (first) and, on `/run`, the machine-id, hostname and `boot_id` |
 //! | `clone::{entropy, generation, secrets, identity, notify}` | the routine's steps: kernel reseed and the agent's generator; generations; secrets and the seed's staging; `/etc/machine-id`, the hostname (+ `/etc/hosts`), the `boot_id` mount; telling the app |
 //! | `clone::machine` | what the machine offers for clone safety (CAP_SYS_ADMIN, VMGenID, vmclock, RNG) |
 //! | `clone::restore` | noticing a restore without a hook (vmclock, VMGenID uevent, clock steps) |

@@ -31,7 +31,7 @@ pub struct Generation {
     /// RFC 3339, UTC.
     pub at: String,
     /// The wall clock against the VM's best reference, and whether it was stepped
-    /// (`hooks::per_vm`); absent when the VM offers no reference.
+    /// (`clone::per_vm`); absent when the VM offers no reference.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub clock: Option<crate::sys::wallclock::ClockCheck>,
 }

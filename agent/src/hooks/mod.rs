@@ -16,10 +16,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::clone::generation::Generations;
+use crate::clone::lineage::Lineage;
+pub use crate::clone::routine::Links;
 use crate::config::{Config, Event};
 use crate::hooks::lifecycle::{Health, Hook, Machine, State, Verdict};
-use crate::supervise::handle::AppHandle;
-use crate::supervise::launcher::Launcher;
 use crate::sys::state_files::Handle as StateHandle;
 
 mod acting;
@@ -53,34 +53,6 @@ struct HookStat {
     degraded: u64,
     /// The `error` of the last answer that had one, so an operator sees it after the fact.
     last_error: Option<String>,
-}
-
-/// What connects the agent to the rest of the process (built in `boot::wire`).
-pub struct Links {
-    /// The app as the supervisor publishes it, and the restart for `restart_on`.
-    pub app: AppHandle,
-    /// Starts helper commands (notify and secret commands).
-    pub launcher: Launcher,
-    /// The app's processes that reseed in place (`clone::inproc`).
-    pub inproc: Arc<crate::clone::inproc::InProc>,
-}
-
-impl Links {
-    /// Links to no app, as a sidecar has: for tests and the fuzz targets.
-    pub fn without_app(state_dir: &std::path::Path) -> Links {
-        Links {
-            app: AppHandle::new(true).0,
-            launcher: Launcher {
-                reaper: Arc::default(),
-                run_as: None,
-                caps: None,
-                state_dir: state_dir.to_path_buf(),
-                app_env: vec![],
-                before_app: None,
-            },
-            inproc: Arc::default(),
-        }
-    }
 }
 
 /// The hooks' shared state: one per process, behind an `Arc` that the hook port, the restore
@@ -134,24 +106,6 @@ struct Build {
     warmup_task: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
-/// This VM's line of generations, and what the routine remembers between runs.
-pub struct Lineage {
-    /// The agent's generator and the published generations.
-    pub generations: Generations,
-    /// The VM's id from the `/run` body: per-clone input, and in every generation.
-    microvm_id: Mutex<Option<String>>,
-    /// The last new-generation routine, for `/status`.
-    last_routine: Mutex<Option<crate::clone::record::Record>>,
-    /// When the last routine ran for a hook or a detected restore, so that the same restore seen
-    /// again right after (another source, or the clock step that routine made) is not redone.
-    last_hook_routine: Mutex<Option<Instant>>,
-    /// The clock's offset from its reference as the last comparison left it (ms; after a step,
-    /// 0): a later one a second staler is a restore (`per_vm`).
-    clock_baseline: Mutex<Option<i64>>,
-    /// A stale-clock comparison is running (`per_vm`): requests meanwhile start none.
-    clock_comparing: std::sync::atomic::AtomicBool,
-}
-
 /// What start-up found before the agent was built, for `/status`: handed to the constructor, so
 /// that nothing is filled in after the agent exists.
 #[derive(Default)]
@@ -193,14 +147,7 @@ impl Agent {
                 validating: Mutex::new(None),
                 warmup_task: Mutex::new(None),
             },
-            lineage: Lineage {
-                generations: Generations::default(),
-                microvm_id: Mutex::default(),
-                last_routine: Mutex::new(None),
-                last_hook_routine: Mutex::new(None),
-                clock_baseline: Mutex::new(None),
-                clock_comparing: Default::default(),
-            },
+            lineage: Lineage::default(),
             found,
         })
     }

@@ -90,7 +90,7 @@ impl Agent {
             "last_routine": *crate::sys::lock(&self.lineage.last_routine),
             "restore_detection": &self.found.restore_sources,
             "capabilities": &self.found.privileges,
-            // The wall clock's offset from its reference at the last comparison (`per_vm`).
+            // The wall clock's offset from its reference at the last comparison (`clone::per_vm`).
             "clock_offset_ms": *crate::sys::lock(&self.lineage.clock_baseline),
             "platform": crate::sys::platform_env::get(),
             "log_lines_dropped": crate::sys::logwriter::dropped_total(),

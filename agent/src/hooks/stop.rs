@@ -121,7 +121,7 @@ impl Agent {
                 }
             };
             let mut out = crate::clone::secrets::scrub(&secrets, &root);
-            if let Err(e) = root.remove(super::routine::SEED_FILE) {
+            if let Err(e) = root.remove(crate::clone::routine::SEED_FILE) {
                 out.failed
                     .push(fail("(seed)", format!("cannot remove it: {e}")));
             }

@@ -45,19 +45,6 @@ impl Agent {
             .await
     }
 
-    /// Tells the app about `event` (no new generation: suspend, terminate).
-    pub(crate) async fn tell_app(
-        &self,
-        event: Event,
-        generation: Option<&Generation>,
-        seed: Option<&[u8]>,
-        deadline: Instant,
-    ) -> Outcome {
-        self.routine()
-            .tell_app(event, generation, seed, deadline)
-            .await
-    }
-
     /// A missing acknowledgement is a failure of the hook, except that for a hook in `fail_on`
     /// `on_timeout = "continue"` waives it. (For the other hooks it is always reported, and
     /// `fail_policy` turns it into a 200 that says so.)

@@ -49,7 +49,10 @@ impl Agent {
         let mut app = None;
         if first {
             // The app hears of it first (it may want to flush), then the stop begins.
-            let outcome = self.tell_app(Event::Terminate, None, None, deadline).await;
+            let outcome = self
+                .routine()
+                .tell_app(Event::Terminate, None, None, deadline)
+                .await;
             app = self.forward_to_app(path, Bytes::new(), deadline).await;
             self.life.terminate.send_replace(true);
             if !outcome.ok() {
@@ -101,7 +104,10 @@ impl Agent {
     /// that could not be scrubbed is a failure (it stays on disk through the freeze), reported
     /// as such; whether it answers non-200 is `fail_policy`'s call.
     pub(super) async fn suspend(&self, deadline: Instant) -> Answer {
-        let outcome = self.tell_app(Event::Suspend, None, None, deadline).await;
+        let outcome = self
+            .routine()
+            .tell_app(Event::Suspend, None, None, deadline)
+            .await;
         // The app's seed goes the way of a scrub_on_suspend secret: a new one comes on /resume.
         let (secrets, state) = (self.config.secrets.clone(), self.state.clone());
         let scrubbed = crate::sys::offload::run(move || {

@@ -90,13 +90,7 @@ const HOSTS_MARK: &str = "# microvm-agent: this VM's hostname";
 
 /// Sets the hostname of the agent's UTS namespace.
 pub fn set_hostname(name: &str) -> Result<(), String> {
-    // SAFETY: a valid pointer and its length.
-    let r = unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(format!("sethostname: {}", std::io::Error::last_os_error()))
-    }
+    nix::unistd::sethostname(name).map_err(|e| format!("sethostname: {}", std::io::Error::from(e)))
 }
 
 /// `/etc/hosts` with the agent's line for `name` (replacing an earlier one of ours).
@@ -147,43 +141,26 @@ pub fn uuid(b: &[u8; 16]) -> String {
 /// Bind-mounts `source` (a file holding the new id) over the kernel's `boot_id`, read-only.
 /// An earlier mount of ours (a second `/run` in a test) is detached first.
 pub fn bind_boot_id(source: &Path, target: &str) -> Result<&'static str, String> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
+    use nix::mount::{mount, umount2, MntFlags, MsFlags};
     use std::sync::atomic::{AtomicBool, Ordering};
     static MOUNTED: AtomicBool = AtomicBool::new(false);
-    let src = CString::new(source.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
-    let dst = CString::new(target).map_err(|e| e.to_string())?;
-    let err = |what: &str| format!("{what} {target}: {}", std::io::Error::last_os_error());
+    let err = |what: &str, e: nix::Error| format!("{what} {target}: {}", std::io::Error::from(e));
     if MOUNTED.load(Ordering::Relaxed) {
-        // SAFETY: a valid C string.
-        unsafe { libc::umount2(dst.as_ptr(), libc::MNT_DETACH) };
+        let _ = umount2(target, MntFlags::MNT_DETACH);
     }
-    // SAFETY: valid C strings; no filesystem type or data for a bind mount.
-    let r = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            dst.as_ptr(),
-            std::ptr::null(),
-            libc::MS_BIND,
-            std::ptr::null(),
-        )
-    };
-    if r != 0 {
-        return Err(err("bind mount over"));
-    }
+    // No filesystem type or data for a bind mount.
+    mount(
+        Some(source),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| err("bind mount over", e))?;
     MOUNTED.store(true, Ordering::Relaxed);
     // Read-only: the app's root keeps dac_override, which would let it write through the file.
-    // SAFETY: as above.
-    let r = unsafe {
-        libc::mount(
-            std::ptr::null(),
-            dst.as_ptr(),
-            std::ptr::null(),
-            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
-            std::ptr::null(),
-        )
-    };
-    if r != 0 {
+    let read_only = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    if mount(None::<&str>, target, None::<&str>, read_only, None::<&str>).is_err() {
         return Ok("bound-read-write");
     }
     Ok("bound")

@@ -186,17 +186,12 @@ pub fn read() -> Option<Reading> {
 /// Steps `CLOCK_REALTIME` by `offset_ms` (needs `CAP_SYS_TIME`).
 pub fn step(offset_ms: i64) -> std::io::Result<()> {
     let target = realtime_ns() + i128::from(offset_ms) * 1_000_000;
-    let ts = libc::timespec {
-        // `as _`: the field's own type (libc deprecates naming `time_t` on musl).
-        tv_sec: (target.div_euclid(1_000_000_000)) as _,
-        tv_nsec: (target.rem_euclid(1_000_000_000)) as libc::c_long,
-    };
-    // SAFETY: a valid timespec.
-    if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    // `as _`: the field's own type (libc deprecates naming `time_t` on musl).
+    let ts = nix::sys::time::TimeSpec::new(
+        target.div_euclid(1_000_000_000) as _,
+        target.rem_euclid(1_000_000_000) as _,
+    );
+    nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, ts).map_err(std::io::Error::from)
 }
 
 #[cfg(test)]

@@ -4,8 +4,8 @@ A clone of a snapshot is a copy of this process: the module-level ``random`` (on
 Twister seeded at import), NumPy's legacy global generator and OpenSSL's generators in ``_ssl``
 are the same in every clone. This module registers the process with the agent over
 ``$MICROVM_AGENT_INPROC`` (``inproc/PROTOCOL.md``) and, for every new generation, reseeds what
-the process has loaded from the bytes the agent sends for this process (plus ``os.urandom``,
-the pid and the generation), then acknowledges, so the hook that made the generation answers
+the process has loaded from the bytes the agent sends for this process (plus the pid, the
+generation, clock readings, and for OpenSSL ``os.urandom``), then acknowledges, so the hook that made the generation answers
 only after this process can no longer draw the snapshot's values.
 
 Standard library only, and as little of it as possible (``_socket``, ``_thread``): it runs in
@@ -95,12 +95,22 @@ def _let_go(s, ident):
 
 
 def reseed(seed, number):
-    """Reseeds every generator of this process that the agent's seed can reach; says which."""
+    """Reseeds every generator of this process that the agent's seed can reach; says which.
+
+    ``random`` and NumPy first, with nothing before them that lets another thread run: every
+    system call (``os.urandom`` among them) releases the GIL, and a main thread waiting for it
+    after a busy spell would then serve its next request from the snapshot's generator before
+    this thread reseeded it (measured: the chaos tier's busy Python app, under load). Their
+    material is the agent's bytes for this process (keyed per clone), the pid, the generation
+    and two clock readings (no system call); OpenSSL's also gets the kernel's bytes."""
+    import time
+
     material = (
         bytes(seed)
-        + os.urandom(32)
         + os.getpid().to_bytes(4, "little")
         + number.to_bytes(8, "little")
+        + time.monotonic_ns().to_bytes(8, "little")
+        + time.time_ns().to_bytes(8, "little")
     )
     done = []
     rnd = sys.modules.get("random")
@@ -117,7 +127,7 @@ def reseed(seed, number):
     ssl = sys.modules.get("_ssl")
     if ssl is not None and hasattr(ssl, "RAND_add"):
         # The preloaded library does this too; here as well for a process it could not reach.
-        ssl.RAND_add(material, 0.0)
+        ssl.RAND_add(material + os.urandom(32), 0.0)
         done.append("ssl")
     if "cryptography.hazmat.bindings._rust" in sys.modules:
         # pyca/cryptography's wheels carry their own OpenSSL with its symbols hidden (measured:

@@ -44,12 +44,36 @@ def test_reseed_moves_the_module_level_random_off_its_seeded_sequence():
 
 
 def test_the_same_agent_bytes_still_give_each_process_its_own_state():
-    # The kernel's bytes and the pid are mixed in: two processes (or two calls) given the same
-    # seed by the agent still differ.
+    # The pid and clock readings are mixed in: two processes (or two calls) given the same seed
+    # by the agent still differ.
     helper.reseed(b"\x02" * 32, 1)
     a = random.random()
     helper.reseed(b"\x02" * 32, 1)
     assert random.random() != a
+
+
+def test_random_is_reseeded_before_anything_lets_another_thread_run(monkeypatch):
+    # A system call releases the GIL: the app's main thread could then draw from the snapshot's
+    # generator before this one reseeded it. So nothing that makes one runs before `random` is
+    # reseeded (os.urandom stands for them: it is what the helper called first before).
+    random.seed(1)
+    random.random()
+    seen = []
+    real = os.urandom
+
+    def urandom(n):
+        seen.append(random.getstate())
+        return real(n)
+
+    monkeypatch.setattr(helper.os, "urandom", urandom)
+    import ssl  # noqa: F401  (so that the OpenSSL step, which does call it, runs)
+
+    helper.reseed(b"\x03" * 32, 1)
+    random.seed(1)
+    random.random()
+    snapshot = random.getstate()
+    assert seen, "the OpenSSL step mixes the kernel's bytes"
+    assert all(state != snapshot for state in seen), "os.urandom ran before random was reseeded"
 
 
 def test_ssl_is_reseeded_when_loaded():

@@ -8,6 +8,11 @@
 //! - **fork**: another thread forks while ours holds OpenSSL's generator lock (or the loader's,
 //!   in `dl_iterate_phdr`): the child inherits it held, and hangs in its first `RAND_bytes`.
 //!
+//! - **our thread's own end**: a thread that has called OpenSSL and returns runs OpenSSL's
+//!   per-thread destructor, beside the main thread's cleanup when the process is exiting: not a
+//!   matter for this lock (the destructor runs after our last reseed), so that thread never
+//!   returns (`stay` in `lib.rs`).
+//!
 //! So every reseed runs under this lock; `exit` takes it (waiting out a reseed in progress) and
 //! marks the process as leaving, after which no reseed starts; `fork` holds it across the
 //! system call, so no child is made while a reseed runs. The lock is a word, not a libc mutex: it

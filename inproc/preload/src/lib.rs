@@ -207,10 +207,14 @@ extern "C" fn serve(_: *mut c_void) -> *mut c_void {
     let pid = unsafe { (c.getpid)() };
     let mut conn = wire::Conn::new(c, fd, id);
     let mut end = conn.hello(pid);
+    let mut entered_openssl = false;
     while end.is_ok() {
         end = match conn.next_generation() {
             Ok(gen) => match reseed(c, &gen, pid) {
-                Some(copies) => conn.ack(gen.number, copies),
+                Some(copies) => {
+                    entered_openssl = true;
+                    conn.ack(gen.number, copies)
+                }
                 None => Err(wire::Gone::Closed), // the process is exiting
             },
             Err(e) => Err(e),
@@ -221,7 +225,29 @@ extern "C" fn serve(_: *mut c_void) -> *mut c_void {
     if CONN.clear(fd) && end != Err(wire::Gone::Taken) {
         owned::close_if_ours(c, fd, id);
     }
+    if entered_openssl {
+        stay(c);
+    }
     core::ptr::null_mut()
+}
+
+/// Where a thread that has called into OpenSSL ends: never returning. A returning thread runs
+/// its thread-specific destructors, and OpenSSL registers one that frees the thread's own
+/// generators: when the process is exiting (the usual reason we stop), that ran beside the main
+/// thread's `OPENSSL_cleanup` and crashed the process on its way out (measured: SIGSEGV, thread
+/// in `__nptl_deallocate_tsd` -> libcrypto, main thread in `OPENSSL_cleanup` -> `OBJ_NAME_cleanup`;
+/// about one `openssl rand` in 10,000 on a loaded machine). A thread that never returns has
+/// nothing to race: `exit` ends it with the process, no destructor run. Should the process live
+/// on (the agent gone, our descriptor taken), the cost is one thread asleep, all signals blocked.
+fn stay(c: &Libc) -> ! {
+    let t = libc::Timespec {
+        sec: 1 << 40,
+        nsec: 0,
+    };
+    loop {
+        // SAFETY: a valid timespec; no remainder wanted.
+        unsafe { (c.nanosleep)(&t, core::ptr::null_mut()) };
+    }
 }
 
 /// One reseed under the guard; `None` once the process has begun to exit.

@@ -586,3 +586,61 @@ fn a_process_slow_to_say_hello_still_takes_part() {
         String::from_utf8_lossy(&line)
     );
 }
+
+/// The `deadline` feature: a process that asks for it in its hello gets the milliseconds left
+/// until the hook stops waiting as the last word of each line (its callbacks budget their time
+/// by it); one that does not gets the lines as before (an older library must keep working).
+#[test]
+fn a_process_that_asks_gets_the_hooks_deadline_with_each_line() {
+    use std::io::{BufRead, BufReader, Write};
+    let a = Spec::default()
+        .config("[notify]\ntimeout = \"800ms\"\n")
+        .app(&["sleep", "1000"])
+        .start();
+    let sock = a.state("inproc.sock");
+    eventually("inproc.sock", || sock.exists());
+    let hello = |h: &str| {
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        s.write_all(h.as_bytes()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s
+    };
+    let asks = hello("MVA1 hello app 1 suspend deadline\n");
+    let old = hello("MVA1 hello app 2 suspend\n");
+    eventually("both registered", || members(&a).len() >= 2);
+    // Each side answers what it is sent, and hands back the words of every line.
+    let answer = |s: std::os::unix::net::UnixStream, lines: usize| {
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut s = s;
+            let mut got = Vec::new();
+            for _ in 0..lines {
+                let mut line = String::new();
+                r.read_line(&mut line).unwrap();
+                let words: Vec<String> = line.split_whitespace().map(String::from).collect();
+                let n = if words[1] == "generation" {
+                    &words[2]
+                } else {
+                    &words[3]
+                };
+                s.write_all(format!("MVA1 ack {n} callbacks=0\n").as_bytes())
+                    .unwrap();
+                got.push(words);
+            }
+            got
+        })
+    };
+    let (asks, old) = (answer(asks, 2), answer(old, 2));
+    assert_eq!(a.post("/run", b"{}").status, 200);
+    assert_eq!(a.post("/suspend", b"{}").status, 200);
+    let (asks, old) = (asks.join().unwrap(), old.join().unwrap());
+    assert_eq!(old[0].len(), 4, "{:?}", old[0]);
+    assert_eq!(old[1], ["MVA1", "event", "suspend", "1"]);
+    for line in &asks {
+        assert_eq!(line.len(), 5, "{line:?}");
+        let ms: u64 = line.last().unwrap().parse().unwrap();
+        assert!(ms <= 800, "more than [notify] timeout left: {line:?}");
+    }
+    assert_eq!(asks[0][1], "generation");
+    assert_eq!(&asks[1][..4], ["MVA1", "event", "suspend", "1"]);
+}

@@ -1,5 +1,5 @@
 // A clone-safe Go app for microvm-agent, on its client library (package microvmagent,
-// clients/go; standard library only; go.mod says go 1.24, built with a current Go).
+// clients/go/microvmagent; standard library only; go.mod says go 1.24, built with a current Go).
 //
 // The trap: the generators' state is made during the image build and every clone draws the same
 // numbers. The top-level functions of math/rand and math/rand/v2 draw from the runtime's
@@ -7,7 +7,7 @@
 // a no-op, so nothing reseeds them (under `go 1.19`..`1.23`, Seed still works).
 // The fix: keep your own *rand.Rand over a ChaCha8 source and reseed the source in a callback
 // the library runs in every clone before the agent answers /run (and on every /resume), from the
-// kernel *and* the agent's seed (microvmagent.ReseedChaCha8): under the platform's default
+// kernel *and* the agent's seed (Client.ReseedChaCha8): under the platform's default
 // capabilities and without VMGenID, crypto/rand can return the same bytes in every clone; the
 // seed cannot.
 //
@@ -17,6 +17,7 @@
 package main
 
 import (
+	"context"
 	crand "crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -29,13 +30,14 @@ import (
 	"runtime"
 	"sync"
 
-	microvmagent "github.com/microvm-agent/microvm-agent/clients/go"
+	"github.com/microvm-agent/microvm-agent/clients/go/microvmagent"
 )
 
 var (
+	agent      = microvmagent.New(microvmagent.Options{}) // where the agent is: from the environment
 	mu         sync.Mutex
-	src        = microvmagent.NewChaCha8() // crypto/rand ‖ the agent's seed
-	rng        = rand.New(src)             // kept by the app; its source reseeded in place
+	src        = agent.NewChaCha8() // crypto/rand ‖ the agent's seed
+	rng        = rand.New(src)      // kept by the app; its source reseeded in place
 	generation uint64
 )
 
@@ -73,10 +75,11 @@ func probe() map[string]any {
 
 func main() {
 	// Every clone's /run, every /resume: runs before the agent answers the hook.
-	microvmagent.OnNewGeneration(func(g microvmagent.Generation) error {
+	// (ctx ends at the agent's deadline for the hook.)
+	agent.OnNewGeneration(func(ctx context.Context, g microvmagent.Generation) error {
 		mu.Lock()
 		before := fingerprint()
-		microvmagent.ReseedChaCha8(src)
+		agent.ReseedChaCha8(src)
 		generation = g.Number
 		line, _ := json.Marshal(map[string]any{"event": g.Reason, "generation": g.Number, "before": before, "after": fingerprint()})
 		mu.Unlock()
@@ -84,10 +87,12 @@ func main() {
 		return nil
 	})
 	// Before the VM is frozen (OnTerminate: before the app is stopped).
-	microvmagent.OnSuspend(func(g microvmagent.Generation) error {
+	agent.OnSuspend(func(_ context.Context, g microvmagent.Generation) error {
 		fmt.Printf("{\"event\":\"suspend\",\"generation\":%d}\n", g.Number)
 		return nil
 	})
+	// Registered from here on; outside a MicroVM it says so (ErrNotBehindAgent) and the app runs on.
+	_ = agent.Start(context.Background())
 	port := os.Getenv("PORT")
 	if port == "" {
 		port = "8080"

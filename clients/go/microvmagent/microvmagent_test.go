@@ -6,6 +6,7 @@ package microvmagent
 // in app mode (MVA_GO_TEST_APP).
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -42,17 +44,21 @@ func appendLine(dir, name, text string) {
 
 // app is what the agent supervises: a generator it keeps, two callbacks, suspend and terminate.
 func app(mode, out string) {
-	src := NewChaCha8()
+	c := New(Options{})
+	src := c.NewChaCha8()
 	rng := mrand.New(src)
-	OnNewGeneration(func(g Generation) error {
-		ReseedChaCha8(src)
+	c.OnNewGeneration(func(ctx context.Context, g Generation) error {
+		c.ReseedChaCha8(src)
 		appendLine(out, "order", "first")
 		return nil
 	})
-	OnNewGeneration(func(g Generation) error {
+	c.OnNewGeneration(func(ctx context.Context, g Generation) error {
 		appendLine(out, "order", "second")
 		appendLine(out, "generations", fmt.Sprintf("%d %s %v", g.Number, g.ID, g.ProcessSeed != nil))
 		appendLine(out, "draws", fmt.Sprint(rng.Uint64()))
+		if deadline, ok := ctx.Deadline(); ok {
+			appendLine(out, "budgets", fmt.Sprint(time.Until(deadline).Milliseconds()))
+		}
 		if g.Reason == "run" {
 			switch mode {
 			case "error":
@@ -60,31 +66,49 @@ func app(mode, out string) {
 			case "panic":
 				panic("the app's callback panicked")
 			case "hang":
-				select {}
+				<-ctx.Done() // a callback that honours its context gives up at the deadline
+				appendLine(out, "gave-up", ctx.Err().Error())
+				return ctx.Err()
 			}
 		}
 		return nil
 	})
-	OnSuspend(func(g Generation) error { appendLine(out, "events", fmt.Sprint("suspend ", g.Number)); return nil })
-	OnTerminate(func(g Generation) error { appendLine(out, "events", fmt.Sprint("terminate ", g.Number)); return nil })
+	c.OnSuspend(func(_ context.Context, g Generation) error {
+		appendLine(out, "events", fmt.Sprint("suspend ", g.Number))
+		return nil
+	})
+	c.OnTerminate(func(_ context.Context, g Generation) error {
+		appendLine(out, "events", fmt.Sprint("terminate ", g.Number))
+		return nil
+	})
+	err := c.Start(context.Background())
 	appendLine(out, "started", "yes")
 	if mode == "outside" {
-		OnSuspend(func(Generation) error { return nil })
-		fmt.Println(Active(), GenerationID() == "")
+		fmt.Println(errors.Is(err, ErrNotBehindAgent), c.Active(), c.GenerationID() == "")
 		return
+	}
+	if err != nil {
+		panic(err)
 	}
 	select {}
 }
 
 func TestTheProtocolLines(t *testing.T) {
 	m, ok := parse("MVA1 generation 3 " + strings.Repeat("ab", 32))
-	if !ok || m.event != "generation" || m.number != 3 || len(m.seed) != 32 || m.seed[0] != 0xab {
+	if !ok || m.event != "generation" || m.number != 3 || len(m.seed) != 32 || m.seed[0] != 0xab || m.budget != -1 {
+		t.Fatalf("%v %v", m, ok)
+	}
+	if m, ok := parse("MVA1 generation 3 " + strings.Repeat("ab", 32) + " 850"); !ok || m.budget != 850 {
 		t.Fatalf("%v %v", m, ok)
 	}
 	if m, ok := parse("MVA1 event suspend 3"); !ok || m.event != "suspend" || m.seed != nil {
 		t.Fatalf("%v", m)
 	}
-	for _, bad := range []string{"MVA1 event reboot 3", "MVA2 generation 3 " + strings.Repeat("ab", 32), "MVA1 generation x y"} {
+	if m, ok := parse("MVA1 event terminate 3 0"); !ok || m.event != "terminate" || m.budget != 0 {
+		t.Fatalf("%v", m)
+	}
+	for _, bad := range []string{"MVA1 event reboot 3", "MVA2 generation 3 " + strings.Repeat("ab", 32), "MVA1 generation x y",
+		"MVA1 event suspend 3 -1", "MVA1 event suspend 3 soon", "MVA1 event suspend 3 1 2"} {
 		if _, ok := parse(bad); ok {
 			t.Fatalf("accepted %q", bad)
 		}
@@ -106,7 +130,7 @@ func TestTheProtocolLines(t *testing.T) {
 func TestReseedMakesAKeptGeneratorLeaveItsSequence(t *testing.T) {
 	var s [32]byte
 	a, b := mrand.NewChaCha8(s), mrand.NewChaCha8(s)
-	ReseedChaCha8(a)
+	New(Options{}).ReseedChaCha8(a)
 	if a.Uint64() == b.Uint64() {
 		t.Fatal("the same sequence after a reseed")
 	}
@@ -119,7 +143,7 @@ func TestOutsideAMicroVMItDoesNothingAndSaysSoOnce(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
-	if strings.Count(string(out), "not behind microvm-agent") != 1 || !strings.Contains(string(out), "false true") {
+	if strings.Count(string(out), "not behind microvm-agent") != 1 || !strings.Contains(string(out), "true false true") {
 		t.Fatalf("%s", out)
 	}
 }
@@ -136,7 +160,7 @@ type agent struct {
 func agentBinary(t *testing.T) string {
 	bin := os.Getenv("MICROVM_AGENT_BIN")
 	if bin == "" {
-		bin, _ = filepath.Abs("../../target/debug/microvm-agent")
+		bin, _ = filepath.Abs("../../../target/debug/microvm-agent")
 	}
 	if _, err := os.Stat(bin); err != nil {
 		if os.Getenv("MICROVM_AGENT_REQUIRE_VM") != "" {
@@ -258,6 +282,15 @@ func TestANewGenerationRunsTheCallbacksInOrderBeforeTheHookAnswers(t *testing.T)
 	if draws := a.read("draws"); len(draws) != 2 || draws[0] == draws[1] {
 		t.Fatalf("%v", draws)
 	}
+	// The agent's deadline travels with each line: inside run_timeout (2 s), and not yet past.
+	for _, b := range a.read("budgets") {
+		if ms, err := strconv.Atoi(b); err != nil || ms <= 0 || ms > 2000 {
+			t.Fatalf("budgets: %v", a.read("budgets"))
+		}
+	}
+	if got := a.read("budgets"); len(got) != 2 {
+		t.Fatalf("budgets: %v", got)
+	}
 	if code, _ := a.hook("/terminate"); code != 200 {
 		t.Fatal("/terminate")
 	}
@@ -277,14 +310,16 @@ func TestACallbackThatFailsFailsRunAndOnlyReportsOnResume(t *testing.T) {
 	}
 }
 
-func TestACallbackThatNeverReturnsFailsRunInsideItsBudget(t *testing.T) {
+func TestACallbackPastItsDeadlineFailsRunInsideItsBudget(t *testing.T) {
 	a := start(t, "hang")
 	t0 := time.Now()
 	code, body := a.hook("/run")
-	if code != 500 || !strings.Contains(body, "did not acknowledge") {
+	if code != 500 || (!strings.Contains(body, "did not acknowledge") && !strings.Contains(body, "deadline exceeded")) {
 		t.Fatalf("%d %s", code, body)
 	}
 	if time.Since(t0) > 2*time.Second {
 		t.Fatalf("answered after run_timeout (2 s): %v", time.Since(t0))
 	}
+	// The callback saw its context end at the agent's deadline.
+	a.waitFor("the callback to give up", func() bool { return len(a.read("gave-up")) > 0 })
 }

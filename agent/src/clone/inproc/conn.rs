@@ -49,7 +49,13 @@ pub(super) async fn serve(
         tracing::debug!("in-process reseed: no hello (in time); disconnected");
         return;
     };
-    let Some((kind, said_pid, events)) = parse_hello(&hello) else {
+    let Some(Hello {
+        kind,
+        pid: said_pid,
+        events,
+        deadlines,
+    }) = parse_hello(&hello)
+    else {
         tracing::debug!("in-process reseed: not a hello; disconnected");
         return;
     };
@@ -63,7 +69,7 @@ pub(super) async fn serve(
     // were seeded in this clone, but from a kernel that may not have been reseeded. (Nobody
     // waits for this one; its acknowledgement still goes to the registry.)
     if let Some((number, seed)) = current() {
-        if send(&mut wr, number, &Payload::Generation(seed))
+        if send(&mut wr, number, &Payload::Generation(seed), None)
             .await
             .is_err()
         {
@@ -80,7 +86,8 @@ pub(super) async fn serve(
         tokio::select! {
             order = orders.recv() => {
                 let Some(order) = order else { break "the agent let it go" };
-                if send(&mut wr, order.number, &order.what).await.is_err() {
+                let deadline = deadlines.then_some(order.deadline);
+                if send(&mut wr, order.number, &order.what, deadline).await.is_err() {
                     break "closed its connection";
                 }
                 if matches!(order.what, Payload::Generation(_)) {
@@ -118,31 +125,51 @@ pub(super) async fn serve(
     );
 }
 
+/// One order's line; with `deadline` (a process that asked for it), the milliseconds left until
+/// the hook stops waiting as a last word (0 once it has passed).
 async fn send(
     wr: &mut tokio::net::unix::OwnedWriteHalf,
     number: u64,
     what: &Payload,
+    deadline: Option<tokio::time::Instant>,
 ) -> std::io::Result<()> {
-    let line = match what {
+    let mut line = match what {
         Payload::Generation(seed) => generation_line(number, seed),
-        Payload::Event(name) => zeroize::Zeroizing::new(format!("MVA1 event {name} {number}\n")),
+        Payload::Event(name) => zeroize::Zeroizing::new(format!("MVA1 event {name} {number}")),
     };
+    if let Some(deadline) = deadline {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        line.push_str(&format!(" {}", left.as_millis()));
+    }
+    line.push('\n');
     wr.write_all(line.as_bytes()).await
 }
 
+/// `MVA1 generation <n> <64 hex>`, without its end of line.
 fn generation_line(number: u64, seed: &Seed) -> zeroize::Zeroizing<String> {
     let mut line = zeroize::Zeroizing::new(format!("MVA1 generation {number} "));
     for b in seed.iter() {
         line.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
         line.push(char::from_digit(u32::from(b & 15), 16).unwrap_or('0'));
     }
-    line.push('\n');
     line
 }
 
-/// `MVA1 hello <kind> <pid> [suspend,terminate]`: unknown event names are ignored (a newer
-/// library may know more than this agent).
-fn parse_hello(line: &str) -> Option<(Kind, i32, Vec<&'static str>)> {
+/// What a process said in its hello.
+#[derive(Debug, PartialEq, Eq)]
+struct Hello {
+    kind: Kind,
+    pid: i32,
+    /// The events without a generation it asked to hear of.
+    events: Vec<&'static str>,
+    /// Whether its lines should carry the milliseconds left (the feature `deadline`).
+    deadlines: bool,
+}
+
+/// `MVA1 hello <kind> <pid> [<events> [<features>]]`, both comma-separated lists (`-` for none):
+/// unknown names are ignored (a newer library may know more than this agent; an older agent
+/// ignores the features word, so a library that asks for deadlines still works with it).
+fn parse_hello(line: &str) -> Option<Hello> {
     let mut words = line.strip_prefix("MVA1 hello ")?.split(' ');
     let kind = Kind::parse(words.next()?)?;
     let pid = words.next()?.parse().ok()?;
@@ -156,7 +183,15 @@ fn parse_hello(line: &str) -> Option<(Kind, i32, Vec<&'static str>)> {
                 .collect()
         })
         .unwrap_or_default();
-    Some((kind, pid, events))
+    let deadlines = words
+        .next()
+        .is_some_and(|list| list.split(',').any(|w| w == "deadline"));
+    Some(Hello {
+        kind,
+        pid,
+        events,
+        deadlines,
+    })
 }
 
 /// `MVA1 ack <n> <what>` or `MVA1 fail <n> <reason>`.
@@ -204,13 +239,29 @@ mod tests {
 
     #[test]
     fn parses_the_protocol_lines() {
+        let hello = |kind, events: &[&'static str], deadlines| {
+            Some(Hello {
+                kind,
+                pid: 12,
+                events: events.to_vec(),
+                deadlines,
+            })
+        };
         assert_eq!(
             parse_hello("MVA1 hello native 12"),
-            Some((Kind::Native, 12, vec![]))
+            hello(Kind::Native, &[], false)
         );
         assert_eq!(
             parse_hello("MVA1 hello app 12 terminate,suspend,reboot"),
-            Some((Kind::App, 12, vec!["suspend", "terminate"]))
+            hello(Kind::App, &["suspend", "terminate"], false)
+        );
+        assert_eq!(
+            parse_hello("MVA1 hello app 12 - colour,deadline"),
+            hello(Kind::App, &[], true)
+        );
+        assert_eq!(
+            parse_hello("MVA1 hello app 12 suspend deadlines"),
+            hello(Kind::App, &["suspend"], false)
         );
         assert_eq!(parse_hello("MVA1 hello ruby 12"), None);
         assert_eq!(parse_hello("MVA2 hello native 12"), None);

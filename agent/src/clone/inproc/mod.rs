@@ -107,6 +107,9 @@ impl Kind {
 struct Order {
     number: u64,
     what: Payload,
+    /// When the hook stops waiting: sent along (as the milliseconds left) to a process that
+    /// asked for it in its hello, so its callbacks can budget their time.
+    deadline: tokio::time::Instant,
     reply: oneshot::Sender<Result<(), String>>,
 }
 

@@ -76,6 +76,7 @@ pub(super) async fn generation(
         members.sort_by_key(|(_, t)| phase(t.kind));
         tokio::spawn(chain(
             number,
+            deadline,
             members,
             latest.clone(),
             stands.clone(),
@@ -109,6 +110,7 @@ pub(super) async fn event(
         let sent = orders.send(Order {
             number,
             what: Payload::Event(event),
+            deadline,
             reply,
         });
         stands.push((
@@ -154,6 +156,7 @@ type Stands = Arc<Mutex<Vec<(i32, Kind, Stand)>>>;
 /// One process: its members phase by phase, each phase's members at once.
 async fn chain(
     number: u64,
+    deadline: Instant,
     members: Vec<(usize, Target)>,
     latest: Arc<AtomicU64>,
     stands: Stands,
@@ -171,6 +174,7 @@ async fn chain(
             let sent = t.orders.send(Order {
                 number,
                 what: Payload::Generation(t.seed),
+                deadline,
                 reply,
             });
             let stand = if sent.is_ok() {

@@ -10,6 +10,11 @@ export interface Generation {
   kernelCrng: KernelCrng | null;
   /** The 32 bytes the agent sent this process for this generation (null for suspend/terminate). */
   processSeed: Buffer | null;
+  /**
+   * Aborts when the agent stops waiting for this event's callbacks (pass it to `fetch` and the
+   * like); null when the agent did not say (an older agent, or `current()`).
+   */
+  signal: AbortSignal | null;
 }
 /**
  * `reseeded`: the agent made the kernel reseed; `platform`: the kernel reseeds itself on a restore

@@ -52,6 +52,7 @@ function generation(fields, processSeed) {
     microvmId: fields.microvm_id || null,
     kernelCrng: fields.kernel_crng || null,
     processSeed: processSeed || null,
+    signal: null,
   };
 }
 
@@ -131,7 +132,9 @@ function connect(socketPath) {
   sock.on('connect', () => {
     state.connected = true;
     identity = ident();
-    send(`MVA1 hello app ${process.pid} suspend,terminate\n`);
+    // The events it wants beside generations, then the features it knows: "deadline" (each line
+    // carries the milliseconds left; an agent that predates it ignores the word).
+    send(`MVA1 hello app ${process.pid} suspend,terminate deadline\n`);
   });
   sock.on('data', (data) => {
     buf += data.toString('latin1');
@@ -153,15 +156,24 @@ function connect(socketPath) {
   });
 }
 
-/** A line from the agent -> { event, number, seed }, or null. */
+/**
+ * A line from the agent -> { event, number, seed, budget }, or null; `budget`: the milliseconds
+ * left until the agent stops waiting (a last word the agent adds for the feature `deadline`),
+ * or null.
+ */
 function parse(line) {
   const w = line.split(' ');
+  let budget = null;
+  if (w.length === 5) {
+    if (!/^\d{1,9}$/.test(w[4])) return null;
+    budget = Number(w.pop());
+  }
   if (w.length !== 4 || w[0] !== 'MVA1') return null;
   if (w[1] === 'generation' && /^\d+$/.test(w[2]) && /^[0-9a-f]{64}$/.test(w[3])) {
-    return { event: 'generation', number: Number(w[2]), seed: Buffer.from(w[3], 'hex') };
+    return { event: 'generation', number: Number(w[2]), seed: Buffer.from(w[3], 'hex'), budget };
   }
   if (w[1] === 'event' && (w[2] === 'suspend' || w[2] === 'terminate') && /^\d+$/.test(w[3])) {
-    return { event: w[2], number: Number(w[3]), seed: null };
+    return { event: w[2], number: Number(w[3]), seed: null, budget };
   }
   return null;
 }
@@ -173,6 +185,8 @@ async function handle(line) {
   if (msg.seed) state.processSeed = msg.seed;
   const current = exports.current();
   const gen = current ? { ...current, processSeed: msg.seed } : generation({ generation: msg.number }, msg.seed);
+  // Aborts when the agent stops waiting: hand it to fetch() and the like.
+  gen.signal = msg.budget === null ? null : AbortSignal.timeout(msg.budget);
   const list = callbacks[msg.event].slice();
   for (const cb of list) {
     try {

@@ -22,8 +22,13 @@ test('the protocol lines', () => {
     event: 'generation',
     number: 3,
     seed: Buffer.alloc(32, 0xab),
+    budget: null,
   });
-  assert.deepStrictEqual(agentLib._parse('MVA1 event suspend 3'), { event: 'suspend', number: 3, seed: null });
+  assert.strictEqual(agentLib._parse(`MVA1 generation 3 ${seed} 850`).budget, 850);
+  assert.deepStrictEqual(agentLib._parse('MVA1 event suspend 3'), { event: 'suspend', number: 3, seed: null, budget: null });
+  assert.deepStrictEqual(agentLib._parse('MVA1 event terminate 3 0'), { event: 'terminate', number: 3, seed: null, budget: 0 });
+  assert.strictEqual(agentLib._parse('MVA1 event suspend 3 -1'), null);
+  assert.strictEqual(agentLib._parse('MVA1 event suspend 3 1 2'), null);
   assert.strictEqual(agentLib._parse('MVA1 event reboot 3'), null);
   assert.strictEqual(agentLib._parse(`MVA2 generation 3 ${seed}`), null);
   const line = agentLib._failLine(7, `Error: ${'é'.repeat(300)}\nmore`);
@@ -90,6 +95,7 @@ agent.onNewGeneration(async (gen) => {
 agent.onNewGeneration((gen) => {
   write('order', 'second');
   write('generations', gen.number + ' ' + gen.id + ' ' + (gen.processSeed !== null));
+  if (gen.signal) write('signals', String(gen.signal.aborted));
   if (${JSON.stringify(mode)} === 'throw' && gen.reason === 'run') throw new Error("the app's callback broke");
   if (${JSON.stringify(mode)} === 'hang' && gen.reason === 'run') return new Promise(() => {});
 });
@@ -171,6 +177,8 @@ test('a new generation runs the callbacks in order before the hook answers', asy
   assert.deepStrictEqual(a.read('order'), ['first', 'second'], 'the async callback was awaited');
   const gen = (await a.status()).generation;
   assert.deepStrictEqual(a.read('generations'), [`${gen.generation} ${gen.id} true`]);
+  // The agent's deadline came with the line, as a signal not yet aborted.
+  assert.deepStrictEqual(a.read('signals'), ['false']);
   const keys = a.read('keys');
   assert.strictEqual(keys.length, 2);
   assert.notStrictEqual(keys[0], keys[1]);

@@ -24,8 +24,12 @@ REPO = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
 
 def test_the_protocol_lines():
     line = b"MVA1 generation 3 " + b"ab" * 32
-    assert parse(line) == ("generation", 3, bytes([0xAB]) * 32)
-    assert parse(b"MVA1 event suspend 3") == ("suspend", 3, None)
+    assert parse(line) == ("generation", 3, bytes([0xAB]) * 32, None)
+    assert parse(line + b" 850") == ("generation", 3, bytes([0xAB]) * 32, 850)
+    assert parse(b"MVA1 event suspend 3") == ("suspend", 3, None, None)
+    assert parse(b"MVA1 event terminate 3 0") == ("terminate", 3, None, 0)
+    assert parse(b"MVA1 event suspend 3 -1") is None
+    assert parse(b"MVA1 event suspend 3 1 2") is None
     assert parse(b"MVA1 event reboot 3") is None
     assert parse(b"MVA2 generation 3 " + b"ab" * 32) is None
     assert parse(b"MVA1 generation x " + b"ab" * 32) is None
@@ -124,6 +128,8 @@ def second_callback(gen):
     write("order", "second")
     write("generations", "%d %s %s" % (gen.number, gen.id, gen.process_seed is not None))
     write("draws", "%r %r" % (first, rng.random()))
+    if gen.deadline is not None:
+        write("budgets", "%d" % round((gen.deadline - time.monotonic()) * 1000))
     if {mode!r} == "raise" and gen.reason == "run":
         raise RuntimeError("the app's callback broke")
     if {mode!r} == "hang" and gen.reason == "run":
@@ -253,6 +259,9 @@ def test_a_new_generation_runs_the_callbacks_in_order_before_the_hook_answers(ag
     assert a.read("order") == ["first", "second"]
     gen = a.status()["generation"]
     assert a.read("generations") == ["%d %s True" % (gen["generation"], gen["id"])]
+    # The agent's deadline came with the line: inside run_timeout (2 s), not yet past.
+    budgets = [int(b) for b in a.read("budgets")]
+    assert len(budgets) == 1 and 0 < budgets[0] <= 2000, budgets
     first, after = a.read("draws")[0].split()
     assert first != after, "the kept Random left the snapshot's sequence"
     member = [p for p in a.status()["inproc"]["processes"] if p["kind"] == "app"][0]

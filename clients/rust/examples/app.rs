@@ -41,6 +41,10 @@ fn main() {
         );
         let draw = RNG.lock().unwrap().as_mut().unwrap().next_u64();
         write("draws", &draw.to_string());
+        if let Some(deadline) = g.deadline {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            write("budgets", &left.as_millis().to_string());
+        }
         if g.reason.as_deref() == Some("run") {
             match mode.as_str() {
                 "error" => return Err("the app's callback broke".into()),

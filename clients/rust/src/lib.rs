@@ -27,6 +27,9 @@ pub struct Generation {
     /// The 32 bytes the agent sent this process for this generation (`None` for suspend and
     /// terminate).
     pub process_seed: Option<[u8; 32]>,
+    /// When the agent stops waiting for this event's callbacks (`None` when it did not say: an
+    /// older agent, or [`current`]).
+    pub deadline: Option<std::time::Instant>,
 }
 
 /// What a callback may fail with: any error (`?` works on I/O and parse errors; a string converts
@@ -36,7 +39,7 @@ pub type Error = Box<dyn std::error::Error + Send + Sync>;
 /// A callback; an `Err` (or a panic) is reported to the agent.
 pub type Callback = Box<dyn Fn(&Generation) -> Result<(), Error> + Send + Sync>;
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Event {
     Generation,
     Suspend,
@@ -102,6 +105,7 @@ pub fn current() -> Option<Generation> {
         microvm_id: json_field(&raw, "microvm_id"),
         kernel_crng: json_field(&raw, "kernel_crng"),
         process_seed: None,
+        deadline: None,
     })
 }
 
@@ -172,7 +176,12 @@ fn serve(path: PathBuf) {
         return;
     };
     CONNECTED.store(true, std::sync::atomic::Ordering::Relaxed);
-    let hello = format!("MVA1 hello app {} suspend,terminate\n", std::process::id());
+    // The events it wants beside generations, then the features it knows: "deadline" (each line
+    // carries the milliseconds left; an agent that predates it ignores the word).
+    let hello = format!(
+        "MVA1 hello app {} suspend,terminate deadline\n",
+        std::process::id()
+    );
     if stream.write_all(hello.as_bytes()).is_ok() {
         if let Ok(reader) = stream.try_clone() {
             let mut reader = BufReader::with_capacity(MAX_LINE + 1, reader);
@@ -205,9 +214,39 @@ fn next_line(reader: &mut impl BufRead) -> Option<String> {
     String::from_utf8(line).ok()
 }
 
-/// A line from the agent: the event, the generation's number, the process's seed.
-fn parse(line: &str) -> Option<(Event, u64, Option<[u8; 32]>)> {
-    let w: Vec<&str> = line.split(' ').collect();
+/// One line from the agent.
+#[derive(Debug, PartialEq, Eq)]
+struct Line {
+    event: Event,
+    number: u64,
+    /// A generation's bytes for this process.
+    seed: Option<[u8; 32]>,
+    /// The milliseconds left until the agent stops waiting (the feature `deadline`).
+    budget: Option<u64>,
+}
+
+/// A line from the agent: `MVA1 generation <n> <64 hex> [<ms>]` or `MVA1 event <name> <n> [<ms>]`.
+fn parse(line: &str) -> Option<Line> {
+    let mut w: Vec<&str> = line.split(' ').collect();
+    let budget = if w.len() == 5 {
+        let ms = w.pop()?;
+        if !ms.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Some(ms.parse().ok()?)
+    } else {
+        None
+    };
+    let (event, number, seed) = parse_base(&w)?;
+    Some(Line {
+        event,
+        number,
+        seed,
+        budget,
+    })
+}
+
+fn parse_base(w: &[&str]) -> Option<(Event, u64, Option<[u8; 32]>)> {
     if w.len() != 4 || w[0] != "MVA1" {
         return None;
     }
@@ -232,7 +271,12 @@ fn parse(line: &str) -> Option<(Event, u64, Option<[u8; 32]>)> {
 }
 
 fn handle(line: &str) -> Option<String> {
-    let (event, number, process_seed) = parse(line)?;
+    let Line {
+        event,
+        number,
+        seed: process_seed,
+        budget,
+    } = parse(line)?;
     if process_seed.is_some() {
         *lock(&PROCESS_SEED) = process_seed;
     }
@@ -241,6 +285,8 @@ fn handle(line: &str) -> Option<String> {
         ..Generation::default()
     });
     gen.process_seed = process_seed;
+    gen.deadline =
+        budget.map(|ms| std::time::Instant::now() + std::time::Duration::from_millis(ms));
     let list: Vec<std::sync::Arc<Callback>> = lock(&CALLBACKS)
         .iter()
         .filter(|(e, _)| *e == event)
@@ -282,11 +328,30 @@ mod tests {
     #[test]
     fn the_protocol_lines() {
         let line = format!("MVA1 generation 3 {}", "ab".repeat(32));
-        assert!(matches!(parse(&line), Some((Event::Generation, 3, Some(s))) if s == [0xab; 32]));
-        assert!(matches!(
+        let ok = |event, seed, budget| {
+            Some(Line {
+                event,
+                number: 3,
+                seed,
+                budget,
+            })
+        };
+        assert_eq!(parse(&line), ok(Event::Generation, Some([0xab; 32]), None));
+        assert_eq!(
+            parse(&format!("{line} 850")),
+            ok(Event::Generation, Some([0xab; 32]), Some(850))
+        );
+        assert_eq!(
             parse("MVA1 event suspend 3"),
-            Some((Event::Suspend, 3, None))
-        ));
+            ok(Event::Suspend, None, None)
+        );
+        assert_eq!(
+            parse("MVA1 event terminate 3 0"),
+            ok(Event::Terminate, None, Some(0))
+        );
+        assert!(parse("MVA1 event suspend 3 -1").is_none());
+        assert!(parse("MVA1 event suspend 3 +1").is_none());
+        assert!(parse("MVA1 event suspend 3 1 2").is_none());
         assert!(parse("MVA1 event reboot 3").is_none());
         assert!(parse(&format!("MVA2 generation 3 {}", "ab".repeat(32))).is_none());
         let fail = fail_line(7, &format!("boom {}\nmore", "é".repeat(300)));

@@ -159,6 +159,13 @@ fn a_new_generation_runs_the_callbacks_in_order_before_the_hook_answers() {
     assert_eq!(http(a.port, "POST", "/resume").0, 200);
     let draws = a.read("draws");
     assert!(draws.len() == 2 && draws[0] != draws[1], "{draws:?}");
+    // The agent's deadline came with each line: inside the hook's budget, not yet past.
+    let budgets = a.read("budgets");
+    assert_eq!(budgets.len(), 2, "{budgets:?}");
+    for ms in &budgets {
+        let ms: u64 = ms.parse().unwrap();
+        assert!(ms > 0 && ms <= 2000, "{budgets:?}");
+    }
     assert_eq!(http(a.port, "POST", "/terminate").0, 200);
     a.wait_for("the terminate callback", || {
         a.read("events").contains(&"terminate_2".to_string())

@@ -26,6 +26,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 __all__ = [
@@ -68,10 +69,21 @@ class Generation:
     """One generation as the agent published it (``<state_dir>/generation``).
 
     ``process_seed`` is the 32 bytes the agent sent this process for this generation (``None``
-    for suspend and terminate); ``seed`` the app's seed (``<state_dir>/seed``).
+    for suspend and terminate); ``seed`` the app's seed (``<state_dir>/seed``); ``deadline`` the
+    ``time.monotonic()`` by which the agent stops waiting for the callbacks (``None`` when it did
+    not say, as from ``current()``).
     """
 
-    __slots__ = ("number", "id", "reason", "microvm_id", "kernel_crng", "seed", "process_seed")
+    __slots__ = (
+        "number",
+        "id",
+        "reason",
+        "microvm_id",
+        "kernel_crng",
+        "seed",
+        "process_seed",
+        "deadline",
+    )
     number: int
     id: Optional[str]
     reason: Optional[str]
@@ -79,6 +91,7 @@ class Generation:
     kernel_crng: Optional[str]
     seed: Optional[bytes]
     process_seed: Optional[bytes]
+    deadline: Optional[float]
 
     def __init__(self, fields: Dict[str, Any], process_seed: Optional[bytes] = None) -> None:
         self.number = int(fields.get("generation", 0))
@@ -88,6 +101,7 @@ class Generation:
         self.kernel_crng = fields.get("kernel_crng")
         self.seed = seed()
         self.process_seed = process_seed
+        self.deadline = None
 
     def __repr__(self) -> str:
         # Never the seeds.
@@ -280,7 +294,9 @@ def _serve(path: str) -> None:
     _state["connected"] = True
     try:
         _check(s, ident)
-        s.sendall(b"MVA1 hello app %d suspend,terminate\n" % os.getpid())
+        # The events it wants beside generations, then the features it knows: "deadline" (each
+        # line carries the milliseconds left; an agent that predates it ignores the word).
+        s.sendall(b"MVA1 hello app %d suspend,terminate deadline\n" % os.getpid())
         buf = b""
         while True:
             _check(s, ident)
@@ -307,20 +323,28 @@ def _serve(path: str) -> None:
         _let_go(s, ident)
 
 
-def parse(line: bytes) -> Optional[Tuple[str, int, Optional[bytes]]]:
-    """A line from the agent -> ``("generation", n, seed)`` or ``(event, n, None)``, else None."""
+def parse(line: bytes) -> Optional[Tuple[str, int, Optional[bytes], Optional[int]]]:
+    """A line from the agent -> ``("generation", n, seed, ms)`` or ``(event, n, None, ms)``, else
+    None; ``ms``: the milliseconds left until the agent stops waiting (``None`` when the line has
+    no such last word)."""
     parts = line.split(b" ")
-    if len(parts) < 3 or parts[0] != _PROTOCOL:
+    budget: Optional[int] = None
+    if len(parts) == 5:
+        if not parts[4].isdigit():
+            return None
+        budget = int(parts[4])
+        parts = parts[:4]
+    if len(parts) != 4 or parts[0] != _PROTOCOL:
         return None
-    if parts[1] == b"generation" and len(parts) == 4 and parts[2].isdigit() and len(parts[3]) == 64:
+    if parts[1] == b"generation" and parts[2].isdigit() and len(parts[3]) == 64:
         try:
-            return "generation", int(parts[2]), bytes.fromhex(parts[3].decode("ascii"))
+            return "generation", int(parts[2]), bytes.fromhex(parts[3].decode("ascii")), budget
         except ValueError:
             return None
-    if parts[1] == b"event" and len(parts) == 4 and parts[3].isdigit():
+    if parts[1] == b"event" and parts[3].isdigit():
         name = parts[2].decode("ascii", "replace")
         if name in _EVENTS[1:]:
-            return name, int(parts[3]), None
+            return name, int(parts[3]), None, budget
     return None
 
 
@@ -328,11 +352,13 @@ def _handle(line: bytes) -> Optional[bytes]:
     msg = parse(line)
     if msg is None:
         return None
-    event, number, process_seed = msg
+    event, number, process_seed, budget = msg
     if process_seed is not None:
         _state["process_seed"] = process_seed
     gen = current() or Generation({"generation": number})
     gen.process_seed = process_seed
+    if budget is not None:
+        gen.deadline = time.monotonic() + budget / 1000
     with _lock:
         callbacks = list(_callbacks[event])
     for cb in callbacks:

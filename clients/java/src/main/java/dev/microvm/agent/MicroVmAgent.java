@@ -43,7 +43,10 @@ public final class MicroVmAgent {
       String microvmId,
       String kernelCrng,
       /* The 32 bytes the agent sent this process for this generation (null for suspend/terminate). */
-      byte[] processSeed) {
+      byte[] processSeed,
+      /* When the agent stops waiting for this event's callbacks (null when it did not say: an
+         older agent, or current()). */
+      java.time.Instant deadline) {
     public Generation {
       processSeed = processSeed == null ? null : processSeed.clone();
     }
@@ -63,12 +66,13 @@ public final class MicroVmAgent {
           && java.util.Objects.equals(reason, g.reason)
           && java.util.Objects.equals(microvmId, g.microvmId)
           && java.util.Objects.equals(kernelCrng, g.kernelCrng)
-          && java.util.Arrays.equals(processSeed, g.processSeed);
+          && java.util.Arrays.equals(processSeed, g.processSeed)
+          && java.util.Objects.equals(deadline, g.deadline);
     }
 
     @Override
     public int hashCode() {
-      return java.util.Objects.hash(number, id, reason, microvmId, kernelCrng)
+      return java.util.Objects.hash(number, id, reason, microvmId, kernelCrng, deadline)
           * 31 + java.util.Arrays.hashCode(processSeed);
     }
 
@@ -79,8 +83,11 @@ public final class MicroVmAgent {
     }
   }
 
-  /** One line from the agent: a generation (with this process's seed) or an event. */
-  record Line(String event, long number, byte[] seed) {}
+  /**
+   * One line from the agent: a generation (with this process's seed) or an event, and the
+   * milliseconds left until the agent stops waiting (-1 when the line does not say).
+   */
+  record Line(String event, long number, byte[] seed, long budget) {}
 
   private static final int MAX_LINE = 256;
   private static final System.Logger LOG = System.getLogger("microvm_agent");
@@ -166,7 +173,7 @@ public final class MicroVmAgent {
     if (n == null) return Optional.empty();
     try {
       return Optional.of(new Generation(Long.parseLong(n), field(json, "id"), field(json, "reason"),
-          field(json, "microvm_id"), field(json, "kernel_crng"), null));
+          field(json, "microvm_id"), field(json, "kernel_crng"), null, null));
     } catch (NumberFormatException e) {
       return Optional.empty();
     }
@@ -265,7 +272,9 @@ public final class MicroVmAgent {
     try (SocketChannel ch = SocketChannel.open(StandardProtocolFamily.UNIX)) {
       ch.connect(UnixDomainSocketAddress.of(path));
       connected = true;
-      write(ch, "MVA1 hello app " + ProcessHandle.current().pid() + " suspend,terminate\n");
+      // The events it wants beside generations, then the features it knows: "deadline" (each
+      // line carries the milliseconds left; an agent that predates it ignores the word).
+      write(ch, "MVA1 hello app " + ProcessHandle.current().pid() + " suspend,terminate deadline\n");
       ByteBuffer buf = ByteBuffer.allocate(MAX_LINE);
       while (ch.read(buf) >= 0) {
         buf.flip();
@@ -294,14 +303,19 @@ public final class MicroVmAgent {
 
   /** A line from the agent, or null when it is not one. */
   static Line parse(String line) {
-    String[] w = line.split(" ");
-    if (w.length != 4 || !w[0].equals("MVA1")) return null;
+    String[] w = line.split(" ", -1);
+    if ((w.length != 4 && w.length != 5) || !w[0].equals("MVA1")) return null;
     try {
+      long budget = -1;
+      if (w.length == 5) {
+        if (!w[4].chars().allMatch(c -> c >= '0' && c <= '9')) return null;
+        budget = Long.parseLong(w[4]);
+      }
       if (w[1].equals("generation") && w[3].length() == 64) {
-        return new Line("generation", Long.parseLong(w[2]), HexFormat.of().parseHex(w[3]));
+        return new Line("generation", Long.parseLong(w[2]), HexFormat.of().parseHex(w[3]), budget);
       }
       if (w[1].equals("event") && (w[2].equals("suspend") || w[2].equals("terminate"))) {
-        return new Line(w[2], Long.parseLong(w[3]), null);
+        return new Line(w[2], Long.parseLong(w[3]), null, budget);
       }
     } catch (IllegalArgumentException e) {
       return null;
@@ -316,8 +330,9 @@ public final class MicroVmAgent {
     long number = m.number();
     byte[] seed = m.seed();
     if (seed != null) processSeed = seed;
-    Generation g = current().orElse(new Generation(number, null, null, null, null, null));
-    g = new Generation(g.number(), g.id(), g.reason(), g.microvmId(), g.kernelCrng(), seed);
+    java.time.Instant deadline = m.budget() < 0 ? null : java.time.Instant.now().plusMillis(m.budget());
+    Generation g = current().orElse(new Generation(number, null, null, null, null, null, null));
+    g = new Generation(g.number(), g.id(), g.reason(), g.microvmId(), g.kernelCrng(), seed, deadline);
     List<Callback> list = new ArrayList<>(
         event.equals("generation") ? GENERATION : event.equals("suspend") ? SUSPEND : TERMINATE);
     for (Callback cb : list) {

@@ -43,11 +43,11 @@ class MicroVmAgentTest {
   void generationsAreEqualByValueAndNeverShowTheSeed() {
     byte[] seed = new byte[32];
     seed[0] = 7;
-    var a = new MicroVmAgent.Generation(2, "ab", "run", null, "reseeded", seed);
-    var b = new MicroVmAgent.Generation(2, "ab", "run", null, "reseeded", seed.clone());
+    var a = new MicroVmAgent.Generation(2, "ab", "run", null, "reseeded", seed, null);
+    var b = new MicroVmAgent.Generation(2, "ab", "run", null, "reseeded", seed.clone(), null);
     assertEquals(a, b);
     assertEquals(a.hashCode(), b.hashCode());
-    assertNotEquals(a, new MicroVmAgent.Generation(2, "ab", "run", null, "reseeded", new byte[32]));
+    assertNotEquals(a, new MicroVmAgent.Generation(2, "ab", "run", null, "reseeded", new byte[32], null));
     a.processSeed()[0] = 9; // a copy: the generation's own seed is untouched
     assertEquals(7, a.processSeed()[0]);
     seed[0] = 9; // so is the array it was made from
@@ -61,7 +61,13 @@ class MicroVmAgentTest {
     assertEquals("generation", m.event());
     assertEquals(3L, m.number());
     assertEquals((byte) 0xab, m.seed()[0]);
+    assertEquals(-1L, m.budget());
+    assertEquals(850L, MicroVmAgent.parse("MVA1 generation 3 " + "ab".repeat(32) + " 850").budget());
     assertEquals("suspend", MicroVmAgent.parse("MVA1 event suspend 3").event());
+    assertEquals(0L, MicroVmAgent.parse("MVA1 event terminate 3 0").budget());
+    assertNull(MicroVmAgent.parse("MVA1 event suspend 3 -1"));
+    assertNull(MicroVmAgent.parse("MVA1 event suspend 3 1 2"));
+    assertNull(MicroVmAgent.parse("MVA1 event suspend 3 "));
     assertNull(MicroVmAgent.parse("MVA1 event reboot 3"));
     assertNull(MicroVmAgent.parse("MVA2 generation 3 " + "ab".repeat(32)));
     String fail = MicroVmAgent.failLine(7, "boom " + "é".repeat(300) + "\nmore");
@@ -183,6 +189,13 @@ class MicroVmAgentTest {
     var draws = read("draws");
     assertEquals(2, draws.size());
     assertNotEquals(draws.get(0), draws.get(1));
+    // The agent's deadline came with each line: inside the hook's budget, not yet past.
+    var budgets = read("budgets");
+    assertEquals(2, budgets.size(), budgets.toString());
+    for (String ms : budgets) {
+      long left = Long.parseLong(ms);
+      assertTrue(left > 0 && left <= 2000, budgets.toString());
+    }
     assertEquals(200, http("POST", "/terminate").statusCode());
     waitFor("the terminate callback", () -> read("events").contains("terminate_2"));
   }

@@ -33,6 +33,9 @@ public final class TestApp {
       write("order", "second");
       write("generations", g.number() + "_" + g.id() + "_" + (g.processSeed() != null));
       write("draws", Long.toString(rng.nextLong()));
+      if (g.deadline() != null) {
+        write("budgets", Long.toString(java.time.Duration.between(java.time.Instant.now(), g.deadline()).toMillis()));
+      }
       if ("run".equals(g.reason())) {
         if (mode.equals("throw")) throw new IllegalStateException("the app's callback broke");
         if (mode.equals("hang")) Thread.sleep(60_000);

@@ -344,6 +344,18 @@ fn apps_without_openssl_static_and_musl_binaries_start_and_work() {
             others.contains(&format!("\"pid\":{pid}")),
             "{name}: {others}"
         );
+        // And what it is, with what of such a program stays as cloned.
+        let program = if dynamic { "dynamic" } else { "static" };
+        let listed = a.status()["inproc"]["not_taking_part"]
+            .as_array()
+            .and_then(|l| l.iter().find(|p| p["pid"] == pid).cloned())
+            .unwrap_or_default();
+        assert_eq!(listed["program"], program, "{name}: {others}");
+        let advice = a.status()["inproc"]["stays_cloned"].to_string();
+        assert!(
+            advice.contains(&format!("\"program\":\"{program}\"")),
+            "{name}: {advice}"
+        );
         assert!(
             !a.stderr.text().contains("ld.so"),
             "{name}: the loader complained: {}",
@@ -643,4 +655,66 @@ fn a_process_that_asks_gets_the_hooks_deadline_with_each_line() {
     }
     assert_eq!(asks[0][1], "generation");
     assert_eq!(&asks[1][..4], ["MVA1", "event", "suspend", "1"]);
+}
+
+/// A Go program cannot take part (a static one never loads the helper; no Go program has
+/// OpenSSL): `/status` and `--check` say it is Go, and what of it stays as cloned (the global
+/// functions of `math/rand`) and what does not (`crypto/rand`, where the kernel was reseeded).
+#[test]
+fn a_go_program_is_named_with_what_of_it_stays_cloned() {
+    if !have_tool("go") {
+        eprintln!("SKIP: no Go 1.24+ (tests/vm/prepare.sh installs one)");
+        return;
+    }
+    let dir = TempDir::new("inproc-go");
+    let src = dir.join("main.go");
+    std::fs::write(
+        &src,
+        "package main\n\nimport \"time\"\n\nfunc main() { time.Sleep(time.Hour) }\n",
+    )
+    .unwrap();
+    let program = dir.join("goapp");
+    let out = std::process::Command::new("go")
+        .args(["build", "-o"])
+        .arg(&program)
+        .arg(&src)
+        .env("GOCACHE", dir.join("cache"))
+        .env("GOFLAGS", "-mod=mod")
+        .env("CGO_ENABLED", "0")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "go build: {out:?}");
+    let a = Spec::default().app(&[program.to_str().unwrap()]).start();
+    let pid = a.app_pid().unwrap();
+    let mut status = serde_json::Value::Null;
+    eventually("the Go program listed", || {
+        status = a.status()["inproc"].clone();
+        status["not_taking_part"]
+            .to_string()
+            .contains(&format!("\"pid\":{pid}"))
+    });
+    assert!(
+        status["not_taking_part"]
+            .to_string()
+            .contains("\"program\":\"go\""),
+        "{status}"
+    );
+    let advice = status["stays_cloned"].to_string();
+    assert!(
+        advice.contains("\"program\":\"go\"") && advice.contains("math/rand"),
+        "{advice}"
+    );
+    let check = agent_command()
+        .arg("--check")
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--")
+        .arg(&program)
+        .output()
+        .unwrap();
+    let check = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.contains(&format!("#   the app's program {}: Go:", program.display())),
+        "{check}"
+    );
 }

@@ -58,6 +58,7 @@ impl Agent {
             "processes": members,
             "not_taking_part": others.shown,
             "not_taking_part_total": others.total,
+            "stays_cloned": others.stays_cloned,
             "left_while_running": inproc.leavers(),
         })
     }

@@ -2,13 +2,14 @@
 //! reads of files others can write, the
 //! I/O thread that runs whatever may block, timers that tell a
 //! freeze from elapsed time, capabilities (the app's and the agent's own), the non-blocking log writer, signals (the signalfd and `kill`),
-//! the outbound HTTP client (a leaf: the supervisor's probes, the notify callbacks and the hook
+//! what kind of program a file is (ELF: Go, static, dynamic), the outbound HTTP client (a leaf: the supervisor's probes, the notify callbacks and the hook
 //! pass-through all use it, so it lives below them), and the platform's environment.
 
 pub mod bounded;
 pub mod caps;
 pub mod client;
 pub mod clock;
+pub mod elf;
 pub mod logwriter;
 pub mod offload;
 pub mod platform_env;

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::sys::elf::Program;
 use crate::sys::state_files::{Handle, StateDir};
 
 /// The helper library, built for this binary's own target by `build.rs`.
@@ -221,11 +222,31 @@ pub fn report(config: &crate::config::Config) -> String {
             }
         }
     };
-    format!(
+    let mut out = format!(
         "# in-process reseed of the app's processes: {what}\n\
          #   not taking part: static binaries, programs without OpenSSL at start (other than\n\
          #   Python and Node.js), python -I/-E, setuid programs; /status lists them under inproc\n"
-    )
+    );
+    // The app's own program, when it is one the helpers cannot reach: said before the image ships.
+    let program = config
+        .app
+        .as_ref()
+        .and_then(|app| app.command.first())
+        .and_then(|argv0| crate::sys::elf::locate(Path::new(argv0)))
+        .and_then(|path| {
+            Some((
+                crate::sys::elf::classify(&std::fs::File::open(&path).ok()?)?,
+                path,
+            ))
+        });
+    if let Some((kind @ (Program::Go | Program::Static), path)) = program {
+        let advice = super::census::advice(kind.as_str()).unwrap_or_default();
+        out.push_str(&format!(
+            "#   the app's program {}: {advice}\n",
+            path.display()
+        ));
+    }
+    out
 }
 
 fn write_files(dir: &StateDir) -> std::io::Result<()> {

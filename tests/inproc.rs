@@ -718,3 +718,60 @@ fn a_go_program_is_named_with_what_of_it_stays_cloned() {
         "{check}"
     );
 }
+
+/// The `holding` feature (the Node helper's): a process that drew nothing since its last reset
+/// is not woken by a generation (`/status` says `idle`); one that says "holding" is told at the
+/// next one, even when it says so just before the hook (the agent reads what is already in the
+/// socket before it decides); a second "holding" before its reset is a line it was not asked for.
+#[test]
+fn a_helper_that_holds_nothing_is_left_asleep_and_one_that_holds_is_told() {
+    use std::io::{BufRead, BufReader, Write};
+    let a = Spec::default().app(&["sleep", "1000"]).start();
+    let sock = a.state("inproc.sock");
+    eventually("inproc.sock", || sock.exists());
+    let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    s.write_all(b"MVA1 hello node 1 - holding\n").unwrap();
+    eventually("registered", || members(&a).len() == 1);
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut line = String::new();
+    let reseeded = |a: &Agent| members(a)[0]["reseeded"].as_str().unwrap_or("").to_string();
+    assert_eq!(a.post("/run", b"{}").status, 200);
+    assert!(
+        r.read_line(&mut line).is_err(),
+        "woken with nothing to reset: {line:?}"
+    );
+    assert_eq!(reseeded(&a), "idle");
+    // "holding" written just before each hook: told every time.
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    for round in 0..20 {
+        assert_eq!(a.post("/suspend", b"{}").status, 200);
+        s.write_all(b"MVA1 holding\n").unwrap();
+        let hook = std::thread::spawn({
+            let a = a.port;
+            move || common::http(a, "POST", "/resume", &[], b"{}").status
+        });
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        let n = line.split(' ').nth(2).unwrap().to_string();
+        assert!(
+            line.starts_with("MVA1 generation "),
+            "round {round}: {line:?}"
+        );
+        s.write_all(format!("MVA1 ack {n} math.random\n").as_bytes())
+            .unwrap();
+        assert_eq!(hook.join().unwrap(), 200, "round {round}");
+    }
+    assert_eq!(reseeded(&a), "math.random");
+    // Nothing drawn since: asleep again.
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    assert_eq!(a.post("/suspend", b"{}").status, 200);
+    assert_eq!(a.post("/resume", b"{}").status, 200);
+    line.clear();
+    assert!(r.read_line(&mut line).is_err(), "woken: {line:?}");
+    // Twice "holding" without a reset between: disconnected.
+    s.write_all(b"MVA1 holding\nMVA1 holding\n").unwrap();
+    eventually("disconnected", || members(&a).is_empty());
+}

@@ -424,7 +424,17 @@ fn inproc(bin: &Path, o: &Opts) -> Value {
     // triggers, grows it by a megabyte and takes about a millisecond).
     const STARTED: &str =
         "for(let r=0;r<16;r++){const a=[];for(let i=0;i<20000;i++)a.push({i,s:\"x\"+i})}";
-    for (procs, app, suffix) in [(1usize, STARTED, ""), (8, STARTED, ""), (8, "", "_bare")] {
+    // And servers that draw from `Math.random` every 5 ms (a busy app's steady use), so that
+    // every generation finds something to reset in each: the Node helper's worst case, where
+    // the others show the common one (a process that drew nothing since the last generation is
+    // left asleep).
+    const DRAWING: &str = "for(let r=0;r<16;r++){const a=[];for(let i=0;i<20000;i++)a.push({i,s:\"x\"+i})};setInterval(Math.random,5)";
+    for (procs, app, suffix) in [
+        (1usize, STARTED, ""),
+        (8, STARTED, ""),
+        (8, "", "_bare"),
+        (8, DRAWING, "_drawing"),
+    ] {
         // Both agents at once, each with its own Node servers, and their /resume interleaved
         // pair by pair: what the helpers cost is the difference at the same moment, not between
         // two periods of a noisy machine.

@@ -48,11 +48,24 @@
   const mode = seccompMode(status);
   if (mode !== null && mode !== '0') return;
 
+  // Whether this process holds anything a generation must reset (bytes in the pool, a cache
+  // used), and the agent knows it: a process that drew nothing since the last generation has
+  // nothing to reset, and the agent leaves it asleep (the hello's feature `holding`). The line
+  // is written before the draw, so that a draw made before the process's OpenSSL was reseeded
+  // is in the agent's socket before that reseed's acknowledgement (the agent then tells us).
+  let holding = false;
+  const HOLDING = Buffer.from('MVA1 holding\n', 'latin1');
+  function hold() {
+    if (holding) return;
+    holding = true;
+    if (identity !== null) send(HOLDING.length, HOLDING);
+  }
   const pool = Buffer.allocUnsafeSlow(4096);
   let at = pool.length;
   // 53 random bits, as V8's own: [0, 1).
   function random() {
     if (at > pool.length - 8) {
+      hold();
       crypto.randomFillSync(pool);
       at = 0;
     }
@@ -82,6 +95,7 @@
       Object.defineProperty(owner, name, {
         value: function (...args) {
           used[flag] = true;
+          hold();
           return orig.apply(this, args);
         },
         writable: true,
@@ -102,7 +116,10 @@
   function reseed() {
     at = pool.length;
     // The common case (no cache used) allocates nothing.
-    if (!used.uuid && !used.int) return 'math.random';
+    if (!used.uuid && !used.int) {
+      holding = false;
+      return 'math.random';
+    }
     let done = 'math.random';
     if (used.uuid) {
       try {
@@ -118,6 +135,9 @@
     }
     used.uuid = false;
     used.int = false;
+    // Last: drawing through the caches above goes through the app's view of them, which says
+    // "holding" on its own.
+    holding = false;
     return done;
   }
 
@@ -202,13 +222,13 @@
       return null;
     }
   }
-  // One write(2) of `out[0, len)`: the socket is the helper's alone and its lines are short, so
+  // One write(2) of `from[0, len)` (`out` unless said): the socket is the helper's alone and its lines are short, so
   // the kernel takes a line whole or not at all; a line it cannot take now ends the helper's part
   // (the agent reports the process late) rather than queueing behind the app.
-  function send(len) {
+  function send(len, from = out) {
     if (identity === null || ident() !== identity) return stop();
     try {
-      if (fs.writeSync(fd, out, 0, len) === len) return true;
+      if (fs.writeSync(fd, from, 0, len) === len) return true;
     } catch {}
     return stop();
   }
@@ -221,7 +241,9 @@
     if (fd < 0) return;
     link = `/proc/self/fd/${fd}`;
     identity = ident();
-    send(out.write(`MVA1 hello node ${process.pid}\n`, 0, 'latin1'));
+    if (!send(out.write(`MVA1 hello node ${process.pid} - holding\n`, 0, 'latin1'))) return;
+    // What it drew before it could say so (the app's start-up code runs before this).
+    if (holding) send(HOLDING.length, HOLDING);
   });
 
   module.exports = { random, reseed, parse, parseLine, seccompMode, used };

@@ -95,9 +95,10 @@ async function generationFor(code) {
     env: { ...process.env, MICROVM_AGENT_INPROC: agent.sock },
   });
   try {
-    for (let i = 0; i < 200 && agent.lines.length < 2; i++) await new Promise((r) => setTimeout(r, 25));
-    assert.match(agent.lines[0], new RegExp(`^MVA1 hello node ${child.pid}$`));
-    return agent.lines[1];
+    const acks = () => agent.lines.filter((l) => l.startsWith('MVA1 ack'));
+    for (let i = 0; i < 200 && acks().length < 1; i++) await new Promise((r) => setTimeout(r, 25));
+    assert.match(agent.lines[0], new RegExp(`^MVA1 hello node ${child.pid} - holding$`));
+    return acks()[0];
   } finally {
     child.kill();
     agent.close();
@@ -167,6 +168,56 @@ test('lines that come together or in pieces are each answered, and a line too lo
     for (let i = 0; i < 200 && agent.lines.length < 5; i++) await new Promise((r) => setTimeout(r, 25));
     await new Promise((r) => setTimeout(r, 200));
     assert.deepStrictEqual(agent.lines.slice(1), [4, 5, 6, 7].map((n) => `MVA1 ack ${n} math.random`));
+  } finally {
+    child.kill();
+    agent.close();
+  }
+});
+
+test('says "holding" once before its first draw after each reset, and never when it drew nothing', async () => {
+  const seed = 'ab'.repeat(32);
+  let told = 0;
+  const agent = await fakeAgent((c, lines) => {
+    // Each "holding" gets a generation (as the agent does at its next hook), up to three.
+    if (lines[lines.length - 1] === 'MVA1 holding' && told < 3) c.write(`MVA1 generation ${++told} ${seed}\n`);
+  });
+  // Draws at start (before it could connect), then a draw after each acknowledgement but the
+  // last; many draws in a row say it once.
+  const code =
+    'Math.random(); Math.random();' +
+    "let n = 0; process.on('exit', () => {});" +
+    "const t = setInterval(() => { if (++n <= 2) { for (let i = 0; i < 1000; i++) Math.random(); } }, 150);" +
+    'setTimeout(() => clearInterval(t), 3000)';
+  const child = spawn(process.execPath, ['--require', helper, '-e', code], {
+    env: { ...process.env, MICROVM_AGENT_INPROC: agent.sock },
+  });
+  try {
+    for (let i = 0; i < 200 && told < 3; i++) await new Promise((r) => setTimeout(r, 25));
+    await new Promise((r) => setTimeout(r, 400));
+    assert.deepStrictEqual(agent.lines, [
+      `MVA1 hello node ${child.pid} - holding`,
+      'MVA1 holding',
+      'MVA1 ack 1 math.random',
+      'MVA1 holding',
+      'MVA1 ack 2 math.random',
+      'MVA1 holding',
+      'MVA1 ack 3 math.random',
+    ]);
+  } finally {
+    child.kill();
+    agent.close();
+  }
+});
+
+test('a process that never draws never says "holding"', async () => {
+  const agent = await fakeAgent(() => {});
+  const child = spawn(process.execPath, ['--require', helper, '-e', 'setTimeout(() => {}, 5000)'], {
+    env: { ...process.env, MICROVM_AGENT_INPROC: agent.sock },
+  });
+  try {
+    for (let i = 0; i < 200 && agent.lines.length < 1; i++) await new Promise((r) => setTimeout(r, 25));
+    await new Promise((r) => setTimeout(r, 300));
+    assert.deepStrictEqual(agent.lines, [`MVA1 hello node ${child.pid} - holding`]);
   } finally {
     child.kill();
     agent.close();

@@ -54,6 +54,7 @@ pub(super) async fn serve(
         pid: said_pid,
         events,
         deadlines,
+        says_holding,
     }) = parse_hello(&hello)
     else {
         tracing::debug!("in-process reseed: not a hello; disconnected");
@@ -62,8 +63,12 @@ pub(super) async fn serve(
     let pid = peer_pid.unwrap_or(said_pid);
     let (orders_tx, mut orders) = mpsc::unbounded_channel::<Order>();
     let id = registry.join(pid, kind, events, orders_tx);
-    // Answers this process still owes: one per line we sent. Anything beyond is unsolicited.
-    let mut owed = 0u32;
+    let mut talk = Talk {
+        owed: 0,
+        pending: None,
+        says_holding,
+        holding: !says_holding,
+    };
 
     // A process that starts after the generation was made gets it now: its own generators
     // were seeded in this clone, but from a kernel that may not have been reseeded. (Nobody
@@ -77,15 +82,34 @@ pub(super) async fn serve(
             return;
         }
         registry.told(id, number);
-        owed += 1;
+        talk.owed += 1;
     }
-    // The order being waited for. A newer one replaces it: dropping the older reply tells its
-    // waiter the process moved on, which is not a failure of that generation.
-    let mut pending: Option<(u64, tokio::sync::oneshot::Sender<Result<(), String>>)> = None;
     let why = loop {
         tokio::select! {
             order = orders.recv() => {
                 let Some(order) = order else { break "the agent let it go" };
+                if !talk.holding && matches!(order.what, Payload::Generation(_)) {
+                    // Whatever it wrote before this order is in the socket now: its native
+                    // helper's acknowledgement (which this order waited for) was sent after
+                    // any draw from the OpenSSL it reseeded, and "holding" is written before
+                    // the draw. So a draw of stale bytes is seen here, without waiting.
+                    let mut bad = None;
+                    while let Some(line) = lines.try_next(&rd) {
+                        if let Err(why) = talk.line(&registry, id, &line) {
+                            bad = Some(why);
+                            break;
+                        }
+                    }
+                    if let Some(why) = bad {
+                        break why;
+                    }
+                    if !talk.holding {
+                        registry.told(id, order.number);
+                        registry.acked(id, order.number, "idle");
+                        let _ = order.reply.send(Ok(()));
+                        continue;
+                    }
+                }
                 let deadline = deadlines.then_some(order.deadline);
                 if send(&mut wr, order.number, &order.what, deadline).await.is_err() {
                     break "closed its connection";
@@ -93,25 +117,13 @@ pub(super) async fn serve(
                 if matches!(order.what, Payload::Generation(_)) {
                     registry.told(id, order.number);
                 }
-                owed = owed.saturating_add(1);
-                pending = Some((order.number, order.reply));
+                talk.owed = talk.owed.saturating_add(1);
+                talk.pending = Some((order.number, order.reply));
             }
             line = lines.next(&mut rd) => {
                 let Some(line) = line else { break "closed its connection" };
-                let Some((number, answer)) = parse_answer(&line) else {
-                    break "sent a line that is not the protocol's";
-                };
-                if owed == 0 {
-                    break "sent a line it was not asked for";
-                }
-                owed -= 1;
-                if let Ok(what) = &answer {
-                    registry.acked(id, number, what);
-                }
-                if pending.as_ref().is_some_and(|(n, _)| *n == number) {
-                    if let Some((_, reply)) = pending.take() {
-                        let _ = reply.send(answer.map(drop).map_err(str::to_string));
-                    }
+                if let Err(why) = talk.line(&registry, id, &line) {
+                    break why;
                 }
             }
         }
@@ -127,6 +139,53 @@ pub(super) async fn serve(
 
 /// One order's line; with `deadline` (a process that asked for it), the milliseconds left until
 /// the hook stops waiting as a last word (0 once it has passed).
+/// Where one conversation stands.
+struct Talk {
+    /// Answers this process still owes: one per line we sent. Anything beyond is unsolicited.
+    owed: u32,
+    /// The order being waited for. A newer one replaces it: dropping the older reply tells its
+    /// waiter the process moved on, which is not a failure of that generation.
+    pending: Option<(u64, tokio::sync::oneshot::Sender<Result<(), String>>)>,
+    /// Whether it has the feature `holding`: it says when it starts to hold something a
+    /// generation must reset (its first draw after a reset, written before the draw itself),
+    /// and until then a generation has nothing to do there: it is not woken.
+    says_holding: bool,
+    /// Whether a generation must be sent to it (always, without the feature).
+    holding: bool,
+}
+
+impl Talk {
+    /// One line from the process: an answer it owes, or (with `holding`) that it holds
+    /// something now. `Err`: why the connection ends.
+    fn line(&mut self, registry: &InProc, id: u64, line: &str) -> Result<(), &'static str> {
+        if self.says_holding && line == "MVA1 holding" {
+            if self.holding {
+                return Err("sent a line it was not asked for");
+            }
+            self.holding = true;
+            return Ok(());
+        }
+        let Some((number, answer)) = parse_answer(line) else {
+            return Err("sent a line that is not the protocol's");
+        };
+        if self.owed == 0 {
+            return Err("sent a line it was not asked for");
+        }
+        self.owed -= 1;
+        if let Ok(what) = &answer {
+            registry.acked(id, number, what);
+            // Its reset is done: whatever it says after this is new.
+            self.holding = !self.says_holding;
+        }
+        if self.pending.as_ref().is_some_and(|(n, _)| *n == number) {
+            if let Some((_, reply)) = self.pending.take() {
+                let _ = reply.send(answer.map(drop).map_err(str::to_string));
+            }
+        }
+        Ok(())
+    }
+}
+
 async fn send(
     wr: &mut tokio::net::unix::OwnedWriteHalf,
     number: u64,
@@ -164,6 +223,9 @@ struct Hello {
     events: Vec<&'static str>,
     /// Whether its lines should carry the milliseconds left (the feature `deadline`).
     deadlines: bool,
+    /// Whether it says when it holds something a generation must reset (the feature
+    /// `holding`), and is otherwise left asleep.
+    says_holding: bool,
 }
 
 /// `MVA1 hello <kind> <pid> [<events> [<features>]]`, both comma-separated lists (`-` for none):
@@ -183,14 +245,16 @@ fn parse_hello(line: &str) -> Option<Hello> {
                 .collect()
         })
         .unwrap_or_default();
-    let deadlines = words
+    let features: Vec<&str> = words
         .next()
-        .is_some_and(|list| list.split(',').any(|w| w == "deadline"));
+        .map(|l| l.split(',').collect())
+        .unwrap_or_default();
     Some(Hello {
         kind,
         pid,
         events,
-        deadlines,
+        deadlines: features.contains(&"deadline"),
+        says_holding: features.contains(&"holding"),
     })
 }
 
@@ -216,9 +280,8 @@ impl Lines {
     /// Cancel-safe: bytes read stay in `buf` for the next call.
     async fn next(&mut self, rd: &mut tokio::net::unix::OwnedReadHalf) -> Option<String> {
         loop {
-            if let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=end).collect();
-                return String::from_utf8(line[..end].to_vec()).ok();
+            if let Some(line) = self.whole() {
+                return line;
             }
             if self.buf.len() >= MAX_LINE {
                 return None;
@@ -231,11 +294,89 @@ impl Lines {
             }
         }
     }
+
+    /// The next line already in the socket, without waiting: `None` when there is no whole
+    /// line yet (or a bad one: `next` then says so). It asks the kernel, not the runtime: the
+    /// runtime learns that a socket is readable only when it next polls, which may be after
+    /// this task runs (`try_read` would say "would block" with the bytes there).
+    fn try_next(&mut self, rd: &tokio::net::unix::OwnedReadHalf) -> Option<String> {
+        use std::os::fd::AsRawFd;
+        let fd = rd.as_ref().as_raw_fd();
+        loop {
+            if let Some(line) = self.whole() {
+                return line;
+            }
+            if self.buf.len() >= MAX_LINE {
+                return None;
+            }
+            let mut chunk = [0u8; MAX_LINE];
+            let room = MAX_LINE - self.buf.len();
+            // SAFETY: `fd` is this connection's socket, open while `rd` lives; the buffer is ours
+            // and `room` bytes long. A spurious readiness this leaves the runtime is harmless:
+            // its next read sees "would block" and waits again.
+            let n = unsafe { libc::recv(fd, chunk.as_mut_ptr().cast(), room, libc::MSG_DONTWAIT) };
+            match usize::try_from(n) {
+                Ok(n) if n > 0 => self.buf.extend_from_slice(&chunk[..n]),
+                _ => return None,
+            }
+        }
+    }
+
+    /// A whole line from `buf`, if there is one (`Some(None)`: one that is not text).
+    fn whole(&mut self) -> Option<Option<String>> {
+        let end = self.buf.iter().position(|&b| b == b'\n')?;
+        let line: Vec<u8> = self.buf.drain(..=end).collect();
+        Some(String::from_utf8(line[..end].to_vec()).ok())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The race `holding` must win: the process says "holding" (it drew, maybe before its
+    /// OpenSSL was reseeded) just as the order arrives. Both are ready when the connection's
+    /// task wakes, and it may take the order first: it must still see the line and tell the
+    /// process. (Without the read of what is already in the socket, about half of these
+    /// rounds skip the process.)
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_holding_line_already_in_the_socket_is_seen_before_an_order_is_skipped() {
+        for round in 0..40 {
+            let registry = Arc::new(InProc::default());
+            let (ours, mut theirs) = UnixStream::pair().unwrap();
+            let slot = registry.slots.clone().try_acquire_owned().unwrap();
+            let current: Current = Arc::new(|| None);
+            tokio::spawn(serve(registry.clone(), ours, current, slot));
+            theirs
+                .write_all(b"MVA1 hello node 1 - holding\n")
+                .await
+                .unwrap();
+            while registry.members().is_empty() {
+                tokio::task::yield_now().await;
+            }
+            // The line and the order, with no chance for the connection's task to run between.
+            assert_eq!(theirs.try_write(b"MVA1 holding\n").unwrap(), 13);
+            let (reply, _answer) = tokio::sync::oneshot::channel();
+            let orders = crate::sys::lock(&registry.members)[0].orders.clone();
+            let order = Order {
+                number: 1,
+                what: Payload::Generation(zeroize::Zeroizing::new([7; 32])),
+                deadline: tokio::time::Instant::now() + std::time::Duration::from_secs(5),
+                reply,
+            };
+            assert!(orders.send(order).is_ok());
+            let mut got = [0u8; 17];
+            let read = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                theirs.read_exact(&mut got),
+            )
+            .await;
+            assert!(
+                matches!(read, Ok(Ok(_))) && got == *b"MVA1 generation 1",
+                "round {round}: the process was not told"
+            );
+        }
+    }
 
     #[test]
     fn parses_the_protocol_lines() {
@@ -245,8 +386,10 @@ mod tests {
                 pid: 12,
                 events: events.to_vec(),
                 deadlines,
+                says_holding: false,
             })
         };
+        assert!(parse_hello("MVA1 hello node 12 - holding").is_some_and(|h| h.says_holding));
         assert_eq!(
             parse_hello("MVA1 hello native 12"),
             hello(Kind::Native, &[], false)

@@ -280,14 +280,11 @@ impl Lines {
     /// Cancel-safe: bytes read stay in `buf` for the next call.
     async fn next(&mut self, rd: &mut tokio::net::unix::OwnedReadHalf) -> Option<String> {
         loop {
-            if let Some(line) = self.whole() {
-                return line;
-            }
-            if self.buf.len() >= MAX_LINE {
-                return None;
-            }
+            let room = match self.ready() {
+                Ok(line) => return line,
+                Err(room) => room,
+            };
             let mut chunk = [0u8; MAX_LINE];
-            let room = MAX_LINE - self.buf.len();
             match rd.read(&mut chunk[..room]).await {
                 Ok(0) | Err(_) => return None,
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
@@ -303,14 +300,11 @@ impl Lines {
         use std::os::fd::AsRawFd;
         let fd = rd.as_ref().as_raw_fd();
         loop {
-            if let Some(line) = self.whole() {
-                return line;
-            }
-            if self.buf.len() >= MAX_LINE {
-                return None;
-            }
+            let room = match self.ready() {
+                Ok(line) => return line,
+                Err(room) => room,
+            };
             let mut chunk = [0u8; MAX_LINE];
-            let room = MAX_LINE - self.buf.len();
             // SAFETY: `fd` is this connection's socket, open while `rd` lives; the buffer is ours
             // and `room` bytes long. A spurious readiness this leaves the runtime is harmless:
             // its next read sees "would block" and waits again.
@@ -322,11 +316,17 @@ impl Lines {
         }
     }
 
-    /// A whole line from `buf`, if there is one (`Some(None)`: one that is not text).
-    fn whole(&mut self) -> Option<Option<String>> {
-        let end = self.buf.iter().position(|&b| b == b'\n')?;
-        let line: Vec<u8> = self.buf.drain(..=end).collect();
-        Some(String::from_utf8(line[..end].to_vec()).ok())
+    /// `Ok`: a whole line from `buf` (`None`: one that is not text, or more than `MAX_LINE`
+    /// bytes without an end); `Err`: how many more bytes may be read to find one.
+    fn ready(&mut self) -> Result<Option<String>, usize> {
+        if let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.buf.drain(..=end).collect();
+            return Ok(String::from_utf8(line[..end].to_vec()).ok());
+        }
+        if self.buf.len() >= MAX_LINE {
+            return Ok(None);
+        }
+        Err(MAX_LINE - self.buf.len())
     }
 }
 

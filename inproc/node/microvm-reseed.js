@@ -222,9 +222,10 @@
       return null;
     }
   }
-  // One write(2) of `from[0, len)` (`out` unless said): the socket is the helper's alone and its lines are short, so
-  // the kernel takes a line whole or not at all; a line it cannot take now ends the helper's part
-  // (the agent reports the process late) rather than queueing behind the app.
+  // One write(2) of `from[0, len)` (`out` unless said): the socket is the helper's alone and its
+  // lines are short, so the kernel takes a line whole or not at all; a line it cannot take now
+  // ends the helper's part (the agent reports the process late) rather than queueing behind the
+  // app.
   function send(len, from = out) {
     if (identity === null || ident() !== identity) return stop();
     try {

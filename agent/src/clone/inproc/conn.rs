@@ -137,8 +137,6 @@ pub(super) async fn serve(
     );
 }
 
-/// One order's line; with `deadline` (a process that asked for it), the milliseconds left until
-/// the hook stops waiting as a last word (0 once it has passed).
 /// Where one conversation stands.
 struct Talk {
     /// Answers this process still owes: one per line we sent. Anything beyond is unsolicited.
@@ -186,6 +184,8 @@ impl Talk {
     }
 }
 
+/// One order's line; with `deadline` (a process that asked for it), the milliseconds left until
+/// the hook stops waiting as a last word (0 once it has passed).
 async fn send(
     wr: &mut tokio::net::unix::OwnedWriteHalf,
     number: u64,
@@ -201,12 +201,19 @@ async fn send(
         line.push_str(&format!(" {}", left.as_millis()));
     }
     line.push('\n');
+    debug_assert!(
+        line.len() <= MAX_LINE,
+        "a line of ours within the protocol's limit"
+    );
     wr.write_all(line.as_bytes()).await
 }
 
-/// `MVA1 generation <n> <64 hex>`, without its end of line.
+/// `MVA1 generation <n> <64 hex>`, without its end of line, in a buffer with room for the whole
+/// line: a `String` that grows moves its bytes and frees the old buffer unwiped, and these are
+/// the process's seed.
 fn generation_line(number: u64, seed: &Seed) -> zeroize::Zeroizing<String> {
-    let mut line = zeroize::Zeroizing::new(format!("MVA1 generation {number} "));
+    let mut line = zeroize::Zeroizing::new(String::with_capacity(MAX_LINE));
+    line.push_str(&format!("MVA1 generation {number} "));
     for b in seed.iter() {
         line.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
         line.push(char::from_digit(u32::from(b & 15), 16).unwrap_or('0'));
@@ -376,6 +383,18 @@ mod tests {
                 "round {round}: the process was not told"
             );
         }
+    }
+
+    #[test]
+    fn a_generation_line_is_built_where_it_stays() {
+        // The longest line ours can be, with a deadline of many digits: the buffer never grew
+        // (a grown String leaves the seed's hex behind in a freed buffer).
+        let mut line = generation_line(u64::MAX, &zeroize::Zeroizing::new([0xab; 32]));
+        let cap = line.capacity();
+        line.push_str(&format!(" {}\n", u128::MAX));
+        assert!(line.len() <= MAX_LINE, "{}", line.len());
+        assert_eq!(line.capacity(), cap);
+        assert_eq!(cap, MAX_LINE);
     }
 
     #[test]

@@ -704,6 +704,15 @@ fn a_go_program_is_named_with_what_of_it_stays_cloned() {
         advice.contains("\"program\":\"go\"") && advice.contains("math/rand"),
         "{advice}"
     );
+    // Whether what it reads from the kernel is fresh: unknown before the first generation, said
+    // after it.
+    assert!(status["kernel_values_fresh"].is_null(), "{status}");
+    assert_eq!(a.post("/run", b"{}").status, 200);
+    assert!(
+        a.status()["inproc"]["kernel_values_fresh"].is_boolean(),
+        "{}",
+        a.status()["inproc"]
+    );
     let check = agent_command()
         .arg("--check")
         .arg("--state-dir")

@@ -59,6 +59,14 @@ impl Agent {
             "not_taking_part": others.shown,
             "not_taking_part_total": others.total,
             "stays_cloned": others.stays_cloned,
+            // Whether what any process reads from the kernel each time (`getrandom`: Go's
+            // crypto/rand, Java's NativePRNG, os.urandom) is fresh in this generation: the kernel
+            // was reseeded by the agent or by the platform. `null` before the first generation.
+            "kernel_values_fresh": self
+                .lineage
+                .generations
+                .current()
+                .map(|g| g.kernel_crng != crate::clone::machine::KernelCrng::NotReseeded),
             "left_while_running": inproc.leavers(),
         })
     }

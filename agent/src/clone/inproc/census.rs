@@ -53,14 +53,15 @@ pub struct Advice {
 pub(super) fn advice(program: &str) -> Option<&'static str> {
     Some(match program {
         "go" => {
-            "Go: crypto/rand and crypto/tls read the kernel on every call (fresh where \
-             generation.kernel_crng is reseeded or platform); the global functions of math/rand \
+            "Go: crypto/rand and crypto/tls read the kernel on every call (fresh when \
+             inproc.kernel_values_fresh is true); the global functions of math/rand \
              and math/rand/v2 stay as cloned until the process restarts: keep a generator over \
              clients/go's ChaCha8 and reseed it in a callback"
         }
         "static" => {
             "static binary: no helper loads into it; what it keeps in memory stays as cloned, \
-             what it reads from the kernel each time is fresh where the kernel was reseeded: \
+             what it reads from the kernel each time is fresh when inproc.kernel_values_fresh \
+             is true: \
              reseed in the app (a client library) or restart it"
         }
         "dynamic" => {

@@ -8,12 +8,13 @@ the process has loaded from the bytes the agent sends for this process (plus the
 generation, clock readings, and for OpenSSL ``os.urandom``), then acknowledges, so the hook that made the generation answers
 only after this process can no longer draw the snapshot's values.
 
-Standard library only, and as little of it as possible (``_socket``, ``_thread``): it runs in
-every Python process the app starts. A ``fork`` without ``exec`` registers the child anew.
+Standard library only, and as little of it as possible (``_socket``, ``_thread``, the built-in
+``time``): it runs in every Python process the app starts. A ``fork`` without ``exec`` registers the child anew.
 """
 
 import os
 import sys
+import time  # built in; imported here, not in reseed(), where an import could let threads run
 
 PROTOCOL = b"MVA1"
 MAX_LINE = 256
@@ -103,8 +104,6 @@ def reseed(seed, number):
     this thread reseeded it (measured: the chaos tier's busy Python app, under load). Their
     material is the agent's bytes for this process (keyed per clone), the pid, the generation
     and two clock readings (no system call); OpenSSL's also gets the kernel's bytes."""
-    import time
-
     material = (
         bytes(seed)
         + os.getpid().to_bytes(4, "little")

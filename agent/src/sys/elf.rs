@@ -19,22 +19,13 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-/// What a program file is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What a program file is (`/status` says it in lower case).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Program {
     Go,
     Static,
     Dynamic,
-}
-
-impl Program {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Program::Go => "go",
-            Program::Static => "static",
-            Program::Dynamic => "dynamic",
-        }
-    }
 }
 
 const PT_INTERP: u32 = 3;

@@ -9,12 +9,16 @@
 //! without holding the runtime. Who is registered changes faster than the tree and is applied
 //! at each answer. The list shown is cut at [`SHOWN`]; the total is always said.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 use std::time::Duration;
 
 use serde::Serialize;
 use tokio::time::Instant;
+
+use crate::sys::elf::{self, Program};
 
 /// One walk serves every `/status` for this long.
 pub const FRESH: Duration = Duration::from_secs(1);
@@ -26,10 +30,9 @@ pub const SHOWN: usize = 64;
 pub struct Outsider {
     pub pid: i32,
     pub comm: String,
-    /// What its program is (`go`, `static`, `dynamic`; absent when its executable cannot be
-    /// read: another user's process without `CAP_SYS_PTRACE`, or not ELF).
+    /// What its program is (absent when it cannot be found or is not ELF: see [`Programs`]).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub program: Option<&'static str>,
+    pub program: Option<Program>,
 }
 
 /// What `/status` says of them.
@@ -45,31 +48,30 @@ pub struct Outsiders {
 /// What stays as cloned in one kind of program that cannot take part.
 #[derive(Clone, Debug, Serialize)]
 pub struct Advice {
-    pub program: &'static str,
+    pub program: Program,
     pub what: &'static str,
 }
 
 /// The advice per kind of program (`docs/clone-safety.md` has the measurements behind it).
-pub(super) fn advice(program: &str) -> Option<&'static str> {
-    Some(match program {
-        "go" => {
+pub(super) fn advice(program: Program) -> &'static str {
+    match program {
+        Program::Go => {
             "Go: crypto/rand and crypto/tls read the kernel on every call (fresh when \
              inproc.kernel_values_fresh is true); the global functions of math/rand \
              and math/rand/v2 stay as cloned until the process restarts: keep a generator over \
              clients/go's ChaCha8 and reseed it in a callback"
         }
-        "static" => {
+        Program::Static => {
             "static binary: no helper loads into it; what it keeps in memory stays as cloned, \
              what it reads from the kernel each time is fresh when inproc.kernel_values_fresh \
              is true: \
              reseed in the app (a client library) or restart it"
         }
-        "dynamic" => {
+        Program::Dynamic => {
             "no OpenSSL in it at start (or it left): a runtime that loads OpenSSL later (Ruby, \
              PHP, .NET, python -I) keeps that OpenSSL's generator as cloned"
         }
-        _ => return None,
-    })
+    }
 }
 
 /// The last walk, shared by the `/status` answers of one [`FRESH`] period.
@@ -107,9 +109,8 @@ impl Census {
             }
             if let Some(program) = p.program {
                 if !out.stays_cloned.iter().any(|a| a.program == program) {
-                    if let Some(what) = advice(program) {
-                        out.stays_cloned.push(Advice { program, what });
-                    }
+                    let what = advice(program);
+                    out.stays_cloned.push(Advice { program, what });
                 }
             }
         }
@@ -126,9 +127,7 @@ fn walk(app: i32) -> Vec<Outsider> {
     pids.push(app);
     pids.sort_unstable();
     pids.dedup();
-    // Most processes of an app run one of a few programs: each is read once per walk.
-    let mut programs: std::collections::HashMap<(u64, u64), Option<&'static str>> =
-        std::collections::HashMap::new();
+    let mut programs = Programs::default();
     pids.into_iter()
         .map(|pid| {
             let mut buf = [0u8; 64];
@@ -138,39 +137,98 @@ fn walk(app: i32) -> Vec<Outsider> {
             )
             .map(|c| String::from_utf8_lossy(c).trim_end().to_string())
             .unwrap_or_default();
-            let program = program_of(pid, &mut programs);
+            let program = programs.of(pid);
             Outsider { pid, comm, program }
         })
         .collect()
 }
 
-/// What `pid` runs, by its executable's device and inode (`None`: not readable, not ELF).
+/// What the processes of one walk run. Most processes of an app run one of a few programs:
+/// each file is read once per walk, and each argv[0] looked up once.
 ///
 /// `/proc/<pid>/exe` may only be opened with the right to trace the process: the agent, which
 /// keeps fewer effective capabilities than it gives the app (`sys::caps`), has it only where it
 /// runs with the app's. Then the program is found the way the process was started: its argv[0]
 /// (`/proc/<pid>/cmdline`, readable by anyone), as a path or along the agent's `$PATH`, which the
 /// app inherits. A process that rewrote its argv[0] (`nginx: worker process`) stays unnamed.
-fn program_of(
-    pid: i32,
-    seen: &mut std::collections::HashMap<(u64, u64), Option<&'static str>>,
-) -> Option<&'static str> {
-    use std::os::unix::fs::MetadataExt;
-    let exe = std::fs::File::open(format!("/proc/{pid}/exe"))
-        .ok()
-        .or_else(|| {
-            let mut buf = [0u8; 4096];
-            let cmdline = crate::sys::bounded::read_into(
-                std::path::Path::new(&format!("/proc/{pid}/cmdline")),
-                &mut buf,
-            )
-            .ok()?;
-            let argv0 = cmdline.split(|&b| b == 0).next()?;
-            let argv0 = std::path::Path::new(std::ffi::OsStr::from_bytes(argv0));
-            std::fs::File::open(crate::sys::elf::locate(argv0)?).ok()
-        })?;
-    let meta = exe.metadata().ok()?;
-    *seen
-        .entry((meta.dev(), meta.ino()))
-        .or_insert_with(|| crate::sys::elf::classify(&exe).map(crate::sys::elf::Program::as_str))
+#[derive(Default)]
+struct Programs {
+    by_file: HashMap<(u64, u64), Option<Program>>,
+    by_argv0: HashMap<Vec<u8>, Option<Program>>,
+}
+
+impl Programs {
+    fn of(&mut self, pid: i32) -> Option<Program> {
+        match std::fs::File::open(format!("/proc/{pid}/exe")) {
+            Ok(exe) => self.of_file(&exe),
+            Err(_) => self.of_argv0(pid),
+        }
+    }
+
+    /// By the process's argv[0], for a process whose executable the agent may not open.
+    fn of_argv0(&mut self, pid: i32) -> Option<Program> {
+        let mut buf = [0u8; 4096];
+        let cmdline =
+            crate::sys::bounded::read_into(Path::new(&format!("/proc/{pid}/cmdline")), &mut buf)
+                .ok()?;
+        let argv0 = cmdline.split(|&b| b == 0).next()?;
+        if let Some(known) = self.by_argv0.get(argv0) {
+            return *known;
+        }
+        let program = elf::locate(Path::new(OsStr::from_bytes(argv0)))
+            .and_then(|path| std::fs::File::open(path).ok())
+            .and_then(|file| self.of_file(&file));
+        self.by_argv0.insert(argv0.to_vec(), program);
+        program
+    }
+
+    fn of_file(&mut self, file: &std::fs::File) -> Option<Program> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = file.metadata().ok()?;
+        *self
+            .by_file
+            .entry((meta.dev(), meta.ino()))
+            .or_insert_with(|| elf::classify(file))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_is_named_by_its_argv0_when_its_executable_is_closed_to_us() {
+        // Two processes of one program, started by name along $PATH: one lookup serves both.
+        let mut sleeps: Vec<_> = (0..2)
+            .map(|_| {
+                std::process::Command::new("sleep")
+                    .arg("30")
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for s in &sleeps {
+            // Until its exec is done, its command line is ours, or nothing (the kernel sets the
+            // name before the new arguments).
+            let cmdline = format!("/proc/{}/cmdline", s.id());
+            while !std::fs::read(&cmdline)
+                .unwrap_or_default()
+                .starts_with(b"sleep\0")
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+        let mut programs = Programs::default();
+        for s in &sleeps {
+            assert_eq!(programs.of_argv0(s.id() as i32), Some(Program::Dynamic));
+        }
+        assert_eq!(programs.by_argv0.len(), 1, "looked up once");
+        assert_eq!(programs.by_file.len(), 1, "read once");
+        // A pid that is gone: unnamed, not an error.
+        assert_eq!(programs.of_argv0(i32::MAX), None);
+        for s in &mut sleeps {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+    }
 }

@@ -240,7 +240,7 @@ pub fn report(config: &crate::config::Config) -> String {
             ))
         });
     if let Some((kind @ (Program::Go | Program::Static), path)) = program {
-        let advice = super::census::advice(kind.as_str()).unwrap_or_default();
+        let advice = super::census::advice(kind);
         out.push_str(&format!(
             "#   the app's program {}: {advice}\n",
             path.display()

@@ -60,7 +60,11 @@ fn prepare_with(
                 Command::new("javac")
                     .args(["-d", &d])
                     .arg(dir.join("App.java"))
-                    .arg(dir.join("dev/microvm/agent/MicroVmAgent.java")),
+                    .args(
+                        std::fs::read_dir(dir.join("dev/microvm/agent"))
+                            .unwrap()
+                            .map(|e| e.unwrap().path()),
+                    ),
                 "javac",
             );
             vec!["java".into(), "-cp".into(), d.clone(), "App".into()]

@@ -31,6 +31,9 @@ export function generationId(): string | null;
 export function seed(): Buffer | null;
 export function secret(name: string): Buffer | null;
 export function kernelCrng(): KernelCrng | null;
-/** `n` bytes that differ in every clone: HMAC-SHA256(agent seed, crypto.randomBytes) blocks. */
+/**
+ * `n` bytes that differ in every clone: blocks of SHA-256 over the agent's seed for this process,
+ * the pid, the generation and fresh `crypto.randomBytes(32)` (the protocol's mixing rule).
+ */
 export function randomBytes(n: number): Buffer;
 export function isActive(): boolean;

@@ -14,7 +14,7 @@ const path = require('path');
 
 const MAX_LINE = 256;
 const callbacks = { generation: [], suspend: [], terminate: [] };
-const state = { started: false, connected: false, processSeed: null };
+const state = { started: false, connected: false, processSeed: null, processNumber: 0 };
 
 function register(event, callback) {
   if (typeof callback !== 'function') throw new TypeError('a callback must be a function');
@@ -56,14 +56,29 @@ function generation(fields, processSeed) {
   };
 }
 
-exports.current = function current() {
-  const raw = read('generation');
-  if (!raw) return null;
+// The generation file's format this library reads (inproc/PROTOCOL.md, "The state directory").
+const FORMAT = 1;
+
+// A generation file -> its generation, or null when it is not one this library can read: not a
+// JSON object, another `format` (absent: 1, as agents before the field wrote), no generation
+// number. Unknown fields are a later agent's and are ignored.
+function parseGeneration(raw) {
+  let fields;
   try {
-    return generation(JSON.parse(raw));
+    fields = JSON.parse(raw);
   } catch {
     return null;
   }
+  if (fields === null || typeof fields !== 'object' || Array.isArray(fields)) return null;
+  if ((fields.format === undefined ? FORMAT : fields.format) !== FORMAT) return null;
+  if (!Number.isSafeInteger(fields.generation) || fields.generation < 0) return null;
+  return generation(fields);
+}
+exports._parseGeneration = parseGeneration;
+
+exports.current = function current() {
+  const raw = read('generation');
+  return raw ? parseGeneration(raw) : null;
 };
 exports.generationId = () => (exports.current() || {}).id || null;
 exports.kernelCrng = () => (exports.current() || {}).kernelCrng || null;
@@ -75,17 +90,35 @@ exports.secret = function secret(name) {
   return read(path.join('secrets', name));
 };
 
+// The protocol's one mixing rule (inproc/PROTOCOL.md, "Mixing"): SHA-256 of the seed (32 bytes),
+// the pid (u32) and the generation (u64), little-endian, then the fresh bytes.
+function mix(seed, pid, n, fresh) {
+  const m = Buffer.alloc(44 + fresh.length);
+  seed.copy(m, 0, 0, 32);
+  m.writeUInt32LE(pid >>> 0, 32);
+  m.writeBigUInt64LE(BigInt(n), 36);
+  fresh.copy(m, 44);
+  return crypto.createHash('sha256').update(m).digest();
+}
+exports._mix = mix;
+
 /**
- * `n` bytes that differ in every clone: HMAC-SHA256 keyed with the agent's seed for this process
- * (or the app's seed) over fresh `crypto.randomBytes`, as the agent's measurements call safe
- * (OpenSSL's generator alone is the snapshot's in a process the agent could not reach).
+ * `n` bytes that differ in every clone even where the kernel's generator does not: blocks of the
+ * protocol's mix of the agent's seed for this process (or the app's seed) with fresh
+ * `crypto.randomBytes(32)` (OpenSSL's generator alone is the snapshot's in a process the agent
+ * could not reach).
  */
 exports.randomBytes = function randomBytes(n) {
-  const key = state.processSeed || exports.seed() || Buffer.alloc(0);
+  let seed = state.processSeed;
+  let number = state.processNumber;
+  if (!seed) {
+    seed = exports.seed() || Buffer.alloc(32);
+    number = (exports.current() || { number: 0 }).number;
+  }
   const out = [];
   let have = 0;
   while (have < n) {
-    const block = crypto.createHmac('sha256', key).update(crypto.randomBytes(32)).digest();
+    const block = mix(seed, process.pid, number, crypto.randomBytes(32));
     out.push(block);
     have += block.length;
   }
@@ -161,19 +194,28 @@ function connect(socketPath) {
  * left until the agent stops waiting (a last word the agent adds for the feature `deadline`),
  * or null.
  */
+// The protocol's grammar (inproc/PROTOCOL.md), checked against testdata/lines.tsv: a number is
+// `0` or up to 16 digits without a leading zero, at most 2^53 - 1; a deadline up to 9 digits.
+const NUMBER = /^(0|[1-9][0-9]{0,15})$/;
+const MS = /^(0|[1-9][0-9]{0,8})$/;
+function number(word) {
+  if (!NUMBER.test(word)) return null;
+  const n = Number(word);
+  return Number.isSafeInteger(n) ? n : null;
+}
 function parse(line) {
   const w = line.split(' ');
   let budget = null;
   if (w.length === 5) {
-    if (!/^\d{1,9}$/.test(w[4])) return null;
+    if (!MS.test(w[4])) return null;
     budget = Number(w.pop());
   }
   if (w.length !== 4 || w[0] !== 'MVA1') return null;
-  if (w[1] === 'generation' && /^\d+$/.test(w[2]) && /^[0-9a-f]{64}$/.test(w[3])) {
-    return { event: 'generation', number: Number(w[2]), seed: Buffer.from(w[3], 'hex'), budget };
+  if (w[1] === 'generation' && number(w[2]) !== null && /^[0-9a-f]{64}$/.test(w[3])) {
+    return { event: 'generation', number: number(w[2]), seed: Buffer.from(w[3], 'hex'), budget };
   }
-  if (w[1] === 'event' && (w[2] === 'suspend' || w[2] === 'terminate') && /^\d+$/.test(w[3])) {
-    return { event: w[2], number: Number(w[3]), seed: null, budget };
+  if (w[1] === 'event' && (w[2] === 'suspend' || w[2] === 'terminate') && number(w[3]) !== null) {
+    return { event: w[2], number: number(w[3]), seed: null, budget };
   }
   return null;
 }
@@ -182,7 +224,10 @@ exports._parse = parse;
 async function handle(line) {
   const msg = parse(line);
   if (!msg) return null;
-  if (msg.seed) state.processSeed = msg.seed;
+  if (msg.seed) {
+    state.processSeed = msg.seed;
+    state.processNumber = msg.number;
+  }
   const current = exports.current();
   const gen = current ? { ...current, processSeed: msg.seed } : generation({ generation: msg.number }, msg.seed);
   // Aborts when the agent stops waiting: hand it to fetch() and the like.

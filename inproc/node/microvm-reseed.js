@@ -62,11 +62,31 @@
   }
   const pool = Buffer.allocUnsafeSlow(4096);
   let at = pool.length;
+  // The pool is OpenSSL's bytes (reseeded by the native helper) XOR a ChaCha20 stream keyed,
+  // from the first generation on, with the protocol's mix of the agent's bytes for this process
+  // (inproc/PROTOCOL.md, "Mixing"): unique per clone even where the native helper could not
+  // run (a `noexec` state directory leaves it out). The key is made at the first refill after a
+  // generation, in the app's time, not the hook's; `pending` holds the material until then.
+  const pending = Buffer.alloc(76);
+  let fresh = false;
+  let stream = null;
+  function refill() {
+    crypto.randomFillSync(pool);
+    if (fresh) {
+      fresh = false;
+      crypto.randomFillSync(pending, 44, 32);
+      const key = crypto.createHash('sha256').update(pending).digest();
+      pending.fill(0);
+      stream = crypto.createCipheriv('chacha20', key, Buffer.alloc(16));
+      key.fill(0);
+    }
+    if (stream !== null) stream.update(pool).copy(pool);
+  }
   // 53 random bits, as V8's own: [0, 1).
   function random() {
     if (at > pool.length - 8) {
       hold();
-      crypto.randomFillSync(pool);
+      refill();
       at = 0;
     }
     const hi = pool.readUInt32LE(at) >>> 5;
@@ -113,7 +133,29 @@
   const uuid = crypto.randomUUID;
   const int = crypto.randomInt;
 
-  function reseed() {
+  // The protocol's one mixing rule: material = seed || pid (u32) || n (u64), little-endian ||
+  // fresh bytes; mix = SHA-256(material). `n` as digits (the line's), a number or a BigInt.
+  function material(seed, pid, n, freshBytes) {
+    const m = Buffer.alloc(44 + freshBytes.length);
+    seed.copy(m, 0, 0, 32);
+    m.writeUInt32LE(pid >>> 0, 32);
+    m.writeBigUInt64LE(BigInt(n), 36);
+    freshBytes.copy(m, 44);
+    return m;
+  }
+  function mix(seed, pid, n, freshBytes) {
+    return crypto.createHash('sha256').update(material(seed, pid, n, freshBytes)).digest();
+  }
+
+  // A generation: its seed is `hex` of `line[from, from + 64)`, its number `digits`. The pool's
+  // next refill keys a new stream; nothing is hashed here, on the hook's time.
+  function reseed(buf, digitsAt, digits) {
+    if (buf !== undefined) {
+      pending.write(buf.latin1Slice(digitsAt + digits + 1, digitsAt + digits + 65), 0, 32, 'hex');
+      pending.writeUInt32LE(process.pid >>> 0, 32);
+      pending.writeBigUInt64LE(BigInt(buf.latin1Slice(digitsAt, digitsAt + digits)), 36);
+      fresh = true;
+    }
     at = pool.length;
     // The common case (no cache used) allocates nothing.
     if (!used.uuid && !used.int) {
@@ -154,17 +196,24 @@
   const out = Buffer.allocUnsafeSlow(320);
   let have = 0;
 
-  // The generation number's digits in `buf[0, len)` (a version 1 generation line: 1 to 19 digits,
-  // then 64 lowercase hex digits), as their count, or 0 when the line is anything else. Buffer
-  // builtins and one regular expression, no loop over the bytes: the function runs a few times
-  // in a VM's life, and a loop run per byte would get V8 to compile it optimised in the
-  // background (measured: more CPU than the whole generation, in every process).
-  const LINE = /^MVA1 generation [0-9]{1,19} [0-9a-f]{64}$/;
+  // The generation number's digits in `buf[0, len)` (a version 1 generation line: its number,
+  // 64 lowercase hex digits, perhaps a deadline, which this helper never asks for), as their
+  // count, or 0 when the line is anything else (the grammar of inproc/PROTOCOL.md, checked
+  // against testdata/lines.tsv). Buffer builtins and one regular expression, no loop over the
+  // bytes: the function runs a few times in a VM's life, and a loop run per byte would get V8 to
+  // compile it optimised in the background (measured: more CPU than the whole generation, in
+  // every process).
+  const LINE = /^MVA1 generation (0|[1-9][0-9]{0,15}) [0-9a-f]{64}( (0|[1-9][0-9]{0,8}))?$/;
+  const MAX_NUMBER = '9007199254740991';
   function parseLine(buf, len) {
     const g = GENERATION.length;
-    if (len < g + 66 || len > g + 84 || buf.compare(GENERATION, 0, g, 0, g) !== 0) return 0;
-    if (!LINE.test(buf.latin1Slice(0, len))) return 0;
-    return len - g - 65;
+    if (len < g + 66 || len > g + 91 || buf.compare(GENERATION, 0, g, 0, g) !== 0) return 0;
+    const text = buf.latin1Slice(0, len);
+    const m = LINE.exec(text);
+    if (m === null) return 0;
+    const n = m[1];
+    if (n.length === MAX_NUMBER.length && n > MAX_NUMBER) return 0;
+    return n.length;
   }
   // The same rule on a string (the tests' view): the number, or null.
   function parse(text) {
@@ -195,7 +244,7 @@
       let len = ACK.copy(out, 0);
       len += line.copy(out, len, GENERATION.length, GENERATION.length + digits);
       len += out.write(' ', len, 'latin1');
-      len += out.write(reseed(), len, 'latin1');
+      len += out.write(reseed(line, GENERATION.length, digits), len, 'latin1');
       len += out.write('\n', len, 'latin1');
       if (!send(len)) return false;
     }
@@ -247,5 +296,5 @@
     if (holding) send(HOLDING.length, HOLDING);
   });
 
-  module.exports = { random, reseed, parse, parseLine, seccompMode, used };
+  module.exports = { random, reseed, parse, parseLine, seccompMode, used, material, mix };
 })();

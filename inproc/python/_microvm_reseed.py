@@ -104,13 +104,8 @@ def reseed(seed, number):
     this thread reseeded it (measured: the chaos tier's busy Python app, under load). Their
     material is the agent's bytes for this process (keyed per clone), the pid, the generation
     and two clock readings (no system call); OpenSSL's also gets the kernel's bytes."""
-    material = (
-        bytes(seed)
-        + os.getpid().to_bytes(4, "little")
-        + number.to_bytes(8, "little")
-        + time.monotonic_ns().to_bytes(8, "little")
-        + time.time_ns().to_bytes(8, "little")
-    )
+    clocks = time.monotonic_ns().to_bytes(8, "little") + time.time_ns().to_bytes(8, "little")
+    material = mix_material(seed, os.getpid(), number, clocks)
     done = []
     rnd = sys.modules.get("random")
     if rnd is not None and hasattr(rnd, "seed"):
@@ -119,7 +114,8 @@ def reseed(seed, number):
     nprandom = sys.modules.get("numpy.random")
     if nprandom is not None and hasattr(nprandom, "seed"):
         try:
-            nprandom.seed([int.from_bytes(material[i : i + 4], "little") for i in range(0, 64, 4)])
+            # The legacy seeding takes any number of 32-bit words and mixes them all.
+            nprandom.seed([int.from_bytes(material[i : i + 4], "little") for i in range(0, 60, 4)])
             done.append("numpy")
         except Exception:
             pass
@@ -135,17 +131,42 @@ def reseed(seed, number):
     return ",".join(done) or "-"
 
 
+def mix_material(seed, pid, number, fresh):
+    """The protocol's one mixing rule (``inproc/PROTOCOL.md``, "Mixing"): the agent's bytes for
+    this process, the pid (u32) and the generation (u64), little-endian, then fresh bytes.
+    ``random.seed`` and OpenSSL's ``RAND_add`` hash what they are given: the material itself is
+    what they get."""
+    return bytes(seed) + (pid & 0xFFFFFFFF).to_bytes(4, "little") + number.to_bytes(8, "little") + fresh
+
+
+_MAX_NUMBER = 2**53 - 1
+_HEX = frozenset(b"0123456789abcdef")
+
+
+def _decimal(word, most):
+    """``0`` or 1 to ``most`` ASCII digits without a leading zero, else None."""
+    if not 0 < len(word) <= most or not all(48 <= b <= 57 for b in word):
+        return None
+    if word[0] == 48 and len(word) > 1:
+        return None
+    return int(word)
+
+
 def parse(line):
-    """``MVA1 generation <n> <64 hex>`` -> (n, seed bytes), else None."""
+    """``MVA1 generation <n> <64 hex> [<ms>]`` -> (n, seed bytes), else None (the grammar of
+    ``inproc/PROTOCOL.md``, checked against ``testdata/lines.tsv``). The helper never asks for a
+    deadline; a line with one is still a generation."""
     parts = line.split(b" ")
-    if len(parts) != 4 or parts[0] != PROTOCOL or parts[1] != b"generation":
+    if len(parts) not in (4, 5) or parts[0] != PROTOCOL or parts[1] != b"generation":
         return None
-    if not parts[2].isdigit() or len(parts[3]) != 64:
+    number = _decimal(parts[2], 16)
+    if number is None or number > _MAX_NUMBER:
         return None
-    try:
-        return int(parts[2]), bytes.fromhex(parts[3].decode("ascii"))
-    except ValueError:
+    if len(parts) == 5 and _decimal(parts[4], 9) is None:
         return None
+    if len(parts[3]) != 64 or not _HEX.issuperset(parts[3]):
+        return None
+    return number, bytes.fromhex(parts[3].decode("ascii"))
 
 
 def _serve(path):

@@ -207,7 +207,11 @@ pub fn build(out: &Path, arch: Arch) {
                 Command::new("javac")
                     .args(["--release", "17", "-d", &d])
                     .arg(dir.join("App.java"))
-                    .arg(dir.join("dev/microvm/agent/MicroVmAgent.java")),
+                    .args(
+                        std::fs::read_dir(dir.join("dev/microvm/agent"))
+                            .unwrap()
+                            .map(|e| e.unwrap().path()),
+                    ),
                 "javac",
             ),
             "go" => run(

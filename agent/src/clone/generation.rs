@@ -15,8 +15,15 @@ use crate::clone::entropy::{self, Reseeded};
 use crate::clone::machine::KernelCrng;
 use crate::sys::{offload, state_files};
 
+/// The generation file's format (`inproc/PROTOCOL.md`, "The state directory"): the libraries
+/// read this one and refuse another. New fields do not change it (readers ignore what they do not
+/// know); a change to a field's meaning or type does.
+pub const FORMAT: u32 = 1;
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Generation {
+    /// [`FORMAT`], first in the file.
+    pub format: u32,
     pub generation: u64,
     /// 32 hex digits.
     pub id: String,
@@ -89,6 +96,7 @@ impl Generations {
             .collect();
         *crate::sys::lock(&self.rng) = Some(rng);
         Ok(Generation {
+            format: FORMAT,
             generation: self.number() + 1,
             id,
             reason,
@@ -188,6 +196,23 @@ mod tests {
         let on_disk: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.join("generation")).unwrap()).unwrap();
         assert_eq!(on_disk["generation"], 1);
+        // The file the libraries' conformance vector stands for (testdata/generation/agent.json)
+        // has the fields the agent writes, format first.
+        let raw = std::fs::read_to_string(dir.join("generation")).unwrap();
+        assert!(raw.starts_with(r#"{"format":1,"#), "{raw}");
+        let vector = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../testdata/generation/agent.json"
+        );
+        let vector: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(vector).unwrap()).unwrap();
+        let keys = |v: &serde_json::Value| {
+            let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+            k.retain(|k| k != "clock"); // written only where the VM offers a clock reference
+            k.sort();
+            k
+        };
+        assert_eq!(keys(&on_disk), keys(&vector));
         assert_eq!(on_disk["kernel_reseed"], "write");
         assert_eq!(on_disk["kernel_crng"], "not-reseeded");
         assert!(

@@ -59,6 +59,8 @@ type Client struct {
 	callbacks   map[string][]Callback
 	connected   bool
 	processSeed []byte
+	// processNumber is the generation processSeed came with.
+	processNumber uint64
 }
 
 // New makes a client; nothing happens until Start.
@@ -156,7 +158,7 @@ func (c *Client) serve(ctx context.Context, conn net.Conn) {
 func (c *Client) handle(ctx context.Context, m message) string {
 	c.mu.Lock()
 	if m.seed != nil {
-		c.processSeed = m.seed
+		c.processSeed, c.processNumber = m.seed, m.number
 	}
 	list := append([]Callback(nil), c.callbacks[m.event]...)
 	c.mu.Unlock()

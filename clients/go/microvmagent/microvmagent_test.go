@@ -7,6 +7,7 @@ package microvmagent
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -124,6 +125,87 @@ func TestTheProtocolLines(t *testing.T) {
 	}
 	if bad := failLine(7, "a\xffb"); !utf8.ValidString(bad) {
 		t.Fatalf("%q", bad)
+	}
+}
+
+// vectors reads one of the protocol's conformance files (testdata/ at the repository's root).
+func vectors(t *testing.T, name string) [][]string {
+	raw, err := os.ReadFile(filepath.Join("..", "..", "..", "testdata", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out [][]string
+	for _, l := range strings.Split(string(raw), "\n") {
+		if l != "" && !strings.HasPrefix(l, "#") {
+			out = append(out, strings.Split(l, "\t"))
+		}
+	}
+	return out
+}
+
+func TestReadsTheAgentsLinesAsTheVectorsSay(t *testing.T) {
+	records := vectors(t, "lines.tsv")
+	if len(records) < 20 {
+		t.Fatalf("only %d vectors", len(records))
+	}
+	for _, r := range records {
+		line, _ := hex.DecodeString(r[0])
+		m, ok := parse(string(line))
+		got := "ignore"
+		if ok {
+			ms := "-"
+			if m.budget >= 0 {
+				ms = strconv.FormatInt(m.budget, 10)
+			}
+			if m.event == "generation" {
+				got = fmt.Sprintf("generation %d %x %s", m.number, m.seed, ms)
+			} else {
+				got = fmt.Sprintf("event %s %d %s", m.event, m.number, ms)
+			}
+		}
+		if got != r[1] {
+			t.Errorf("%q: got %q, want %q", line, got, r[1])
+		}
+	}
+}
+
+func TestMixesAsTheVectorsSay(t *testing.T) {
+	for _, r := range vectors(t, "mix.tsv") {
+		seed, _ := hex.DecodeString(r[0])
+		pid, _ := strconv.ParseUint(r[1], 10, 32)
+		n, _ := strconv.ParseUint(r[2], 10, 64)
+		fresh, _ := hex.DecodeString(r[3])
+		if got := mix(seed, uint32(pid), n, fresh); hex.EncodeToString(got[:]) != r[5] {
+			t.Errorf("%v: got %x", r, got)
+		}
+	}
+}
+
+func TestReadsGenerationFilesAsTheVectorsSay(t *testing.T) {
+	records := vectors(t, "generation.tsv")
+	if len(records) < 8 {
+		t.Fatalf("only %d vectors", len(records))
+	}
+	for _, r := range records {
+		raw, err := os.ReadFile(filepath.Join("..", "..", "..", "testdata", "generation", r[0]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		g, err := parseGeneration(raw)
+		if r[1] == "reject" {
+			if err == nil {
+				t.Errorf("%s: read as %+v", r[0], g)
+			}
+			continue
+		}
+		vm := g.MicrovmID
+		if vm == "" {
+			vm = "null"
+		}
+		got := []string{r[0], strconv.FormatUint(g.Number, 10), g.ID, g.Reason, vm, g.KernelCRNG}
+		if err != nil || strings.Join(got, "\t") != strings.Join(r, "\t") {
+			t.Errorf("%s: got %q (%v), want %q", r[0], got, err, r)
+		}
 	}
 }
 

@@ -19,7 +19,35 @@ type message struct {
 	budget int64  // milliseconds left until the agent's deadline; -1 when the line has none
 }
 
-// parse reads `MVA1 generation <n> <64 hex> [<ms>]` or `MVA1 event <name> <n> [<ms>]`.
+// maxNumber is the protocol's largest generation number, 2^53 - 1 (every runtime holds it exactly).
+const maxNumber = 1<<53 - 1
+
+// decimal reads `0` or 1 to most ASCII digits without a leading zero.
+func decimal(word string, most int) (uint64, bool) {
+	if len(word) == 0 || len(word) > most || (word[0] == '0' && len(word) > 1) {
+		return 0, false
+	}
+	for i := 0; i < len(word); i++ {
+		if word[i] < '0' || word[i] > '9' {
+			return 0, false
+		}
+	}
+	v, err := strconv.ParseUint(word, 10, 64)
+	return v, err == nil
+}
+
+// lowerHex says whether s is lower-case hex digits only.
+func lowerHex(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if !(s[i] >= '0' && s[i] <= '9' || s[i] >= 'a' && s[i] <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// parse reads `MVA1 generation <n> <64 hex> [<ms>]` or `MVA1 event <name> <n> [<ms>]`: the
+// grammar of inproc/PROTOCOL.md, checked against testdata/lines.tsv.
 func parse(line string) (message, bool) {
 	w := strings.Split(line, " ")
 	if (len(w) != 4 && len(w) != 5) || w[0] != "MVA1" {
@@ -27,24 +55,24 @@ func parse(line string) (message, bool) {
 	}
 	m := message{budget: -1}
 	if len(w) == 5 {
-		ms, err := strconv.ParseUint(w[4], 10, 32)
-		if err != nil {
+		ms, ok := decimal(w[4], 9)
+		if !ok {
 			return message{}, false
 		}
 		m.budget = int64(ms)
 	}
 	switch w[1] {
 	case "generation":
-		n, err := strconv.ParseUint(w[2], 10, 64)
-		seed, herr := hex.DecodeString(w[3])
-		if err != nil || herr != nil || len(seed) != 32 {
+		n, ok := decimal(w[2], 16)
+		if !ok || n > maxNumber || len(w[3]) != 64 || !lowerHex(w[3]) {
 			return message{}, false
 		}
+		seed, _ := hex.DecodeString(w[3])
 		m.event, m.number, m.seed = "generation", n, seed
 		return m, true
 	case "event":
-		n, err := strconv.ParseUint(w[3], 10, 64)
-		if err != nil || (w[2] != "suspend" && w[2] != "terminate") {
+		n, ok := decimal(w[3], 16)
+		if !ok || n > maxNumber || (w[2] != "suspend" && w[2] != "terminate") {
 			return message{}, false
 		}
 		m.event, m.number = w[2], n

@@ -30,12 +30,36 @@ func (c *Client) read(name string) ([]byte, error) {
 
 // Current is the current generation (an error before the first one or outside a MicroVM).
 func (c *Client) Current() (Generation, error) {
-	var g Generation
 	raw, err := c.read("generation")
 	if err != nil {
-		return g, err
+		return Generation{}, err
 	}
-	err = json.Unmarshal(raw, &g)
+	return parseGeneration(raw)
+}
+
+// generationFormat is the generation file's format this package reads (inproc/PROTOCOL.md,
+// "The state directory").
+const generationFormat = 1
+
+// parseGeneration reads a generation file. An error when it is not one this package can read:
+// not a JSON object, another format (absent: 1, as agents before the field wrote), no
+// generation number. Unknown fields are a later agent's and are ignored.
+func parseGeneration(raw []byte) (Generation, error) {
+	var g Generation
+	var head struct {
+		Format     *int64   `json:"format"`
+		Generation *float64 `json:"generation"`
+	}
+	if err := json.Unmarshal(raw, &head); err != nil {
+		return g, fmt.Errorf("microvmagent: not a generation file: %w", err)
+	}
+	if head.Format != nil && *head.Format != generationFormat {
+		return g, fmt.Errorf("microvmagent: generation file format %d (this package reads %d)", *head.Format, generationFormat)
+	}
+	if head.Generation == nil {
+		return g, errors.New("microvmagent: no generation number in the generation file")
+	}
+	err := json.Unmarshal(raw, &g)
 	return g, err
 }
 

@@ -40,6 +40,50 @@ test('the protocol lines', () => {
   assert.strictEqual(Buffer.byteLength(huge), 256);
 });
 
+// The protocol's conformance vectors (testdata/), shared by every helper and client library.
+function vectors(name) {
+  return fs
+    .readFileSync(path.join(REPO, 'testdata', name), 'utf8')
+    .split('\n')
+    .filter((l) => l && !l.startsWith('#'))
+    .map((l) => l.split('\t'));
+}
+
+test('reads the agent\'s lines as the vectors say', () => {
+  const records = vectors('lines.tsv');
+  assert.ok(records.length >= 20);
+  for (const [hex, expect] of records) {
+    const w = expect.split(' ');
+    const budget = w[w.length - 1] === '-' ? null : Number(w[w.length - 1]);
+    let want = null;
+    if (w[0] === 'generation') want = { event: 'generation', number: Number(w[1]), seed: Buffer.from(w[2], 'hex'), budget };
+    if (w[0] === 'event') want = { event: w[1], number: Number(w[2]), seed: null, budget };
+    const line = Buffer.from(hex, 'hex').toString('latin1'); // as the library reads its socket
+    assert.deepStrictEqual(agentLib._parse(line), want, line);
+  }
+});
+
+test('mixes as the vectors say', () => {
+  for (const [seed, pid, n, fresh, , mixed] of vectors('mix.tsv')) {
+    const got = agentLib._mix(Buffer.from(seed, 'hex'), Number(pid), n, Buffer.from(fresh, 'hex'));
+    assert.strictEqual(got.toString('hex'), mixed);
+  }
+});
+
+test('reads generation files as the vectors say', () => {
+  const records = vectors('generation.tsv');
+  assert.ok(records.length >= 8);
+  for (const [name, ...expect] of records) {
+    const g = agentLib._parseGeneration(fs.readFileSync(path.join(REPO, 'testdata', 'generation', name)));
+    if (expect[0] === 'reject') {
+      assert.strictEqual(g, null, name);
+      continue;
+    }
+    assert.notStrictEqual(g, null, name);
+    assert.deepStrictEqual([String(g.number), g.id, g.reason, g.microvmId === null ? 'null' : g.microvmId, g.kernelCrng], expect, name);
+  }
+});
+
 test('randomBytes gives what is asked and differs between calls', () => {
   const a = agentLib.randomBytes(70);
   assert.strictEqual(a.length, 70);

@@ -22,17 +22,45 @@ SRC = os.path.join(os.path.dirname(HERE), "src")
 REPO = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
 
 
-def test_the_protocol_lines():
-    line = b"MVA1 generation 3 " + b"ab" * 32
-    assert parse(line) == ("generation", 3, bytes([0xAB]) * 32, None)
-    assert parse(line + b" 850") == ("generation", 3, bytes([0xAB]) * 32, 850)
-    assert parse(b"MVA1 event suspend 3") == ("suspend", 3, None, None)
-    assert parse(b"MVA1 event terminate 3 0") == ("terminate", 3, None, 0)
-    assert parse(b"MVA1 event suspend 3 -1") is None
-    assert parse(b"MVA1 event suspend 3 1 2") is None
-    assert parse(b"MVA1 event reboot 3") is None
-    assert parse(b"MVA2 generation 3 " + b"ab" * 32) is None
-    assert parse(b"MVA1 generation x " + b"ab" * 32) is None
+def vectors(name):
+    """The records of one of the protocol's conformance files (``testdata/``), as lists of fields."""
+    with open(os.path.join(REPO, "testdata", name), encoding="utf-8") as f:
+        return [line.rstrip("\n").split("\t") for line in f if not line.startswith("#")]
+
+
+def test_reads_the_agents_lines_as_the_vectors_say():
+    records = vectors("lines.tsv")
+    assert len(records) >= 20
+    for line_hex, expect in records:
+        want = None
+        w = expect.split(" ")
+        ms = None if w[-1] == "-" else int(w[-1]) if w[0] != "ignore" else None
+        if w[0] == "generation":
+            want = ("generation", int(w[1]), bytes.fromhex(w[2]), ms)
+        elif w[0] == "event":
+            want = (w[1], int(w[2]), None, ms)
+        line = bytes.fromhex(line_hex)
+        assert parse(line) == want, line
+
+
+def test_mixes_as_the_vectors_say():
+    for seed, pid, n, fresh, _material, mixed in vectors("mix.tsv"):
+        got = microvm_agent._mix(bytes.fromhex(seed), int(pid), int(n), bytes.fromhex(fresh))
+        assert got.hex() == mixed
+
+
+def test_reads_generation_files_as_the_vectors_say():
+    records = vectors("generation.tsv")
+    assert len(records) >= 8
+    for name, *expect in records:
+        with open(os.path.join(REPO, "testdata", "generation", name), "rb") as f:
+            g = microvm_agent._parse_generation(f.read())
+        if expect == ["reject"]:
+            assert g is None, name
+            continue
+        assert g is not None, name
+        got = [str(g.number), g.id, g.reason, "null" if g.microvm_id is None else g.microvm_id, g.kernel_crng]
+        assert got == expect, name
 
 
 def test_a_failure_fits_one_line_and_stays_utf8():

@@ -4,7 +4,8 @@
 //! keeps, ids and keys it made) is the same in every clone. This crate runs the app's callbacks
 //! at the right moment, before the agent answers the platform's hook (the shape of SnapStart's
 //! register-after-restore), over the agent's Unix socket (`$MICROVM_AGENT_INPROC`, kind `app`;
-//! `inproc/PROTOCOL.md` in the agent's repository). The standard library only.
+//! `inproc/PROTOCOL.md` in the agent's repository). Depends on `serde_json` (the generation file)
+//! and `sha2` (the mixing rule) only.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -47,7 +48,8 @@ enum Event {
 }
 
 static CALLBACKS: Mutex<Vec<(Event, std::sync::Arc<Callback>)>> = Mutex::new(Vec::new());
-static PROCESS_SEED: Mutex<Option<[u8; 32]>> = Mutex::new(None);
+/// The agent's bytes for this process and the generation they came with.
+static PROCESS_SEED: Mutex<Option<([u8; 32], u64)>> = Mutex::new(None);
 static CONNECTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 static START: Once = Once::new();
 
@@ -97,13 +99,29 @@ fn read(name: &str) -> Option<Vec<u8>> {
 
 /// The current generation (`None` before the first one, or outside a MicroVM).
 pub fn current() -> Option<Generation> {
-    let raw = String::from_utf8(read("generation")?).ok()?;
+    parse_generation(&read("generation")?)
+}
+
+/// The generation file's format this crate reads (`inproc/PROTOCOL.md`, "The state directory").
+const FORMAT: u64 = 1;
+
+/// A generation file, or `None` when it is not one this crate can read: not a JSON object,
+/// another `format` (absent: 1, as agents before the field wrote), no generation number.
+/// Unknown fields are a later agent's and are ignored.
+fn parse_generation(raw: &[u8]) -> Option<Generation> {
+    let doc: serde_json::Value = serde_json::from_slice(raw).ok()?;
+    let fields = doc.as_object()?;
+    let format = fields.get("format").map_or(Some(FORMAT), |f| f.as_u64());
+    if format != Some(FORMAT) {
+        return None;
+    }
+    let text = |key: &str| fields.get(key)?.as_str().map(str::to_string);
     Some(Generation {
-        number: json_field(&raw, "generation")?.parse().ok()?,
-        id: json_field(&raw, "id"),
-        reason: json_field(&raw, "reason"),
-        microvm_id: json_field(&raw, "microvm_id"),
-        kernel_crng: json_field(&raw, "kernel_crng"),
+        number: fields.get("generation")?.as_u64()?,
+        id: text("id"),
+        reason: text("reason"),
+        microvm_id: text("microvm_id"),
+        kernel_crng: text("kernel_crng"),
         process_seed: None,
         deadline: None,
     })
@@ -130,22 +148,36 @@ pub fn secret(name: &str) -> Option<Vec<u8>> {
     read(&format!("secrets/{name}"))
 }
 
-/// 32 bytes from the OS XOR the agent's seed for this process (or the app's seed): different in
-/// every clone even where the kernel's `getrandom` is not. Seed what you keep from it
-/// (`StdRng::from_seed(seed_material())`).
+/// 32 bytes that differ in every clone even where the kernel's `getrandom` does not: the
+/// protocol's mix of the agent's seed for this process (or the app's seed) with 32 bytes from
+/// the OS. Seed what you keep from it (`StdRng::from_seed(seed_material())`).
 pub fn seed_material() -> [u8; 32] {
-    let mut out = [0u8; 32];
+    let mut fresh = [0u8; 32];
     if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = f.read_exact(&mut out);
+        let _ = f.read_exact(&mut fresh);
     }
-    let agent = lock(&PROCESS_SEED)
-        .map(|s| s.to_vec())
-        .or_else(seed)
-        .unwrap_or_default();
-    for (o, a) in out.iter_mut().zip(agent) {
-        *o ^= a;
-    }
-    out
+    let held = *lock(&PROCESS_SEED);
+    let (agent, number) = held.unwrap_or_else(|| {
+        let mut app = [0u8; 32];
+        if let Some(s) = seed() {
+            let n = s.len().min(32);
+            app[..n].copy_from_slice(&s[..n]);
+        }
+        (app, current().map_or(0, |g| g.number))
+    });
+    mix(&agent, std::process::id(), number, &fresh)
+}
+
+/// The protocol's one mixing rule (`inproc/PROTOCOL.md`, "Mixing"): SHA-256 of the seed (32
+/// bytes), the pid (u32) and the generation (u64), little-endian, then the fresh bytes.
+fn mix(seed: &[u8; 32], pid: u32, number: u64, fresh: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(seed);
+    h.update(pid.to_le_bytes());
+    h.update(number.to_le_bytes());
+    h.update(fresh);
+    h.finalize().into()
 }
 
 /// Replaces `rng` with one seeded from [`seed_material`] (a `StdRng`, a `ChaCha20Rng`: any
@@ -153,18 +185,6 @@ pub fn seed_material() -> [u8; 32] {
 #[cfg(feature = "rand_core")]
 pub fn reseed<R: rand_core::SeedableRng<Seed = [u8; 32]>>(rng: &mut R) {
     *rng = R::from_seed(seed_material());
-}
-
-/// The value of a top-level key of the agent's flat JSON (a string, a number, or null).
-fn json_field(json: &str, key: &str) -> Option<String> {
-    let at = json.find(&format!("\"{key}\":"))? + key.len() + 3;
-    let rest = json[at..].trim_start();
-    if let Some(s) = rest.strip_prefix('"') {
-        return Some(s[..s.find('"')?].to_string());
-    }
-    let end = rest.find([',', '}'])?;
-    let v = rest[..end].trim();
-    (v != "null").then(|| v.to_string())
 }
 
 fn serve(path: PathBuf) {
@@ -225,15 +245,24 @@ struct Line {
     budget: Option<u64>,
 }
 
-/// A line from the agent: `MVA1 generation <n> <64 hex> [<ms>]` or `MVA1 event <name> <n> [<ms>]`.
+/// The protocol's largest generation number, 2^53 - 1 (every runtime holds it exactly).
+const MAX_NUMBER: u64 = (1 << 53) - 1;
+
+/// `0` or 1 to `most` ASCII digits without a leading zero.
+fn decimal(word: &str, most: usize) -> Option<u64> {
+    let ok = !word.is_empty()
+        && word.len() <= most
+        && word.bytes().all(|b| b.is_ascii_digit())
+        && !(word.starts_with('0') && word.len() > 1);
+    ok.then(|| word.parse().ok()).flatten()
+}
+
+/// A line from the agent: `MVA1 generation <n> <64 hex> [<ms>]` or `MVA1 event <name> <n> [<ms>]`
+/// (the grammar of `inproc/PROTOCOL.md`, checked against `testdata/lines.tsv`).
 fn parse(line: &str) -> Option<Line> {
     let mut w: Vec<&str> = line.split(' ').collect();
     let budget = if w.len() == 5 {
-        let ms = w.pop()?;
-        if !ms.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        Some(ms.parse().ok()?)
+        Some(decimal(w.pop()?, 9)?)
     } else {
         None
     };
@@ -251,12 +280,17 @@ fn parse_base(w: &[&str]) -> Option<(Event, u64, Option<[u8; 32]>)> {
         return None;
     }
     match w[1] {
-        "generation" if w[3].len() == 64 => {
+        "generation" => {
+            let number = decimal(w[2], 16).filter(|&n| n <= MAX_NUMBER)?;
+            let hex = w[3].as_bytes();
+            if hex.len() != 64 || !hex.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+                return None;
+            }
             let mut seed = [0u8; 32];
             for (i, b) in seed.iter_mut().enumerate() {
-                *b = u8::from_str_radix(w[3].get(2 * i..2 * i + 2)?, 16).ok()?;
+                *b = u8::from_str_radix(&w[3][2 * i..2 * i + 2], 16).ok()?;
             }
-            Some((Event::Generation, w[2].parse().ok()?, Some(seed)))
+            Some((Event::Generation, number, Some(seed)))
         }
         "event" => {
             let e = match w[2] {
@@ -264,7 +298,7 @@ fn parse_base(w: &[&str]) -> Option<(Event, u64, Option<[u8; 32]>)> {
                 "terminate" => Event::Terminate,
                 _ => return None,
             };
-            Some((e, w[3].parse().ok()?, None))
+            Some((e, decimal(w[3], 16).filter(|&n| n <= MAX_NUMBER)?, None))
         }
         _ => None,
     }
@@ -277,8 +311,8 @@ fn handle(line: &str) -> Option<String> {
         seed: process_seed,
         budget,
     } = parse(line)?;
-    if process_seed.is_some() {
-        *lock(&PROCESS_SEED) = process_seed;
+    if let Some(seed) = process_seed {
+        *lock(&PROCESS_SEED) = Some((seed, number));
     }
     let mut gen = current().unwrap_or(Generation {
         number,
@@ -409,16 +443,87 @@ mod tests {
         lock(&CALLBACKS).clear();
     }
 
+    /// One of the protocol's conformance files (`testdata/` at the repository's root).
+    fn vectors(name: &str) -> Vec<Vec<String>> {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/");
+        let text = std::fs::read_to_string(format!("{path}{name}")).unwrap();
+        text.lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(|l| l.split('\t').map(str::to_string).collect())
+            .collect()
+    }
+
+    fn unhex(hex: &str) -> Vec<u8> {
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     #[test]
-    fn the_generation_file_reads_without_a_json_library() {
-        let g = r#"{"generation":2,"id":"ab12","reason":"resume","microvm_id":null,"kernel_reseed":"write","kernel_crng":"not-reseeded","clock":{"source":"rtc","offset_ms":5,"action":"within-1s"}}"#;
-        assert_eq!(json_field(g, "generation").as_deref(), Some("2"));
-        assert_eq!(json_field(g, "id").as_deref(), Some("ab12"));
-        assert_eq!(json_field(g, "microvm_id"), None);
-        assert_eq!(
-            json_field(g, "kernel_crng").as_deref(),
-            Some("not-reseeded")
-        );
+    fn reads_the_agents_lines_as_the_vectors_say() {
+        let records = vectors("lines.tsv");
+        assert!(records.len() >= 20);
+        for r in records {
+            // As the crate reads its socket: lines that are not UTF-8 are dropped before parse.
+            let Ok(line) = String::from_utf8(unhex(&r[0])) else {
+                assert_eq!(r[1], "ignore");
+                continue;
+            };
+            let got = parse(&line).map_or("ignore".to_string(), |l| {
+                let ms = l.budget.map_or("-".to_string(), |b| b.to_string());
+                match l.event {
+                    Event::Generation => {
+                        format!("generation {} {} {ms}", l.number, hex(&l.seed.unwrap()))
+                    }
+                    Event::Suspend => format!("event suspend {} {ms}", l.number),
+                    Event::Terminate => format!("event terminate {} {ms}", l.number),
+                }
+            });
+            assert_eq!(got, r[1], "{line:?}");
+        }
+    }
+
+    #[test]
+    fn mixes_as_the_vectors_say() {
+        for r in vectors("mix.tsv") {
+            let seed: [u8; 32] = unhex(&r[0]).try_into().unwrap();
+            let got = mix(
+                &seed,
+                r[1].parse().unwrap(),
+                r[2].parse().unwrap(),
+                &unhex(&r[3]),
+            );
+            assert_eq!(hex(&got), r[5]);
+        }
+    }
+
+    #[test]
+    fn reads_generation_files_as_the_vectors_say() {
+        let records = vectors("generation.tsv");
+        assert!(records.len() >= 8);
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/generation/");
+        for r in records {
+            let g = parse_generation(&std::fs::read(format!("{dir}{}", r[0])).unwrap());
+            if r[1] == "reject" {
+                assert_eq!(g, None, "{}", r[0]);
+                continue;
+            }
+            let g = g.unwrap_or_else(|| panic!("{}", r[0]));
+            let got = [
+                r[0].clone(),
+                g.number.to_string(),
+                g.id.unwrap_or_default(),
+                g.reason.unwrap_or_default(),
+                g.microvm_id.unwrap_or_else(|| "null".into()),
+                g.kernel_crng.unwrap_or_default(),
+            ];
+            assert_eq!(got.to_vec(), r);
+        }
     }
 
     #[cfg(feature = "rand_core")]

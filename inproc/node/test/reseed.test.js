@@ -141,13 +141,59 @@ test('the seccomp mode is read from the status', () => {
   assert.strictEqual(seccompMode('Name:\tx\n'), null);
 });
 
-test('only a version 1 generation line is obeyed', () => {
+// The protocol's conformance vectors (testdata/), shared by every helper and client library.
+function vectors(name) {
+  const file = path.join(__dirname, '..', '..', '..', 'testdata', name);
+  return fs
+    .readFileSync(file, 'utf8')
+    .split('\n')
+    .filter((l) => l && !l.startsWith('#'))
+    .map((l) => l.split('\t'));
+}
+
+test('reads the agent\'s lines as the vectors say: a generation, with or without a deadline, and nothing else', () => {
   process.env.MICROVM_AGENT_INPROC = '/nonexistent/socket';
   const { parse } = require(helper);
-  assert.strictEqual(parse(`MVA1 generation 12 ${'0f'.repeat(32)}`), '12');
-  for (const bad of [`MVA2 generation 12 ${'0f'.repeat(32)}`, `MVA1 generation 12 ${'0F'.repeat(32)}`, 'MVA1 generation 12 ab', 'MVA1 ack 12 x', `MVA1 generation  ${'0f'.repeat(32)}`, `MVA1 generation ${'1'.repeat(20)} ${'0f'.repeat(32)}`, `MVA1 generation 12 ${'0f'.repeat(32)}0`, `MVA1 generation 1x ${'0f'.repeat(32)}`]) {
-    assert.strictEqual(parse(bad), null, bad);
+  const records = vectors('lines.tsv');
+  assert.ok(records.length >= 20);
+  for (const [hex, expect] of records) {
+    const line = Buffer.from(hex, 'hex').toString('latin1');
+    const want = expect.startsWith('generation ') ? expect.split(' ')[1] : null;
+    assert.strictEqual(parse(line), want, line);
   }
+});
+
+test('mixes as the vectors say', () => {
+  process.env.MICROVM_AGENT_INPROC = '/nonexistent/socket';
+  const { material, mix } = require(helper);
+  for (const [seed, pid, n, fresh, m, mixed] of vectors('mix.tsv')) {
+    const args = [Buffer.from(seed, 'hex'), Number(pid), n, Buffer.from(fresh, 'hex')];
+    assert.strictEqual(material(...args).toString('hex'), m);
+    assert.strictEqual(mix(...args).toString('hex'), mixed);
+  }
+});
+
+test('Math.random after a generation is keyed with the agent\'s bytes, not OpenSSL\'s alone', () => {
+  // OpenSSL made to give the same bytes in every run, as a cloned OpenSSL the native helper
+  // could not reach would: then only the agent's bytes can tell two clones' draws apart.
+  const draw = (seed) => {
+    const code = `
+      const c = require('crypto');
+      c.randomFillSync = (b, off = 0, len = b.length - off) => b.fill(7, off, off + len);
+      const h = require(${JSON.stringify(helper)});
+      if (process.env.SEED) {
+        const line = Buffer.from('MVA1 generation 3 ' + process.env.SEED, 'latin1');
+        h.reseed(line, 16, 1);
+      }
+      console.log(Math.random());`;
+    const r = node(code, { MICROVM_AGENT_INPROC: '/nonexistent/socket', SEED: seed });
+    assert.strictEqual(r.status, 0, r.stderr);
+    return r.stdout;
+  };
+  assert.strictEqual(draw(''), draw(''), 'the control: a cloned OpenSSL gives cloned draws');
+  const [a, b] = [draw('ab'.repeat(32)), draw('cd'.repeat(32))];
+  assert.notStrictEqual(a, b, 'two clones (two seeds) drew the same');
+  assert.notStrictEqual(a, draw(''));
 });
 
 test('lines that come together or in pieces are each answered, and a line too long ends its part', async () => {

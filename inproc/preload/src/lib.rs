@@ -42,6 +42,8 @@ mod libc;
 mod openssl;
 mod owned;
 mod seccomp;
+#[cfg(test)]
+mod testdata;
 mod wire;
 
 use core::ffi::c_void;

@@ -15,6 +15,18 @@ type InitCrypto = unsafe extern "C" fn(u64, *const c_void) -> c_int;
 /// `OPENSSL_cleanup` has begun, without raising an error.
 const INIT_BASE_ONLY: u64 = 0x0004_0000;
 
+/// The protocol's one mixing rule (`inproc/PROTOCOL.md`, "Mixing"): the agent's bytes for this
+/// process, the pid (u32) and the generation (u64), little-endian, then fresh bytes. OpenSSL
+/// hashes what `RAND_add` is given, so the material itself is what it gets.
+pub fn material(seed: &[u8; 32], pid: u32, number: u64, fresh: &[u8; 32]) -> [u8; 76] {
+    let mut m = [0u8; 76];
+    m[..32].copy_from_slice(seed);
+    m[32..36].copy_from_slice(&pid.to_le_bytes());
+    m[36..44].copy_from_slice(&number.to_le_bytes());
+    m[44..].copy_from_slice(fresh);
+    m
+}
+
 /// Calls every distinct `RAND_add` this process can reach with `seed`, fresh kernel bytes, the
 /// pid and the generation; returns how many copies of OpenSSL it found, and how many took them.
 ///
@@ -24,15 +36,13 @@ const INIT_BASE_ONLY: u64 = 0x0004_0000;
 /// draw (it watches the primary's reseed counter). `randomness = 0`: our bytes are additional
 /// input, never a replacement for the source's.
 pub fn reseed_all(c: &Libc, seed: &[u8; 32], pid: c_int, number: u64) -> (u32, u32) {
-    let mut input = [0u8; 76];
-    input[..32].copy_from_slice(seed);
+    let mut fresh = [0u8; 32];
     if let Some(getrandom) = c.getrandom {
         // SAFETY: writes at most 32 bytes into our buffer. A short or failed read leaves zeros:
         // the agent's bytes alone already differ per clone.
-        unsafe { getrandom(input[32..64].as_mut_ptr(), 32, GRND_NONBLOCK) };
+        unsafe { getrandom(fresh.as_mut_ptr(), 32, GRND_NONBLOCK) };
     }
-    input[64..68].copy_from_slice(&pid.to_le_bytes());
-    input[68..76].copy_from_slice(&number.to_le_bytes());
+    let mut input = material(seed, pid as u32, number, &fresh);
 
     let mut found = Found::default();
     // SAFETY: the global scope: a `libcrypto` the program links, or a Node.js's own OpenSSL.
@@ -154,5 +164,32 @@ extern "C" fn collect(info: *mut DlPhdrInfo, _size: usize, data: *mut c_void) ->
         core::ptr::copy_nonoverlapping(name as *const u8, names.buf.as_mut_ptr().add(names.len), n);
         names.len += n + 1;
         0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testdata::{unhex, vectors};
+
+    /// The mixing rule's vectors (`testdata/mix.tsv`), those with 32 fresh bytes (what this
+    /// helper draws).
+    #[test]
+    fn material_is_laid_out_as_the_vectors_say() {
+        let mut checked = 0;
+        for f in vectors("mix.tsv") {
+            let (seed, fresh) = (unhex(&f[0]), unhex(&f[3]));
+            if fresh.len() != 32 {
+                continue;
+            }
+            let m = super::material(
+                &seed.try_into().unwrap(),
+                f[1].parse().unwrap(),
+                f[2].parse().unwrap(),
+                &fresh.try_into().unwrap(),
+            );
+            assert_eq!(m.to_vec(), unhex(&f[4]), "{f:?}");
+            checked += 1;
+        }
+        assert!(checked >= 1);
     }
 }

@@ -21,18 +21,31 @@ import _microvm_reseed as helper  # noqa: E402
 SEED_1_SECOND = 0.8474337369372327
 
 
-def test_parse_accepts_only_a_version_1_generation_line():
-    good = b"MVA1 generation 7 " + b"ab" * 32
-    assert helper.parse(good) == (7, bytes([0xAB]) * 32)
-    for bad in [
-        b"MVA2 generation 7 " + b"ab" * 32,
-        b"MVA1 generation x " + b"ab" * 32,
-        b"MVA1 generation 7 " + b"ab" * 31,
-        b"MVA1 generation 7 " + b"zz" * 32,
-        b"MVA1 ack 7 random",
-        b"",
-    ]:
-        assert helper.parse(bad) is None, bad
+TESTDATA = os.path.join(os.path.dirname(__file__), "..", "..", "..", "testdata")
+
+
+def vectors(name):
+    """The records of one of the protocol's conformance files (``testdata/``), as lists of fields."""
+    with open(os.path.join(TESTDATA, name), encoding="utf-8") as f:
+        return [line.rstrip("\n").split("\t") for line in f if not line.startswith("#")]
+
+
+def test_parse_reads_the_agents_lines_as_the_vectors_say():
+    records = vectors("lines.tsv")
+    assert len(records) >= 20
+    for line_hex, expect in records:
+        line = bytes.fromhex(line_hex)
+        want = None
+        if expect.startswith("generation "):
+            _, n, seed, _ms = expect.split(" ")
+            want = (int(n), bytes.fromhex(seed))
+        assert helper.parse(line) == want, line
+
+
+def test_material_is_laid_out_as_the_vectors_say():
+    for seed, pid, n, fresh, material, _mix in vectors("mix.tsv"):
+        got = helper.mix_material(bytes.fromhex(seed), int(pid), int(n), bytes.fromhex(fresh))
+        assert got.hex() == material
 
 
 def test_reseed_moves_the_module_level_random_off_its_seeded_sequence():

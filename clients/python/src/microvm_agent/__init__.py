@@ -61,6 +61,7 @@ _state: Dict[str, Any] = {
     "connected": False,
     "said_outside": False,
     "process_seed": None,
+    "process_number": 0,
     "conn": None,
 }
 
@@ -147,12 +148,27 @@ def _read(name: str) -> Optional[bytes]:
 def current() -> Optional[Generation]:
     """The current generation, or ``None`` (before the first one, or outside a MicroVM)."""
     raw = _read("generation")
-    if not raw:
-        return None
+    return _parse_generation(raw) if raw else None
+
+
+#: The generation file's format this library reads (``inproc/PROTOCOL.md``, "The state directory").
+_FORMAT = 1
+
+
+def _parse_generation(raw: bytes) -> Optional[Generation]:
+    """A generation file -> its ``Generation``, or ``None`` when it is not one this library can
+    read: not a JSON object, another ``format`` (absent: 1, as agents before the field wrote), no
+    generation number. Unknown fields are a later agent's and are ignored."""
     try:
-        return Generation(json.loads(raw))
+        fields = json.loads(raw)
     except ValueError:
         return None
+    if not isinstance(fields, dict) or fields.get("format", _FORMAT) != _FORMAT:
+        return None
+    number = fields.get("generation")
+    if not isinstance(number, int) or isinstance(number, bool) or number < 0:
+        return None
+    return Generation(fields)
 
 
 def generation_id() -> Optional[str]:
@@ -179,28 +195,45 @@ def kernel_crng() -> Optional[str]:
     return g.kernel_crng if g else None
 
 
-def seed_material() -> bytes:
-    """32 bytes: SHA-256 of ``os.urandom(32)`` and the agent's seed for this process (or the app's
-    seed): different in every clone even where the kernel's ``getrandom`` is not. For what
-    ``reseed`` does not know (``ssl.RAND_add(seed_material(), 32.0)``, a key you derive)."""
+def _mix(seed: bytes, pid: int, number: int, fresh: bytes) -> bytes:
+    """The protocol's one mixing rule (``inproc/PROTOCOL.md``, "Mixing"): SHA-256 of the seed (32
+    bytes), the pid (u32) and the generation (u64), little-endian, then the fresh bytes."""
     import hashlib
 
-    agent = _state["process_seed"] or seed() or b""
-    return hashlib.sha256(os.urandom(32) + bytes(agent)).digest()
+    material = bytes(seed) + (pid & 0xFFFFFFFF).to_bytes(4, "little") + number.to_bytes(8, "little") + fresh
+    return hashlib.sha256(material).digest()
+
+
+def _material(extra: bytes = b"") -> bytes:
+    """The mix of the agent's seed for this process (or the app's seed, or zeros outside a
+    MicroVM), this pid, the seed's generation and ``os.urandom(32)`` followed by ``extra``."""
+    agent = _state["process_seed"]
+    number = _state["process_number"]
+    if agent is None:
+        agent = seed() or bytes(32)
+        g = current()
+        number = g.number if g else 0
+    return _mix(agent[:32].ljust(32, b"\0"), os.getpid(), number, os.urandom(32) + bytes(extra))
+
+
+def seed_material() -> bytes:
+    """32 bytes that differ in every clone even where the kernel's ``getrandom`` does not: the
+    protocol's mix of the agent's seed for this process (or the app's seed) and
+    ``os.urandom(32)``. For what ``reseed`` does not know (``ssl.RAND_add(seed_material(), 32.0)``,
+    a key you derive)."""
+    return _material()
 
 
 def reseed(*generators: Any, extra: bytes = b"") -> int:
-    """Reseeds each generator from ``os.urandom(32)`` and the agent's seed for this process (or the
-    app's seed), the mix the agent's measurements call safe: different in every clone even where
-    the kernel's ``getrandom`` is not. Takes ``random.Random`` instances (the ``random`` module
-    itself when called without arguments), NumPy ``Generator`` and ``RandomState`` objects.
-    Returns how many it reseeded."""
+    """Reseeds each generator from ``seed_material()`` (with ``extra`` among its fresh bytes):
+    different in every clone even where the kernel's ``getrandom`` is not. Takes
+    ``random.Random`` instances (the ``random`` module itself when called without arguments),
+    NumPy ``Generator`` and ``RandomState`` objects. Returns how many it reseeded."""
     import random as _random
 
-    agent = _state["process_seed"] or seed() or b""
-    material = os.urandom(32) + bytes(agent) + os.getpid().to_bytes(4, "little") + bytes(extra)
     targets = generators or (_random,)
     for g in targets:
+        material = _material(extra)
         if g is _random:
             _random.seed(material)
         elif isinstance(g, _random.Random):
@@ -209,7 +242,7 @@ def reseed(*generators: Any, extra: bytes = b"") -> int:
             bits = g.bit_generator
             bits.state = type(bits)(int.from_bytes(material, "little")).state
         elif hasattr(g, "seed") and type(g).__name__ == "RandomState":
-            g.seed([int.from_bytes(material[i : i + 4], "little") for i in range(0, 64, 4)])
+            g.seed([int.from_bytes(material[i : i + 4], "little") for i in range(0, 32, 4)])
         else:
             raise TypeError("cannot reseed a %s" % type(g).__name__)
     return len(targets)
@@ -323,28 +356,43 @@ def _serve(path: str) -> None:
         _let_go(s, ident)
 
 
+_MAX_NUMBER = 2**53 - 1
+_HEX = frozenset(b"0123456789abcdef")
+
+
+def _decimal(word: bytes, most: int) -> Optional[int]:
+    """``0`` or 1 to ``most`` ASCII digits without a leading zero, else None."""
+    if not 0 < len(word) <= most or not all(48 <= b <= 57 for b in word):
+        return None
+    if word[0] == 48 and len(word) > 1:
+        return None
+    return int(word)
+
+
 def parse(line: bytes) -> Optional[Tuple[str, int, Optional[bytes], Optional[int]]]:
     """A line from the agent -> ``("generation", n, seed, ms)`` or ``(event, n, None, ms)``, else
     None; ``ms``: the milliseconds left until the agent stops waiting (``None`` when the line has
-    no such last word)."""
+    no such last word). The grammar of ``inproc/PROTOCOL.md``, checked against
+    ``testdata/lines.tsv``."""
     parts = line.split(b" ")
     budget: Optional[int] = None
     if len(parts) == 5:
-        if not parts[4].isdigit():
+        budget = _decimal(parts[4], 9)
+        if budget is None:
             return None
-        budget = int(parts[4])
         parts = parts[:4]
     if len(parts) != 4 or parts[0] != _PROTOCOL:
         return None
-    if parts[1] == b"generation" and parts[2].isdigit() and len(parts[3]) == 64:
-        try:
-            return "generation", int(parts[2]), bytes.fromhex(parts[3].decode("ascii")), budget
-        except ValueError:
+    if parts[1] == b"generation":
+        number = _decimal(parts[2], 16)
+        if number is None or number > _MAX_NUMBER or len(parts[3]) != 64 or not _HEX.issuperset(parts[3]):
             return None
-    if parts[1] == b"event" and parts[3].isdigit():
+        return "generation", number, bytes.fromhex(parts[3].decode("ascii")), budget
+    if parts[1] == b"event":
+        number = _decimal(parts[3], 16)
         name = parts[2].decode("ascii", "replace")
-        if name in _EVENTS[1:]:
-            return name, int(parts[3]), None, budget
+        if number is not None and number <= _MAX_NUMBER and name in _EVENTS[1:]:
+            return name, number, None, budget
     return None
 
 
@@ -355,6 +403,7 @@ def _handle(line: bytes) -> Optional[bytes]:
     event, number, process_seed, budget = msg
     if process_seed is not None:
         _state["process_seed"] = process_seed
+        _state["process_number"] = number
     gen = current() or Generation({"generation": number})
     gen.process_seed = process_seed
     if budget is not None:

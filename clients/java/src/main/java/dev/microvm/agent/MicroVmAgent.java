@@ -15,6 +15,7 @@ import java.security.SecureRandom;
 import java.util.ArrayList;
 import java.util.HexFormat;
 import java.util.List;
+import java.util.Map;
 import java.util.Optional;
 import java.util.Random;
 import java.util.concurrent.CopyOnWriteArrayList;
@@ -97,6 +98,8 @@ public final class MicroVmAgent {
   private static boolean started;
   private static volatile boolean connected;
   private static volatile byte[] processSeed;
+  /** The generation {@code processSeed} came with. */
+  private static volatile long processNumber;
 
   private MicroVmAgent() {}
 
@@ -168,15 +171,31 @@ public final class MicroVmAgent {
     return read("generation").map(b -> new String(b, StandardCharsets.UTF_8)).flatMap(MicroVmAgent::fromJson);
   }
 
+  /** The generation file's format this library reads ({@code inproc/PROTOCOL.md}, "The state directory"). */
+  static final long FORMAT = 1;
+
+  /**
+   * A generation file's text, or empty when it is not one this library can read: not a JSON
+   * object, another {@code format} (absent: 1, as agents before the field wrote), no generation
+   * number. Unknown fields are a later agent's and are ignored.
+   */
   static Optional<Generation> fromJson(String json) {
-    String n = field(json, "generation");
-    if (n == null) return Optional.empty();
+    Object doc;
     try {
-      return Optional.of(new Generation(Long.parseLong(n), field(json, "id"), field(json, "reason"),
-          field(json, "microvm_id"), field(json, "kernel_crng"), null, null));
-    } catch (NumberFormatException e) {
+      doc = Json.parse(json);
+    } catch (IllegalArgumentException e) {
       return Optional.empty();
     }
+    if (!(doc instanceof Map<?, ?> m)) return Optional.empty();
+    Object format = m.containsKey("format") ? m.get("format") : FORMAT;
+    if (!(format instanceof Long f) || f != FORMAT) return Optional.empty();
+    if (!(m.get("generation") instanceof Long n) || n < 0) return Optional.empty();
+    return Optional.of(new Generation(n, text(m, "id"), text(m, "reason"), text(m, "microvm_id"),
+        text(m, "kernel_crng"), null, null));
+  }
+
+  private static String text(Map<?, ?> m, String key) {
+    return m.get(key) instanceof String s ? s : null;
   }
 
   public static Optional<String> generationId() {
@@ -201,17 +220,33 @@ public final class MicroVmAgent {
   }
 
   /**
-   * 32 bytes: SHA-256 of fresh {@code SecureRandom} bytes and the agent's seed for this process
-   * (or the app's seed), different in every clone even where the kernel's generator is not.
+   * 32 bytes that differ in every clone even where the kernel's generator does not: the
+   * protocol's mix of the agent's seed for this process (or the app's seed) with fresh {@code
+   * SecureRandom} bytes.
    */
   public static byte[] seedMaterial() {
     byte[] fresh = new byte[32];
     new SecureRandom().nextBytes(fresh);
-    byte[] agent = processSeed != null ? processSeed : seed().orElse(new byte[0]);
+    byte[] agent = processSeed;
+    long number = processNumber;
+    if (agent == null) {
+      agent = seed().orElse(new byte[32]);
+      number = current().map(Generation::number).orElse(0L);
+    }
+    return mix(agent, ProcessHandle.current().pid(), number, fresh);
+  }
+
+  /**
+   * The protocol's one mixing rule ({@code inproc/PROTOCOL.md}, "Mixing"): SHA-256 of the seed
+   * (32 bytes), the pid (u32) and the generation (u64), little-endian, then the fresh bytes.
+   */
+  static byte[] mix(byte[] seed, long pid, long number, byte[] fresh) {
+    ByteBuffer head = ByteBuffer.allocate(44).order(java.nio.ByteOrder.LITTLE_ENDIAN);
+    head.put(java.util.Arrays.copyOf(seed, 32)).putInt((int) pid).putLong(number);
     try {
       MessageDigest sha = MessageDigest.getInstance("SHA-256");
+      sha.update(head.array());
       sha.update(fresh);
-      sha.update(agent);
       return sha.digest();
     } catch (NoSuchAlgorithmException e) {
       throw new IllegalStateException(e);
@@ -244,21 +279,6 @@ public final class MicroVmAgent {
     } else {
       sr.setSeed(mix);
     }
-  }
-
-  /** The value of a top-level key of the agent's flat JSON (a string, a number), or null. */
-  static String field(String json, String key) {
-    int at = json.indexOf(new StringBuilder(key.length() + 3).append('"').append(key).append("\":").toString());
-    if (at < 0) return null;
-    String rest = json.substring(at + key.length() + 3).stripLeading();
-    if (rest.startsWith("\"")) {
-      int end = rest.indexOf('"', 1);
-      return end < 0 ? null : rest.substring(1, end);
-    }
-    int end = 0;
-    while (end < rest.length() && rest.charAt(end) != ',' && rest.charAt(end) != '}') end++;
-    String v = rest.substring(0, end).strip();
-    return v.equals("null") ? null : v;
   }
 
   /**
@@ -301,24 +321,37 @@ public final class MicroVmAgent {
     while (out.hasRemaining()) ch.write(out);
   }
 
-  /** A line from the agent, or null when it is not one. */
+  /** The protocol's largest generation number, 2^53 - 1 (every runtime holds it exactly). */
+  static final long MAX_NUMBER = (1L << 53) - 1;
+
+  /** {@code 0} or 1 to {@code most} ASCII digits without a leading zero, else -1. */
+  static long decimal(String word, int most) {
+    if (word.isEmpty() || word.length() > most || (word.charAt(0) == '0' && word.length() > 1)) return -1;
+    for (int i = 0; i < word.length(); i++) {
+      if (word.charAt(i) < '0' || word.charAt(i) > '9') return -1;
+    }
+    return Long.parseLong(word);
+  }
+
+  /**
+   * A line from the agent, or null when it is not one: the grammar of {@code
+   * inproc/PROTOCOL.md}, checked against {@code testdata/lines.tsv}.
+   */
   static Line parse(String line) {
     String[] w = line.split(" ", -1);
     if ((w.length != 4 && w.length != 5) || !w[0].equals("MVA1")) return null;
-    try {
-      long budget = -1;
-      if (w.length == 5) {
-        if (!w[4].chars().allMatch(c -> c >= '0' && c <= '9')) return null;
-        budget = Long.parseLong(w[4]);
+    long budget = w.length == 5 ? decimal(w[4], 9) : -1;
+    if (w.length == 5 && budget < 0) return null;
+    if (w[1].equals("generation")) {
+      long n = decimal(w[2], 16);
+      if (n < 0 || n > MAX_NUMBER || w[3].length() != 64 || !w[3].chars().allMatch(c -> c >= '0' && c <= '9' || c >= 'a' && c <= 'f')) {
+        return null;
       }
-      if (w[1].equals("generation") && w[3].length() == 64) {
-        return new Line("generation", Long.parseLong(w[2]), HexFormat.of().parseHex(w[3]), budget);
-      }
-      if (w[1].equals("event") && (w[2].equals("suspend") || w[2].equals("terminate"))) {
-        return new Line(w[2], Long.parseLong(w[3]), null, budget);
-      }
-    } catch (IllegalArgumentException e) {
-      return null;
+      return new Line("generation", n, HexFormat.of().parseHex(w[3]), budget);
+    }
+    if (w[1].equals("event") && (w[2].equals("suspend") || w[2].equals("terminate"))) {
+      long n = decimal(w[3], 16);
+      return n < 0 || n > MAX_NUMBER ? null : new Line(w[2], n, null, budget);
     }
     return null;
   }
@@ -329,7 +362,10 @@ public final class MicroVmAgent {
     String event = m.event();
     long number = m.number();
     byte[] seed = m.seed();
-    if (seed != null) processSeed = seed;
+    if (seed != null) {
+      processSeed = seed;
+      processNumber = number;
+    }
     java.time.Instant deadline = m.budget() < 0 ? null : java.time.Instant.now().plusMillis(m.budget());
     Generation g = current().orElse(new Generation(number, null, null, null, null, null, null));
     g = new Generation(g.number(), g.id(), g.reason(), g.microvmId(), g.kernelCrng(), seed, deadline);

@@ -55,6 +55,59 @@ class MicroVmAgentTest {
     assertFalse(a.toString().contains("7"), a.toString());
   }
 
+  /** One of the protocol's conformance files (testdata/ at the repository's root). */
+  static List<String[]> vectors(String name) throws IOException {
+    return Files.readAllLines(Path.of("..", "..", "testdata", name), StandardCharsets.UTF_8).stream()
+        .filter(l -> !l.isEmpty() && !l.startsWith("#"))
+        .map(l -> l.split("\t", -1))
+        .toList();
+  }
+
+  @Test
+  void readsTheAgentsLinesAsTheVectorsSay() throws IOException {
+    List<String[]> records = vectors("lines.tsv");
+    assertTrue(records.size() >= 20);
+    for (String[] r : records) {
+      // As the library reads its socket: US-ASCII (a byte outside it is a replacement character).
+      String line = new String(java.util.HexFormat.of().parseHex(r[0]), StandardCharsets.US_ASCII);
+      MicroVmAgent.Line m = MicroVmAgent.parse(line);
+      String got = "ignore";
+      if (m != null) {
+        String ms = m.budget() < 0 ? "-" : Long.toString(m.budget());
+        got = m.event().equals("generation")
+            ? "generation " + m.number() + " " + java.util.HexFormat.of().formatHex(m.seed()) + " " + ms
+            : "event " + m.event() + " " + m.number() + " " + ms;
+      }
+      assertEquals(r[1], got, line);
+    }
+  }
+
+  @Test
+  void mixesAsTheVectorsSay() throws IOException {
+    for (String[] r : vectors("mix.tsv")) {
+      var hex = java.util.HexFormat.of();
+      byte[] got = MicroVmAgent.mix(hex.parseHex(r[0]), Long.parseLong(r[1]), Long.parseUnsignedLong(r[2]), hex.parseHex(r[3]));
+      assertEquals(r[5], hex.formatHex(got));
+    }
+  }
+
+  @Test
+  void readsGenerationFilesAsTheVectorsSay() throws IOException {
+    List<String[]> records = vectors("generation.tsv");
+    assertTrue(records.size() >= 8);
+    for (String[] r : records) {
+      String text = Files.readString(Path.of("..", "..", "testdata", "generation", r[0]));
+      var g = MicroVmAgent.fromJson(text);
+      if (r[1].equals("reject")) {
+        assertTrue(g.isEmpty(), r[0]);
+        continue;
+      }
+      var v = g.orElseThrow(() -> new AssertionError(r[0]));
+      String vm = v.microvmId() == null ? "null" : v.microvmId();
+      assertArrayEquals(r, new String[] {r[0], Long.toString(v.number()), v.id(), v.reason(), vm, v.kernelCrng()}, r[0]);
+    }
+  }
+
   @Test
   void theProtocolLines() {
     MicroVmAgent.Line m = MicroVmAgent.parse("MVA1 generation 3 " + "ab".repeat(32));

@@ -12,7 +12,7 @@
 // seed cannot.
 //
 // GET /probe answers the next value of each common generator and what this template claims for
-// it ("safe", "kernel": safe only where the kernel was reseeded, "none"); tests/runtime_vm.rs
+// it ("safe", "kernel": safe only where the kernel was reseeded, "none"); tests/vm/runtime_vm.rs
 // measures them in real clones.
 package main
 

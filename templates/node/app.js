@@ -17,7 +17,7 @@
 // again inside /run's budget, and the snapshot's warm-up lost).
 //
 // GET /probe answers the next value of each common generator and what this template claims for
-// it ("safe", "kernel": safe only where the kernel was reseeded, "none"); tests/runtime_vm.rs
+// it ("safe", "kernel": safe only where the kernel was reseeded, "none"); tests/vm/runtime_vm.rs
 // measures them in real clones.
 'use strict';
 const http = require('http');

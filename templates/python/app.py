@@ -17,7 +17,7 @@ unless your handler does: reseed every instance you keep, as `reseed()` does for
 
 GET /probe answers the next value of each common generator and what this template claims for it
 ("safe": different in every clone after /run and /resume; "kernel": safe only where the kernel
-was reseeded; "none": not clone-safe). tests/runtime_vm.rs measures them in real clones.
+was reseeded; "none": not clone-safe). tests/vm/runtime_vm.rs measures them in real clones.
 """
 import hashlib
 import json

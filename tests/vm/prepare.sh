@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prepares what the clone test (tests/clone_vm.rs) needs, into target/vm/ ($CARGO_TARGET_DIR/vm):
+# Prepares what the clone test (tests/vm/clone_vm.rs) needs, into target/vm/ ($CARGO_TARGET_DIR/vm):
 #   vmlinuz, e1000.ko       from Debian's kernel package, extracted with dpkg -x (not installed)
 #   microvm-agent           the agent, static (x86_64-unknown-linux-musl)
 #   mva-fixture             the fixture app, static
@@ -8,7 +8,7 @@
 #   aarch64/                the same for the platform's architecture: Debian's arm64 6.1 kernel and
 #                           e1000.ko, busybox-static:arm64 (all extracted, nothing installed), and
 #                           the static aarch64-unknown-linux-musl agent and fixture
-#   runtime/                the runtime clone test's guest (tests/runtime_vm.rs): rootfs.sqfs, a
+#   runtime/                the runtime clone test's guest (tests/vm/runtime_vm.rs): rootfs.sqfs, a
 #                           read-only root file system from Debian's packages with Python 3,
 #                           Node.js and a Java 17 runtime (debootstrap, cached: delete the directory
 #                           to rebuild it), versions.txt naming them, and the kernel modules that
@@ -182,7 +182,7 @@ if [ ! -f "$arm/runtime/rootfs.sqfs" ]; then
   runtime_root arm64 "$arm/runtime"
 fi
 # An aarch64 userland with OpenSSL (Debian's libc6, libssl3 and openssl for arm64, extracted), run
-# under qemu-aarch64-static: the in-process reseed helper's aarch64 test (tests/inproc.rs).
+# under qemu-aarch64-static: the in-process reseed helper's aarch64 test (tests/blackbox/in_process_reseed.rs).
 if [ ! -x "$arm/userland/usr/bin/openssl" ]; then
   dpkg --print-foreign-architectures | grep -qx arm64 || { dpkg --add-architecture arm64; apt-get update -qq; }
   tmp=$(mktemp -d)

@@ -1,7 +1,7 @@
 'use strict';
 // The Node.js helper against the protocol (inproc/PROTOCOL.md), in Node's own runner. The agent
 // side here is a Unix socket the test drives; the real agent runs the same helper in
-// tests/inproc.rs, and in real clones in tests/runtime_vm.rs.
+// tests/blackbox/in_process_reseed.rs, and in real clones in tests/vm/runtime_vm.rs.
 
 const test = require('node:test');
 const assert = require('node:assert');

@@ -1,7 +1,7 @@
 """The Python helper against the protocol (inproc/PROTOCOL.md), in its own runner.
 
 The agent side here is a plain Unix socket the test drives; the real agent runs the same
-helper in tests/inproc.rs (Rust), and in real clones in tests/runtime_vm.rs."""
+helper in tests/blackbox/in_process_reseed.rs (Rust), and in real clones in tests/vm/runtime_vm.rs."""
 
 import os
 import random
@@ -96,7 +96,7 @@ def test_ssl_is_reseeded_when_loaded():
 
 
 class FakeAgent:
-    """A socket the test drives, standing in for the agent's (the real one: tests/inproc.rs)."""
+    """A socket the test drives, standing in for the agent's (the real one: tests/blackbox/in_process_reseed.rs)."""
 
     def __init__(self, path):
         self.path = path

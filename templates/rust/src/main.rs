@@ -12,7 +12,7 @@
 //! thread (a pool, an async runtime's worker) it is cloned state.
 //!
 //! GET /probe answers the next value of each common generator and what this template claims for
-//! it ("safe", "kernel": safe only where the kernel was reseeded, "none"); tests/runtime_vm.rs
+//! it ("safe", "kernel": safe only where the kernel was reseeded, "none"); tests/vm/runtime_vm.rs
 //! measures them in real clones.
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;

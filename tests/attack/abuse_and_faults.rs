@@ -1,7 +1,7 @@
 //! Hardening: abuse of the hook port and injected faults. Every hook must still be answered inside
 //! its budget with an outcome that says what happened, and nothing may be left half-written.
 
-mod common;
+use mva_test_support::agent as common;
 
 use std::io::{BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};

@@ -29,11 +29,8 @@
 //! agent and the fixture in `target/vm`). Without them the test says loudly that it was skipped;
 //! with `MICROVM_AGENT_REQUIRE_VM=1` (as in CI) a missing prerequisite fails it.
 
-#[path = "common/machine_lock.rs"]
-mod machine_lock;
-#[macro_use]
-#[path = "vm/mod.rs"]
-mod vm;
+use mva_test_support::machine_lock;
+use mva_test_support::{say, vm};
 use vm::{distinct, Arch, Cpio, Spec, Vm, PLATFORM_CAPS};
 
 use std::path::{Path, PathBuf};

@@ -9,9 +9,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-#[path = "sim_support/mod.rs"]
-mod support;
-use support::{agent, free_port, root};
+use mva_test_support::repo as support;
+use support::{agent, reserve_port, root};
 
 const SIM: &str = env!("CARGO_BIN_EXE_microvm-sim");
 
@@ -80,7 +79,7 @@ fn the_deploy_guide_takes_an_empty_directory_to_the_platform_commands() {
     let dir = std::env::temp_dir().join(format!("mva-readme-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let (app_port, hook_port) = (free_port(), free_port());
+    let ((_h1, app_port), (_h2, hook_port)) = (reserve_port(), reserve_port());
     let state = dir.join("state").display().to_string();
     for (name, text) in &files {
         let text = text
@@ -285,7 +284,7 @@ fn no_file_refers_to_a_document_outside_the_repository() {
     let offending: Vec<&str> = listed
         .lines()
         // This file names them to look for them.
-        .filter(|f| *f != "tests/readme.rs")
+        .filter(|f| *f != "tests/sim/documentation.rs")
         .collect();
     for n in &names {
         if root().join(n).exists() {
@@ -318,11 +317,11 @@ fn the_readme_is_a_guide() {
 }
 
 /// The supervision guide's table names real tests: every test it cites is a `fn` of
-/// `tests/supervise.rs`.
+/// `tests/blackbox/supervise.rs`.
 #[test]
 fn the_supervision_guide_cites_tests_that_exist() {
     let guide = std::fs::read_to_string(root().join("docs/supervision.md")).unwrap();
-    let tests = std::fs::read_to_string(root().join("tests/supervise.rs")).unwrap();
+    let tests = std::fs::read_to_string(root().join("tests/blackbox/supervise.rs")).unwrap();
     let table = &guide[guide
         .find("## What a supervisor must do")
         .expect("the table")..];
@@ -334,7 +333,7 @@ fn the_supervision_guide_cites_tests_that_exist() {
                 cited += 1;
                 assert!(
                     tests.contains(&format!("fn {name}(")),
-                    "docs/supervision.md cites {name}, which tests/supervise.rs does not have"
+                    "docs/supervision.md cites {name}, which tests/blackbox/supervise.rs does not have"
                 );
             }
         }

@@ -4,7 +4,7 @@
 //! no case is another's load), and each asserts the agent's own budget or the issue's, with the
 //! load that the case is about and nothing else.
 
-mod common;
+use mva_test_support::agent as common;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

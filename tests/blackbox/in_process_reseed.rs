@@ -2,16 +2,13 @@
 //! Python, Node.js and C programs with its helpers on by default; a new generation reaches each of
 //! their processes (workers forked without exec too) and the hook waits for their
 //! acknowledgements. What it does *to the generators* is judged in real clones, on the wire
-//! (`tests/runtime_vm.rs`); here: that it reaches every process, that it never stops one from
+//! (`tests/vm/runtime_vm.rs`); here: that it reaches every process, that it never stops one from
 //! starting (no OpenSSL, static, musl), and that a process that does not answer fails the hook
 //! as any unacknowledged notification does.
 
-mod common;
-#[path = "sim_support/mod.rs"]
-mod support;
-#[macro_use]
-#[path = "vm/mod.rs"]
-mod vm;
+use mva_test_support::agent as common;
+use mva_test_support::repo as support;
+use mva_test_support::vm;
 
 use std::time::Duration;
 
@@ -76,7 +73,7 @@ fn an_unmodified_python_app_and_its_forked_workers_are_reseeded_before_run_answe
         return;
     }
     let dir = TempDir::new("inproc-py");
-    let port = free_port();
+    let (_held, port) = reserve_port();
     let a = Spec::default()
         .config(&ready_on(port, ""))
         .app(&python_app(&dir, port, 3))
@@ -124,7 +121,7 @@ fn switched_off_the_app_keeps_the_snapshots_generators() {
         return;
     }
     let dir = TempDir::new("inproc-off");
-    let port = free_port();
+    let (_held, port) = reserve_port();
     let a = Spec::default()
         .config(&format!(
             "[app]\nreseed_in_process = false\n{}",
@@ -147,7 +144,7 @@ fn a_node_app_gets_its_openssl_and_math_random_reseeded() {
         return;
     }
     let dir = TempDir::new("inproc-node");
-    let port = free_port();
+    let (_held, port) = reserve_port();
     let script = dir.join("app.js");
     std::fs::write(
         &script,
@@ -193,7 +190,7 @@ fn a_stopped_process_never_fails_a_hook_and_is_reseeded_once_it_runs_again() {
         return;
     }
     let dir = TempDir::new("inproc-stop");
-    let port = free_port();
+    let (_held, port) = reserve_port();
     let a = Spec::default()
         .config(&ready_on(port, ""))
         .app(&python_app(&dir, port, 0))
@@ -238,7 +235,7 @@ fn the_images_own_environment_and_sitecustomize_are_kept() {
         ),
     )
     .unwrap();
-    let port = free_port();
+    let (_held, port) = reserve_port();
     let script = dir.join("env.py");
     std::fs::write(
         &script,
@@ -322,7 +319,7 @@ fn apps_without_openssl_static_and_musl_binaries_start_and_work() {
     }
     assert!(!programs.is_empty(), "no C compiler at all");
     for (name, program, dynamic) in programs {
-        let port = free_port();
+        let (_held, port) = reserve_port();
         let a = Spec::default()
             .config(&ready_on(port, ""))
             .app(&[program.to_str().unwrap(), &port.to_string()])
@@ -414,7 +411,7 @@ fn the_aarch64_helper_reseeds_an_aarch64_openssl_process() {
     std::fs::create_dir(&state).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let (hooks, app) = (free_port(), free_port());
+    let ((_h1, hooks), (_h2, app)) = (reserve_port(), reserve_port());
     let mut child = std::process::Command::new("qemu-aarch64-static")
         .arg(&agent)
         .args(["--listen", &format!("127.0.0.1:{hooks}")])
@@ -472,7 +469,7 @@ fn a_helper_file_removed_under_a_running_app_is_back_before_its_restart() {
         return;
     }
     let dir = TempDir::new("inproc-gone");
-    let port = free_port();
+    let (_held, port) = reserve_port();
     let script = dir.join("app.js");
     std::fs::write(
         &script,
@@ -507,7 +504,7 @@ fn every_worker_of_a_node_cluster_is_reseeded() {
         return;
     }
     let dir = TempDir::new("inproc-cluster");
-    let port = free_port();
+    let (_held, port) = reserve_port();
     let script = dir.join("cluster.js");
     std::fs::write(
         &script,
@@ -577,7 +574,7 @@ fn check_says_whether_the_app_gets_the_helpers() {
 fn a_process_slow_to_say_hello_still_takes_part() {
     // Node.js says hello when its event loop first turns, after the app's main module has
     // loaded: seconds, on a slow VM. Only when the slots run short is a silent connection cut
-    // after 1 s (tests/chaos.rs). (With a 1 s limit always, Node's helper and the Java library
+    // after 1 s (tests/chaos/helpers_at_scale.rs). (With a 1 s limit always, Node's helper and the Java library
     // never took part in the runtime guest.)
     use std::io::{Read, Write};
     let a = Spec::default().app(&["sleep", "1000"]).start();

@@ -1,7 +1,7 @@
 //! Black-box tests of the supervisor against docs/supervision.md: the real binary, the fixture app,
 //! both as a plain process and as PID 1 of a fresh PID namespace.
 
-mod common;
+use mva_test_support::agent as common;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -613,7 +613,7 @@ fn a_run_that_stayed_up_resets_the_failure_count() {
 #[test]
 fn after_a_restart_signals_and_readiness_follow_the_new_app() {
     let tmp = TempDir::new("restart-sig");
-    let port = free_port();
+    let (_held, port) = reserve_port();
     let file = tmp.join("signals");
     let f = fixture_str();
     // First instance: serve HTTP (ready), then die; the next one records signals.
@@ -662,7 +662,7 @@ fn ready_until_not(a: &Agent, status: u16) -> Resp {
 fn http_readiness_503_then_200_then_500_when_the_app_dies() {
     both(|pid1| {
         let tmp = TempDir::new("ready-http");
-        let port = free_port();
+        let (_held, port) = reserve_port();
         let cfg = format!("[ready]\nhttp = \"http://127.0.0.1:{port}/healthz\"\n");
         let reqs = tmp.join("requests");
         let mut a = spec(pid1)
@@ -690,7 +690,7 @@ fn http_readiness_503_then_200_then_500_when_the_app_dies() {
 #[test]
 fn ready_answers_500_once_the_app_has_failed_for_good() {
     both(|pid1| {
-        let port = free_port();
+        let (_held, port) = reserve_port();
         let cfg = format!("[ready]\ntcp = \"127.0.0.1:{port}\"\n");
         let script = format!(
             "{} serve {port} 0 /dev/null & sleep 0.6; exit 3",
@@ -712,7 +712,7 @@ fn ready_answers_500_once_the_app_has_failed_for_good() {
 #[test]
 fn a_probe_that_sees_404_is_not_healthy() {
     let tmp = TempDir::new("ready-404");
-    let port = free_port();
+    let (_held, port) = reserve_port();
     let cfg = format!("[ready]\nhttp = \"http://127.0.0.1:{port}/missing\"\n");
     let a = Spec::default()
         .config(&cfg)
@@ -739,7 +739,7 @@ fn a_probe_that_sees_404_is_not_healthy() {
 
 #[test]
 fn tcp_and_exec_probes() {
-    let port = free_port();
+    let (_held, port) = reserve_port();
     let a = Spec::default()
         .config(&format!("[ready]\ntcp = \"127.0.0.1:{port}\"\n"))
         .fixture(&["serve", &port.to_string(), "300", "/dev/null"])
@@ -803,7 +803,7 @@ fn the_last_probe_result_is_logged_every_few_seconds_not_every_try() {
 #[test]
 fn validate_runs_the_warm_up_requests_through_the_app() {
     let tmp = TempDir::new("warm");
-    let port = free_port();
+    let (_held, port) = reserve_port();
     let reqs = tmp.join("requests");
     let cfg = format!(
         r#"
@@ -859,7 +859,7 @@ url = "http://127.0.0.1:{port}/warm"
 
 #[test]
 fn a_failing_warm_up_request_is_named_and_a_slow_one_answers_503_first() {
-    let port = free_port();
+    let (_held, port) = reserve_port();
     let cfg = format!("[ready]\ntcp = \"127.0.0.1:{port}\"\n[[validate.request]]\nurl = \"http://127.0.0.1:{port}/fail\"\n");
     let a = Spec::default()
         .config(&cfg)
@@ -940,7 +940,7 @@ fn the_app_runs_as_another_user_with_home_and_groups() {
 #[test]
 fn the_idle_agent_does_not_wake_up_with_an_app_running() {
     both(|pid1| {
-        let port = free_port();
+        let (_held, port) = reserve_port();
         let a = spec(pid1)
             .config(&format!("[ready]\nhttp = \"http://127.0.0.1:{port}/\"\n"))
             .fixture(&["serve", &port.to_string(), "100", "/dev/null"])

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-#[path = "sim_support/mod.rs"]
-mod support;
-use support::{agent, fixture, free_port};
+use mva_test_support::ports::{reserve_port, Reserved};
+use mva_test_support::repo as support;
+use support::{agent, fixture};
 
 const SIM: &str = env!("CARGO_BIN_EXE_microvm-sim");
 
@@ -63,20 +63,74 @@ fn sim(args: &[&str]) -> (i32, String) {
     (status.code().unwrap_or(-1), text)
 }
 
+/// One simulated image: a temporary directory, a hook port reserved for it and its
+/// `hooks.json` (every hook enabled). [`Image::sim`] runs the simulator with options, then an
+/// entrypoint: the fixture's stand-in hook server ([`Image::fake_hooks`]), the real agent
+/// ([`Image::agent`]), or any command.
+struct Image {
+    dir: Tmp,
+    _held: Reserved,
+    port: u16,
+    hooks: String,
+}
+
+impl Image {
+    fn new(tag: &str) -> Image {
+        let dir = Tmp::new(tag);
+        let (held, port) = reserve_port();
+        let hooks = hooks_json(&dir, port, "");
+        Image {
+            dir,
+            _held: held,
+            port,
+            hooks,
+        }
+    }
+
+    /// `microvm-sim --hooks <hooks.json> <opts> -- <entrypoint>`.
+    fn sim(&self, opts: &[&str], entrypoint: &[String]) -> (i32, String) {
+        let mut args = vec!["--hooks", &self.hooks];
+        args.extend_from_slice(opts);
+        args.push("--");
+        args.extend(entrypoint.iter().map(String::as_str));
+        sim(&args)
+    }
+
+    /// The fixture's stand-in hook server on this image's port, misbehaving as `mode` says.
+    fn fake_hooks(&self, mode: &[&str]) -> Vec<String> {
+        argv(&[&fixture(), "fake-hooks", &self.port.to_string()], mode)
+    }
+
+    /// The agent on this image's port, its state in [`Image::state`], `options` before the
+    /// app's command line.
+    fn agent(&self, options: &[&str], app: &[&str]) -> Vec<String> {
+        let (listen, state) = (format!("127.0.0.1:{}", self.port), self.state());
+        let head = [
+            &agent(),
+            "--listen",
+            &listen,
+            "--state-dir",
+            state.to_str().unwrap(),
+        ];
+        argv(&head, options)
+            .into_iter()
+            .chain(argv(&["--"], app))
+            .collect()
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.0.join("state")
+    }
+}
+
+fn argv(a: &[&str], b: &[&str]) -> Vec<String> {
+    a.iter().chain(b).map(|s| s.to_string()).collect()
+}
+
 /// The simulator over the fixture's stand-in hook server, misbehaving in `mode`.
 fn fake_hooks(tag: &str, mode: &str) -> (i32, String) {
-    let dir = Tmp::new(tag);
-    let port = free_port();
-    let hooks = hooks_json(&dir, port, "");
-    sim(&[
-        "--hooks",
-        &hooks,
-        "--",
-        &fixture(),
-        "fake-hooks",
-        &port.to_string(),
-        mode,
-    ])
+    let image = Image::new(tag);
+    image.sim(&[], &image.fake_hooks(&[mode]))
 }
 
 #[test]
@@ -105,22 +159,12 @@ fn the_demo_runs_the_whole_lifecycle_and_exits_0() {
 
 #[test]
 fn a_well_behaved_entrypoint_passes_and_disabled_hooks_are_skipped() {
-    let dir = Tmp::new("good");
-    let port = free_port();
-    let hooks = hooks_json(&dir, port, "");
-    let (code, out) = sim(&[
-        "--hooks",
-        &hooks,
-        "--suspend-for",
-        "100ms",
-        "--",
-        &fixture(),
-        "fake-hooks",
-        &port.to_string(),
-    ]);
+    let image = Image::new("good");
+    let (code, out) = image.sim(&["--suspend-for", "100ms"], &image.fake_hooks(&[]));
     assert_eq!(code, 0, "the control case must pass:\n{out}");
 
-    let path = dir.0.join("partial.json");
+    let port = image.port;
+    let path = image.dir.0.join("partial.json");
     std::fs::write(&path, format!(r#"{{"port": {port}, "microvmImageHooks": {{"ready": "ENABLED"}}, "microvmHooks": {{"run": "ENABLED"}}}}"#)).unwrap();
     let (code, out) = sim(&[
         "--hooks",
@@ -196,25 +240,17 @@ fn the_entrypoint_gets_the_platforms_container() {
         eprintln!("SKIP: modelling the platform's capabilities needs root");
         return;
     }
-    let dir = Tmp::new("caps");
-    let port = free_port();
-    let hooks = hooks_json(&dir, port, "");
+    let image = Image::new("caps");
     let run = |caps: &str| {
-        sim(&[
-            "--hooks",
-            &hooks,
+        let opts = [
             "--suspend-for",
             "0s",
             "--caps",
             caps,
             "--image",
             "probe-image",
-            "--",
-            &fixture(),
-            "fake-hooks",
-            &port.to_string(),
-            "report",
-        ])
+        ];
+        image.sim(&opts, &image.fake_hooks(&["report"]))
     };
     let (code, out) = run("default");
     assert_eq!(code, 0, "{out}");
@@ -248,24 +284,9 @@ fn the_entrypoint_gets_the_platforms_container() {
 
 #[test]
 fn the_tls_probe_reaches_the_port_before_ready_and_the_agent_still_answers() {
-    let dir = Tmp::new("tls");
-    let port = free_port();
-    let hooks = hooks_json(&dir, port, "");
-    let (code, out) = sim(&[
-        "--hooks",
-        &hooks,
-        "--suspend-for",
-        "0s",
-        "--",
-        &agent(),
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--state-dir",
-        dir.0.join("state").to_str().unwrap(),
-        "--",
-        &fixture(),
-        "forever",
-    ]);
+    let image = Image::new("tls");
+    let app = image.agent(&[], &[&fixture(), "forever"]);
+    let (code, out) = image.sim(&["--suspend-for", "0s"], &app);
     assert_eq!(code, 0, "{out}");
     let probe = out
         .lines()
@@ -292,30 +313,10 @@ fn the_tls_probe_reaches_the_port_before_ready_and_the_agent_still_answers() {
 
 #[test]
 fn the_run_body_is_the_platforms_exactly() {
-    let dir = Tmp::new("body");
-    let port = free_port();
-    let hooks = hooks_json(&dir, port, "");
-    let state = dir.0.join("state");
-    let go = |extra: &[&str]| {
-        let mut args = vec!["--hooks", &hooks, "--suspend-for", "0s"];
-        args.extend_from_slice(extra);
-        let listen = format!("127.0.0.1:{port}");
-        let mut tail = vec![
-            "--".to_string(),
-            agent(),
-            "--listen".into(),
-            listen,
-            "--state-dir".into(),
-            state.display().to_string(),
-            "--".into(),
-            fixture(),
-            "forever".into(),
-        ];
-        let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        all.append(&mut tail);
-        let all: Vec<&str> = all.iter().map(String::as_str).collect();
-        sim(&all)
-    };
+    let image = Image::new("body");
+    let state = image.state();
+    let app = image.agent(&[], &[&fixture(), "forever"]);
+    let go = |extra: &[&str]| image.sim(&[&["--suspend-for", "0s"], extra].concat(), &app);
     let (code, out) = go(&["--payload", r#"{"tenant":"t1"}"#]);
     assert_eq!(code, 0, "{out}");
     assert_eq!(
@@ -372,19 +373,10 @@ fn help_and_version_are_conventional() {
 
 #[test]
 fn waiting_for_ready_says_what_it_sees() {
-    let dir = Tmp::new("progress");
-    let port = free_port();
-    let hooks = hooks_json(&dir, port, "");
+    let image = Image::new("progress");
+    let port = image.port;
     // Nothing ever listens on the hook port (a port typo).
-    let (code, out) = sim(&[
-        "--hooks",
-        &hooks,
-        "--build-timeout",
-        "4s",
-        "--",
-        "sleep",
-        "30",
-    ]);
+    let (code, out) = image.sim(&["--build-timeout", "4s"], &argv(&["sleep", "30"], &[]));
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains(&format!("connection refused on 127.0.0.1:{port}")),
@@ -394,49 +386,20 @@ fn waiting_for_ready_says_what_it_sees() {
 
 #[test]
 fn ready_200_before_the_app_answers_is_a_violation() {
-    let dir = Tmp::new("early");
-    let port = free_port();
-    let app = free_port();
-    let hooks = hooks_json(&dir, port, "");
+    let image = Image::new("early");
+    let (_held_app, app) = reserve_port();
     let app_url = format!("http://127.0.0.1:{app}/healthz");
-    let (code, out) = sim(&[
-        "--hooks",
-        &hooks,
-        "--app-url",
-        &app_url,
-        "--",
-        &fixture(),
-        "fake-hooks",
-        &port.to_string(),
-    ]);
+    let (code, out) = image.sim(&["--app-url", &app_url], &image.fake_hooks(&[]));
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("/ready said 200 but the app"), "{out}");
 
     // The real agent with a readiness probe does not make that mistake: the app listens late.
-    let agent_cfg = dir.0.join("agent.toml");
+    let agent_cfg = image.dir.0.join("agent.toml");
     std::fs::write(&agent_cfg, format!("[ready]\nhttp = \"{app_url}\"\n")).unwrap();
-    let (code, out) = sim(&[
-        "--hooks",
-        &hooks,
-        "--app-url",
-        &app_url,
-        "--suspend-for",
-        "100ms",
-        "--",
-        &agent(),
-        "-c",
-        agent_cfg.to_str().unwrap(),
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--state-dir",
-        dir.0.join("state").to_str().unwrap(),
-        "--",
-        &fixture(),
-        "serve",
-        &app.to_string(),
-        "700",
-        "/dev/null",
-    ]);
+    let serve = [&fixture(), "serve", &app.to_string(), "700", "/dev/null"];
+    let entrypoint = image.agent(&["-c", agent_cfg.to_str().unwrap()], &serve);
+    let opts = ["--app-url", &app_url, "--suspend-for", "100ms"];
+    let (code, out) = image.sim(&opts, &entrypoint);
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains("x 503"),
@@ -446,20 +409,8 @@ fn ready_200_before_the_app_answers_is_a_violation() {
 
 #[test]
 fn an_entrypoint_that_does_not_exit_after_terminate_is_a_violation() {
-    let dir = Tmp::new("noexit");
-    let port = free_port();
-    let hooks = hooks_json(&dir, port, "");
-    let (code, out) = sim(&[
-        "--hooks",
-        &hooks,
-        "--exit-within",
-        "1s",
-        "--",
-        &fixture(),
-        "fake-hooks",
-        &port.to_string(),
-        "no-exit",
-    ]);
+    let image = Image::new("noexit");
+    let (code, out) = image.sim(&["--exit-within", "1s"], &image.fake_hooks(&["no-exit"]));
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains("did not exit within 1 s of /terminate"),
@@ -469,44 +420,18 @@ fn an_entrypoint_that_does_not_exit_after_terminate_is_a_violation() {
 
 #[test]
 fn an_entrypoint_that_never_gets_ready_fails_the_build() {
-    let dir = Tmp::new("never");
-    let port = free_port();
-    let hooks = hooks_json(&dir, port, "");
-    let (code, out) = sim(&[
-        "--hooks",
-        &hooks,
-        "--build-timeout",
-        "1s",
-        "--",
-        "sleep",
-        "30",
-    ]);
+    let image = Image::new("never");
+    let (code, out) = image.sim(&["--build-timeout", "1s"], &argv(&["sleep", "30"], &[]));
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("never answered 200"), "{out}");
 }
 
 /// The simulator, with a 1.5 s suspend, running `prefix` then the agent supervising the fixture's
 /// ticker (it writes a timestamp every 20 ms to `ticks`).
-fn suspended_ticker(dir: &Tmp, prefix: &[&str], ticks: &std::path::Path) -> (i32, String) {
-    let port = free_port();
-    let hooks = hooks_json(dir, port, "");
-    let listen = format!("127.0.0.1:{port}");
-    let state = dir.0.join("state");
-    let (agent, fixture) = (agent(), fixture());
-    let mut args = vec!["--hooks", &hooks, "--suspend-for", "1500ms", "--"];
-    args.extend_from_slice(prefix);
-    args.extend_from_slice(&[
-        &agent,
-        "--listen",
-        &listen,
-        "--state-dir",
-        state.to_str().unwrap(),
-        "--",
-        &fixture,
-        "tick",
-        ticks.to_str().unwrap(),
-    ]);
-    sim(&args)
+fn suspended_ticker(image: &Image, prefix: &[&str], ticks: &std::path::Path) -> (i32, String) {
+    let agent = image.agent(&[], &[&fixture(), "tick", ticks.to_str().unwrap()]);
+    let entrypoint: Vec<String> = argv(prefix, &[]).into_iter().chain(agent).collect();
+    image.sim(&["--suspend-for", "1500ms"], &entrypoint)
 }
 
 /// The longest gap between two ticks, in ms.
@@ -521,9 +446,9 @@ fn longest_gap(ticks: &std::path::Path) -> u64 {
 
 #[test]
 fn suspend_freezes_the_whole_process_tree() {
-    let dir = Tmp::new("freeze");
-    let ticks = dir.0.join("ticks");
-    let (code, out) = suspended_ticker(&dir, &[], &ticks);
+    let image = Image::new("freeze");
+    let ticks = image.dir.0.join("ticks");
+    let (code, out) = suspended_ticker(&image, &[], &ticks);
     assert_eq!(code, 0, "{out}");
     let longest = longest_gap(&ticks);
     // The app ticks every 20 ms: only a frozen tree leaves a gap of the whole suspension.
@@ -553,24 +478,9 @@ fn a_simulation_never_rewrites_the_machines_own_machine_id() {
         return;
     }
     let before = std::fs::read("/etc/machine-id").unwrap();
-    let dir = Tmp::new("mid");
-    let port = free_port();
-    let hooks = hooks_json(&dir, port, "");
-    let (code, out) = sim(&[
-        "--hooks",
-        &hooks,
-        "--suspend-for",
-        "0s",
-        "--",
-        &agent(),
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--state-dir",
-        dir.0.join("state").to_str().unwrap(),
-        "--",
-        &fixture(),
-        "forever",
-    ]);
+    let image = Image::new("mid");
+    let app = image.agent(&[], &[&fixture(), "forever"]);
+    let (code, out) = image.sim(&["--suspend-for", "0s"], &app);
     assert_eq!(code, 0, "{out}");
     assert!(!out.contains("cannot rewrite the machine-id"), "{out}");
     assert_eq!(
@@ -585,11 +495,11 @@ fn a_daemon_that_double_forked_out_of_the_entrypoint_is_frozen_and_ended_with_th
     // On the platform a daemon stays inside the VM: it is frozen by a suspend and gone with the
     // VM. The simulator is a child subreaper, so the orphan comes to it (this machine has no
     // cgroup v2 freezer: the SIGSTOP fallback is what runs here).
-    let dir = Tmp::new("daemon");
-    let ticks = dir.0.join("ticks");
-    let daemon = dir.0.join("daemon-ticks");
+    let image = Image::new("daemon");
+    let ticks = image.dir.0.join("ticks");
+    let daemon = image.dir.0.join("daemon-ticks");
     let script = format!("({} tick {} &); exec \"$@\"", fixture(), daemon.display());
-    let (code, out) = suspended_ticker(&dir, &["sh", "-c", &script, "sh"], &ticks);
+    let (code, out) = suspended_ticker(&image, &["sh", "-c", &script, "sh"], &ticks);
     assert_eq!(code, 0, "{out}");
     let longest = longest_gap(&daemon);
     assert!(

@@ -2,7 +2,7 @@
 //! "measured"): the builder's headers on the build hooks, which hooks may fail, the monotonic clock
 //! across a freeze, the TLS probe, and the platform's environment. Real binary, real sockets.
 
-mod common;
+use mva_test_support::agent as common;
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -136,7 +136,7 @@ fn the_builders_ready_ends_the_linger_as_a_local_poll_does() {
 /// An agent supervising the clone-app fixture whose lifecycle callback fails in `mode`, with
 /// `extra` configuration; `/run` has answered 200.
 fn with_callback(mode: &str, extra: &str) -> Agent {
-    let port = free_port();
+    let (_held, port) = reserve_port();
     let dir = TempDir::new("cb");
     let log = dir.join("lifecycle.log").display().to_string();
     let cfg = format!(
@@ -217,7 +217,7 @@ fn a_hook_named_in_fail_on_answers_its_failure() {
 
 #[test]
 fn on_timeout_continue_still_waives_a_missing_ack_for_hooks_in_fail_on() {
-    let port = free_port();
+    let (_held, port) = reserve_port();
     let dir = TempDir::new("cb");
     let log = dir.join("lifecycle.log").display().to_string();
     let cfg = format!(

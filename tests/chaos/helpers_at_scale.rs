@@ -13,9 +13,8 @@
 //! Assertions are causal or counted (crashes, hung children, bytes in a file, hooks answered),
 //! never a wall-clock margin: the budgets are the agent's own deadlines, which answer 200 or not.
 
-mod common;
-#[path = "sim_support/mod.rs"]
-mod support;
+use mva_test_support::agent as common;
+use mva_test_support::repo as support;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -411,7 +410,7 @@ fn an_app_busy_in_synchronous_code_is_reseeded_before_its_next_request_and_never
     let dir = TempDir::new("chaos-busy");
     let mut apps: Vec<(&str, Vec<String>)> = Vec::new();
     if have_tool("node") {
-        let port = free_port();
+        let (_held, port) = reserve_port();
         let ended = dir.join("node-ended");
         let js = format!(
             "const m = /--require (\\S+)/.exec(process.env.NODE_OPTIONS || '');\n\
@@ -436,7 +435,7 @@ fn an_app_busy_in_synchronous_code_is_reseeded_before_its_next_request_and_never
         ));
     }
     if Path::new("/usr/bin/python3").exists() {
-        let port = free_port();
+        let (_held, port) = reserve_port();
         let ended = dir.join("python-ended");
         // usleep through ctypes.PyDLL holds the GIL: the helper's thread cannot run meanwhile.
         let py = format!(
@@ -551,7 +550,7 @@ fn the_agents_socket_survives_a_crowd_and_its_cap_is_exact() {
         return;
     }
     raise_own_fd_limit();
-    let port = free_port();
+    let (_held, port) = reserve_port();
     let app = format!(
         "import http.server\nclass H(http.server.BaseHTTPRequestHandler):\n    def do_GET(self):\n        self.send_response(200); self.send_header('content-length', '0'); self.end_headers()\n    def log_message(self, *a): pass\nhttp.server.HTTPServer(('127.0.0.1', {port}), H).serve_forever()\n"
     );

@@ -11,8 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-#[path = "sim_support/mod.rs"]
-mod support;
+use mva_test_support::repo as support;
 
 /// One instruction, continuation lines joined.
 #[derive(Debug)]

@@ -9,9 +9,8 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-#[path = "sim_support/mod.rs"]
-mod support;
-use support::{agent, free_port, have_tool as have, root, run};
+use mva_test_support::repo as support;
+use support::{agent, have_tool as have, reserve_port, root, run};
 
 const SIM: &str = env!("CARGO_BIN_EXE_microvm-sim");
 
@@ -56,17 +55,7 @@ fn prepare_with(
         "node" => vec!["node".into(), format!("{d}/app.js")],
         "java" => {
             // With its client library's source, as the Dockerfile compiles them.
-            run(
-                Command::new("javac")
-                    .args(["-d", &d])
-                    .arg(dir.join("App.java"))
-                    .args(
-                        std::fs::read_dir(dir.join("dev/microvm/agent"))
-                            .unwrap()
-                            .map(|e| e.unwrap().path()),
-                    ),
-                "javac",
-            );
+            support::javac_template(&dir, &d);
             vec!["java".into(), "-cp".into(), d.clone(), "App".into()]
         }
         "go" => {
@@ -164,7 +153,7 @@ fn template(lang: &str, runtime: &[&str]) {
 
 /// One run under microvm-sim; returns the fingerprint of the app's generator after `/run`.
 fn template_run(lang: &str, app: Option<&std::path::Path>) -> String {
-    let (app_port, hook_port) = (free_port(), free_port());
+    let ((_h1, app_port), (_h2, hook_port)) = (reserve_port(), reserve_port());
     let (dir, command) = prepare_with(lang, app_port, hook_port, app);
     let args = sim_args(
         &dir,
@@ -280,7 +269,7 @@ fn a_template_that_reseeds_with_something_the_same_in_every_vm_fails_the_templat
 
 /// Runs microvm-sim over a template with `env` for the app; returns its exit code and output.
 fn sim_template(lang: &str, env: &[(&str, &str)], payload: &str) -> (i32, String) {
-    let (app_port, hook_port) = (free_port(), free_port());
+    let ((_h1, app_port), (_h2, hook_port)) = (reserve_port(), reserve_port());
     let (dir, command) = prepare(lang, app_port, hook_port);
     let args = sim_args(&dir, hook_port, &["--payload", payload], command);
     let mut cmd = Command::new(SIM);

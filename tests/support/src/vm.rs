@@ -3,8 +3,6 @@
 //! `clone_vm.rs` runs the fixture app in a busybox initramfs; `runtime_vm.rs` runs the real
 //! templates on a Debian root file system.
 
-#![allow(dead_code)] // each test binary uses its own part
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
@@ -14,6 +12,7 @@ use std::time::{Duration, Instant};
 
 /// Straight to the stderr handle: `cargo test` captures `eprintln!` of passing tests, and CI's log
 /// must show the values each clone was compared on.
+#[macro_export]
 macro_rules! say {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
@@ -28,7 +27,7 @@ pub fn vm_dir() -> PathBuf {
     std::env::var_os("MICROVM_AGENT_VM_DIR")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("CARGO_TARGET_DIR").map(|t| PathBuf::from(t).join("vm")))
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/vm"))
+        .unwrap_or_else(|| crate::repo::root().join("target/vm"))
 }
 
 /// The guest's architecture: the platform's (aarch64, Graviton) or the development one.
@@ -122,6 +121,12 @@ pub fn is_static(elf: &[u8]) -> bool {
 // ------------------------------------------------------------------ initramfs (cpio newc)
 
 pub struct Cpio(Vec<u8>, u32);
+
+impl Default for Cpio {
+    fn default() -> Self {
+        Cpio::new()
+    }
+}
 
 impl Cpio {
     /// An archive with the directories every guest mounts on, and its console.

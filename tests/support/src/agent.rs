@@ -1,11 +1,8 @@
 //! The black-box harness: start the real `microvm-agent` binary on 127.0.0.1 with a temporary
 //! state directory, talk raw HTTP/1.1 to it, read its logs, and kill everything it started when
 //! the test ends, even when the test fails.
-#![allow(dead_code)]
 
-pub mod machine_lock;
-#[allow(unused_imports)] // used by the heavy tiers only
-pub use machine_lock::heavy_tier;
+pub use crate::machine_lock::heavy_tier;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -19,8 +16,8 @@ use std::time::{Duration, Instant};
 /// The agent under test: this build, or `MICROVM_AGENT_BIN` (e.g. the aarch64 build), run
 /// through `MICROVM_AGENT_RUNNER` when set (e.g. `qemu-aarch64-static`).
 pub fn agent_argv() -> Vec<String> {
-    let bin = std::env::var("MICROVM_AGENT_BIN")
-        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_microvm-agent").to_string());
+    let bin =
+        std::env::var("MICROVM_AGENT_BIN").unwrap_or_else(|_| crate::repo::built("microvm-agent"));
     match std::env::var("MICROVM_AGENT_RUNNER") {
         Ok(runner) if !runner.is_empty() => vec![runner, bin],
         _ => vec![bin],
@@ -63,7 +60,7 @@ pub const PATIENCE: Duration = Duration::from_secs(30);
 /// loaded machine adds, so it allows this much, while a hook that waited for what it must never
 /// wait for (a hung callback, a 30 s command, a 5 s exec) is still told apart. A tight wall-clock
 /// margin here made CI green on an idle machine and red on a busy one (#32); the load tier
-/// (tests/load.rs, one case at a time) is where a budget itself is the assertion.
+/// (tests/attack/crowds.rs, one case at a time) is where a budget itself is the assertion.
 pub const ANSWERED_IN_BUDGET: Duration = Duration::from_millis(2500);
 
 /// The fixture app (tests/fixture), built by cargo as an example of the agent package.
@@ -547,53 +544,7 @@ pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (bound then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A port on 127.0.0.1 that refuses every connection for as long as the returned socket lives:
-/// bound, never listening, so no other test can take it (a [`free_port`] is free only until
-/// someone binds it: under emulation a readiness probe of a "closed" port once found another
-/// test's listener there).
-pub fn refused_port() -> (std::os::fd::OwnedFd, u16) {
-    use std::os::fd::{AsRawFd, FromRawFd};
-    // SAFETY: socket takes integers; the descriptor is owned at once.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-    // SAFETY: a descriptor we just made and own alone.
-    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-    // SAFETY: a zeroed sockaddr_in is valid; we set its family and address.
-    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    addr.sin_family = libc::AF_INET as libc::sa_family_t;
-    addr.sin_addr.s_addr = u32::from_be_bytes([127, 0, 0, 1]).to_be();
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: bind and getsockname read and write the sockaddr_in we own, of its length.
-    unsafe {
-        assert_eq!(
-            libc::bind(
-                fd.as_raw_fd(),
-                (&addr as *const libc::sockaddr_in).cast(),
-                len
-            ),
-            0
-        );
-        let mut got = len;
-        assert_eq!(
-            libc::getsockname(
-                fd.as_raw_fd(),
-                (&mut addr as *mut libc::sockaddr_in).cast(),
-                &mut got
-            ),
-            0
-        );
-    }
-    (fd, u16::from_be(addr.sin_port))
-}
+pub use crate::ports::{refused_port, reserve_port};
 
 /// All descendants of `pid`, children first, from /proc.
 pub fn descendants(pid: u32) -> Vec<u32> {

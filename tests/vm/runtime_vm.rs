@@ -32,13 +32,9 @@
 //! Node.js, Java 17; `tests/vm/prepare.sh` builds it) shared by every clone; the agent, the
 //! templates (Go and Rust built static here) and a tmpfs are all that is per VM.
 
-#[path = "common/machine_lock.rs"]
-mod machine_lock;
-#[path = "sim_support/mod.rs"]
-mod support;
-#[macro_use]
-#[path = "vm/mod.rs"]
-mod vm;
+use mva_test_support::machine_lock;
+use mva_test_support::repo as support;
+use mva_test_support::{say, vm};
 #[path = "runtime_vm/apps.rs"]
 mod apps;
 #[path = "runtime_vm/guest.rs"]

@@ -1,6 +1,6 @@
 //! Black-box tests of the hook server: the real binary, real HTTP on 127.0.0.1.
 
-mod common;
+use mva_test_support::agent as common;
 
 use std::io::{BufReader, Read, Write};
 use std::process::Stdio;
@@ -390,7 +390,7 @@ fn forwarded_calls_are_refused_and_act_on_nothing() {
         assert_eq!(r.status, 403, "status with {headers:?}");
         // /ready may be read by anyone: it changes nothing. /validate too (the image builder's
         // calls look forwarded): before /run it acts as the builder's would, after /run it
-        // is refused (409) -- tests/platform.rs.
+        // is refused (409) -- tests/blackbox/platform_contract.rs.
         assert_eq!(http(a.port, "GET", "/ready", headers, b"").status, 200);
     }
     // Host missing (HTTP/1.0) and an absolute-form target.

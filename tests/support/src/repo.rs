@@ -1,5 +1,5 @@
-//! What the simulator package's tests share: where cargo put the binaries they run.
-#![allow(dead_code)]
+//! Where things are: the binaries cargo built for the tests, the repository, the tools the
+//! templates need, and a template's build context as its author makes it.
 
 use std::path::{Path, PathBuf};
 
@@ -23,18 +23,12 @@ pub fn fixture() -> String {
     built("examples/mva-fixture")
 }
 
+/// The repository's root (this crate is `tests/support`).
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// A free TCP port on 127.0.0.1 (bound then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use crate::ports::reserve_port;
 
 /// Whether `tool` runs here. For `go`: a Go new enough for the Go template's `go.mod` (1.24:
 /// `math/rand/v2`, and the `rand.Seed` semantics its comments describe); Debian 12's 1.19 is not.
@@ -102,4 +96,17 @@ pub fn build_context(template: &str, into: &Path) {
             "copy the client library",
         );
     }
+}
+
+/// Compiles the Java template in `dir` with its client library's sources next to it, into
+/// `out`, as its Dockerfile does (`javac -d /app App.java dev/microvm/agent/*.java`), for Java 17.
+pub fn javac_template(dir: &Path, out: &str) {
+    let library = std::fs::read_dir(dir.join("dev/microvm/agent")).unwrap();
+    run(
+        std::process::Command::new("javac")
+            .args(["--release", "17", "-d", out])
+            .arg(dir.join("App.java"))
+            .args(library.map(|e| e.unwrap().path())),
+        "javac",
+    );
 }

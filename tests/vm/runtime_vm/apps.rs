@@ -1,5 +1,5 @@
 //! The apps of the runtime clone test: the five templates, broken copies of the Python one (the
-//! test of the test), and the unmodified apps of `tests/runtime/`, each built for the guest's
+//! test of the test), and the unmodified apps of `tests/vm/runtime/`, each built for the guest's
 //! architecture.
 
 use crate::support::run;
@@ -56,7 +56,7 @@ pub const APPS: [App; 12] = [
             "python3 /run/mva/python-no-handler/app.py",
         )
     },
-    // Unmodified apps (tests/runtime/): no handler, no seed; the agent's in-process reseed is
+    // Unmodified apps (tests/vm/runtime/): no handler, no seed; the agent's in-process reseed is
     // all they get, and what they send on the wire is read from the recorder.
     App {
         tls: true,
@@ -203,17 +203,7 @@ pub fn build(out: &Path, arch: Arch) {
             }
             "node" => {}
             // With its client library's source, as the Dockerfile compiles them.
-            "java" => run(
-                Command::new("javac")
-                    .args(["--release", "17", "-d", &d])
-                    .arg(dir.join("App.java"))
-                    .args(
-                        std::fs::read_dir(dir.join("dev/microvm/agent"))
-                            .unwrap()
-                            .map(|e| e.unwrap().path()),
-                    ),
-                "javac",
-            ),
+            "java" => crate::support::javac_template(&dir, &d),
             "go" => run(
                 Command::new("go")
                     .args(["build", "-trimpath", "-o", &format!("{d}/server"), "."])

@@ -102,7 +102,7 @@ fn dependencies_point_one_way_and_modules_stay_small() {
     let gone: Vec<_> = known.difference(&back).collect();
     assert!(
         gone.is_empty(),
-        "these back edges are cut: delete them from KNOWN in tests/layout.rs: {gone:?}"
+        "these back edges are cut: delete them from KNOWN in tests/layout/house_plan.rs: {gone:?}"
     );
     assert!(big.is_empty(), "modules over {MAX_LINES} lines: {big:?}");
     for (f, t, why) in KNOWN {
@@ -268,4 +268,58 @@ fn a_circle_between_two_modules_is_caught() {
         found[0],
         BTreeSet::from(["http/accept.rs".to_string(), "http/routes.rs".to_string()])
     );
+}
+
+/// Problems in the test tree's plan: a file included by path from outside its own folder (what
+/// the tiers share is the `mva-test-support` crate, compiled once, not a file compiled into
+/// every test binary), or a port handed out after it was released (the race `support::ports`
+/// exists to remove).
+fn test_tree_problems(files: &[(String, String)]) -> Vec<String> {
+    let mut found = Vec::new();
+    for (rel, text) in files {
+        for line in text.lines() {
+            let line = line.trim();
+            if let Some(path) = line.strip_prefix("#[path = \"") {
+                if path.starts_with("..") || path.contains("support") || path.contains("common") {
+                    found.push(format!("{rel}: includes {line}"));
+                }
+            }
+            if line.contains("fn free_port") {
+                found.push(format!("{rel}: {line}"));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn the_test_tiers_share_one_crate_and_no_released_port() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests");
+    let mut paths = Vec::new();
+    sources(&root, &mut paths);
+    paths.retain(|p| !p.ends_with("layout/house_plan.rs")); // the checker names what it looks for
+    assert!(paths.len() > 20, "{paths:?}");
+    let files: Vec<(String, String)> = paths
+        .iter()
+        .map(|p| {
+            let rel = p
+                .strip_prefix(&root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            (rel, std::fs::read_to_string(p).unwrap())
+        })
+        .collect();
+    let found = test_tree_problems(&files);
+    assert!(found.is_empty(), "{found:#?}");
+}
+
+/// The test of the test: what the tree looked like before the support crate is caught.
+#[test]
+fn an_included_helper_file_and_a_released_port_are_caught() {
+    let files = vec![(
+        "hooks.rs".to_string(),
+        "#[path = \"common/mod.rs\"]\nmod common;\npub fn free_port() -> u16 {\n".to_string(),
+    )];
+    assert_eq!(test_tree_problems(&files).len(), 2);
 }

@@ -1,7 +1,7 @@
 //! Hardening, round two: each test reproduces a finding of the black-box attack on the agent (as
 //! it was run) and checks that it holds now. Real binary, real sockets, real child processes.
 
-mod common;
+use mva_test_support::agent as common;
 
 use std::io::{BufReader, Read, Write};
 use std::os::unix::ffi::OsStringExt;
@@ -226,7 +226,7 @@ fn a_secret_command_writing_over_64_kib_fails_the_routine_naming_the_secret_and_
 
 #[test]
 fn validate_polls_during_a_long_warm_up_answer_503_at_once() {
-    let port = free_port();
+    let (_held, port) = reserve_port();
     let dir = TempDir::new("warm");
     let log = dir.join("log");
     let cfg = format!(
@@ -603,7 +603,7 @@ fn check_help_and_version_exit_cleanly_when_the_reader_has_gone() {
 #[test]
 fn text_logs_escape_the_control_characters_of_an_apps_failure_reason() {
     use std::io::BufRead;
-    let port = free_port();
+    let (_held, port) = reserve_port();
     let mut a = Spec::default()
         .arg("--listen")
         .arg(&format!("127.0.0.1:{port}"))

@@ -5,7 +5,7 @@
 //! with the split switched off (`capabilities = "all"`) the same attempts succeed, which shows
 //! the probe can see what it claims to refuse (the test of the test).
 
-mod common;
+use mva_test_support::agent as common;
 
 use std::collections::BTreeMap;
 

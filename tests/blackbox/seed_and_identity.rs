@@ -1,7 +1,7 @@
 //! Clone safety under the platform's default capabilities: the per-generation seed the app can
 //! trust, the honest `kernel_crng` report, and the per-VM machine-id. Real binary, real app.
 
-mod common;
+use mva_test_support::agent as common;
 
 use std::os::unix::fs::MetadataExt;
 
@@ -30,7 +30,7 @@ fn event_seeds(log: &std::path::Path) -> Vec<serde_json::Value> {
 
 #[test]
 fn the_seed_is_new_every_generation_private_to_the_app_scrubbed_on_suspend_and_never_shown() {
-    let port = free_port();
+    let (_held, port) = reserve_port();
     let logs = TempDir::new("seedlog");
     std::fs::set_permissions(
         logs.path(),

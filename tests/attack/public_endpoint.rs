@@ -4,7 +4,7 @@
 //! sees: every hook answered inside its budget, with the outcome it should have. Real binary, real
 //! sockets; descriptor limits as on the platform (`prlimit --nofile=1024:1024`).
 
-mod common;
+use mva_test_support::agent as common;
 
 use std::io::{BufReader, Write};
 use std::net::TcpStream;
@@ -30,7 +30,7 @@ fn serving_agent(
     wrapper: &[&str],
     env: &[(&str, &str)],
 ) -> (Agent, TempDir) {
-    let port = free_port();
+    let (_held, port) = reserve_port();
     let logs = TempDir::new("stranger");
     let log = logs.join("requests.log");
     let cfg = format!("[ready]\ntcp = \"127.0.0.1:{port}\"\n{}", section(port));

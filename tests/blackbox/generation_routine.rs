@@ -1,7 +1,7 @@
 //! Black-box tests of the new-generation routine: generations, secrets, notification, the kernel
 //! reseed path, scrubbing, and that nothing secret reaches the logs.
 
-mod common;
+use mva_test_support::agent as common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,7 +19,7 @@ fn read_json(path: &std::path::Path) -> serde_json::Value {
 /// An agent supervising the clone-app fixture on a free port, with `extra` configuration, in
 /// which `{port}` stands for the app's port.
 fn clone_app(extra: &str, mode: &str) -> (Agent, u16, TempDir) {
-    let port = free_port();
+    let (_held, port) = reserve_port();
     let tmp = TempDir::new("clone");
     let log = tmp.join("lifecycle.log");
     let extra = extra.replace("{port}", &port.to_string());
@@ -217,12 +217,12 @@ fn at_notify_time_the_new_generation_and_its_secrets_are_already_in_place() {
         .collect();
     assert_eq!(lines.len(), 3, "run, suspend, resume: {lines:?}");
     assert!(
-        lines[0].starts_with("1 {\"generation\":1,") && lines[0].ends_with(&key1),
+        lines[0].starts_with("1 {\"format\":1,\"generation\":1,") && lines[0].ends_with(&key1),
         "{}",
         lines[0]
     );
     assert!(
-        lines[2].starts_with("2 {\"generation\":2,") && lines[2].ends_with(&key2),
+        lines[2].starts_with("2 {\"format\":1,\"generation\":2,") && lines[2].ends_with(&key2),
         "{}",
         lines[2]
     );

@@ -92,7 +92,12 @@ fn an_unmodified_python_app_and_its_forked_workers_are_reseeded_before_run_answe
     );
     let r = a.post("/run", br#"{"microvmId":"vm-1"}"#);
     assert_eq!(r.status, 200, "{}", r.text());
-    let m = members(&a);
+    // The Python helper's `ssl.RAND_add` is each process's first use of its OpenSSL (loaded with
+    // `ssl`, after start): the native helper starts there too, and registers beside it.
+    let m: Vec<_> = members(&a)
+        .into_iter()
+        .filter(|m| m["kind"] == "python")
+        .collect();
     assert_eq!(m.len(), 4, "{m:?}");
     for p in &m {
         assert_eq!(
@@ -780,4 +785,93 @@ fn a_helper_that_holds_nothing_is_left_asleep_and_one_that_holds_is_told() {
     // Twice "holding" without a reset between: disconnected.
     s.write_all(b"MVA1 holding\nMVA1 holding\n").unwrap();
     eventually("disconnected", || members(&a).is_empty());
+}
+
+/// A C program that loads OpenSSL only when it first needs it, as .NET's shim does: waits for
+/// the file argv[1], then `dlopen`s `libcrypto.so.3` `RTLD_LOCAL`, draws 8 bytes, and sleeps.
+const LATE_C: &str = r#"
+#include <dlfcn.h>
+#include <stdio.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    while (access(argv[1], F_OK) != 0) usleep(20000);
+    void *h = dlopen("libcrypto.so.3", RTLD_NOW | RTLD_LOCAL);
+    if (!h) return 3;
+    int (*rand_bytes)(unsigned char *, int) = (int (*)(unsigned char *, int))dlsym(h, "RAND_bytes");
+    unsigned char b[8];
+    if (!rand_bytes || rand_bytes(b, 8) != 1) return 4;
+    for (;;) pause();
+}
+"#;
+
+#[test]
+fn processes_that_load_openssl_after_start_take_part_from_their_first_draw() {
+    // .NET's shim, Ruby's, PHP's and Perl's extensions, `python -I` (no site, so no Python
+    // helper): OpenSSL arrives with `dlopen`, `RTLD_LOCAL`, when first needed. Until then the
+    // native helper costs nothing (no thread, no connection); on OpenSSL's first seeding it
+    // starts, registers, and is told of the current generation like any other process.
+    let lib = [
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/usr/lib",
+    ]
+    .iter()
+    .any(|d| std::path::Path::new(d).join("libcrypto.so.3").exists());
+    if !have_tool("gcc") || !lib {
+        eprintln!("SKIP: needs gcc and libcrypto.so.3");
+        return;
+    }
+    let dir = TempDir::new("inproc-late");
+    let src = dir.join("late.c");
+    std::fs::write(&src, LATE_C).unwrap();
+    let late = dir.join("late");
+    let ok = std::process::Command::new("gcc")
+        .arg("-o")
+        .arg(&late)
+        .arg(&src)
+        .arg("-ldl")
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "gcc failed");
+    let go = dir.join("go");
+    let python = format!(
+        "import os, time\nwhile not os.path.exists({go:?}): time.sleep(0.02)\nimport ssl\nssl.RAND_bytes(8)\ntime.sleep(1000)\n",
+        go = go.display().to_string()
+    );
+    let script = format!(
+        "{late} {go} & python3 -I -c '{python}' & wait",
+        late = late.display(),
+        go = go.display(),
+    );
+    let a = Spec::default().app(&["sh", "-c", &script]).start();
+    let native = |a: &Agent| {
+        members(a)
+            .into_iter()
+            .filter(|m| m["kind"] == "native")
+            .collect::<Vec<_>>()
+    };
+    // Both processes run, neither has loaded OpenSSL: nothing registered. (A control for the
+    // wait below: the helpers are loaded and would say hello within this time if they had
+    // started at load.)
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(native(&a).is_empty(), "{:?}", members(&a));
+    std::fs::write(&go, b"").unwrap();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while native(&a).len() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        native(&a).len(),
+        2,
+        "{:?}\n{}",
+        members(&a),
+        a.stderr.text()
+    );
+    let run = a.post("/run", b"{}");
+    assert_eq!(run.status, 200, "{}", run.text());
+    for m in native(&a) {
+        assert_eq!(m["generation"], 1, "{m}");
+        assert_eq!(m["reseeded"], "openssl=1", "{m}");
+    }
 }

@@ -24,8 +24,9 @@
 //! - **sandboxes** (`seccomp`): a thread under a seccomp filter gets no helper (no thread, no
 //!   socket): a filter that kills `socket` or `clone` never meets our calls;
 //! - **start**: a process without OpenSSL in its global scope at start (a shell, `sleep`) does
-//!   nothing at all; a static binary never loads it; a libc without a function it needs is a
-//!   helper that does nothing, never a failed start.
+//!   nothing at all until OpenSSL, loaded later, first seeds itself (`late`: then it starts as
+//!   if it had been there); a static binary never loads it; a libc without a function it needs
+//!   is a helper that does nothing, never a failed start.
 //!
 //! Built to load into any dynamically linked process, glibc's or musl's: `no_std`, no `DT_NEEDED`,
 //! one weak import (`dlsym`) and everything else looked up through it (`libc`). The thread
@@ -38,6 +39,7 @@
 #![cfg_attr(not(test), no_std)]
 
 mod guard;
+mod late;
 mod libc;
 mod openssl;
 mod owned;
@@ -85,14 +87,49 @@ extern "C" fn start() {
     if n == 0 || n == path.len() - 1 {
         return;
     }
-    // Only a process that has OpenSSL from the start takes part: the program links it (curl,
-    // `openssl`, Debian's Node.js) or carries it (Node.js's own build). A shell, `sleep` or any
-    // other of the many short-lived processes an app starts costs nothing: no thread, no
-    // connection. (Python loads its OpenSSL later, with `ssl`; its own helper reseeds it.)
+    // A process that has OpenSSL from the start takes part now: the program links it (curl,
+    // `openssl`, Debian's Node.js) or carries it (Node.js's own build). Any other (a shell,
+    // `sleep`, Ruby or Python before they load their OpenSSL) costs nothing: no thread, no
+    // connection, no system call; it starts when OpenSSL first seeds itself, if ever (`late`).
     // SAFETY: `dlsym` with RTLD_DEFAULT and a NUL-terminated name.
     if unsafe { (c.dlsym)(core::ptr::null_mut(), c"RAND_add".as_ptr()) }.is_null() {
+        late::ARMED.store(true, core::sync::atomic::Ordering::Release);
         return;
     }
+    take_part(c, true);
+}
+
+/// In a process whose OpenSSL was loaded after start, on its first seeding (`late`): inside the
+/// app's call to `getentropy`, on whichever thread made it, with `errno` kept as that call left it.
+#[cfg_attr(test, allow(dead_code))] // `late::getentropy` is not built into the unit tests
+fn start_late() {
+    let Some(c) = libc::get() else { return };
+    // SAFETY: the calling thread's errno location, valid for the thread's life.
+    let saved = c.errno_location.map(|f| unsafe { *f() });
+    if !GUARD.leaving() {
+        // SAFETY: `syscall(SYS_gettid)` has no preconditions.
+        let tid = unsafe { (c.syscall)(SYS_GETTID) };
+        // SAFETY: `getpid` has no preconditions.
+        let main_thread = tid == unsafe { (c.getpid)() } as isize;
+        take_part(c, main_thread);
+    }
+    if let (Some(f), Some(e)) = (c.errno_location, saved) {
+        // SAFETY: as above.
+        unsafe { *f() = e };
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[cfg_attr(test, allow(dead_code))]
+const SYS_GETTID: isize = 186;
+#[cfg(target_arch = "aarch64")]
+#[cfg_attr(test, allow(dead_code))]
+const SYS_GETTID: isize = 178;
+
+/// Checks the sandbox, registers the fork handlers and starts the thread. `main_thread`: whether
+/// the calling thread is the process's first (its exit is `exit`'s; another thread's destructor
+/// would run when that thread ends, and stop our reseeds for good).
+fn take_part(c: &Libc, main_thread: bool) {
     // Before any call a sandbox might forbid, our own `clone` of a thread included.
     if seccomp::filtered(c) {
         return;
@@ -108,7 +145,9 @@ extern "C" fn start() {
         // Without fork handlers a child could inherit a reseed in progress: stay out.
         return;
     }
-    watch_this_threads_exit(c);
+    if main_thread {
+        watch_this_threads_exit(c);
+    }
     spawn(c);
 }
 

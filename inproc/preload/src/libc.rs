@@ -56,6 +56,10 @@ pub struct Libc {
         Option<unsafe extern "C" fn(extern "C" fn(*mut c_void), *mut c_void, *mut c_void) -> c_int>,
     /// glibc < 2.25 and old musl have none: the agent's bytes and the pid still differ per clone.
     pub getrandom: Option<unsafe extern "C" fn(*mut u8, usize, u32) -> isize>,
+    /// The calling thread's `errno` (glibc and musl): kept across a late start, which runs
+    /// inside the app's call to `getentropy`.
+    #[cfg_attr(test, allow(dead_code))]
+    pub errno_location: Option<unsafe extern "C" fn() -> *mut c_int>,
     /// How to register at-fork handlers, if the process's libc says.
     pub atfork: Atfork,
 }
@@ -194,6 +198,22 @@ fn dlsym_address() -> usize {
 }
 
 const RTLD_DEFAULT: *mut c_void = core::ptr::null_mut();
+/// The same value in glibc and musl.
+const RTLD_NEXT: *mut c_void = -1isize as *mut c_void;
+
+/// The next definition of `name` after this library's own (the C library's, for a function we
+/// define too), or null; usable before and without the constructor's lookup.
+pub fn next(name: &core::ffi::CStr) -> *mut c_void {
+    let addr = dlsym_address();
+    if addr == 0 {
+        return core::ptr::null_mut();
+    }
+    // SAFETY: a non-zero GOT entry for `dlsym` is `dlsym`, whose C signature this is.
+    let dlsym_fn: unsafe extern "C" fn(*mut c_void, *const c_char) -> *mut c_void =
+        unsafe { core::mem::transmute(addr) };
+    // SAFETY: `dlsym` with RTLD_NEXT and a NUL-terminated name.
+    unsafe { dlsym_fn(RTLD_NEXT, name.as_ptr()) }
+}
 
 /// Looks every function up. Returns `None` (and this library does nothing) when a required one
 /// is missing.
@@ -264,6 +284,7 @@ pub unsafe fn resolve() -> Option<&'static Libc> {
         cxa_atexit: need!(c"__cxa_atexit"),
         cxa_thread_atexit: maybe!(c"__cxa_thread_atexit_impl"),
         getrandom: maybe!(c"getrandom"),
+        errno_location: maybe!(c"__errno_location"),
         atfork,
     };
     // SAFETY: the one write, before any thread of ours exists (the caller's promise).

@@ -1,0 +1,129 @@
+//! OpenSSL loaded after start: Ruby's `openssl` extension, PHP's, .NET's shim, `python -I`, any
+//! program that `dlopen`s `libcrypto` (`RTLD_LOCAL` or not) when it first needs it.
+//!
+//! The constructor cannot know whether such a process will ever load OpenSSL, and a thread and a
+//! connection in every shell and `sleep` an app starts would cost them all. What tells us, at
+//! the right moment and at no cost to anyone else: OpenSSL (1.1.1 and 3.x, built with GCC for
+//! ELF, as every distribution's is) seeds its primary generator, on first use, through a *weak*
+//! reference to `getentropy`, which the dynamic linker binds to the first definition in the
+//! global scope: ours, since this library is preloaded. So we define `getentropy`: it calls the
+//! C library's own (found with `RTLD_NEXT`; without `dlsym`, the `getrandom` system call), and
+//! the first call in a process the constructor left armed starts the helper there, as the
+//! constructor does for a process with OpenSSL at start. The thread then finds that copy of
+//! OpenSSL in its loaded object's scope (`openssl`) and registers; a process that registers
+//! after a generation was made is told of it at once.
+//!
+//! Measured (Debian 12, OpenSSL 3.0): a program that `dlopen`s `libcrypto.so.3` `RTLD_LOCAL`
+//! and calls `RAND_bytes`, and `python3 -I` with `ssl`, each call `getentropy` exactly once, on
+//! their first draw (`tests/blackbox/in_process_reseed.rs` starts both under the agent).
+//! Anything else that calls `getentropy` (rare: glibc's own `arc4random` and Rust's, Go's and
+//! Python's generators use `getrandom`) gets the C library's answer and one atomic load.
+
+use core::ffi::{c_int, c_void};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+/// Set by the constructor in a process that may take part but had no OpenSSL at start; the
+/// first `getentropy` clears it and starts the helper.
+pub static ARMED: AtomicBool = AtomicBool::new(false);
+
+/// The C library's `getentropy`: 0 not looked up yet, 1 none.
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+type GetEntropy = unsafe extern "C" fn(*mut c_void, usize) -> c_int;
+
+/// `getentropy(3)`, the C library's, and our late start on the first call in an armed process.
+///
+/// # Safety
+/// As the C function's: `buf` is writable for `len` bytes.
+#[cfg(not(test))]
+#[no_mangle]
+pub unsafe extern "C" fn getentropy(buf: *mut c_void, len: usize) -> c_int {
+    // SAFETY: the caller's promise, passed on.
+    let r = unsafe { next(buf, len) };
+    if ARMED.load(Ordering::Relaxed) && ARMED.swap(false, Ordering::AcqRel) {
+        crate::start_late();
+    }
+    r
+}
+
+/// The C library's `getentropy`, or the system call where it cannot be found.
+///
+/// # Safety
+/// `buf` is writable for `len` bytes.
+#[cfg_attr(test, allow(dead_code))]
+unsafe fn next(buf: *mut c_void, len: usize) -> c_int {
+    let mut f = NEXT.load(Ordering::Acquire);
+    if f == 0 {
+        let p = crate::libc::next(c"getentropy");
+        f = if p.is_null() { 1 } else { p as usize };
+        NEXT.store(f, Ordering::Release);
+    }
+    if f > 1 {
+        // SAFETY: the C library's `getentropy`, whose signature this is; the caller's buffer.
+        return unsafe { core::mem::transmute::<usize, GetEntropy>(f)(buf, len) };
+    }
+    // SAFETY: the caller's buffer.
+    unsafe { by_system_call(buf.cast(), len) }
+}
+
+/// Fills `buf` from the kernel (`getrandom`, flags 0), as `getentropy` does: 0, or -1 when the
+/// kernel refuses (without `errno`, which we cannot reach without the C library; OpenSSL then
+/// uses its other sources).
+///
+/// # Safety
+/// `buf` is writable for `len` bytes.
+#[cfg_attr(test, allow(dead_code))]
+unsafe fn by_system_call(buf: *mut u8, len: usize) -> c_int {
+    const EINTR: isize = -4;
+    let mut done = 0;
+    while done < len {
+        // SAFETY: the unfilled tail of the caller's buffer.
+        let r = unsafe { getrandom(buf.add(done), len - done) };
+        if r == EINTR {
+            continue;
+        }
+        if r <= 0 {
+            return -1;
+        }
+        done += r as usize;
+    }
+    0
+}
+
+/// The raw `getrandom` system call: bytes written, or `-errno`.
+///
+/// # Safety
+/// `buf` is writable for `len` bytes.
+#[cfg_attr(test, allow(dead_code))]
+unsafe fn getrandom(buf: *mut u8, len: usize) -> isize {
+    let r: isize;
+    // SAFETY: getrandom(2) writes at most `len` bytes to `buf` (the caller's promise) and
+    // touches nothing else; the registers the kernel clobbers are declared.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        core::arch::asm!("syscall", inlateout("rax") 318isize => r, in("rdi") buf, in("rsi") len,
+            in("rdx") 0, lateout("rcx") _, lateout("r11") _, options(nostack));
+    }
+    // SAFETY: as above.
+    #[cfg(target_arch = "aarch64")]
+    unsafe {
+        core::arch::asm!("svc 0", in("x8") 278isize, inlateout("x0") buf => r, in("x1") len,
+            in("x2") 0, options(nostack));
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_system_call_fills_the_buffer() {
+        let mut a = [0u8; 300];
+        // SAFETY: our own buffer, of its length.
+        assert_eq!(unsafe { super::by_system_call(a.as_mut_ptr(), a.len()) }, 0);
+        assert!(a.iter().any(|&b| b != 0));
+        let mut b = [0u8; 16];
+        // SAFETY: as above.
+        assert_eq!(unsafe { super::next(b.as_mut_ptr().cast(), b.len()) }, 0);
+        assert!(b.iter().any(|&x| x != 0));
+    }
+}

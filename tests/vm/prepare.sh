@@ -10,8 +10,8 @@
 #                           the static aarch64-unknown-linux-musl agent and fixture
 #   runtime/                the runtime clone test's guest (tests/vm/runtime_vm.rs): rootfs.sqfs, a
 #                           read-only root file system from Debian's packages with Python 3,
-#                           Node.js and a Java 17 runtime (debootstrap, cached: delete the directory
-#                           to rebuild it), versions.txt naming them, and the kernel modules that
+#                           Node.js, a Java 17 runtime and Ruby (debootstrap, cached, built again
+#                           when that list changes), versions.txt naming them, and the kernel modules that
 #                           mount it (virtio-blk, squashfs)
 #   aarch64/runtime/        the same guest for arm64 (debootstrap's second stage runs under
 #                           qemu-aarch64-static through binfmt_misc) and its kernel modules (arm64's
@@ -126,11 +126,16 @@ fi
 # The runtime guest's root: Debian's own runtimes, as an image's base layer would carry them.
 # Uncompressed squashfs: read-only by construction, one module to mount, and nothing to
 # decompress under TCG. runtime_root <debian arch> <dir>
+# The runtimes it carries: a guest built from another list is built again.
+runtime_packages=python3,nodejs,openjdk-17-jre-headless,ruby
+runtime_current() {
+  [ -f "$1/rootfs.sqfs" ] && [ "$(cat "$1/packages" 2>/dev/null)" = "$runtime_packages" ]
+}
 runtime_root() {
   local arch=$1 dir=$2 tmp
-  [ -f "$dir/rootfs.sqfs" ] && return 0
+  runtime_current "$dir" && return 0
   tmp=$(mktemp -d)
-  debootstrap --arch="$arch" --variant=minbase --include=python3,nodejs,openjdk-17-jre-headless \
+  debootstrap --arch="$arch" --variant=minbase --include="$runtime_packages" \
     bookworm "$tmp/root" "$(mirror)" >"$tmp/debootstrap.log" 2>&1 \
     || { tail -20 "$tmp/debootstrap.log"; exit 1; }
   rm -rf "$tmp"/root/usr/share/{doc,man,locale,info} "$tmp"/root/var/cache/apt/* "$tmp"/root/var/lib/apt/lists/*
@@ -139,10 +144,12 @@ runtime_root() {
     chroot "$tmp/root" python3 --version
     echo "Node.js $(chroot "$tmp/root" node --version)"
     chroot "$tmp/root" java -version 2>&1 | head -2 | tail -1
+    chroot "$tmp/root" ruby --version
   } > "$dir/versions.txt"
   umount "$tmp/root/proc"
   mksquashfs "$tmp/root" "$dir/rootfs.sqfs.new" -noappend -noI -noD -noF -noX -quiet >/dev/null
   mv "$dir/rootfs.sqfs.new" "$dir/rootfs.sqfs"
+  echo "$runtime_packages" > "$dir/packages"
   rm -rf "$tmp"
   echo "prepare.sh: built the $arch runtime guest: $(tr '\n' ';' < "$dir/versions.txt")"
 }
@@ -176,7 +183,7 @@ if [ ! -f "$arm/vmlinuz" ] || [ ! -f "$arm/e1000.ko" ] || [ ! -f "$arm/busybox" 
 fi
 # The arm64 runtime guest: debootstrap's second stage runs arm64 programs, through binfmt_misc and
 # qemu-aarch64-static (registered here when the machine has not: a container may lack it).
-if [ ! -f "$arm/runtime/rootfs.sqfs" ]; then
+if ! runtime_current "$arm/runtime"; then
   [ -e /proc/sys/fs/binfmt_misc/register ] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
   [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || cat /usr/lib/binfmt.d/qemu-aarch64.conf > /proc/sys/fs/binfmt_misc/register
   runtime_root arm64 "$arm/runtime"

@@ -8,8 +8,8 @@
 //! reference to `getentropy`, which the dynamic linker binds to the first definition in the
 //! global scope: ours, since this library is preloaded. So we define `getentropy`: it calls the
 //! C library's own (found with `RTLD_NEXT`; without `dlsym`, the `getrandom` system call), and
-//! the first call in a process the constructor left armed starts the helper there, as the
-//! constructor does for a process with OpenSSL at start. The thread then finds that copy of
+//! the first call in a process the constructor left armed, once a `libcrypto` is loaded, starts
+//! the helper there, as the constructor does for a process with OpenSSL at start. The thread then finds that copy of
 //! OpenSSL in its loaded object's scope (`openssl`) and registers; a process that registers
 //! after a generation was made is told of it at once.
 //!
@@ -20,7 +20,9 @@
 //! Python's generators use `getrandom`) gets the C library's answer and one atomic load.
 
 use core::ffi::{c_int, c_void};
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use crate::libc::{DlPhdrInfo, Libc, ADDS_END};
 
 /// Set by the constructor in a process that may take part but had no OpenSSL at start; the
 /// first `getentropy` clears it and starts the helper.
@@ -40,10 +42,69 @@ type GetEntropy = unsafe extern "C" fn(*mut c_void, usize) -> c_int;
 pub unsafe extern "C" fn getentropy(buf: *mut c_void, len: usize) -> c_int {
     // SAFETY: the caller's promise, passed on.
     let r = unsafe { next(buf, len) };
-    if ARMED.load(Ordering::Relaxed) && ARMED.swap(false, Ordering::AcqRel) {
-        crate::start_late();
+    if ARMED.load(Ordering::Relaxed) {
+        if let Some(c) = crate::libc::get() {
+            if openssl_loaded(c) && ARMED.swap(false, Ordering::AcqRel) {
+                crate::start_late();
+            }
+        }
     }
     r
+}
+
+/// `dlpi_adds` when we last looked: the objects are walked only when one was loaded since.
+static SEEN_ADDS: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// Whether a `libcrypto` is loaded now. Some runtimes draw through `getentropy` themselves
+/// (measured: Ruby, on every `SecureRandom` and `Random.new`, OpenSSL loaded or not), so a
+/// call that finds no new object loaded since the last look costs one `dl_iterate_phdr` that
+/// stops at its first entry; only a new object makes us read the names. No `dlopen` here: the
+/// call may come from inside the loader (a constructor), where musl's would wait for itself.
+#[cfg_attr(test, allow(dead_code))]
+fn openssl_loaded(c: &Libc) -> bool {
+    let mut walk = Walk {
+        first: true,
+        found: false,
+    };
+    // SAFETY: the callback only reads the entries it is given and writes into `walk`.
+    unsafe { (c.dl_iterate_phdr)(look, &mut walk as *mut Walk as *mut c_void) };
+    walk.found
+}
+
+struct Walk {
+    first: bool,
+    found: bool,
+}
+
+#[cfg_attr(test, allow(dead_code))]
+extern "C" fn look(info: *mut DlPhdrInfo, size: usize, data: *mut c_void) -> c_int {
+    // SAFETY: `data` is our `Walk`; `info` is the loader's entry for this call, `size` bytes
+    // long, its name NUL-terminated (or null).
+    unsafe {
+        let walk = &mut *(data as *mut Walk);
+        if walk.first {
+            walk.first = false;
+            if size >= ADDS_END {
+                let adds = (*info).adds;
+                if SEEN_ADDS.swap(adds, Ordering::AcqRel) == adds {
+                    return 1; // nothing loaded since the last look
+                }
+            }
+        }
+        let name = (*info).name;
+        if !name.is_null() && named_libcrypto(core::ffi::CStr::from_ptr(name).to_bytes()) {
+            walk.found = true;
+            return 1;
+        }
+        0
+    }
+}
+
+/// `libcrypto` in an object's file name (the system's `libcrypto.so.3`, a wheel's
+/// `libcrypto-<hash>.so.1.1`); the helper's thread then finds what it can reseed in it.
+fn named_libcrypto(path: &[u8]) -> bool {
+    let file = path.rsplit(|&b| b == b'/').next().unwrap_or(path);
+    file.starts_with(b"libcrypto")
 }
 
 /// The C library's `getentropy`, or the system call where it cannot be found.
@@ -115,6 +176,25 @@ unsafe fn getrandom(buf: *mut u8, len: usize) -> isize {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_libcrypto_is_known_by_its_file_name() {
+        for yes in [
+            &b"/usr/lib/x86_64-linux-gnu/libcrypto.so.3"[..],
+            b"/opt/venv/lib/python3.11/site-packages/psycopg2_binary.libs/libcrypto-a1b2c3.so.3",
+            b"libcrypto.so.1.1",
+        ] {
+            assert!(super::named_libcrypto(yes));
+        }
+        for no in [
+            &b"/usr/lib/x86_64-linux-gnu/libssl.so.3"[..],
+            b"/usr/lib/libcrypto/other.so",
+            b"",
+            b"/usr/lib/ruby/3.1.0/x86_64-linux-gnu/openssl.so",
+        ] {
+            assert!(!super::named_libcrypto(no));
+        }
+    }
+
     #[test]
     fn the_system_call_fills_the_buffer() {
         let mut a = [0u8; 300];

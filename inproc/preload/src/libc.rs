@@ -111,7 +111,15 @@ impl Atfork {
 pub struct DlPhdrInfo {
     pub addr: usize,
     pub name: *const c_char,
+    pub phdr: *const c_void,
+    pub phnum: u16,
+    /// How many objects were ever loaded (glibc and musl alike, when the callback's `size`
+    /// covers it: `ADDS_END`).
+    pub adds: u64,
 }
+
+/// The end of `DlPhdrInfo::adds`: the callback's `size` must reach it for the field to be there.
+pub const ADDS_END: usize = 40;
 
 /// A value written once in the constructor (single-threaded), read by our threads after.
 pub struct Global<T>(UnsafeCell<T>);

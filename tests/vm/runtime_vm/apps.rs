@@ -32,7 +32,7 @@ const fn app(name: &'static str, template: &'static str, command: &'static str) 
     }
 }
 
-pub const APPS: [App; 12] = [
+pub const APPS: [App; 14] = [
     app("python", "python", "python3 /run/mva/python/app.py"),
     app("node", "node", "node /run/mva/node/app.js"),
     app("java", "java", "java -cp /run/mva/java App"),
@@ -78,6 +78,15 @@ pub const APPS: [App; 12] = [
         tls: true,
         ..app("plain-c", "plain-c", "/run/mva/plain-c/plain-c plain-c")
     },
+    // Its OpenSSL is loaded after start (`require 'openssl'`): the native helper's late start.
+    App {
+        tls: true,
+        ..app(
+            "plain-ruby",
+            "plain-ruby",
+            "ruby /run/mva/plain-ruby/plain.rb plain-ruby",
+        )
+    },
     // The same apps with the switch off: the test of the test for the in-process reseed.
     App {
         inproc: false,
@@ -95,6 +104,15 @@ pub const APPS: [App; 12] = [
             "plain-node-off",
             "plain-node",
             "node /run/mva/plain-node-off/plain.js plain-node-off",
+        )
+    },
+    App {
+        inproc: false,
+        tls: true,
+        ..app(
+            "plain-ruby-off",
+            "plain-ruby",
+            "ruby /run/mva/plain-ruby-off/plain.rb plain-ruby-off",
         )
     },
 ];
@@ -163,13 +181,16 @@ pub fn build(out: &Path, arch: Arch) {
         }
         std::fs::write(dir.join("microvm-agent.toml"), toml).unwrap();
         let d = dir.display().to_string();
-        let plain = root().join("tests/runtime");
+        let plain = root().join("tests/vm/runtime");
         match app.template {
             "plain-python" => {
                 std::fs::copy(plain.join("plain.py"), dir.join("plain.py")).unwrap();
             }
             "plain-node" => {
                 std::fs::copy(plain.join("plain.js"), dir.join("plain.js")).unwrap();
+            }
+            "plain-ruby" => {
+                std::fs::copy(plain.join("plain.rb"), dir.join("plain.rb")).unwrap();
             }
             // Against libssl.so.3 alone (plain.c declares what it calls): on x86_64 the host's
             // (the guest is the same Debian release), on aarch64 the arm64 one prepare.sh

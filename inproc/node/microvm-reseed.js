@@ -74,11 +74,17 @@
     crypto.randomFillSync(pool);
     if (fresh) {
       fresh = false;
-      crypto.randomFillSync(pending, 44, 32);
-      const key = crypto.createHash('sha256').update(pending).digest();
+      try {
+        crypto.randomFillSync(pending, 44, 32);
+        const key = crypto.createHash('sha256').update(pending).digest();
+        stream = crypto.createCipheriv('chacha20', key, Buffer.alloc(16));
+        key.fill(0);
+      } catch {
+        // An OpenSSL without ChaCha20 (a FIPS provider refuses it): OpenSSL's bytes alone, as
+        // before the first generation. Math.random must never throw for our sake.
+        stream = null;
+      }
       pending.fill(0);
-      stream = crypto.createCipheriv('chacha20', key, Buffer.alloc(16));
-      key.fill(0);
     }
     if (stream !== null) stream.update(pool).copy(pool);
   }

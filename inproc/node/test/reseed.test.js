@@ -196,6 +196,18 @@ test('Math.random after a generation is keyed with the agent\'s bytes, not OpenS
   assert.notStrictEqual(a, draw(''));
 });
 
+test('Math.random never throws when the stream cannot be keyed (a FIPS OpenSSL refuses ChaCha20)', () => {
+  const code = `
+    const c = require('crypto');
+    c.createCipheriv = () => { throw new Error('unsupported in FIPS mode'); };
+    const h = require(${JSON.stringify(helper)});
+    h.reseed(Buffer.from('MVA1 generation 3 ' + 'ab'.repeat(32), 'latin1'), 16, 1);
+    const v = [Math.random(), Math.random()];
+    console.log(v.every((x) => x >= 0 && x < 1) && v[0] !== v[1]);`;
+  const r = node(code, { MICROVM_AGENT_INPROC: '/nonexistent/socket' });
+  assert.deepStrictEqual([r.status, r.stdout], [0, 'true\n'], r.stderr);
+});
+
 test('lines that come together or in pieces are each answered, and a line too long ends its part', async () => {
   const seed = 'ab'.repeat(32);
   const agent = await fakeAgent((c, lines) => {

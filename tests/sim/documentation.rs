@@ -174,6 +174,12 @@ fn the_deploy_guide_takes_an_empty_directory_to_the_platform_commands() {
         create.contains("--hooks file://hooks.json") && Path::new(&dir.join("hooks.json")).exists()
     );
     assert!(create.contains("--base-image-arn arn:aws:lambda:<region>:aws:microvm-image:al2023-1"));
+    // The deployment the guide recommends: the agent may reseed the kernel (it splits the
+    // capabilities, so the app still gets the default set).
+    assert!(
+        create.contains("--additional-os-capabilities '[\"ALL\"]'"),
+        "{create}"
+    );
     let run = deploy
         .iter()
         .find(|c| c.contains("run-microvm"))

@@ -107,18 +107,23 @@ fn named_libcrypto(path: &[u8]) -> bool {
     file.starts_with(b"libcrypto")
 }
 
+/// Looks the C library's `getentropy` up now (the constructor calls it), so that the app's first
+/// call, wherever it comes from, makes no `dlsym` call of ours.
+pub fn prepare() {
+    if NEXT.load(Ordering::Acquire) == 0 {
+        let p = crate::libc::next(c"getentropy");
+        NEXT.store(if p.is_null() { 1 } else { p as usize }, Ordering::Release);
+    }
+}
+
 /// The C library's `getentropy`, or the system call where it cannot be found.
 ///
 /// # Safety
 /// `buf` is writable for `len` bytes.
 #[cfg_attr(test, allow(dead_code))]
 unsafe fn next(buf: *mut c_void, len: usize) -> c_int {
-    let mut f = NEXT.load(Ordering::Acquire);
-    if f == 0 {
-        let p = crate::libc::next(c"getentropy");
-        f = if p.is_null() { 1 } else { p as usize };
-        NEXT.store(f, Ordering::Release);
-    }
+    prepare();
+    let f = NEXT.load(Ordering::Acquire);
     if f > 1 {
         // SAFETY: the C library's `getentropy`, whose signature this is; the caller's buffer.
         return unsafe { core::mem::transmute::<usize, GetEntropy>(f)(buf, len) };

@@ -93,6 +93,7 @@ extern "C" fn start() {
     // connection, no system call; it starts when OpenSSL first seeds itself, if ever (`late`).
     // SAFETY: `dlsym` with RTLD_DEFAULT and a NUL-terminated name.
     if unsafe { (c.dlsym)(core::ptr::null_mut(), c"RAND_add".as_ptr()) }.is_null() {
+        late::prepare();
         late::ARMED.store(true, core::sync::atomic::Ordering::Release);
         return;
     }

@@ -68,8 +68,9 @@ pub(super) fn advice(program: Program) -> &'static str {
              reseed in the app (a client library) or restart it"
         }
         Program::Dynamic => {
-            "no OpenSSL in it at start (or it left): a runtime that loads OpenSSL later (Ruby, \
-             PHP, .NET, python -I) keeps that OpenSSL's generator as cloned"
+            "no OpenSSL loaded in it (or it left): nothing of OpenSSL to reseed; should it load \
+             OpenSSL later (Ruby, PHP, .NET, python -I), the native helper takes part from \
+             OpenSSL's first draw"
         }
     }
 }

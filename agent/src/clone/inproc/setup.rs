@@ -224,8 +224,9 @@ pub fn report(config: &crate::config::Config) -> String {
     };
     let mut out = format!(
         "# in-process reseed of the app's processes: {what}\n\
-         #   not taking part: static binaries, programs without OpenSSL at start (other than\n\
-         #   Python and Node.js), python -I/-E, setuid programs; /status lists them under inproc\n"
+         #   not taking part: static binaries, programs that never load OpenSSL (one that loads\n\
+         #   it later takes part from its first draw), setuid programs; /status lists them under\n\
+         #   inproc\n"
     );
     // The app's own program, when it is one the helpers cannot reach: said before the image ships.
     let program = config

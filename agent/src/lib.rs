@@ -7,8 +7,9 @@
 //! ## Map
 //! One folder per subsystem; dependencies point one way, down this table:
 //! `http -> hooks -> clone -> supervise -> sys` (`config` beside `sys`), with no back edge:
-//! `tests/layout/house_plan.rs` checks every `crate::` path. What crosses upwards is a value or a callback
-//! bound here in the wiring (the restore watcher's callback, the supervisor's `LingerWhen`).
+//! `tests/layout/house_plan.rs` checks every `crate::` path. What crosses upwards is a value or a
+//! callback bound here in the wiring (the restore watcher's callback, the supervisor's
+//! `LingerWhen`).
 //!
 //! | module | responsibility |
 //! |---|---|

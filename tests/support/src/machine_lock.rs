@@ -1,8 +1,8 @@
 //! One heavy tier on this machine at a time, whichever `cargo test` runs it.
 //!
-//! The heavy tiers (the clone tests in QEMU, the runtime clone test, the chaos tier, the load
-//! tier, and the floods of `abuse_and_faults.rs` and `public_endpoint.rs`) each assert time budgets with the machine
-//! to themselves in mind: a restored VM under TCG answering `/run` within 1 s, hooks under a
+//! The heavy tiers (the clone tests in QEMU, the runtime clone test, the chaos tier, the crowds,
+//! and the floods of `abuse_and_faults.rs` and `public_endpoint.rs`) each assert time budgets
+//! with the machine to themselves in mind: a restored VM under TCG answering `/run` within 1 s, hooks under a
 //! crowd within 0.1 s. Two `cargo test --workspace` run side by side (a second checkout, an
 //! editor's test runner, CI's retry beside a developer) reach the same tiers at about the same
 //! time: the clone test of each then ran four QEMU guests on two cores, and both failed "did not

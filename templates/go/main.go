@@ -11,9 +11,9 @@
 // capabilities and without VMGenID, crypto/rand can return the same bytes in every clone; the
 // seed cannot.
 //
-// GET /probe answers the next value of each common generator and what this template claims for
-// it ("safe", "kernel": safe only where the kernel was reseeded, "none"); tests/vm/runtime_vm.rs
-// measures them in real clones.
+// GET /probe answers the next values of each common generator and what this template claims
+// for it ("safe", "kernel": safe only where the kernel was reseeded, "none");
+// tests/vm/runtime_vm.rs measures them in real clones.
 package main
 
 import (
@@ -55,6 +55,17 @@ var claims = map[string]string{
 	"crypto/rand":            "kernel",
 }
 
+// draws is a generator's next eight values: a clone whose first value is among another clone's
+// next ones read the same stream at another position (cloned, not reseeded), which the test
+// checks for.
+func draws(next func() string) []string {
+	out := make([]string, 8)
+	for i := range out {
+		out[i] = next()
+	}
+	return out
+}
+
 func probe() map[string]any {
 	mu.Lock()
 	defer mu.Unlock()
@@ -64,10 +75,10 @@ func probe() map[string]any {
 		"runtime":    "Go " + runtime.Version(),
 		"generation": generation,
 		"claims":     claims,
-		"values": map[string]string{
-			"*rand.Rand kept by the app (replaced by the handler)": fmt.Sprint(rng.Uint64()),
-			"math/rand top-level":    fmt.Sprint(mrand.Int63()),
-			"math/rand/v2 top-level": fmt.Sprint(rand.Uint64()),
+		"values": map[string]any{
+			"*rand.Rand kept by the app (replaced by the handler)": draws(func() string { return fmt.Sprint(rng.Uint64()) }),
+			"math/rand top-level":    draws(func() string { return fmt.Sprint(mrand.Int63()) }),
+			"math/rand/v2 top-level": draws(func() string { return fmt.Sprint(rand.Uint64()) }),
 			"crypto/rand":            hex.EncodeToString(b[:]),
 		},
 	}

@@ -250,11 +250,22 @@ fn probe_app(vm: &Vm, app: &App) -> Probe {
     let body = vm.get_ok(app.app_port(), "/probe", Duration::from_secs(60));
     let v: serde_json::Value = serde_json::from_str(&body)
         .unwrap_or_else(|e| panic!("{}: /probe is not JSON ({e}): {body}", app.name));
+    // A value is a string, or a list of a generator's next draws (`vm::distinct` reads them).
     let map = |k: &str| -> BTreeMap<String, String> {
         v[k].as_object()
             .unwrap_or_else(|| panic!("{}: /probe has no {k}: {body}", app.name))
             .iter()
-            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+            .map(|(k, v)| {
+                let text = match v.as_array() {
+                    Some(draws) => draws
+                        .iter()
+                        .map(|d| d.as_str().unwrap_or_default())
+                        .collect::<Vec<_>>()
+                        .join(vm::DRAWS),
+                    None => v.as_str().unwrap_or_default().to_string(),
+                };
+                (k.clone(), text)
+            })
             .collect()
     };
     Probe {

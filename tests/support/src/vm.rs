@@ -518,7 +518,45 @@ pub fn settle(uptime: impl Fn() -> f64, draw: impl Fn(), tag: &str) {
     draw();
 }
 
-/// Pairwise different.
+/// Each clone's value its own: no clone's value (its first draw) is another clone's value or
+/// among its next draws. "Different" is not "reseeded": a generator cloned and read at a
+/// different position in each clone gives different values that are each other's next draws.
 pub fn distinct(values: &[String]) -> bool {
-    (0..values.len()).all(|i| (i + 1..values.len()).all(|j| values[i] != values[j]))
+    let draws: Vec<Vec<&str>> = values.iter().map(|v| v.split(DRAWS).collect()).collect();
+    (0..values.len()).all(|i| (0..values.len()).all(|j| i == j || !draws[j].contains(&draws[i][0])))
+}
+
+/// Between a generator's draws in one clone's value: the first is its value, the rest its next
+/// draws.
+pub const DRAWS: &str = "\n";
+
+#[cfg(test)]
+mod tests {
+    use super::distinct;
+
+    fn v(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn different_values_are_distinct_and_equal_ones_are_not() {
+        assert!(distinct(&v(&["a", "b", "c"])));
+        assert!(!distinct(&v(&["a", "b", "a"])));
+    }
+
+    /// The test of the test, with what Go's `math/rand` top-level functions measured: one cloned
+    /// stream read at a different position in each clone. Each clone's first value differs from
+    /// the others' (the old judge called that "different"), but each is among another clone's
+    /// next draws: cloned.
+    #[test]
+    fn one_stream_read_at_different_positions_is_not_distinct() {
+        let shifted = v(&["7\n8\n9\n10", "8\n9\n10\n11", "9\n10\n11\n12"]);
+        assert!(!distinct(&shifted));
+        let old_judge = |vals: &[String]| {
+            let first: Vec<&str> = vals.iter().map(|x| x.split('\n').next().unwrap()).collect();
+            (0..3).all(|i| (i + 1..3).all(|j| first[i] != first[j]))
+        };
+        assert!(old_judge(&shifted), "the old judge calls it different");
+        assert!(distinct(&v(&["7\n8\n9", "21\n22\n23", "35\n36\n37"])));
+    }
 }

@@ -141,11 +141,16 @@
 
   // The protocol's one mixing rule: material = seed || pid (u32) || n (u64), little-endian ||
   // fresh bytes; mix = SHA-256(material). `n` as digits (the line's), a number or a BigInt.
+  // The pid and `n` after the seed in `into` (the one layout, for the tests' `material` and the
+  // generation's `pending` alike).
+  function head(into, pid, n) {
+    into.writeUInt32LE(pid >>> 0, 32);
+    into.writeBigUInt64LE(BigInt(n), 36);
+  }
   function material(seed, pid, n, freshBytes) {
     const m = Buffer.alloc(44 + freshBytes.length);
     seed.copy(m, 0, 0, 32);
-    m.writeUInt32LE(pid >>> 0, 32);
-    m.writeBigUInt64LE(BigInt(n), 36);
+    head(m, pid, n);
     freshBytes.copy(m, 44);
     return m;
   }
@@ -158,8 +163,7 @@
   function reseed(buf, digitsAt, digits) {
     if (buf !== undefined) {
       pending.write(buf.latin1Slice(digitsAt + digits + 1, digitsAt + digits + 65), 0, 32, 'hex');
-      pending.writeUInt32LE(process.pid >>> 0, 32);
-      pending.writeBigUInt64LE(BigInt(buf.latin1Slice(digitsAt, digitsAt + digits)), 36);
+      head(pending, process.pid, buf.latin1Slice(digitsAt, digitsAt + digits));
       fresh = true;
     }
     at = pool.length;

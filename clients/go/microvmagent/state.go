@@ -45,22 +45,25 @@ const generationFormat = 1
 // not a JSON object, another format (absent: 1, as agents before the field wrote), no
 // generation number. Unknown fields are a later agent's and are ignored.
 func parseGeneration(raw []byte) (Generation, error) {
-	var g Generation
-	var head struct {
-		Format     *int64   `json:"format"`
-		Generation *float64 `json:"generation"`
+	// One decoding: the outer "generation" (shallower) takes the number, so that its absence
+	// can be told from 0; the embedded Generation gets the rest.
+	var doc struct {
+		Generation
+		Format *int64   `json:"format"`
+		Number *float64 `json:"generation"`
 	}
-	if err := json.Unmarshal(raw, &head); err != nil {
-		return g, fmt.Errorf("microvmagent: not a generation file: %w", err)
+	if err := json.Unmarshal(raw, &doc); err != nil {
+		return Generation{}, fmt.Errorf("microvmagent: not a generation file: %w", err)
 	}
-	if head.Format != nil && *head.Format != generationFormat {
-		return g, fmt.Errorf("microvmagent: generation file format %d (this package reads %d)", *head.Format, generationFormat)
+	if doc.Format != nil && *doc.Format != generationFormat {
+		return Generation{}, fmt.Errorf("microvmagent: generation file format %d (this package reads %d)", *doc.Format, generationFormat)
 	}
-	if head.Generation == nil {
-		return g, errors.New("microvmagent: no generation number in the generation file")
+	if doc.Number == nil || *doc.Number < 0 || *doc.Number != float64(uint64(*doc.Number)) {
+		return Generation{}, errors.New("microvmagent: no generation number in the generation file")
 	}
-	err := json.Unmarshal(raw, &g)
-	return g, err
+	g := doc.Generation
+	g.Number = uint64(*doc.Number)
+	return g, nil
 }
 
 // GenerationID is the current generation's id ("" when there is none): the per-VM identity.

@@ -14,17 +14,9 @@ use std::process::Command;
 fn main() {
     let src = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap())
         .join("../inproc/preload/src");
-    for f in [
-        "lib.rs",
-        "guard.rs",
-        "libc.rs",
-        "openssl.rs",
-        "owned.rs",
-        "seccomp.rs",
-        "wire.rs",
-    ] {
-        println!("cargo:rerun-if-changed={}", src.join(f).display());
-    }
+    // The whole folder (cargo rescans a directory): a list of files went stale once, when a
+    // new module was left out of it.
+    println!("cargo:rerun-if-changed={}", src.display());
     let target = std::env::var("TARGET").unwrap();
     let out = PathBuf::from(std::env::var_os("OUT_DIR").unwrap()).join("libmicrovm-reseed.so");
     let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());

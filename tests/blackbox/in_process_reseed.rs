@@ -565,6 +565,7 @@ fn check_says_whether_the_app_gets_the_helpers() {
         on.contains("# in-process reseed of the app's processes: on: LD_PRELOAD (OpenSSL)"),
         "{on}"
     );
+    assert!(on.contains("JDK_JAVA_OPTIONS (Java"), "{on}");
     assert!(on.contains("reseed_in_process = true"), "{on}");
     let switched = run(&["-c", off.to_str().unwrap(), "--", "node", "app.js"]);
     assert!(
@@ -888,5 +889,154 @@ fn processes_that_load_openssl_after_start_take_part_from_their_first_draw() {
     for m in native(&a) {
         assert_eq!(m["generation"], 1, "{m}");
         assert_eq!(m["reseeded"], "openssl=1", "{m}");
+    }
+}
+
+/// A Java app, compiled here: a `SHA1PRNG` seeded with 1 at start and drawn once, and a twin
+/// drawn twice, so the app knows what its generator's next draw is if nothing reseeded it;
+/// `GET /draw` answers `cloned` when that draw is what the twin drew, else `reseeded`.
+fn java_app(dir: &TempDir, port: u16) -> String {
+    std::fs::write(
+        dir.join("App.java"),
+        format!(
+            r#"
+import com.sun.net.httpserver.HttpServer;
+import java.net.InetSocketAddress;
+import java.security.SecureRandom;
+import java.util.Arrays;
+public class App {{
+  public static void main(String[] a) throws Exception {{
+    SecureRandom mine = SecureRandom.getInstance("SHA1PRNG");
+    SecureRandom twin = SecureRandom.getInstance("SHA1PRNG");
+    mine.setSeed(1L);
+    twin.setSeed(1L);
+    byte[] x = new byte[16], next = new byte[16];
+    mine.nextBytes(x);
+    twin.nextBytes(next);
+    twin.nextBytes(next);
+    HttpServer s = HttpServer.create(new InetSocketAddress("127.0.0.1", {port}), 0);
+    s.createContext("/draw", e -> {{
+      byte[] got = new byte[16];
+      mine.nextBytes(got);
+      byte[] b = (Arrays.equals(got, next) ? "cloned" : "reseeded").getBytes();
+      e.sendResponseHeaders(200, b.length);
+      e.getResponseBody().write(b);
+      e.close();
+    }});
+    s.createContext("/ready", e -> {{
+      e.sendResponseHeaders(200, -1);
+      e.close();
+    }});
+    s.start();
+  }}
+}}
+"#
+        ),
+    )
+    .unwrap();
+    support::run(
+        std::process::Command::new("javac")
+            .args(["--release", "17", "-d"])
+            .arg(dir.path())
+            .arg(dir.join("App.java")),
+        "javac",
+    );
+    dir.path().display().to_string()
+}
+
+#[test]
+fn an_unmodified_java_app_gets_its_generators_reseeded_by_the_java_agent() {
+    if !have_tool("javac") {
+        eprintln!("SKIP: no javac");
+        return;
+    }
+    let dir = TempDir::new("inproc-java");
+    let (_held, port) = reserve_port();
+    let classes = java_app(&dir, port);
+    for on in [true, false] {
+        let a = Spec::default()
+            .config(&format!(
+                "[ready]\nhttp = \"http://127.0.0.1:{port}/ready\"\n[app]\nreseed_in_process = {on}\n"
+            ))
+            .app(&["java", "-cp", &classes, "App"])
+            .start();
+        assert_eq!(a.ready_settled().status, 200);
+        if on {
+            eventually("the JVM registered", || {
+                members(&a).iter().any(|m| m["kind"] == "java")
+            });
+        }
+        assert_eq!(a.post("/run", b"{}").status, 200);
+        if on {
+            let m = members(&a);
+            let java = m.iter().find(|p| p["kind"] == "java").expect("java");
+            assert_eq!(
+                java["reseeded"], "nativeprng,securerandom,math.random,random,threadlocalrandom",
+                "{m:?}"
+            );
+            assert_eq!(a.status()["inproc"]["arranged"]["java"], "on");
+        }
+        // The SecureRandom the app made and drew from before the generation.
+        assert_eq!(
+            draw(port),
+            if on { "reseeded" } else { "cloned" },
+            "on: {on}"
+        );
+    }
+}
+
+#[test]
+fn a_java_runtime_without_java_instrument_starts_as_it_would_without_the_agent() {
+    if !have_tool("jlink") || !have_tool("javac") {
+        eprintln!("SKIP: no jlink");
+        return;
+    }
+    // A slim runtime, as images make them: no java.instrument, so `-javaagent` would stop it
+    // from starting ("Could not find agent library instrument").
+    let dir = TempDir::new("inproc-jlink");
+    let (_held, port) = reserve_port();
+    let classes = java_app(&dir, port);
+    let rt = dir.join("rt");
+    support::run(
+        std::process::Command::new("jlink")
+            .args([
+                "--add-modules",
+                "java.base,jdk.httpserver",
+                "--no-header-files",
+            ])
+            .args(["--no-man-pages", "--output"])
+            .arg(&rt),
+        "jlink",
+    );
+    let java = rt.join("bin/java").display().to_string();
+    // Once as the app, once with the agent's flag inherited (as from a Java parent process):
+    // the native helper takes it out for this runtime.
+    let inherited = format!(
+        "JDK_JAVA_OPTIONS=\"-Xss1m -javaagent:${{MICROVM_AGENT_INPROC%/*}}/inproc/java/microvm-reseed.jar\" \
+         exec {java} -cp {classes} App"
+    );
+    for argv in [
+        vec![java.as_str(), "-cp", &classes, "App"],
+        vec!["/bin/sh", "-c", &inherited],
+    ] {
+        let a = Spec::default()
+            .config(&format!(
+                "[ready]\nhttp = \"http://127.0.0.1:{port}/ready\"\n"
+            ))
+            .app(&argv)
+            .start();
+        assert_eq!(
+            a.ready_settled().status,
+            200,
+            "{argv:?}: {}",
+            a.stderr.text()
+        );
+        assert_eq!(a.post("/run", b"{}").status, 200);
+        assert_eq!(draw(port), "cloned", "no Java agent in this runtime");
+        assert!(
+            !members(&a).iter().any(|m| m["kind"] == "java"),
+            "{:?}",
+            members(&a)
+        );
     }
 }

@@ -39,6 +39,7 @@
 #![cfg_attr(not(test), no_std)]
 
 mod guard;
+mod java;
 mod late;
 mod libc;
 mod openssl;
@@ -87,6 +88,8 @@ extern "C" fn start() {
     if n == 0 || n == path.len() - 1 {
         return;
     }
+    // A `java` launcher: the Java agent goes into its JDK_JAVA_OPTIONS (or comes out of it).
+    java::arrange(c, &path[..n]);
     // A process that has OpenSSL from the start takes part now: the program links it (curl,
     // `openssl`, Debian's Node.js) or carries it (Node.js's own build). Any other (a shell,
     // `sleep`, Ruby or Python before they load their OpenSSL) costs nothing: no thread, no

@@ -60,6 +60,10 @@ pub struct Libc {
     /// inside the app's call to `getentropy`.
     #[cfg_attr(test, allow(dead_code))]
     pub errno_location: Option<unsafe extern "C" fn() -> *mut c_int>,
+    /// For the Java agent's `JDK_JAVA_OPTIONS` (`java`), in the constructor only.
+    pub readlink: Option<unsafe extern "C" fn(*const c_char, *mut c_char, usize) -> isize>,
+    pub setenv: Option<unsafe extern "C" fn(*const c_char, *const c_char, c_int) -> c_int>,
+    pub unsetenv: Option<unsafe extern "C" fn(*const c_char) -> c_int>,
     /// How to register at-fork handlers, if the process's libc says.
     pub atfork: Atfork,
 }
@@ -293,6 +297,9 @@ pub unsafe fn resolve() -> Option<&'static Libc> {
         cxa_thread_atexit: maybe!(c"__cxa_thread_atexit_impl"),
         getrandom: maybe!(c"getrandom"),
         errno_location: maybe!(c"__errno_location"),
+        readlink: maybe!(c"readlink"),
+        setenv: maybe!(c"setenv"),
+        unsetenv: maybe!(c"unsetenv"),
         atfork,
     };
     // SAFETY: the one write, before any thread of ours exists (the caller's promise).

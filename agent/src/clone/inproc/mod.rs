@@ -75,6 +75,8 @@ pub enum Kind {
     Native,
     Python,
     Node,
+    /// The Java agent (`inproc/java`): a JVM's generators.
+    Java,
     /// A client library (`clients/`): the app's own callbacks.
     App,
 }
@@ -85,6 +87,7 @@ impl Kind {
             "native" => Some(Kind::Native),
             "python" => Some(Kind::Python),
             "node" => Some(Kind::Node),
+            "java" => Some(Kind::Java),
             "app" => Some(Kind::App),
             _ => None,
         }
@@ -94,6 +97,7 @@ impl Kind {
             Kind::Native => "native",
             Kind::Python => "python",
             Kind::Node => "node",
+            Kind::Java => "java",
             Kind::App => "app",
         }
     }

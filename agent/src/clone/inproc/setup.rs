@@ -15,6 +15,13 @@ const PRELOAD: &[u8] = include_bytes!(env!("MICROVM_AGENT_PRELOAD"));
 const SITECUSTOMIZE: &str = include_str!("../../../../inproc/python/sitecustomize.py");
 const PY_HELPER: &str = include_str!("../../../../inproc/python/_microvm_reseed.py");
 const NODE_HELPER: &str = include_str!("../../../../inproc/node/microvm-reseed.js");
+/// The Java agent, built reproducibly from `inproc/java/src` and committed (`inproc/java/build.sh`;
+/// CI rebuilds it and fails when it differs): building it here would make every build of the
+/// agent need a JDK.
+const JAVA_AGENT: &[u8] = include_bytes!("../../../../inproc/java/microvm-reseed.jar");
+/// Where the Java agent is, under [`DIR`]: the native helper derives it from the socket's path
+/// (`inproc/preload/src/java.rs`), so the two must agree.
+pub const JAVA_AGENT_PATH: &str = "java/microvm-reseed.jar";
 
 pub const DIR: &str = "inproc";
 pub const SOCKET: &str = "inproc.sock";
@@ -32,6 +39,7 @@ pub struct Arranged {
     pub openssl: String,
     pub python: String,
     pub node: String,
+    pub java: String,
 }
 
 impl Setup {
@@ -53,6 +61,7 @@ impl Arranged {
             openssl: why.to_string(),
             python: why.to_string(),
             node: why.to_string(),
+            java: why.to_string(),
         }
     }
 }
@@ -119,6 +128,7 @@ pub fn arrange(state: &Handle, owner: Option<(u32, u32)>) -> Setup {
     };
     let mut env = vec![(SOCKET_ENV, socket.clone().into_os_string())];
 
+    let jar = files.join(JAVA_AGENT_PATH);
     let openssl = if noexec(&base) {
         tracing::warn!(dir = %base.display(), "in-process reseed: the state directory is on a noexec mount; OpenSSL is not reseeded in the app's processes (Python's ssl still is, by its helper)");
         "off: the state directory is on a noexec mount".to_string()
@@ -157,6 +167,20 @@ pub fn arrange(state: &Handle, owner: Option<(u32, u32)>) -> Setup {
             "off: the state directory's path cannot go into NODE_OPTIONS".to_string()
         }
     };
+    // The native helper adds the Java agent to each `java` launcher's `JDK_JAVA_OPTIONS` (only a
+    // runtime with `java.instrument` can load it: in the image's environment it would stop a
+    // jlink'd one from starting), so Java goes where the native helper goes.
+    let java = if openssl != "on" {
+        "off: the native helper, which adds it to each JVM, is off".to_string()
+    } else if jar
+        .to_str()
+        .is_none_or(|p| p.contains(['"', '\\', '\'', ' ']))
+    {
+        tracing::warn!(path = %jar.display(), "in-process reseed: the Java agent's path cannot go into JDK_JAVA_OPTIONS (spaces, quotes); Java's own generators are not reseeded");
+        "off: the state directory's path cannot go into JDK_JAVA_OPTIONS".to_string()
+    } else {
+        "on".to_string()
+    };
     Setup {
         arranged: Arranged {
             enabled: true,
@@ -164,6 +188,7 @@ pub fn arrange(state: &Handle, owner: Option<(u32, u32)>) -> Setup {
             openssl,
             python: "on".to_string(),
             node,
+            java,
         },
         env,
         listener: Some(listener),
@@ -182,6 +207,7 @@ fn refresh(state: Handle) -> impl Fn() + Send + Sync {
             format!("{DIR}/python/sitecustomize.py"),
             format!("{DIR}/python/_microvm_reseed.py"),
             format!("{DIR}/node/microvm-reseed.js"),
+            format!("{DIR}/{JAVA_AGENT_PATH}"),
         ]
         .iter()
         .all(|f| dir.exists(f));
@@ -216,7 +242,7 @@ pub fn report(config: &crate::config::Config) -> String {
                 )
             } else {
                 format!(
-                    "on: LD_PRELOAD (OpenSSL), PYTHONPATH (Python), NODE_OPTIONS (Node.js) from {}",
+                    "on: LD_PRELOAD (OpenSSL), PYTHONPATH (Python), NODE_OPTIONS (Node.js), JDK_JAVA_OPTIONS (Java: the native helper adds it in each `java` launcher whose runtime has java.instrument) from {}",
                     state.join(DIR).display()
                 )
             }
@@ -258,6 +284,8 @@ fn write_files(dir: &StateDir) -> std::io::Result<()> {
     python.write("_microvm_reseed.py", PY_HELPER.as_bytes(), 0o444, None)?;
     let node = inproc.subdir("node", 0o755, None)?;
     node.write("microvm-reseed.js", NODE_HELPER.as_bytes(), 0o444, None)?;
+    let java = inproc.subdir("java", 0o755, None)?;
+    java.write("microvm-reseed.jar", JAVA_AGENT, 0o444, None)?;
     Ok(())
 }
 

@@ -138,7 +138,7 @@ pub(super) async fn event(
 fn phase(kind: Kind) -> u8 {
     match kind {
         Kind::Native => 0,
-        Kind::Python | Kind::Node => 1,
+        Kind::Python | Kind::Node | Kind::Java => 1,
         Kind::App => 2,
     }
 }

@@ -1,0 +1,224 @@
+package dev.microvm.reseed;
+
+import java.io.FileInputStream;
+import java.io.IOException;
+import java.io.InputStream;
+import java.lang.instrument.ClassFileTransformer;
+import java.lang.instrument.Instrumentation;
+import java.net.ProtocolFamily;
+import java.net.SocketAddress;
+import java.net.StandardProtocolFamily;
+import java.nio.ByteBuffer;
+import java.nio.channels.SocketChannel;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Paths;
+import java.security.ProtectionDomain;
+import java.security.SecureRandom;
+import java.util.Arrays;
+import java.util.Collections;
+import java.util.HashMap;
+import java.util.HashSet;
+import java.util.Map;
+import java.util.Set;
+
+/**
+ * The helper's thread: prepares what it will reseed (off the app's start: this thread runs
+ * beside {@code main}), registers with the agent over its Unix socket and sleeps in a read; for
+ * each generation it reseeds ({@link Generators}) and acknowledges (inproc/PROTOCOL.md).
+ */
+final class Helper implements Runnable {
+  /** Where this JVM's code may be reached for reflection: opened to this helper alone. */
+  private static final String[] OPENED = {
+    "java.lang", "java.util", "java.util.concurrent", "sun.security.provider"
+  };
+  /** The methods {@link ClassPatch} hooks in {@code java.security.SecureRandom}. */
+  static final Set<String> DRAWS =
+      Collections.unmodifiableSet(
+          new HashSet<>(
+              Arrays.asList(
+                  "nextBytes([B)V", "nextBytes([BLjava/security/SecureRandomParameters;)V")));
+
+  private final String path;
+  private final Instrumentation inst;
+
+  Helper(String path, Instrumentation inst) {
+    this.path = path;
+    this.inst = inst;
+  }
+
+  @Override
+  public void run() {
+    try {
+      if (filtered()) {
+        return;
+      }
+      boolean instances = prepare();
+      Generators generators = new Generators();
+      converse(generators, instances);
+    } catch (Throwable t) {
+      // The helper stops; the app goes on as it would without it.
+    }
+  }
+
+  /**
+   * Whether this thread is under a seccomp filter (a sandbox that might kill a socket call):
+   * then the helper stays out, as the other helpers do. No /proc: cannot tell, stay out.
+   */
+  static boolean filtered() {
+    for (String name : new String[] {"/proc/thread-self/status", "/proc/self/status"}) {
+      try {
+        for (String line : Files.readAllLines(Paths.get(name), StandardCharsets.ISO_8859_1)) {
+          if (line.startsWith("Seccomp:")) {
+            return !line.substring(8).trim().equals("0");
+          }
+        }
+        return false;
+      } catch (IOException e) {
+        // Try the next.
+      }
+    }
+    return true;
+  }
+
+  /**
+   * Opens what {@link Generators} reads to this helper, and hooks {@code SecureRandom}'s draws
+   * ({@link Registry}); returns whether the hook is in. The hook goes in only where the patched
+   * class can reach {@link Registry}: this jar on the boot class path (its manifest's {@code
+   * Boot-Class-Path}) and {@code java.base} reading its module; otherwise a draw would fail to
+   * find the class.
+   */
+  private boolean prepare() {
+    Module self = Helper.class.getModule();
+    Module base = Object.class.getModule();
+    try {
+      Map<String, Set<Module>> opens = new HashMap<>();
+      for (String p : OPENED) {
+        opens.put(p, Collections.singleton(self));
+      }
+      inst.redefineModule(
+          base,
+          Collections.singleton(self),
+          Collections.<String, Set<Module>>emptyMap(),
+          opens,
+          Collections.<Class<?>>emptySet(),
+          Collections.<Class<?>, java.util.List<Class<?>>>emptyMap());
+    } catch (Throwable t) {
+      return false;
+    }
+    if (Registry.class.getClassLoader() != null
+        || !base.canRead(self)
+        || !inst.isRetransformClassesSupported()) {
+      return false;
+    }
+    Registry.reseeded(); // loaded and initialised before any patched draw can call it
+    ClassFileTransformer patch = new SecureRandomPatch();
+    try {
+      inst.addTransformer(patch, true);
+      inst.retransformClasses(SecureRandom.class);
+      return SecureRandomPatch.applied;
+    } catch (Throwable t) {
+      // A JVM that refuses the class (it verifies it) keeps the one it had.
+      return false;
+    } finally {
+      // Removed at once: a Java transformer is handed a copy of every class the JVM loads.
+      inst.removeTransformer(patch);
+    }
+  }
+
+  private static final class SecureRandomPatch implements ClassFileTransformer {
+    static volatile boolean applied;
+
+    @Override
+    public byte[] transform(
+        Module module,
+        ClassLoader loader,
+        String name,
+        Class<?> redefined,
+        ProtectionDomain domain,
+        byte[] bytes) {
+      if (loader != null || !"java/security/SecureRandom".equals(name)) {
+        return null;
+      }
+      byte[] out = ClassPatch.insert(bytes, DRAWS);
+      applied = out != null;
+      return out;
+    }
+  }
+
+  private void converse(Generators generators, boolean instances) throws Exception {
+    ProtocolFamily unix = StandardProtocolFamily.valueOf("UNIX");
+    SocketAddress address =
+        (SocketAddress)
+            Class.forName("java.net.UnixDomainSocketAddress")
+                .getMethod("of", String.class)
+                .invoke(null, path);
+    long pid = ProcessHandle.current().pid();
+    try (SocketChannel channel =
+        (SocketChannel)
+            SocketChannel.class.getMethod("open", ProtocolFamily.class).invoke(null, unix)) {
+      channel.connect(address);
+      write(channel, Wire.hello(pid));
+      ByteBuffer in = ByteBuffer.allocate(2 * Wire.MAX_LINE);
+      byte[] line = new byte[Wire.MAX_LINE + 1];
+      int have = 0;
+      while (channel.read(in) >= 0) {
+        in.flip();
+        while (in.hasRemaining()) {
+          byte b = in.get();
+          if (b != '\n') {
+            if (have == line.length) {
+              return; // no agent line is this long
+            }
+            line[have++] = b;
+            continue;
+          }
+          Wire.Generation g = Wire.parse(new String(line, 0, have, StandardCharsets.ISO_8859_1));
+          have = 0;
+          if (g == null) {
+            continue;
+          }
+          byte[] mix = Mix.mix(g.seed, pid, g.number, fresh());
+          Arrays.fill(g.seed, (byte) 0);
+          String what = generators.reseed(g.number, mix, instances);
+          write(channel, Wire.ack(g.number, what));
+        }
+        in.clear();
+      }
+    }
+  }
+
+  /** 32 bytes from the kernel, or two clock readings where it cannot be read. */
+  static byte[] fresh() {
+    byte[] b = new byte[32];
+    try (InputStream in = new FileInputStream("/dev/urandom")) {
+      int at = 0;
+      while (at < b.length) {
+        int n = in.read(b, at, b.length - at);
+        if (n < 0) {
+          break;
+        }
+        at += n;
+      }
+      if (at == b.length) {
+        return b;
+      }
+    } catch (IOException e) {
+      // Below.
+    }
+    long t = System.nanoTime();
+    long w = System.currentTimeMillis();
+    for (int i = 0; i < 8; i++) {
+      b[i] = (byte) (t >>> (8 * i));
+      b[8 + i] = (byte) (w >>> (8 * i));
+    }
+    return Arrays.copyOf(b, 16);
+  }
+
+  private static void write(SocketChannel channel, byte[] bytes) throws IOException {
+    ByteBuffer out = ByteBuffer.wrap(bytes);
+    while (out.hasRemaining()) {
+      channel.write(out);
+    }
+  }
+}

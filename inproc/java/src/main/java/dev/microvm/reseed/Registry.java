@@ -1,0 +1,68 @@
+package dev.microvm.reseed;
+
+import java.security.SecureRandom;
+import java.util.Map;
+import java.util.WeakHashMap;
+
+/**
+ * The {@code SecureRandom} objects of the app, reseeded at their first draw after each
+ * generation. {@link ClassPatch} puts a call to {@link #drew} at the start of {@code
+ * SecureRandom.nextBytes}, so a {@code DRBG} or {@code SHA1PRNG} the app made before the snapshot
+ * (and perhaps never drew from then) is reseeded before it gives a byte in a clone. The ones
+ * that are {@code NativePRNG} share one state, reseeded once per generation ({@link
+ * Generators}), and are passed over at the cost of a string comparison.
+ *
+ * <p>Harmless by construction: it never throws into the app's draw, it holds its own lock only
+ * to look an object up (never while calling into a generator: a generator's reseed may draw from
+ * another, whose draw comes here), and before the first generation it costs one volatile read.
+ */
+public final class Registry {
+  private Registry() {}
+
+  /** The current generation's mix; null before the first. */
+  private static volatile byte[] key;
+  private static volatile long generation;
+  /** The generation each object was last reseeded for (weak: never keeps one alive). */
+  private static final Map<Object, Long> SEEN = new WeakHashMap<>();
+  private static long reseeded;
+
+  /** A new generation: every object is reseeded at its next draw. */
+  static void generation(long n, byte[] mix) {
+    key = mix;
+    generation = n;
+  }
+
+  /** How many objects were reseeded (for the acknowledgement and the tests). */
+  static synchronized long reseeded() {
+    return reseeded;
+  }
+
+  /** Called by the patched {@code SecureRandom.nextBytes}, before the draw. */
+  public static void drew(Object random) {
+    byte[] k = key;
+    if (k == null || !(random instanceof SecureRandom)) {
+      return;
+    }
+    try {
+      SecureRandom r = (SecureRandom) random;
+      if (r.getAlgorithm().startsWith("NativePRNG")) {
+        return;
+      }
+      long n = generation;
+      long count;
+      synchronized (Registry.class) {
+        Long last = SEEN.get(r);
+        if (last != null && last == n) {
+          return;
+        }
+        SEEN.put(r, n);
+        count = ++reseeded;
+      }
+      // Outside the lock (see above); the object's own lock is taken by setSeed as the app's
+      // own setSeed would.
+      r.setSeed(Mix.derive(k, "SecureRandom", count));
+    } catch (Throwable t) {
+      // The app's draw goes on with the generator as it was.
+    }
+  }
+}

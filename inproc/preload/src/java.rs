@@ -1,0 +1,179 @@
+//! Java: the Java agent (`inproc/java`) goes into a JVM through the launcher's `JDK_JAVA_OPTIONS`,
+//! and this library is what puts it there, in the `java` launcher's own process, before its
+//! `main` reads the variable.
+//!
+//! Why here and not in the app's environment: a JVM given `-javaagent` loads its
+//! `java.instrument` module, and a runtime made without it (`jlink --add-modules java.base`, a
+//! common slim image) refuses to start ("Could not find agent library instrument"); a jar that
+//! is gone does the same. Only a process that knows which runtime it is can tell. So, in a
+//! process whose program is a `java` launcher (`/proc/self/exe` named `java`), the constructor
+//! adds `-javaagent:<jar>` when that runtime has `lib/libinstrument.so` and the jar is there,
+//! and takes it out when not (a `java` started by a Java process inherits its parent's value).
+//! Only the `java` launcher reads `JDK_JAVA_OPTIONS` (Java 9 and later; a JVM embedded in
+//! another program reads `JAVA_TOOL_OPTIONS`, which we leave alone), and the launcher says so on
+//! its standard error ("NOTE: Picked up JDK_JAVA_OPTIONS: ..."): a line per start.
+//!
+//! The jar's path comes from the socket's: `<state_dir>/inproc.sock` and
+//! `<state_dir>/inproc/java/microvm-reseed.jar` (`agent/src/clone/inproc/setup.rs`).
+
+use core::ffi::c_char;
+
+use crate::libc::Libc;
+
+const VAR: &core::ffi::CStr = c"JDK_JAVA_OPTIONS";
+const FLAG: &[u8] = b"-javaagent:";
+const JAR: &[u8] = b"inproc/java/microvm-reseed.jar";
+const INSTRUMENT: &[u8] = b"/lib/libinstrument.so";
+const O_RDONLY_CLOEXEC: core::ffi::c_int = 0o2000000;
+
+/// A path or a variable's value, NUL-terminated, built on the stack.
+struct Buf {
+    bytes: [u8; 4096],
+    len: usize,
+}
+
+impl Buf {
+    fn new() -> Self {
+        Buf {
+            bytes: [0; 4096],
+            len: 0,
+        }
+    }
+    /// Appends; false when it does not fit (with its NUL).
+    fn push(&mut self, s: &[u8]) -> bool {
+        if self.len + s.len() >= self.bytes.len() {
+            return false;
+        }
+        self.bytes[self.len..self.len + s.len()].copy_from_slice(s);
+        self.len += s.len();
+        self.bytes[self.len] = 0;
+        true
+    }
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+    fn c(&self) -> *const c_char {
+        self.bytes.as_ptr().cast()
+    }
+}
+
+/// In the constructor (single-threaded: `setenv` is safe), with the socket's path.
+pub fn arrange(c: &Libc, socket: &[u8]) {
+    let (Some(readlink), Some(setenv), Some(unsetenv)) = (c.readlink, c.setenv, c.unsetenv) else {
+        return;
+    };
+    let mut exe = Buf::new();
+    // SAFETY: a NUL-terminated path and a buffer of the length given (one short, for the NUL).
+    let n = unsafe {
+        readlink(
+            c"/proc/self/exe".as_ptr(),
+            exe.bytes.as_mut_ptr().cast(),
+            exe.bytes.len() - 1,
+        )
+    };
+    if n <= 0 || n as usize >= exe.bytes.len() - 1 {
+        return;
+    }
+    exe.len = n as usize;
+    let Some(home) = exe.as_slice().strip_suffix(b"/bin/java") else {
+        return; // not a `java` launcher: it does not read the variable
+    };
+    let mut jar = Buf::new();
+    let Some(slash) = socket.iter().rposition(|&b| b == b'/') else {
+        return;
+    };
+    let mut token = Buf::new();
+    let eligible = jar.push(&socket[..=slash])
+        && jar.push(JAR)
+        && token.push(FLAG)
+        && token.push(jar.as_slice())
+        && readable(c, &jar)
+        && {
+            let mut lib = Buf::new();
+            lib.push(home) && lib.push(INSTRUMENT) && readable(c, &lib)
+        };
+    // SAFETY: `getenv` returns null or a NUL-terminated string, read before any change.
+    let current = unsafe { (c.getenv)(VAR.as_ptr()) };
+    let current: &[u8] = if current.is_null() {
+        &[]
+    } else {
+        // SAFETY: NUL-terminated (above); not changed while we read it.
+        unsafe { core::ffi::CStr::from_ptr(current) }.to_bytes()
+    };
+    let mut value = Buf::new();
+    if token.len == 0 {
+        return;
+    }
+    match (eligible, find(current, token.as_slice())) {
+        (true, Some(_)) | (false, None) => {}
+        (true, None) => {
+            if !(value.push(current) && (current.is_empty() || value.push(b" ")))
+                || !value.push(token.as_slice())
+            {
+                return; // too long to add to: leave it as it is
+            }
+            // SAFETY: both NUL-terminated; the constructor is single-threaded.
+            unsafe { setenv(VAR.as_ptr(), value.c(), 1) };
+        }
+        (false, Some(at)) => {
+            let before = trim_end(&current[..at]);
+            let after = &current[at + token.len..];
+            if !(value.push(before) && value.push(after)) {
+                return;
+            }
+            if value.as_slice().iter().all(|&b| b == b' ') {
+                // SAFETY: a NUL-terminated name; single-threaded.
+                unsafe { unsetenv(VAR.as_ptr()) };
+            } else {
+                // SAFETY: as above.
+                unsafe { setenv(VAR.as_ptr(), value.c(), 1) };
+            }
+        }
+    }
+}
+
+/// Where `token` is in `value` as a whole word.
+fn find(value: &[u8], token: &[u8]) -> Option<usize> {
+    (0..=value.len().checked_sub(token.len())?).find(|&i| {
+        value[i..].starts_with(token)
+            && (i == 0 || value[i - 1] == b' ')
+            && value.get(i + token.len()).is_none_or(|&b| b == b' ')
+    })
+}
+
+fn trim_end(s: &[u8]) -> &[u8] {
+    let mut end = s.len();
+    while end > 0 && s[end - 1] == b' ' {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn readable(c: &Libc, path: &Buf) -> bool {
+    // SAFETY: a NUL-terminated path; the descriptor, if any, is ours and closed at once.
+    let fd = unsafe { (c.open)(path.c(), O_RDONLY_CLOEXEC) };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: closing the descriptor we just opened.
+    unsafe { (c.close)(fd) };
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_is_found_only_as_a_whole_word() {
+        let t = b"-javaagent:/s/inproc/java/microvm-reseed.jar";
+        assert_eq!(find(t, t), Some(0));
+        let mut v = b"-Xmx1g ".to_vec();
+        v.extend_from_slice(t);
+        assert_eq!(find(&v, t), Some(7));
+        v.extend_from_slice(b"x");
+        assert_eq!(find(&v, t), None, "a longer path is another jar");
+        assert_eq!(find(b"", t), None);
+        assert_eq!(trim_end(b"-Xmx1g  "), b"-Xmx1g");
+    }
+}

@@ -596,6 +596,130 @@ fn inproc(bin: &Path, o: &Opts) -> Value {
         out[format!("startup_ms_{name}")] = json!({ "off": time(&[]), "on": time(&inproc_env) });
     }
     drop(a);
+    out["java"] = inproc_java(bin, o);
+    out
+}
+
+/// The Java agent's cost, side by side with the switch off: a JVM's start (`java -cp . Hello`,
+/// with the helpers' environment and without: the native helper adds the agent to the
+/// launcher), and `/resume` with 4 JVMs taking part, the two agents' `/resume`s interleaved.
+fn inproc_java(bin: &Path, o: &Opts) -> Value {
+    let (Some(java), Some(javac)) = (which("java"), which("javac")) else {
+        return json!("unavailable: no java or javac");
+    };
+    let mut out = json!({});
+    let classes = std::env::temp_dir().join(format!("mva-bench-java-{}", std::process::id()));
+    std::fs::create_dir_all(&classes).unwrap();
+    std::fs::write(
+        classes.join("Hello.java"),
+        "public class Hello { public static void main(String[] a) throws Exception {\n\
+         if (a.length > 0) Thread.sleep(Long.MAX_VALUE); } }\n",
+    )
+    .unwrap();
+    let built = Command::new(&javac)
+        .arg("-d")
+        .arg(&classes)
+        .arg(classes.join("Hello.java"))
+        .status();
+    if !built.is_ok_and(|s| s.success()) {
+        return json!("unavailable: javac failed");
+    }
+    let cp = classes.display().to_string();
+    let servers = 4;
+    let start = |on: bool| {
+        let script = format!(
+            "for i in $(seq {servers}); do {java} -Xshare:auto -cp {cp} Hello wait & done; wait"
+        );
+        let cfg = format!("[app]\nreseed_in_process = {on}\n");
+        let a = start_agent_on_disk(bin, &cfg, &["sh", "-c", &script]);
+        let _ = once(a.port, "POST", &format!("{PREFIX}/run"), "{}");
+        a
+    };
+    let agents = [(true, start(true)), (false, start(false))];
+    // Every JVM registered (on), or running (off).
+    for (on, a) in &agents {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let v = status_json(a.port).unwrap_or_default();
+            let n = if *on {
+                v["inproc"]["processes"].as_array().map_or(0, Vec::len)
+            } else {
+                v["inproc"]["not_taking_part_total"].as_u64().unwrap_or(0) as usize
+            };
+            if n >= servers {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let mut resume = [Stats::default(), Stats::default()];
+    for _ in 0..o.n(2000, 10) {
+        for (i, (_, a)) in agents.iter().enumerate() {
+            let _ = once(a.port, "POST", &format!("{PREFIX}/suspend"), "");
+            let (status, took) = once(a.port, "POST", &format!("{PREFIX}/resume"), "");
+            match status {
+                Some(200) => resume[i].samples.push(took),
+                _ => resume[i].errors += 1,
+            }
+        }
+    }
+    let members = status_json(agents[0].1.port).unwrap_or_default()["inproc"]["processes"]
+        .as_array()
+        .map_or(0, Vec::len);
+    out[format!("on_{servers}_java")] = json!({ "resume": resume[0].json(), "members": members });
+    out[format!("off_{servers}_java")] = json!({ "resume": resume[1].json() });
+    out[format!("resume_p99_above_off_{servers}_java_us")] =
+        json!(resume[0].pct(0.99) - resume[1].pct(0.99));
+    for (_, a) in agents {
+        let app = descendants(a.proc.0.id());
+        drop(a);
+        for p in app {
+            let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+        }
+    }
+    // A JVM's start, with the helpers' environment (an agent's, socket listening) and without.
+    let a = start_agent_on_disk(bin, "", &["sleep", "100000"]);
+    let state = a._dir.join("state");
+    let env: Vec<(&str, String)> = vec![
+        (
+            "MICROVM_AGENT_INPROC",
+            state.join("inproc.sock").display().to_string(),
+        ),
+        (
+            "LD_PRELOAD",
+            state
+                .join("inproc/libmicrovm-reseed.so")
+                .display()
+                .to_string(),
+        ),
+    ];
+    let runs = o.n(30, 3);
+    let time = |env: &[(&str, String)]| -> f64 {
+        let mut t: Vec<f64> = (0..runs)
+            .map(|_| {
+                let start = Instant::now();
+                let _ = Command::new(&java)
+                    .args(["-cp", &cp, "Hello"])
+                    .envs(env.iter().map(|(k, v)| (*k, v)))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+                start.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        t.sort_by(|a, b| a.total_cmp(b));
+        t[t.len() / 2]
+    };
+    // Alternating, so that a noisy moment of the machine falls on both.
+    let (mut off, mut on) = (vec![], vec![]);
+    for _ in 0..3 {
+        off.push(time(&[]));
+        on.push(time(&env));
+    }
+    out["startup_ms_java"] = json!({ "off": off, "on": on });
+    drop(a);
+    let _ = std::fs::remove_dir_all(&classes);
     out
 }
 

@@ -1038,5 +1038,30 @@ fn a_java_runtime_without_java_instrument_starts_as_it_would_without_the_agent()
             "{:?}",
             members(&a)
         );
+        // /status names it a JVM, with what of it stays cloned and what to do.
+        let mut status = serde_json::Value::Null;
+        eventually("the JVM listed as not taking part", || {
+            status = a.status()["inproc"].clone();
+            status["not_taking_part"]
+                .to_string()
+                .contains("\"program\":\"java\"")
+        });
+        let advice = status["stays_cloned"].to_string();
+        assert!(advice.contains("java.instrument"), "{advice}");
     }
+    // --check says it before the image ships, for this runtime and for a full one.
+    let check = |java: &str| -> String {
+        let out = agent_command()
+            .arg("--check")
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .args(["--", java, "-cp", &classes, "App"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let slim = check(&java);
+    assert!(slim.contains("JVM: the Java agent is not in it"), "{slim}");
+    let full = check("java");
+    assert!(full.contains("Java: the Java agent goes into it"), "{full}");
 }

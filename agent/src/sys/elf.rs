@@ -26,6 +26,9 @@ pub enum Program {
     Go,
     Static,
     Dynamic,
+    /// A dynamic program that is a JVM (its process is named `java`): not an ELF property, but
+    /// what is cloned in it is the JVM's, not OpenSSL's (`clone::inproc::census`).
+    Java,
 }
 
 const PT_INTERP: u32 = 3;

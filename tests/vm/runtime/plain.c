@@ -1,7 +1,7 @@
 /* An unmodified C program using the system's libssl, as a native app or a runtime's own TLS
  * does: no lifecycle handler, no seed. It warms up before the snapshot (one outbound TLS
  * connection and a draw), then serves plain HTTP. GET /probe opens an outbound TLS connection to
- * the guest's ClientHello recorder (server name: argv[1]) and answers the next RAND_bytes.
+ * the guest's ClientHello recorder (server name: argv[1]) and answers the next eight RAND_bytes.
  *
  * OpenSSL's functions are declared here rather than included: the test builds this with the
  * host's compiler against the runtime library alone (libssl.so.3), no -dev package. */
@@ -67,14 +67,20 @@ int main(int argc, char **argv) {
         char req[2048];
         ssize_t n = read(c, req, sizeof req - 1);
         req[n > 0 ? n : 0] = 0;
-        char body[512];
+        char body[1024];
         if (strncmp(req, "GET /probe", 10) == 0) {
             hello();
-            rand_hex(hex);
+            /* The next eight draws: the test compares each clone's value with the others'. */
+            char draws[8 * 35 + 1] = "";
+            for (int i = 0; i < 8; i++) {
+                rand_hex(hex);
+                snprintf(draws + strlen(draws), sizeof draws - strlen(draws), "%s\"%s\"",
+                         i ? "," : "", hex);
+            }
             snprintf(body, sizeof body,
-                     "{\"runtime\":\"unmodified C, OpenSSL %s\",\"values\":{\"RAND_bytes\":\"%s\"},"
+                     "{\"runtime\":\"unmodified C, OpenSSL %s\",\"values\":{\"RAND_bytes\":[%s]},"
                      "\"claims\":{\"RAND_bytes\":\"safe\"}}",
-                     OpenSSL_version(OPENSSL_VERSION_STRING), hex);
+                     OpenSSL_version(OPENSSL_VERSION_STRING), draws);
         } else {
             snprintf(body, sizeof body, "{\"ok\":true}");
         }

@@ -32,7 +32,7 @@ const fn app(name: &'static str, template: &'static str, command: &'static str) 
     }
 }
 
-pub const APPS: [App; 14] = [
+pub const APPS: [App; 16] = [
     app("python", "python", "python3 /run/mva/python/app.py"),
     app("node", "node", "node /run/mva/node/app.js"),
     app("java", "java", "java -cp /run/mva/java App"),
@@ -87,6 +87,15 @@ pub const APPS: [App; 14] = [
             "ruby /run/mva/plain-ruby/plain.rb plain-ruby",
         )
     },
+    // Its generators are the JVM's: the Java agent, which the native helper adds to the launcher.
+    App {
+        tls: true,
+        ..app(
+            "plain-java",
+            "plain-java",
+            "java -cp /run/mva/plain-java Plain plain-java",
+        )
+    },
     // The same apps with the switch off: the test of the test for the in-process reseed.
     App {
         inproc: false,
@@ -113,6 +122,15 @@ pub const APPS: [App; 14] = [
             "plain-ruby-off",
             "plain-ruby",
             "ruby /run/mva/plain-ruby-off/plain.rb plain-ruby-off",
+        )
+    },
+    App {
+        inproc: false,
+        tls: true,
+        ..app(
+            "plain-java-off",
+            "plain-java",
+            "java -cp /run/mva/plain-java-off Plain plain-java-off",
         )
     },
 ];
@@ -192,6 +210,13 @@ pub fn build(out: &Path, arch: Arch) {
             "plain-ruby" => {
                 std::fs::copy(plain.join("plain.rb"), dir.join("plain.rb")).unwrap();
             }
+            // Compiled here (the guest has a JRE).
+            "plain-java" => run(
+                Command::new("javac")
+                    .args(["--release", "17", "-d", &d])
+                    .arg(plain.join("Plain.java")),
+                "javac (Plain.java)",
+            ),
             // Against libssl.so.3 alone (plain.c declares what it calls): on x86_64 the host's
             // (the guest is the same Debian release), on aarch64 the arm64 one prepare.sh
             // extracted, with Debian's cross compiler.

@@ -67,6 +67,14 @@ pub(super) fn advice(program: Program) -> &'static str {
              is true: \
              reseed in the app (a client library) or restart it"
         }
+        Program::Java => {
+            "JVM: the Java agent is not in it (a runtime without java.instrument, Java 15 or \
+             older, a launcher that did not load the native helper, or a seccomp sandbox): its \
+             default SecureRandom, UUID.randomUUID and TLS read the kernel (fresh when \
+             inproc.kernel_values_fresh is true); Math.random, ThreadLocalRandom and every DRBG \
+             stay as cloned: add java.instrument to the runtime (jlink --add-modules), or \
+             reseed them in a clients/java callback"
+        }
         Program::Dynamic => {
             "no OpenSSL loaded in it (or it left): nothing of OpenSSL to reseed; should it load \
              OpenSSL later (Ruby, PHP, .NET, python -I), the native helper takes part from \
@@ -138,7 +146,10 @@ fn walk(app: i32) -> Vec<Outsider> {
             )
             .map(|c| String::from_utf8_lossy(c).trim_end().to_string())
             .unwrap_or_default();
-            let program = programs.of(pid);
+            let program = match programs.of(pid) {
+                Some(Program::Dynamic) if comm == "java" => Some(Program::Java),
+                other => other,
+            };
             Outsider { pid, comm, program }
         })
         .collect()

@@ -266,12 +266,33 @@ pub fn report(config: &crate::config::Config) -> String {
                 path,
             ))
         });
-    if let Some((kind @ (Program::Go | Program::Static), path)) = program {
-        let advice = super::census::advice(kind);
-        out.push_str(&format!(
-            "#   the app's program {}: {advice}\n",
-            path.display()
-        ));
+    match program {
+        Some((kind @ (Program::Go | Program::Static), path)) => {
+            let advice = super::census::advice(kind);
+            out.push_str(&format!(
+                "#   the app's program {}: {advice}\n",
+                path.display()
+            ));
+        }
+        // A JVM: whether the Java agent can go in is whether its runtime has java.instrument
+        // (what the native helper checks in the launcher: inproc/preload/src/java.rs).
+        Some((Program::Dynamic, path)) if path.file_name().is_some_and(|n| n == "java") => {
+            let real = std::fs::canonicalize(&path).unwrap_or(path);
+            let instrument = real
+                .parent()
+                .and_then(Path::parent)
+                .map(|home| home.join("lib/libinstrument.so"));
+            let line = if instrument.as_ref().is_some_and(|l| l.exists()) {
+                "Java: the Java agent goes into it (the runtime has java.instrument)".to_string()
+            } else {
+                super::census::advice(Program::Java).to_string()
+            };
+            out.push_str(&format!(
+                "#   the app's program {}: {line}\n",
+                real.display()
+            ));
+        }
+        _ => {}
     }
     out
 }

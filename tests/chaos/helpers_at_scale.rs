@@ -220,6 +220,61 @@ fn ten_thousand_short_lived_openssl_processes_never_crash_while_generations_are_
     }
 }
 
+/// A class `Job` whose `main` runs `body`, compiled into `dir`; `None` without a JDK.
+fn java_class(dir: &TempDir, body: &str) -> Option<String> {
+    if !have_tool("javac") || !Path::new("/usr/bin/java").exists() {
+        return None;
+    }
+    std::fs::write(
+        dir.join("Job.java"),
+        format!("public class Job {{ public static void main(String[] a) throws Exception {{ {body} }} }}\n"),
+    )
+    .unwrap();
+    support::run(
+        std::process::Command::new("javac")
+            .arg("-d")
+            .arg(dir.path())
+            .arg(dir.join("Job.java")),
+        "javac",
+    );
+    Some(dir.path().display().to_string())
+}
+
+#[test]
+fn four_hundred_short_lived_jvms_start_and_exit_cleanly_while_generations_are_made() {
+    heavy_tier();
+    let dir = TempDir::new("chaos-jvms");
+    let Some(classes) = java_class(&dir, "java.util.UUID.randomUUID(); Math.random();") else {
+        eprintln!("SKIP: no JDK");
+        return;
+    };
+    for (mode, extra) in MODES {
+        let done = dir.join(&format!("done-{mode}"));
+        let fails = dir.join(&format!("fails-{mode}"));
+        // Two loops of 200 JVMs each (the Java agent in every one when on); every non-zero exit,
+        // and every line on standard error but the launcher's note, is written down.
+        let script = format!(
+            "loop() {{ i=0; while [ $i -lt 200 ]; do err=$(/usr/bin/java -cp {classes} Job 2>&1 >/dev/null) || echo \"exit $?\" >> {fails}; \
+             printf '%s\\n' \"$err\" | grep -v '^NOTE: Picked up JDK_JAVA_OPTIONS' | grep . >> {fails}; i=$((i+1)); done; }}; \
+             loop & loop & wait; echo done > {done}; exec sleep 1000",
+            fails = fails.display(),
+            done = done.display()
+        );
+        let a = Spec::default()
+            .config(extra)
+            .app(&["/bin/sh", "-c", &script])
+            .start();
+        let generations = generations_until(&a, &done, mode);
+        let failed = std::fs::read_to_string(&fails).unwrap_or_default();
+        eprintln!("{mode}: 400 JVMs across {generations} generations");
+        assert_eq!(
+            failed.lines().count(),
+            0,
+            "{mode}: JVMs that failed or complained: {failed}"
+        );
+    }
+}
+
 const FORKS_C: &str = r#"
 #include <signal.h>
 #include <stdio.h>
@@ -349,6 +404,16 @@ fn jobs_under_a_seccomp_filter_that_kills_socket_run_to_completion() {
             "/usr/bin/node".into(),
             "-e".into(),
             "console.log(Math.random())".into(),
+        ]);
+    }
+    // A JVM that lives a second: the Java agent's thread would reach `socket` in that time.
+    let java_dir = TempDir::new("chaos-seccomp-java");
+    if let Some(classes) = java_class(&java_dir, "Thread.sleep(1000);") {
+        jobs.push(vec![
+            "/usr/bin/java".into(),
+            "-cp".into(),
+            classes,
+            "Job".into(),
         ]);
     }
     if jobs.is_empty() || !Path::new("/usr/bin/python3").exists() {

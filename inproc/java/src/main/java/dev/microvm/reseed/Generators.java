@@ -34,8 +34,21 @@ final class Generators {
   private final Field seeder;
   private final Field threadSeed;
   private final Field threadProbe;
+  /** One instance of each NativePRNG variant this platform has (made once: a provider lookup is
+   *  not work for a hook's time). */
+  private final SecureRandom[] natives;
+  private static final String[] VARIANTS = {"NativePRNG", "NativePRNGBlocking", "NativePRNGNonBlocking"};
 
   Generators() {
+    java.util.List<SecureRandom> found = new java.util.ArrayList<>();
+    for (String variant : VARIANTS) {
+      try {
+        found.add(SecureRandom.getInstance(variant));
+      } catch (Throwable t) {
+        // Not on this platform (not Linux, or no /dev/random).
+      }
+    }
+    natives = found.toArray(new SecureRandom[0]);
     mathRandom = field("java.lang.Math$RandomNumberGeneratorHolder", "randomNumberGenerator");
     uniquifier = field("java.util.Random", "seedUniquifier");
     splittable = field("java.util.SplittableRandom", "defaultGen");
@@ -58,12 +71,12 @@ final class Generators {
   String reseed(long n, byte[] mix, boolean instances) {
     StringBuilder done = new StringBuilder();
     int native_ = 0;
-    for (String variant : new String[] {"NativePRNG", "NativePRNGBlocking", "NativePRNGNonBlocking"}) {
+    for (SecureRandom r : natives) {
       try {
-        SecureRandom.getInstance(variant).setSeed(Mix.derive(mix, variant, 0));
+        r.setSeed(Mix.derive(mix, r.getAlgorithm(), 0));
         native_++;
       } catch (Throwable t) {
-        // Not on this platform (not Linux, or no /dev/random).
+        // Its /dev/random could not be written: its own state is still reseeded, or nothing is.
       }
     }
     if (native_ > 0) {

@@ -1,5 +1,5 @@
-//! `microvm-bench [--quick] [--inproc]`: microvm-agent side by side with its peers, in one run, on
-//! this machine (`--inproc`: only the in-process reseed's section, printed). Full runs write `BENCHMARKS.md` and `bench/results.json`; `--quick` (CI) runs every
+//! `microvm-bench [--quick] [--inproc | --inproc-java]`: microvm-agent side by side with its peers, in one run, on
+//! this machine (`--inproc`: only the in-process reseed's section, printed; `--inproc-java`: only its Java part). Full runs write `BENCHMARKS.md` and `bench/results.json`; `--quick` (CI) runs every
 //! measurement briefly and writes `bench-quick.json` in the target directory, so the suite never rots. Nothing here
 //! judges the numbers: the budget lines in BENCHMARKS.md compare them, with the peer measured in
 //! the same run.
@@ -909,6 +909,12 @@ fn main() {
     if args.iter().any(|a| a == "--routine") {
         // Only the bare routine against the peer's empty /run, printed (nothing written).
         let v = bare_routine(&agent_bin(), &o);
+        println!("{}", serde_json::to_string_pretty(&v).unwrap());
+        return;
+    }
+    if args.iter().any(|a| a == "--inproc-java") {
+        // Only the Java agent's part of it.
+        let v = inproc_java(&agent_bin(), &o);
         println!("{}", serde_json::to_string_pretty(&v).unwrap());
         return;
     }

@@ -55,4 +55,15 @@ class GeneratorsTest {
     t.join();
     assertNotEquals(Mix.derive64(mix(9), "ThreadLocalRandom", 0), seeder.get());
   }
+
+  @Test
+  void warming_never_undoes_a_real_generation() {
+    Generators g = new Generators();
+    Helper.warm(g); // before any generation: allowed (the process's own bytes)
+    Helper.generation(g, 1, mix(5), false);
+    Random expected = new Random(Mix.derive64(mix(5), "Math.random", 0));
+    assertEquals(expected.nextDouble(), Math.random());
+    Helper.warm(g); // after it: must change nothing
+    assertEquals(expected.nextDouble(), Math.random(), "the generation's stream goes on");
+  }
 }

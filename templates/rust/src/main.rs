@@ -33,20 +33,30 @@ const CLAIMS: [(&str, &str); 4] = [
     ("OsRng", "kernel"),
 ];
 
+/// A generator's next eight draws, as a JSON list: the test compares each clone's value with
+/// the others' next draws (a cloned generator read at another position is not a reseeded one).
+fn draws(mut next: impl FnMut() -> String) -> String {
+    let all: Vec<String> = (0..8).map(|_| format!(r#""{}""#, next())).collect();
+    format!("[{}]", all.join(","))
+}
+
 fn probe() -> String {
-    let mut os = [0u8; 16];
-    rand::rngs::OsRng.try_fill_bytes(&mut os).expect("getrandom");
+    let os = || {
+        let mut b = [0u8; 16];
+        rand::rngs::OsRng.try_fill_bytes(&mut b).expect("getrandom");
+        b.iter().map(|b| format!("{b:02x}")).collect()
+    };
     let values = [
-        RNG.lock().unwrap().as_mut().expect("seeded").random::<u64>().to_string(),
-        STARTUP.lock().unwrap().as_mut().expect("seeded").random::<u64>().to_string(),
-        rand::rng().random::<u64>().to_string(),
-        os.iter().map(|b| format!("{b:02x}")).collect(),
+        draws(|| RNG.lock().unwrap().as_mut().expect("seeded").random::<u64>().to_string()),
+        draws(|| STARTUP.lock().unwrap().as_mut().expect("seeded").random::<u64>().to_string()),
+        draws(|| rand::rng().random::<u64>().to_string()),
+        draws(os),
     ];
     let join = |f: &dyn Fn(usize) -> String| (0..CLAIMS.len()).map(f).collect::<Vec<_>>().join(",");
     format!(
         r#"{{"runtime":"Rust (rand 0.9)","generation":{},"values":{{{}}},"claims":{{{}}}}}"#,
         *GENERATION.lock().unwrap(),
-        join(&|i| format!(r#""{}":"{}""#, CLAIMS[i].0, values[i])),
+        join(&|i| format!(r#""{}":{}"#, CLAIMS[i].0, values[i])),
         join(&|i| format!(r#""{}":"{}""#, CLAIMS[i].0, CLAIMS[i].1)),
     )
 }

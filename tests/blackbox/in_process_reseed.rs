@@ -1065,3 +1065,42 @@ fn a_java_runtime_without_java_instrument_starts_as_it_would_without_the_agent()
     let full = check("java");
     assert!(full.contains("Java: the Java agent goes into it"), "{full}");
 }
+
+#[test]
+fn a_process_that_is_not_java_pays_no_system_call_for_the_java_agent() {
+    if !have_tool("strace") {
+        eprintln!("SKIP: no strace");
+        return;
+    }
+    // The helper's environment, as the agent gives the app (its files written at start).
+    let a = Spec::default().app(&["sleep", "1000"]).start();
+    let socket = a.state("inproc.sock");
+    let library = a.state("inproc/libmicrovm-reseed.so");
+    let traced = |argv: &[&str]| -> String {
+        let out = std::process::Command::new("strace")
+            .args(["-f", "-e", "trace=readlink,readlinkat", "--"])
+            .args(argv)
+            .env("MICROVM_AGENT_INPROC", &socket)
+            .env("LD_PRELOAD", &library)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // A shell and a JVM's sibling tools: not `java`, nothing read.
+    for argv in [&["/bin/true"][..], &["/bin/sh", "-c", "exit 0"][..]] {
+        let trace = traced(argv);
+        assert!(
+            !trace.contains("/proc/self/exe"),
+            "{argv:?} read its executable's link for the Java agent:\n{trace}"
+        );
+    }
+    // The test of the test: a `java` launcher is looked at (its launcher reads the link too, so
+    // the helper's own read is told apart by its buffer size).
+    if have_tool("java") {
+        let trace = traced(&["java", "-version"]);
+        assert!(
+            trace.contains("\"/proc/self/exe\"") && trace.contains(", 4095)"),
+            "{trace}"
+        );
+    }
+}

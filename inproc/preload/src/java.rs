@@ -59,9 +59,26 @@ impl Buf {
 
 /// In the constructor (single-threaded: `setenv` is safe), with the socket's path.
 pub fn arrange(c: &Libc, socket: &[u8]) {
-    let (Some(readlink), Some(setenv), Some(unsetenv)) = (c.readlink, c.setenv, c.unsetenv) else {
+    let (Some(getauxval), Some(readlink), Some(setenv), Some(unsetenv)) =
+        (c.getauxval, c.readlink, c.setenv, c.unsetenv)
+    else {
         return;
     };
+    // Every other program stops here, at no cost: the name `execve` was given (`AT_EXECFN`, in
+    // the process's own memory) is not `java`. Only a `java` then reads links and opens files,
+    // which its launcher does itself anyway (it finds its runtime from `/proc/self/exe`), so a
+    // sandbox that allows the launcher allows these.
+    // SAFETY: `getauxval` has no preconditions; `AT_EXECFN` is a pointer to the NUL-terminated
+    // name in the process's initial stack, or 0.
+    let name = unsafe { getauxval(AT_EXECFN) } as *const c_char;
+    if name.is_null() {
+        return;
+    }
+    // SAFETY: NUL-terminated (above), and never freed.
+    let name = unsafe { core::ffi::CStr::from_ptr(name) }.to_bytes();
+    if !is_java(name) {
+        return;
+    }
     let mut exe = Buf::new();
     // SAFETY: a NUL-terminated path and a buffer of the length given (one short, for the NUL).
     let n = unsafe {
@@ -132,6 +149,14 @@ pub fn arrange(c: &Libc, socket: &[u8]) {
     }
 }
 
+/// `getauxval`'s key for the executed file's name.
+const AT_EXECFN: core::ffi::c_ulong = 31;
+
+/// Whether a path's last part is `java`.
+fn is_java(path: &[u8]) -> bool {
+    path.rsplit(|&b| b == b'/').next() == Some(b"java")
+}
+
 /// Where `token` is in `value` as a whole word.
 fn find(value: &[u8], token: &[u8]) -> Option<usize> {
     (0..=value.len().checked_sub(token.len())?).find(|&i| {
@@ -175,5 +200,14 @@ mod tests {
         assert_eq!(find(&v, t), None, "a longer path is another jar");
         assert_eq!(find(b"", t), None);
         assert_eq!(trim_end(b"-Xmx1g  "), b"-Xmx1g");
+    }
+
+    #[test]
+    fn only_a_program_named_java_is_looked_at() {
+        assert!(is_java(b"/usr/bin/java"));
+        assert!(is_java(b"java"));
+        assert!(!is_java(b"/usr/bin/javac"));
+        assert!(!is_java(b"/bin/sh"));
+        assert!(!is_java(b"/opt/java/bin/node"));
     }
 }

@@ -60,7 +60,9 @@ pub struct Libc {
     /// inside the app's call to `getentropy`.
     #[cfg_attr(test, allow(dead_code))]
     pub errno_location: Option<unsafe extern "C" fn() -> *mut c_int>,
-    /// For the Java agent's `JDK_JAVA_OPTIONS` (`java`), in the constructor only.
+    /// For the Java agent's `JDK_JAVA_OPTIONS` (`java`), in the constructor only: the program's
+    /// name as `execve` was given it, without a system call.
+    pub getauxval: Option<unsafe extern "C" fn(core::ffi::c_ulong) -> core::ffi::c_ulong>,
     pub readlink: Option<unsafe extern "C" fn(*const c_char, *mut c_char, usize) -> isize>,
     pub setenv: Option<unsafe extern "C" fn(*const c_char, *const c_char, c_int) -> c_int>,
     pub unsetenv: Option<unsafe extern "C" fn(*const c_char) -> c_int>,
@@ -297,6 +299,7 @@ pub unsafe fn resolve() -> Option<&'static Libc> {
         cxa_thread_atexit: maybe!(c"__cxa_thread_atexit_impl"),
         getrandom: maybe!(c"getrandom"),
         errno_location: maybe!(c"__errno_location"),
+        getauxval: maybe!(c"getauxval"),
         readlink: maybe!(c"readlink"),
         setenv: maybe!(c"setenv"),
         unsetenv: maybe!(c"unsetenv"),

@@ -533,32 +533,16 @@ fn inproc(bin: &Path, o: &Opts) -> Value {
         }
         out[format!("resume_p99_above_off_{procs}_node{suffix}_us")] =
             json!(resume[0].pct(0.99) - resume[1].pct(0.99));
-        // The app is `sh` with its servers in the background: killing the agent leaves them
-        // running, and the next configuration would be measured beside them.
         for (_, a) in agents {
-            let app = descendants(a.proc.0.id());
-            drop(a);
-            for p in app {
-                let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
-            }
+            stop_with_app(a);
         }
     }
     // Start-up: `node -e 0` and `python3 -c pass` with the helpers' environment (an agent's,
     // socket listening) and without.
     let a = start_agent_on_disk(bin, "", &["sleep", "100000"]);
     let state = a._dir.join("state");
-    let inproc_env: Vec<(&str, String)> = vec![
-        (
-            "MICROVM_AGENT_INPROC",
-            state.join("inproc.sock").display().to_string(),
-        ),
-        (
-            "LD_PRELOAD",
-            state
-                .join("inproc/libmicrovm-reseed.so")
-                .display()
-                .to_string(),
-        ),
+    let mut inproc_env = helpers_env(&state);
+    inproc_env.extend([
         (
             "PYTHONPATH",
             state.join("inproc/python").display().to_string(),
@@ -570,30 +554,17 @@ fn inproc(bin: &Path, o: &Opts) -> Value {
                 state.join("inproc/node/microvm-reseed.js").display()
             ),
         ),
-    ];
+    ]);
     let python = which("python3").unwrap_or_else(|| "python3".into());
     for (name, argv) in [
         ("node", vec![node.as_str(), "-e", "0"]),
         ("python3", vec![python.as_str(), "-c", "pass"]),
     ] {
         let runs = o.n(30, 3);
-        let time = |env: &[(&str, String)]| -> f64 {
-            let mut t: Vec<f64> = (0..runs)
-                .map(|_| {
-                    let start = Instant::now();
-                    let _ = Command::new(argv[0])
-                        .args(&argv[1..])
-                        .envs(env.iter().map(|(k, v)| (*k, v)))
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::null())
-                        .status();
-                    start.elapsed().as_secs_f64() * 1e3
-                })
-                .collect();
-            t.sort_by(|a, b| a.total_cmp(b));
-            t[t.len() / 2]
-        };
-        out[format!("startup_ms_{name}")] = json!({ "off": time(&[]), "on": time(&inproc_env) });
+        out[format!("startup_ms_{name}")] = json!({
+            "off": median_start_ms(&argv, &[], runs),
+            "on": median_start_ms(&argv, &inproc_env, runs),
+        });
     }
     drop(a);
     out["java"] = inproc_java(bin, o);
@@ -672,16 +643,30 @@ fn inproc_java(bin: &Path, o: &Opts) -> Value {
     out[format!("resume_p99_above_off_{servers}_java_us")] =
         json!(resume[0].pct(0.99) - resume[1].pct(0.99));
     for (_, a) in agents {
-        let app = descendants(a.proc.0.id());
-        drop(a);
-        for p in app {
-            let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
-        }
+        stop_with_app(a);
     }
     // A JVM's start, with the helpers' environment (an agent's, socket listening) and without.
     let a = start_agent_on_disk(bin, "", &["sleep", "100000"]);
     let state = a._dir.join("state");
-    let env: Vec<(&str, String)> = vec![
+    let env = helpers_env(&state);
+    let runs = o.n(30, 3);
+    let argv = [java.as_str(), "-cp", &cp, "Hello"];
+    // Alternating, so that a noisy moment of the machine falls on both.
+    let (mut off, mut on) = (vec![], vec![]);
+    for _ in 0..3 {
+        off.push(median_start_ms(&argv, &[], runs));
+        on.push(median_start_ms(&argv, &env, runs));
+    }
+    out["startup_ms_java"] = json!({ "off": off, "on": on });
+    drop(a);
+    let _ = std::fs::remove_dir_all(&classes);
+    out
+}
+
+/// The environment the agent gives its app's processes for the native helper (the state
+/// directory's socket and library), as a process started beside the app would have it.
+fn helpers_env(state: &Path) -> Vec<(&'static str, String)> {
+    vec![
         (
             "MICROVM_AGENT_INPROC",
             state.join("inproc.sock").display().to_string(),
@@ -693,34 +678,35 @@ fn inproc_java(bin: &Path, o: &Opts) -> Value {
                 .display()
                 .to_string(),
         ),
-    ];
-    let runs = o.n(30, 3);
-    let time = |env: &[(&str, String)]| -> f64 {
-        let mut t: Vec<f64> = (0..runs)
-            .map(|_| {
-                let start = Instant::now();
-                let _ = Command::new(&java)
-                    .args(["-cp", &cp, "Hello"])
-                    .envs(env.iter().map(|(k, v)| (*k, v)))
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status();
-                start.elapsed().as_secs_f64() * 1e3
-            })
-            .collect();
-        t.sort_by(|a, b| a.total_cmp(b));
-        t[t.len() / 2]
-    };
-    // Alternating, so that a noisy moment of the machine falls on both.
-    let (mut off, mut on) = (vec![], vec![]);
-    for _ in 0..3 {
-        off.push(time(&[]));
-        on.push(time(&env));
-    }
-    out["startup_ms_java"] = json!({ "off": off, "on": on });
+    ]
+}
+
+/// The median wall time (ms) of `runs` starts of `argv` to its exit, with `env` added.
+fn median_start_ms(argv: &[&str], env: &[(&str, String)], runs: usize) -> f64 {
+    let mut t: Vec<f64> = (0..runs)
+        .map(|_| {
+            let start = Instant::now();
+            let _ = Command::new(argv[0])
+                .args(&argv[1..])
+                .envs(env.iter().map(|(k, v)| (*k, v)))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            start.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    t.sort_by(|a, b| a.total_cmp(b));
+    t[t.len() / 2]
+}
+
+/// Stops an agent and its app. The app is `sh` with its servers in the background: killing the
+/// agent leaves them running, and the next configuration would be measured beside them.
+fn stop_with_app(a: Agent) {
+    let app = descendants(a.proc.0.id());
     drop(a);
-    let _ = std::fs::remove_dir_all(&classes);
-    out
+    for p in app {
+        let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+    }
 }
 
 fn which(name: &str) -> Option<String> {

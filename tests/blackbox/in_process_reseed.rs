@@ -1104,3 +1104,51 @@ fn a_process_that_is_not_java_pays_no_system_call_for_the_java_agent() {
         );
     }
 }
+
+#[test]
+fn a_state_directory_path_the_launcher_or_the_loader_would_split_is_left_out() {
+    if !have_tool("javac") {
+        eprintln!("SKIP: no javac");
+        return;
+    }
+    // `JDK_JAVA_OPTIONS` is split at white space and reads quotes: `-javaagent:/it's/...` would
+    // name a jar that is not there, and a JVM refuses to start without its agent's jar. The
+    // loader splits `LD_PRELOAD` at spaces and colons: every process would print an error.
+    let dir = TempDir::new("inproc-java-path");
+    let (_held, port) = reserve_port();
+    let classes = java_app(&dir, port);
+    for (name, openssl_on) in [("it's", true), ("my state", false)] {
+        let a = Spec::default()
+            .arg("--state-dir")
+            .arg(dir.join(name).to_str().unwrap())
+            .config(&format!(
+                "[ready]\nhttp = \"http://127.0.0.1:{port}/ready\"\n"
+            ))
+            .app(&["java", "-cp", &classes, "App"])
+            .start();
+        assert_eq!(a.ready_settled().status, 200, "{name}: {}", a.stderr.text());
+        let arranged = a.status()["inproc"]["arranged"].clone();
+        assert!(
+            arranged["java"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("off")),
+            "{name}: {arranged}"
+        );
+        assert_eq!(
+            arranged["openssl"] == "on",
+            openssl_on,
+            "{name}: {arranged}"
+        );
+        assert_eq!(a.post("/run", b"{}").status, 200);
+        assert_eq!(
+            draw(port),
+            "cloned",
+            "{name}: no Java agent with this state directory"
+        );
+        assert!(
+            !a.stderr.text().contains("cannot be preloaded"),
+            "{name}: {}",
+            a.stderr.text()
+        );
+    }
+}

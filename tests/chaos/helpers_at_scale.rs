@@ -196,21 +196,14 @@ fn ten_thousand_short_lived_openssl_processes_never_crash_while_generations_are_
     }
     let dir = TempDir::new("chaos-short");
     for (mode, extra) in MODES {
-        let done = dir.join(&format!("done-{mode}"));
-        let fails = dir.join(&format!("fails-{mode}"));
-        // Two loops of 5,000 runs each; every non-zero exit (a signal is 128+n) is written down.
-        let script = format!(
-            "loop() {{ i=0; while [ $i -lt 5000 ]; do openssl rand -hex 4 >/dev/null 2>&1 || echo \"exit $?\" >> {fails}; i=$((i+1)); done; }}; \
-             loop & loop & wait; echo done > {done}; exec sleep 1000",
-            fails = fails.display(),
-            done = done.display()
+        // Every non-zero exit (a signal is 128+n) is written down.
+        let (generations, failed) = two_loops_across_generations(
+            &dir,
+            mode,
+            extra,
+            5000,
+            "openssl rand -hex 4 >/dev/null 2>&1 || echo \"exit $?\" >> \"$FAILS\"",
         );
-        let a = Spec::default()
-            .config(extra)
-            .app(&["/bin/sh", "-c", &script])
-            .start();
-        let generations = generations_until(&a, &done, mode);
-        let failed = std::fs::read_to_string(&fails).unwrap_or_default();
         eprintln!("{mode}: 10,000 openssl runs across {generations} generations");
         assert_eq!(
             failed.lines().count(),
@@ -218,6 +211,35 @@ fn ten_thousand_short_lived_openssl_processes_never_crash_while_generations_are_
             "{mode}: runs that crashed or failed: {failed}"
         );
     }
+}
+
+/// Runs `run` `each` times in each of two loops at once, as the app of an agent in `mode`, while
+/// generations are made back to back until both loops are done; the generations made, and what
+/// the runs wrote to `$FAILS`.
+fn two_loops_across_generations(
+    dir: &TempDir,
+    mode: &str,
+    extra: &str,
+    each: u32,
+    run: &str,
+) -> (u32, String) {
+    let done = dir.join(&format!("done-{mode}"));
+    let fails = dir.join(&format!("fails-{mode}"));
+    let script = format!(
+        "FAILS={fails}; loop() {{ i=0; while [ $i -lt {each} ]; do {run}; i=$((i+1)); done; }}; \
+         loop & loop & wait; echo done > {done}; exec sleep 1000",
+        fails = fails.display(),
+        done = done.display()
+    );
+    let a = Spec::default()
+        .config(extra)
+        .app(&["/bin/sh", "-c", &script])
+        .start();
+    let generations = generations_until(&a, &done, mode);
+    (
+        generations,
+        std::fs::read_to_string(&fails).unwrap_or_default(),
+    )
 }
 
 /// A class `Job` whose `main` runs `body`, compiled into `dir`; `None` without a JDK.
@@ -249,23 +271,13 @@ fn four_hundred_short_lived_jvms_start_and_exit_cleanly_while_generations_are_ma
         return;
     };
     for (mode, extra) in MODES {
-        let done = dir.join(&format!("done-{mode}"));
-        let fails = dir.join(&format!("fails-{mode}"));
         // Two loops of 200 JVMs each (the Java agent in every one when on); every non-zero exit,
         // and every line on standard error but the launcher's note, is written down.
-        let script = format!(
-            "loop() {{ i=0; while [ $i -lt 200 ]; do err=$(/usr/bin/java -cp {classes} Job 2>&1 >/dev/null) || echo \"exit $?\" >> {fails}; \
-             printf '%s\\n' \"$err\" | grep -v '^NOTE: Picked up JDK_JAVA_OPTIONS' | grep . >> {fails}; i=$((i+1)); done; }}; \
-             loop & loop & wait; echo done > {done}; exec sleep 1000",
-            fails = fails.display(),
-            done = done.display()
+        let run = format!(
+            "err=$(/usr/bin/java -cp {classes} Job 2>&1 >/dev/null) || echo \"exit $?\" >> \"$FAILS\"; \
+             printf '%s\\n' \"$err\" | grep -v '^NOTE: Picked up JDK_JAVA_OPTIONS' | grep . >> \"$FAILS\""
         );
-        let a = Spec::default()
-            .config(extra)
-            .app(&["/bin/sh", "-c", &script])
-            .start();
-        let generations = generations_until(&a, &done, mode);
-        let failed = std::fs::read_to_string(&fails).unwrap_or_default();
+        let (generations, failed) = two_loops_across_generations(&dir, mode, extra, 200, &run);
         eprintln!("{mode}: 400 JVMs across {generations} generations");
         assert_eq!(
             failed.lines().count(),

@@ -18,13 +18,12 @@
 
 use core::ffi::c_char;
 
-use crate::libc::Libc;
+use crate::libc::{Libc, O_RDONLY_CLOEXEC};
 
 const VAR: &core::ffi::CStr = c"JDK_JAVA_OPTIONS";
 const FLAG: &[u8] = b"-javaagent:";
 const JAR: &[u8] = b"inproc/java/microvm-reseed.jar";
 const INSTRUMENT: &[u8] = b"/lib/libinstrument.so";
-const O_RDONLY_CLOEXEC: core::ffi::c_int = 0o2000000;
 
 /// A path or a variable's value, NUL-terminated, built on the stack.
 struct Buf {
@@ -104,6 +103,7 @@ pub fn arrange(c: &Libc, socket: &[u8]) {
         && jar.push(JAR)
         && token.push(FLAG)
         && token.push(jar.as_slice())
+        && one_word(jar.as_slice())
         && readable(c, &jar)
         && {
             let mut lib = Buf::new();
@@ -147,6 +147,16 @@ pub fn arrange(c: &Libc, socket: &[u8]) {
             }
         }
     }
+}
+
+/// Whether a path stays one word in `JDK_JAVA_OPTIONS`, which the launcher splits at white space
+/// and reads quotes and backslashes in: a state directory with a space in its path would hand
+/// the JVM a jar that is not there, and a JVM refuses to start without its agent's jar (the
+/// agent says "off" in `/status` for the same paths).
+fn one_word(path: &[u8]) -> bool {
+    !path
+        .iter()
+        .any(|&b| b.is_ascii_whitespace() || matches!(b, b'"' | b'\'' | b'\\'))
 }
 
 /// `getauxval`'s key for the executed file's name.
@@ -200,6 +210,16 @@ mod tests {
         assert_eq!(find(&v, t), None, "a longer path is another jar");
         assert_eq!(find(b"", t), None);
         assert_eq!(trim_end(b"-Xmx1g  "), b"-Xmx1g");
+    }
+
+    #[test]
+    fn a_jar_path_that_the_launcher_would_split_is_never_given() {
+        assert!(one_word(b"/run/mva/inproc/java/microvm-reseed.jar"));
+        assert!(!one_word(b"/my state/inproc/java/microvm-reseed.jar"));
+        assert!(!one_word(b"/s\"q/inproc/java/microvm-reseed.jar"));
+        assert!(!one_word(b"/s'q/x.jar"));
+        assert!(!one_word(b"/s\\q/x.jar"));
+        assert!(!one_word(b"/s\tq/x.jar"));
     }
 
     #[test]

@@ -11,6 +11,8 @@ pub type PthreadT = usize;
 pub type SigSet = [u64; 16];
 pub const SIG_BLOCK: c_int = 0;
 pub const SIG_SETMASK: c_int = 2;
+/// `open` flags for a file we read and close at once (the same in glibc and musl).
+pub const O_RDONLY_CLOEXEC: c_int = 0o2000000;
 type Handler = Option<extern "C" fn()>;
 
 /// The functions this library calls. Required ones are plain pointers; `None` means "not here".

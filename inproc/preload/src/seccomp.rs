@@ -7,9 +7,7 @@
 //! take part (the agent lists it as not taking part). Where the status cannot be read (no
 //! `/proc`) we cannot tell, and stay out too.
 
-use crate::libc::Libc;
-
-const O_RDONLY_CLOEXEC: core::ffi::c_int = 0o2000000;
+use crate::libc::{Libc, O_RDONLY_CLOEXEC};
 
 /// True unless the status says `Seccomp: 0` (or has no such line: a kernel without seccomp).
 pub fn filtered(c: &Libc) -> bool {

@@ -129,18 +129,24 @@ pub fn arrange(state: &Handle, owner: Option<(u32, u32)>) -> Setup {
     let mut env = vec![(SOCKET_ENV, socket.clone().into_os_string())];
 
     let jar = files.join(JAVA_AGENT_PATH);
+    let library = files.join(LIBRARY);
     let openssl = if noexec(&base) {
         tracing::warn!(dir = %base.display(), "in-process reseed: the state directory is on a noexec mount; OpenSSL is not reseeded in the app's processes (Python's ssl still is, by its helper)");
         "off: the state directory is on a noexec mount".to_string()
+    } else if library
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .any(|&b| b == b' ' || b == b':')
+    {
+        // The dynamic loader splits LD_PRELOAD at spaces and colons: every process of the app
+        // would print a loader error and load nothing.
+        tracing::warn!(path = %library.display(), "in-process reseed: the state directory's path cannot go into LD_PRELOAD (a space or a colon); OpenSSL is not reseeded in the app's processes");
+        "off: the state directory's path cannot go into LD_PRELOAD".to_string()
     } else {
         env.push((
             "LD_PRELOAD",
-            join_env(
-                "LD_PRELOAD",
-                files.join(LIBRARY).into_os_string(),
-                ":",
-                false,
-            ),
+            join_env("LD_PRELOAD", library.into_os_string(), ":", false),
         ));
         "on".to_string()
     };

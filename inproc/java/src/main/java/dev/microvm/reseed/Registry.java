@@ -32,7 +32,7 @@ public final class Registry {
     generation = n;
   }
 
-  /** How many objects were reseeded (for the acknowledgement and the tests). */
+  /** How many objects were reseeded: each one's seed is derived with its own count. */
   static synchronized long reseeded() {
     return reseeded;
   }

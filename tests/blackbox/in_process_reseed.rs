@@ -1151,4 +1151,14 @@ fn a_state_directory_path_the_launcher_or_the_loader_would_split_is_left_out() {
             a.stderr.text()
         );
     }
+    // --check says it before the image ships.
+    let out = agent_command()
+        .arg("--check")
+        .arg("--state-dir")
+        .arg(dir.join("my state"))
+        .args(["--", "java", "-cp", &classes, "App"])
+        .output()
+        .unwrap();
+    let check = String::from_utf8_lossy(&out.stdout);
+    assert!(check.contains("on, without OpenSSL and Java"), "{check}");
 }

@@ -133,14 +133,7 @@ pub fn arrange(state: &Handle, owner: Option<(u32, u32)>) -> Setup {
     let openssl = if noexec(&base) {
         tracing::warn!(dir = %base.display(), "in-process reseed: the state directory is on a noexec mount; OpenSSL is not reseeded in the app's processes (Python's ssl still is, by its helper)");
         "off: the state directory is on a noexec mount".to_string()
-    } else if library
-        .as_os_str()
-        .as_encoded_bytes()
-        .iter()
-        .any(|&b| b == b' ' || b == b':')
-    {
-        // The dynamic loader splits LD_PRELOAD at spaces and colons: every process of the app
-        // would print a loader error and load nothing.
+    } else if splits_in_ld_preload(&library) {
         tracing::warn!(path = %library.display(), "in-process reseed: the state directory's path cannot go into LD_PRELOAD (a space or a colon); OpenSSL is not reseeded in the app's processes");
         "off: the state directory's path cannot go into LD_PRELOAD".to_string()
     } else {
@@ -244,6 +237,11 @@ pub fn report(config: &crate::config::Config) -> String {
             } else if noexec(state) {
                 format!(
                     "on, without OpenSSL: {} is on a noexec mount (Python's and Node's helpers only)",
+                    state.display()
+                )
+            } else if splits_in_ld_preload(&state.join(DIR).join(LIBRARY)) {
+                format!(
+                    "on, without OpenSSL and Java: {} has a space or a colon, which LD_PRELOAD cannot hold (Python's and Node's helpers only)",
                     state.display()
                 )
             } else {
@@ -351,6 +349,15 @@ fn join_env(var: &str, ours: OsString, sep: &str, first: bool) -> OsString {
             v
         }
     }
+}
+
+/// Whether the dynamic loader would split this path in `LD_PRELOAD` (at spaces and colons):
+/// every process of the app would then print a loader error and load nothing.
+fn splits_in_ld_preload(path: &Path) -> bool {
+    path.as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .any(|&b| b == b' ' || b == b':')
 }
 
 fn noexec(dir: &Path) -> bool {

@@ -991,8 +991,8 @@ fn a_java_runtime_without_java_instrument_starts_as_it_would_without_the_agent()
         eprintln!("SKIP: no jlink");
         return;
     }
-    // A slim runtime, as images make them: no java.instrument, so `-javaagent` would stop it
-    // from starting ("Could not find agent library instrument").
+    // A slim runtime, as images make them: no java.instrument (no lib/libinstrument.so), so the
+    // Java agent cannot go in, and naming it anyway would stop the JVM from starting.
     let dir = TempDir::new("inproc-jlink");
     let (_held, port) = reserve_port();
     let classes = java_app(&dir, port);
@@ -1012,7 +1012,8 @@ fn a_java_runtime_without_java_instrument_starts_as_it_would_without_the_agent()
     // Once as the app, once with the agent's flag inherited (as from a Java parent process):
     // the native helper takes it out for this runtime.
     let inherited = format!(
-        "JDK_JAVA_OPTIONS=\"-Xss1m -javaagent:${{MICROVM_AGENT_INPROC%/*}}/inproc/java/microvm-reseed.jar\" \
+        "d=${{MICROVM_AGENT_INPROC%/*}}/inproc; \
+         JDK_JAVA_OPTIONS=\"-Xss1m -agentpath:$d/libmicrovm-reseed.so=$d/java/microvm-reseed.jar\" \
          exec {java} -cp {classes} App"
     );
     for argv in [
@@ -1111,13 +1112,14 @@ fn a_state_directory_path_the_launcher_or_the_loader_would_split_is_left_out() {
         eprintln!("SKIP: no javac");
         return;
     }
-    // `JDK_JAVA_OPTIONS` is split at white space and reads quotes: `-javaagent:/it's/...` would
-    // name a jar that is not there, and a JVM refuses to start without its agent's jar. The
-    // loader splits `LD_PRELOAD` at spaces and colons: every process would print an error.
+    // `JDK_JAVA_OPTIONS` is split at white space and reads quotes, and the JVM splits
+    // `-agentpath:/a=b/...` at its `=`: either would name an agent library that is not there,
+    // and a JVM refuses to start without it. The loader splits `LD_PRELOAD` at spaces and
+    // colons: every process would print an error.
     let dir = TempDir::new("inproc-java-path");
     let (_held, port) = reserve_port();
     let classes = java_app(&dir, port);
-    for (name, openssl_on) in [("it's", true), ("my state", false)] {
+    for (name, openssl_on) in [("it's", true), ("a=b", true), ("my state", false)] {
         let a = Spec::default()
             .arg("--state-dir")
             .arg(dir.join(name).to_str().unwrap())

@@ -1,27 +1,31 @@
 //! Java: the Java agent (`inproc/java`) goes into a JVM through the launcher's `JDK_JAVA_OPTIONS`,
 //! and this library is what puts it there, in the `java` launcher's own process, before its
-//! `main` reads the variable.
+//! `main` reads the variable. What it puts there is this library itself, as a JVM TI agent that
+//! loads the Java agent once the JVM has started (`-agentpath:<this library>=<jar>`; `jvm.rs`
+//! says how, and why not `-javaagent`).
 //!
-//! Why here and not in the app's environment: a JVM given `-javaagent` loads its
+//! Why here and not in the app's environment: the Java agent needs the runtime's
 //! `java.instrument` module, and a runtime made without it (`jlink --add-modules java.base`, a
-//! common slim image) refuses to start ("Could not find agent library instrument"); a jar that
-//! is gone does the same. Only a process that knows which runtime it is can tell. So, in a
-//! process whose program is a `java` launcher (`/proc/self/exe` named `java`), the constructor
-//! adds `-javaagent:<jar>` when that runtime has `lib/libinstrument.so` and the jar is there,
+//! common slim image) has no `lib/libinstrument.so`; a JVM given an agent library that is gone
+//! refuses to start. Only a process that knows which runtime it is can tell. So, in a process
+//! whose program is a `java` launcher (`/proc/self/exe` named `java`), the constructor adds the
+//! option when that runtime has `lib/libinstrument.so` and the library and the jar are there,
 //! and takes it out when not (a `java` started by a Java process inherits its parent's value).
 //! Only the `java` launcher reads `JDK_JAVA_OPTIONS` (Java 9 and later; a JVM embedded in
 //! another program reads `JAVA_TOOL_OPTIONS`, which we leave alone), and the launcher says so on
 //! its standard error ("NOTE: Picked up JDK_JAVA_OPTIONS: ..."): a line per start.
 //!
-//! The jar's path comes from the socket's: `<state_dir>/inproc.sock` and
-//! `<state_dir>/inproc/java/microvm-reseed.jar` (`agent/src/clone/inproc/setup.rs`).
+//! The paths come from the socket's: `<state_dir>/inproc.sock`,
+//! `<state_dir>/inproc/libmicrovm-reseed.so` and `<state_dir>/inproc/java/microvm-reseed.jar`
+//! (`agent/src/clone/inproc/setup.rs`).
 
 use core::ffi::c_char;
 
 use crate::libc::{Libc, O_RDONLY_CLOEXEC};
 
 const VAR: &core::ffi::CStr = c"JDK_JAVA_OPTIONS";
-const FLAG: &[u8] = b"-javaagent:";
+const FLAG: &[u8] = b"-agentpath:";
+const LIBRARY: &[u8] = b"inproc/libmicrovm-reseed.so";
 const JAR: &[u8] = b"inproc/java/microvm-reseed.jar";
 const INSTRUMENT: &[u8] = b"/lib/libinstrument.so";
 
@@ -94,20 +98,32 @@ pub fn arrange(c: &Libc, socket: &[u8]) {
     let Some(home) = exe.as_slice().strip_suffix(b"/bin/java") else {
         return; // not a `java` launcher: it does not read the variable
     };
-    let mut jar = Buf::new();
+    // Loaded by a JVM already running (an inherited option in a process without our
+    // preload): the launcher has read the variable, and the JVM's threads may be reading the
+    // environment.
+    // SAFETY: `dlsym` with RTLD_DEFAULT and a NUL-terminated name.
+    if !unsafe { (c.dlsym)(core::ptr::null_mut(), c"JNI_CreateJavaVM".as_ptr()) }.is_null() {
+        return;
+    }
     let Some(slash) = socket.iter().rposition(|&b| b == b'/') else {
         return;
     };
-    let mut token = Buf::new();
-    let eligible = jar.push(&socket[..=slash])
+    let base = &socket[..=slash];
+    let (mut lib, mut jar, mut token) = (Buf::new(), Buf::new(), Buf::new());
+    let eligible = lib.push(base)
+        && lib.push(LIBRARY)
+        && jar.push(base)
         && jar.push(JAR)
         && token.push(FLAG)
+        && token.push(lib.as_slice())
+        && token.push(b"=")
         && token.push(jar.as_slice())
-        && one_word(jar.as_slice())
+        && one_word(base)
+        && readable(c, &lib)
         && readable(c, &jar)
         && {
-            let mut lib = Buf::new();
-            lib.push(home) && lib.push(INSTRUMENT) && readable(c, &lib)
+            let mut instrument = Buf::new();
+            instrument.push(home) && instrument.push(INSTRUMENT) && readable(c, &instrument)
         };
     // SAFETY: `getenv` returns null or a NUL-terminated string, read before any change.
     let current = unsafe { (c.getenv)(VAR.as_ptr()) };
@@ -150,13 +166,14 @@ pub fn arrange(c: &Libc, socket: &[u8]) {
 }
 
 /// Whether a path stays one word in `JDK_JAVA_OPTIONS`, which the launcher splits at white space
-/// and reads quotes and backslashes in: a state directory with a space in its path would hand
-/// the JVM a jar that is not there, and a JVM refuses to start without its agent's jar (the
-/// agent says "off" in `/status` for the same paths).
+/// and reads quotes and backslashes in, and stays the library's path in `-agentpath`, which the
+/// JVM splits at its first `=`: a state directory with a space in its path would hand the JVM a
+/// library that is not there, and a JVM refuses to start without its agent library (the agent
+/// says "off" in `/status` for the same paths).
 fn one_word(path: &[u8]) -> bool {
     !path
         .iter()
-        .any(|&b| b.is_ascii_whitespace() || matches!(b, b'"' | b'\'' | b'\\'))
+        .any(|&b| b.is_ascii_whitespace() || matches!(b, b'"' | b'\'' | b'\\' | b'='))
 }
 
 /// `getauxval`'s key for the executed file's name.
@@ -201,7 +218,7 @@ mod tests {
 
     #[test]
     fn the_token_is_found_only_as_a_whole_word() {
-        let t = b"-javaagent:/s/inproc/java/microvm-reseed.jar";
+        let t = b"-agentpath:/s/inproc/libmicrovm-reseed.so=/s/inproc/java/microvm-reseed.jar";
         assert_eq!(find(t, t), Some(0));
         let mut v = b"-Xmx1g ".to_vec();
         v.extend_from_slice(t);
@@ -214,8 +231,9 @@ mod tests {
 
     #[test]
     fn a_jar_path_that_the_launcher_would_split_is_never_given() {
-        assert!(one_word(b"/run/mva/inproc/java/microvm-reseed.jar"));
-        assert!(!one_word(b"/my state/inproc/java/microvm-reseed.jar"));
+        assert!(one_word(b"/run/mva/"));
+        assert!(!one_word(b"/my state/"));
+        assert!(!one_word(b"/a=b/"), "the JVM would split -agentpath there");
         assert!(!one_word(b"/s\"q/inproc/java/microvm-reseed.jar"));
         assert!(!one_word(b"/s'q/x.jar"));
         assert!(!one_word(b"/s\\q/x.jar"));

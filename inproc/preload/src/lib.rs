@@ -40,6 +40,7 @@
 
 mod guard;
 mod java;
+mod jvm;
 mod late;
 mod libc;
 mod openssl;
@@ -152,7 +153,7 @@ fn take_part(c: &Libc, main_thread: bool) {
     if main_thread {
         watch_this_threads_exit(c);
     }
-    spawn(c);
+    spawn(c, serve);
 }
 
 /// glibc runs the exiting thread's destructors before any `atexit` handler, so this one runs
@@ -202,7 +203,7 @@ extern "C" fn after_fork_in_child() {
         return;
     }
     watch_this_threads_exit(c);
-    spawn(c);
+    spawn(c, serve);
 }
 
 /// A tenth of a millisecond, for the app's bounded waits and our own.
@@ -215,10 +216,17 @@ fn pause(c: &Libc) {
     unsafe { (c.nanosleep)(&t, core::ptr::null_mut()) };
 }
 
-/// Starts the thread with every signal blocked: the app's signals are the app's threads' (a
-/// process-directed signal goes to any thread that does not block it), and our calls never see
-/// `EINTR`.
-fn spawn(c: &Libc) {
+/// Whether the constructor found the agent's socket in the environment (the helpers are on).
+fn arranged() -> bool {
+    // SAFETY: written once, in the constructor, which has returned by the time anything asks.
+    let path = unsafe { PATH.get() };
+    path[0] != 0
+}
+
+/// Starts a thread of ours with every signal blocked: the app's signals are the app's threads'
+/// (a process-directed signal goes to any thread that does not block it), and our calls never
+/// see `EINTR`.
+fn spawn(c: &Libc, run: extern "C" fn(*mut c_void) -> *mut c_void) {
     let all: libc::SigSet = [!0; 16];
     let mut old: libc::SigSet = [0; 16];
     let mut thread: libc::PthreadT = 0;
@@ -229,7 +237,7 @@ fn spawn(c: &Libc) {
         if (c.pthread_sigmask)(libc::SIG_BLOCK, &all, &mut old) != 0 {
             return;
         }
-        if (c.pthread_create)(&mut thread, core::ptr::null(), serve, core::ptr::null_mut()) == 0 {
+        if (c.pthread_create)(&mut thread, core::ptr::null(), run, core::ptr::null_mut()) == 0 {
             (c.pthread_detach)(thread);
         }
         (c.pthread_sigmask)(libc::SIG_SETMASK, &old, core::ptr::null_mut());

@@ -171,11 +171,12 @@ pub fn arrange(state: &Handle, owner: Option<(u32, u32)>) -> Setup {
     // jlink'd one from starting), so Java goes where the native helper goes.
     let java = if openssl != "on" {
         "off: the native helper, which adds it to each JVM, is off".to_string()
-    } else if jar
-        .to_str()
-        .is_none_or(|p| p.contains(['"', '\\', '\'', ' ']))
-    {
-        tracing::warn!(path = %jar.display(), "in-process reseed: the Java agent's path cannot go into JDK_JAVA_OPTIONS (spaces, quotes); Java's own generators are not reseeded");
+    } else if base.as_os_str().as_encoded_bytes().iter().any(|&b| {
+        // What the native helper refuses (inproc/preload/src/java.rs, `one_word`): the launcher
+        // splits the variable at white space and reads quotes, the JVM splits `-agentpath` at `=`.
+        b.is_ascii_whitespace() || matches!(b, b'"' | b'\\' | b'\'' | b'=')
+    }) {
+        tracing::warn!(path = %jar.display(), "in-process reseed: the Java agent's path cannot go into JDK_JAVA_OPTIONS (white space, quotes, '='); Java's own generators are not reseeded");
         "off: the state directory's path cannot go into JDK_JAVA_OPTIONS".to_string()
     } else {
         "on".to_string()

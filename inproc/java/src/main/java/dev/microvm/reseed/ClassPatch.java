@@ -7,7 +7,7 @@ import java.nio.ByteBuffer;
 import java.util.Set;
 
 /**
- * Inserts one call, {@code Registry.drew(this)}, at the start of some methods of a class file:
+ * Inserts one call, {@code <owner>.drew(this)}, at the start of some methods of a class file:
  * how this helper learns of the {@code SecureRandom} objects the app draws from (it cannot list
  * them otherwise). The smallest edit that keeps a class valid: two instructions at offset 0
  * ({@code aload_0; invokestatic}, 4 bytes), six constants appended to the pool, and every offset
@@ -15,24 +15,57 @@ import java.util.Set;
  * tables; branches are relative, and a switch's padding stays aligned since 4 is its
  * alignment). Anything it does not know how to move (another attribute in the method's code)
  * leaves the class as it is: the JVM also verifies the result, and a class it refuses stays as
- * it was (see {@link Premain}).
+ * it was. Also renames a class ({@link #renamed}), for the {@link Hook}.
  */
 final class ClassPatch {
   private ClassPatch() {}
 
-  static final String REGISTRY = "dev/microvm/reseed/Registry";
   static final String HOOK = "drew";
   static final String HOOK_TYPE = "(Ljava/lang/Object;)V";
   private static final int INSERTED = 4;
 
   /**
-   * The class with the call inserted in every method whose name + descriptor is in {@code
-   * methods} (for example {@code "nextBytes([B)V"}), or null when it is already patched, has
-   * none of them, or has a shape this patch leaves alone.
+   * The class with a call to {@code owner.drew(Object)} (a class name as the class file writes
+   * it, {@code a/b/C}) inserted in every method whose name + descriptor is in {@code methods}
+   * (for example {@code "nextBytes([B)V"}), or null when it is already patched, has none of
+   * them, or has a shape this patch leaves alone.
    */
-  static byte[] insert(byte[] classFile, Set<String> methods) {
+  static byte[] insert(byte[] classFile, Set<String> methods, String owner) {
     try {
-      return new ClassPatch.Run(classFile).patch(methods);
+      return new ClassPatch.Run(classFile).patch(methods, owner);
+    } catch (RuntimeException | IOException e) {
+      return null;
+    }
+  }
+
+  /**
+   * The class with every constant that reads {@code from} (its own name, as the class file
+   * writes it) reading {@code to} instead, or null when it has none or is not a class this
+   * reads. For a class that names itself only through its class constant (no descriptor of its
+   * own type), as {@link Hook}.
+   */
+  static byte[] renamed(byte[] classFile, String from, String to) {
+    try {
+      Run r = new ClassPatch.Run(classFile);
+      int poolEnd = r.pool();
+      if (poolEnd < 0) {
+        return null;
+      }
+      ByteArrayOutputStream buf = new ByteArrayOutputStream(classFile.length + to.length());
+      DataOutputStream out = new DataOutputStream(buf);
+      int copied = 0;
+      boolean found = false;
+      for (int i = 1; i < r.count; i++) {
+        if (from.equals(r.utf8[i])) {
+          out.write(classFile, copied, r.at[i] - copied);
+          out.writeByte(1);
+          out.writeUTF(to);
+          copied = r.at[i] + 3 + (((classFile[r.at[i] + 1] & 0xff) << 8) | (classFile[r.at[i] + 2] & 0xff));
+          found = true;
+        }
+      }
+      out.write(classFile, copied, classFile.length - copied);
+      return found ? buf.toByteArray() : null;
     } catch (RuntimeException | IOException e) {
       return null;
     }
@@ -42,6 +75,8 @@ final class ClassPatch {
     final ByteBuffer in;
     final byte[] bytes;
     String[] utf8;
+    /** Where each text constant starts (its tag). */
+    int[] at;
     int count;
 
     Run(byte[] classFile) {
@@ -49,15 +84,18 @@ final class ClassPatch {
       in = ByteBuffer.wrap(classFile);
     }
 
-    byte[] patch(Set<String> methods) throws IOException {
+    /** Reads the constant pool; returns where it ends, or -1 when this is not a class it reads. */
+    int pool() {
       if (in.getInt() != 0xCAFEBABE) {
-        return null;
+        return -1;
       }
       in.getShort(); // minor
       in.getShort(); // major
       count = u2();
       utf8 = new String[count];
+      at = new int[count];
       for (int i = 1; i < count; i++) {
+        at[i] = in.position();
         int tag = u1();
         switch (tag) {
           case 1:
@@ -78,15 +116,22 @@ final class ClassPatch {
             skip(3);
             break;
           default:
-            return null;
+            return -1;
         }
       }
+      return in.position();
+    }
+
+    byte[] patch(Set<String> methods, String owner) throws IOException {
+      int poolEnd = pool();
+      if (poolEnd < 0) {
+        return null;
+      }
       for (String s : utf8) {
-        if (REGISTRY.equals(s)) {
+        if (owner.equals(s)) {
           return null; // already ours
         }
       }
-      int poolEnd = in.position();
       int methodref = count + 5;
 
       ByteArrayOutputStream buf = new ByteArrayOutputStream(bytes.length + 256);
@@ -95,7 +140,7 @@ final class ClassPatch {
       out.writeShort(count + 6);
       out.write(bytes, 10, poolEnd - 10);
       out.writeByte(1);
-      out.writeUTF(REGISTRY); // count
+      out.writeUTF(owner); // count
       out.writeByte(7);
       out.writeShort(count); // count + 1: the class
       out.writeByte(1);

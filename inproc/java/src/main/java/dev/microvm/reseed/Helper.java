@@ -5,6 +5,7 @@ import java.io.IOException;
 import java.io.InputStream;
 import java.lang.instrument.ClassFileTransformer;
 import java.lang.instrument.Instrumentation;
+import java.lang.invoke.MethodHandles;
 import java.net.ProtocolFamily;
 import java.net.SocketAddress;
 import java.net.StandardProtocolFamily;
@@ -30,7 +31,7 @@ import java.util.Set;
 final class Helper implements Runnable {
   /** Where this JVM's code may be reached for reflection: opened to this helper alone. */
   private static final String[] OPENED = {
-    "java.lang", "java.util", "java.util.concurrent", "sun.security.provider"
+    "java.lang", "java.security", "java.util", "java.util.concurrent", "sun.security.provider"
   };
   /** The methods {@link ClassPatch} hooks in {@code java.security.SecureRandom}. */
   static final Set<String> DRAWS =
@@ -160,10 +161,7 @@ final class Helper implements Runnable {
 
   /**
    * Opens what {@link Generators} reads to this helper, and hooks {@code SecureRandom}'s draws
-   * ({@link Registry}); returns whether the hook is in. The hook goes in only where the patched
-   * class can reach {@link Registry}: this jar on the boot class path (its manifest's {@code
-   * Boot-Class-Path}) and {@code java.base} reading its module; otherwise a draw would fail to
-   * find the class.
+   * ({@link Registry}, through the {@link Hook}); returns whether the hook is in.
    */
   private boolean prepare() {
     Module self = Helper.class.getModule();
@@ -175,7 +173,7 @@ final class Helper implements Runnable {
       }
       inst.redefineModule(
           base,
-          Collections.singleton(self),
+          Collections.<Module>emptySet(),
           Collections.<String, Set<Module>>emptyMap(),
           opens,
           Collections.<Class<?>>emptySet(),
@@ -183,9 +181,7 @@ final class Helper implements Runnable {
     } catch (Throwable t) {
       return false;
     }
-    if (Registry.class.getClassLoader() != null
-        || !base.canRead(self)
-        || !inst.isRetransformClassesSupported()) {
+    if (!inst.isRetransformClassesSupported()) {
       return false;
     }
     Registry.reseeded(); // loaded and initialised before any patched draw can call it
@@ -195,8 +191,12 @@ final class Helper implements Runnable {
       // (SIGSEGV in the rewriter, JDK 17.0.15), as may one redefined while the JVM exits.
       Class.forName("java.security.SecureRandom", true, null);
       Runtime.getRuntime().addShutdownHook(new Thread(new Leaving(), "microvm-reseed-exit"));
+      // The hook in java.security, live before any patched draw can reach it.
+      defineHook(MethodHandles.privateLookupIn(SecureRandom.class, MethodHandles.lookup()), Hook.NAME)
+          .getField("sink")
+          .set(null, new Registry.Sink());
     } catch (Throwable t) {
-      return false; // exiting already
+      return false; // exiting already, or a JVM that refuses the hook: no patch
     }
     ClassFileTransformer patch = new SecureRandomPatch();
     synchronized (Leaving.LOCK) {
@@ -215,6 +215,22 @@ final class Helper implements Runnable {
         inst.removeTransformer(patch);
       }
     }
+  }
+
+  /**
+   * Defines a copy of the {@link Hook} template named {@code name}, in the package and loader
+   * of {@code lookup}'s class (which must be {@code name}'s package).
+   */
+  static Class<?> defineHook(MethodHandles.Lookup lookup, String name) throws Exception {
+    byte[] template;
+    try (InputStream in = Hook.class.getResourceAsStream("Hook.class")) {
+      template = in.readAllBytes();
+    }
+    byte[] bytes = ClassPatch.renamed(template, Hook.TEMPLATE, name);
+    if (bytes == null) {
+      throw new IllegalStateException("the hook template has no name to replace");
+    }
+    return lookup.defineClass(bytes);
   }
 
   /**
@@ -248,7 +264,7 @@ final class Helper implements Runnable {
       if (loader != null || !"java/security/SecureRandom".equals(name)) {
         return null;
       }
-      byte[] out = ClassPatch.insert(bytes, DRAWS);
+      byte[] out = ClassPatch.insert(bytes, DRAWS, Hook.NAME);
       applied = out != null;
       return out;
     }

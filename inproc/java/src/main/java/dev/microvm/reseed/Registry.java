@@ -3,11 +3,12 @@ package dev.microvm.reseed;
 import java.security.SecureRandom;
 import java.util.Map;
 import java.util.WeakHashMap;
+import java.util.function.Consumer;
 
 /**
  * The {@code SecureRandom} objects of the app, reseeded at their first draw after each
- * generation. {@link ClassPatch} puts a call to {@link #drew} at the start of {@code
- * SecureRandom.nextBytes}, so a {@code DRBG} or {@code SHA1PRNG} the app made before the snapshot
+ * generation. {@link ClassPatch} puts a call to the {@link Hook} at the start of {@code
+ * SecureRandom.nextBytes}, and the hook calls {@link #drew} ({@link Sink}), so a {@code DRBG} or {@code SHA1PRNG} the app made before the snapshot
  * (and perhaps never drew from then) is reseeded before it gives a byte in a clone. The ones
  * that are {@code NativePRNG} share one state, reseeded once per generation ({@link
  * Generators}), and are passed over at the cost of a string comparison.
@@ -37,8 +38,16 @@ public final class Registry {
     return reseeded;
   }
 
-  /** Called by the patched {@code SecureRandom.nextBytes}, before the draw. */
-  public static void drew(Object random) {
+  /** What the {@link Hook} calls: a class, not a lambda (no method-handle machinery to start). */
+  static final class Sink implements Consumer<Object> {
+    @Override
+    public void accept(Object random) {
+      drew(random);
+    }
+  }
+
+  /** Called by the patched {@code SecureRandom.nextBytes}, through the hook, before the draw. */
+  static void drew(Object random) {
     byte[] k = key;
     if (k == null || !(random instanceof SecureRandom)) {
       return;

@@ -7,6 +7,7 @@ import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.io.InputStream;
+import java.lang.invoke.MethodHandles;
 import java.nio.ByteBuffer;
 import java.security.Provider;
 import java.security.SecureRandom;
@@ -37,12 +38,27 @@ class ClassPatchTest {
     }.go();
   }
 
+  /** The hook as the helper defines it in java.security, here in this test's package. */
+  static final String TEST_HOOK = "dev/microvm/reseed/TestHook";
+
+  static Class<?> testHook;
+
+  static synchronized void defineTestHook() throws Exception {
+    if (testHook == null) {
+      testHook = Helper.defineHook(MethodHandles.lookup(), TEST_HOOK);
+      testHook.getField("sink").set(null, new Registry.Sink());
+    }
+  }
+
   @Test
   void the_patched_class_is_valid_and_every_draw_reaches_the_registry_first() throws Exception {
+    defineTestHook();
+    assertEquals(TEST_HOOK.replace('/', '.'), testHook.getName(), "the copy has its new name");
+    assertNull(ClassPatch.renamed(bytesOf(Object.class), Hook.TEMPLATE, TEST_HOOK), "nothing to rename");
     byte[] original = bytesOf(Sample.class);
-    byte[] patched = ClassPatch.insert(original, Set.of("nextBytes([B)V"));
+    byte[] patched = ClassPatch.insert(original, Set.of("nextBytes([B)V"), TEST_HOOK);
     assertNotNull(patched, "the patch applies");
-    assertNull(ClassPatch.insert(patched, Set.of("nextBytes([B)V")), "and only once");
+    assertNull(ClassPatch.insert(patched, Set.of("nextBytes([B)V"), TEST_HOOK), "and only once");
     Class<?> c = define(Sample.class.getName(), patched);
     SecureRandom r = (SecureRandom) c.getConstructor().newInstance();
     byte[] b = new byte[8];
@@ -60,13 +76,26 @@ class ClassPatchTest {
   }
 
   @Test
+  void the_hook_goes_into_java_security_beside_secure_random() throws Exception {
+    // What the helper does in the app's JVM, under another name (a JVM defines each once).
+    Class<?> h =
+        Helper.defineHook(
+            MethodHandles.privateLookupIn(SecureRandom.class, MethodHandles.lookup()),
+            "java/security/MicrovmReseedHookTest");
+    assertEquals(null, h.getClassLoader(), "the boot loader's, as SecureRandom's");
+    assertEquals(SecureRandom.class.getModule(), h.getModule());
+    h.getField("sink").set(null, new Registry.Sink());
+    h.getMethod("drew", Object.class).invoke(null, new Object()); // not a SecureRandom: passed over
+  }
+
+  @Test
   void the_jdks_secure_random_is_patched_at_its_two_draws() throws Exception {
     byte[] original = bytesOf(SecureRandom.class);
-    byte[] patched = ClassPatch.insert(original, Helper.DRAWS);
+    byte[] patched = ClassPatch.insert(original, Helper.DRAWS, Hook.NAME);
     assertNotNull(patched, "the JDK's SecureRandom has a shape the patch knows");
     // Six constants and two calls of 4 bytes (plus at most 2 bytes per widened frame).
     int grown = patched.length - original.length;
-    int constants = 3 + (2 + ClassPatch.REGISTRY.length()) + (3 + ClassPatch.HOOK.length())
+    int constants = 3 + (2 + Hook.NAME.length()) + (3 + ClassPatch.HOOK.length())
         + (3 + ClassPatch.HOOK_TYPE.length()) + 5 + 5;
     assertTrue(grown >= constants + 8 && grown <= constants + 12, "grew by " + grown);
     assertEquals(ByteBuffer.wrap(original).getInt(4), ByteBuffer.wrap(patched).getInt(4), "version kept");
@@ -74,9 +103,10 @@ class ClassPatchTest {
 
   @Test
   void a_class_without_the_methods_or_not_a_class_is_left_alone() throws Exception {
-    assertNull(ClassPatch.insert(bytesOf(Object.class), Helper.DRAWS));
-    assertNull(ClassPatch.insert(new byte[] {1, 2, 3}, Helper.DRAWS));
-    assertNull(ClassPatch.insert(new byte[0], Helper.DRAWS));
+    assertNull(ClassPatch.insert(bytesOf(Object.class), Helper.DRAWS, Hook.NAME));
+    assertNull(ClassPatch.insert(new byte[] {1, 2, 3}, Helper.DRAWS, Hook.NAME));
+    assertNull(ClassPatch.insert(new byte[0], Helper.DRAWS, Hook.NAME));
+    assertNull(ClassPatch.renamed(new byte[] {1, 2, 3}, Hook.TEMPLATE, Hook.NAME));
   }
 
   @Test

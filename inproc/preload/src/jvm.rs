@@ -1,0 +1,297 @@
+//! The Java agent's way into a JVM, after the JVM has started: this library is also a JVM TI
+//! agent. `java.rs` names it in the `java` launcher's `JDK_JAVA_OPTIONS` as
+//! `-agentpath:<this library>=<the Java agent's jar>`; the JVM, already holding it (preloaded),
+//! calls `Agent_OnLoad`, which only asks for the event that the JVM has started (`VMInit`). From
+//! that event a thread of ours, beside the app's `main`, attaches to the JVM as a daemon, puts
+//! the jar on the app's class path and loads it as the launcher loads an executable jar's agent
+//! (`sun.instrument.InstrumentationImpl.loadAgent`, the `Launcher-Agent-Class` route: the jar's
+//! `agentmain` runs), then detaches and ends.
+//!
+//! Why not `-javaagent`: on JDK 17 any `-javaagent` costs a JVM about 28 ms of start (measured:
+//! 33 ms for a hello world, 61 ms with an empty agent), all of it the JVM's own: the option adds
+//! `java.instrument` to the root modules, which turns off the archived module graph of its
+//! class-data sharing. Loaded this way the JVM starts as without it (measured: +2 ms), and
+//! `Launcher-Agent-Class` is the route the JDK itself uses at start, so no "agent loaded
+//! dynamically" warning (JDK 21 and later) and no attach mechanism (a `-Xrs` or
+//! `-XX:+DisableAttachMechanism` JVM is reached the same way).
+//!
+//! Harmless: `Agent_OnLoad` always answers success (an error would stop the JVM) and does
+//! nothing without `MICROVM_AGENT_INPROC`; every JNI call's failure or exception ends the
+//! attempt with the exception cleared; a JVM under a seccomp filter gets no thread.
+//!
+//! The JNI and JVM TI tables are read by slot (`jni.h`, `jvmti.h`: their order is part of the
+//! JNI and JVM TI specifications, never reordered since Java 1.2 and 5).
+
+use core::ffi::{c_char, c_int, c_void};
+use core::sync::atomic::{AtomicPtr, Ordering};
+
+use crate::libc::{self, Global};
+
+/// A JNI `JNIEnv*`, a `JavaVM*` or a `jvmtiEnv*`: a pointer to a pointer to a table of functions.
+type Iface = *mut *const *const c_void;
+
+const JNI_OK: i32 = 0;
+const JNI_VERSION_1_2: i32 = 0x0001_0002;
+const JVMTI_VERSION_1_2: i32 = 0x3001_0200;
+const JVMTI_ENABLE: c_int = 1;
+const JVMTI_EVENT_VM_INIT: c_int = 50;
+
+/// Slots of `JNIInvokeInterface_` (a `JavaVM`).
+const VM_DETACH_CURRENT_THREAD: usize = 5;
+const VM_GET_ENV: usize = 6;
+const VM_ATTACH_CURRENT_THREAD_AS_DAEMON: usize = 7;
+/// Slots of `JNINativeInterface_` (a `JNIEnv`).
+const JNI_FIND_CLASS: usize = 6;
+const JNI_EXCEPTION_CLEAR: usize = 17;
+const JNI_GET_STATIC_METHOD_ID: usize = 113;
+const JNI_CALL_STATIC_VOID_METHOD_A: usize = 143;
+const JNI_CALL_STATIC_OBJECT_METHOD_A: usize = 116;
+const JNI_NEW_STRING_UTF: usize = 167;
+const JNI_EXCEPTION_CHECK: usize = 228;
+/// Slots of `jvmtiInterface_1_` (a `jvmtiEnv`): the function's number in the specification, less 1.
+const TI_SET_EVENT_NOTIFICATION_MODE: usize = 1;
+const TI_SET_EVENT_CALLBACKS: usize = 121;
+const TI_DISPOSE_ENVIRONMENT: usize = 126;
+const TI_ADD_TO_SYSTEM_CLASS_LOADER_SEARCH: usize = 150;
+
+static VM: AtomicPtr<*const *const c_void> = AtomicPtr::new(core::ptr::null_mut());
+static TI: AtomicPtr<*const *const c_void> = AtomicPtr::new(core::ptr::null_mut());
+/// The jar's path, from the agent's options (written in `Agent_OnLoad`, before our thread exists).
+static JAR: Global<[u8; 4096]> = Global::new([0; 4096]);
+
+/// The function in `slot` of an interface's table, or None.
+///
+/// # Safety
+/// `iface` is a live JNI or JVM TI interface whose table has more than `slot` entries.
+unsafe fn function(iface: Iface, slot: usize) -> Option<*const c_void> {
+    if iface.is_null() {
+        return None;
+    }
+    // SAFETY: the caller's promise: a table of at least `slot + 1` pointers.
+    let f = unsafe { *(*iface).add(slot) };
+    (!f.is_null()).then_some(f)
+}
+
+/// Types a slot's function: `call!(iface, SLOT, fn(args) -> ret)`.
+macro_rules! call {
+    ($iface:expr, $slot:expr, fn($($t:ty),*) -> $r:ty) => {
+        // SAFETY (of each use): the slot's function has this C signature (jni.h, jvmti.h).
+        function($iface, $slot).map(|f| {
+            core::mem::transmute::<*const c_void, unsafe extern "C" fn(Iface, $($t),*) -> $r>(f)
+        })
+    };
+}
+
+/// Called by the JVM when `-agentpath` names this library, early in its creation, on the thread
+/// that creates it. Always success: a JVM whose agent fails to load does not start.
+///
+/// # Safety
+/// Called by the JVM with its `JavaVM` and the option string (or null).
+#[cfg(not(test))]
+#[no_mangle]
+pub unsafe extern "C" fn Agent_OnLoad(vm: Iface, options: *const c_char, _: *mut c_void) -> i32 {
+    // SAFETY: the JVM's arguments, as the function's contract says.
+    unsafe { on_load(vm, options) };
+    JNI_OK
+}
+
+/// # Safety
+/// As `Agent_OnLoad`.
+#[cfg_attr(test, allow(dead_code))]
+unsafe fn on_load(vm: Iface, options: *const c_char) {
+    if libc::get().is_none() || !crate::arranged() || options.is_null() {
+        return;
+    }
+    // SAFETY: before any thread of ours exists: nothing reads it meanwhile.
+    let jar = unsafe { JAR.get_mut() };
+    let mut n = 0;
+    // SAFETY: a NUL-terminated string; we stop at the NUL or one byte short of the buffer.
+    while n < jar.len() - 1 && unsafe { *options.add(n) } != 0 {
+        // SAFETY: as above.
+        jar[n] = unsafe { *options.add(n) } as u8;
+        n += 1;
+    }
+    if n == 0 || n == jar.len() - 1 {
+        return;
+    }
+    let mut ti: Iface = core::ptr::null_mut();
+    // SAFETY: the JVM's `JavaVM`; `GetEnv(vm, void**, jint)`.
+    let got = unsafe {
+        call!(vm, VM_GET_ENV, fn(*mut Iface, i32) -> i32)
+            .map(|get_env| get_env(vm, &mut ti, JVMTI_VERSION_1_2))
+    };
+    if got != Some(JNI_OK) || ti.is_null() {
+        return;
+    }
+    VM.store(vm, Ordering::Release);
+    TI.store(ti, Ordering::Release);
+    // `jvmtiEventCallbacks` begins with `VMInit`; a shorter struct is read as that many
+    // callbacks, the rest none (JVM TI's rule for older agents).
+    static CALLBACKS: [extern "C" fn(Iface, Iface, *mut c_void); 1] = [vm_init];
+    // SAFETY: the JVM TI environment just obtained; `SetEventCallbacks(env, callbacks*, jint)`
+    // and the variadic `SetEventNotificationMode(env, mode, event, thread, ...)`.
+    unsafe {
+        let set = call!(ti, TI_SET_EVENT_CALLBACKS, fn(*const c_void, i32) -> c_int);
+        let size = core::mem::size_of_val(&CALLBACKS) as i32;
+        if set.map(|f| f(ti, CALLBACKS.as_ptr().cast(), size)) != Some(0) {
+            return;
+        }
+        if let Some(f) = function(ti, TI_SET_EVENT_NOTIFICATION_MODE) {
+            let f = core::mem::transmute::<
+                *const c_void,
+                unsafe extern "C" fn(Iface, c_int, c_int, *mut c_void, ...) -> c_int,
+            >(f);
+            f(ti, JVMTI_ENABLE, JVMTI_EVENT_VM_INIT, core::ptr::null_mut());
+        }
+    }
+}
+
+/// The JVM has started (on the thread that started it, before the app's `main`): one thread of
+/// ours, and back at once.
+extern "C" fn vm_init(_: Iface, _: Iface, _: *mut c_void) {
+    let Some(c) = libc::get() else { return };
+    if crate::seccomp::filtered(c) {
+        return;
+    }
+    crate::spawn(c, load);
+}
+
+#[repr(C)]
+struct AttachArgs {
+    version: i32,
+    name: *const c_char,
+    group: *mut c_void,
+}
+
+/// Our thread: attach, load the Java agent, detach, end.
+extern "C" fn load(_: *mut c_void) -> *mut c_void {
+    let (vm, ti) = (VM.load(Ordering::Acquire), TI.load(Ordering::Acquire));
+    let mut env: Iface = core::ptr::null_mut();
+    let args = AttachArgs {
+        version: JNI_VERSION_1_2,
+        name: c"microvm-reseed-load".as_ptr(),
+        group: core::ptr::null_mut(),
+    };
+    // SAFETY: the JVM's `JavaVM` (kept from `Agent_OnLoad`, valid for the process's life);
+    // `AttachCurrentThreadAsDaemon(vm, void**, void*)`. A daemon: the JVM's exit never waits
+    // for us, and fails our later calls (we stop at the first failure).
+    let attached = unsafe {
+        call!(
+            vm,
+            VM_ATTACH_CURRENT_THREAD_AS_DAEMON,
+            fn(*mut Iface, *const AttachArgs) -> i32
+        )
+        .map(|f| f(vm, &mut env, &args))
+    };
+    if attached != Some(JNI_OK) || env.is_null() {
+        return core::ptr::null_mut();
+    }
+    // SAFETY: written before this thread was started, never after.
+    let jar = unsafe { JAR.get() };
+    // SAFETY: `env` is this thread's, attached above; `ti` the environment from `Agent_OnLoad`.
+    unsafe {
+        start_agent(env, ti, jar.as_ptr().cast());
+        if let Some(detach) = call!(vm, VM_DETACH_CURRENT_THREAD, fn() -> i32) {
+            detach(vm);
+        }
+        // Our environment asked for nothing but one event, long past: given back.
+        if let Some(dispose) = call!(ti, TI_DISPOSE_ENVIRONMENT, fn() -> c_int) {
+            dispose(ti);
+        }
+    }
+    core::ptr::null_mut()
+}
+
+/// The jar on the app's class path, `java.instrument` in the JVM's modules (an app started with
+/// `--module` resolves only what it requires), then the jar's `Launcher-Agent-Class`.
+///
+/// # Safety
+/// `env` attached to this thread; `ti` a live JVM TI environment; `jar` NUL-terminated.
+unsafe fn start_agent(env: Iface, ti: Iface, jar: *const c_char) -> Option<()> {
+    // SAFETY: the caller's promises; each function's signature from jni.h/jvmti.h.
+    unsafe {
+        let added = call!(
+            ti,
+            TI_ADD_TO_SYSTEM_CLASS_LOADER_SEARCH,
+            fn(*const c_char) -> c_int
+        )?(ti, jar);
+        if added != 0 {
+            return None;
+        }
+        call_static(
+            env,
+            c"jdk/internal/module/Modules",
+            c"loadModule",
+            c"(Ljava/lang/String;)Ljava/lang/Module;",
+            c"java.instrument".as_ptr(),
+            true,
+        )?;
+        call_static(
+            env,
+            c"sun/instrument/InstrumentationImpl",
+            c"loadAgent",
+            c"(Ljava/lang/String;)V",
+            jar,
+            false,
+        )
+    }
+}
+
+/// `class.method(string)`, a static method of one `String` argument; None (the exception, if
+/// any, cleared) when anything fails.
+///
+/// # Safety
+/// `env` attached to this thread; `arg` NUL-terminated (modified UTF-8: a path the JVM takes as
+/// given).
+unsafe fn call_static(
+    env: Iface,
+    class: &core::ffi::CStr,
+    method: &core::ffi::CStr,
+    signature: &core::ffi::CStr,
+    arg: *const c_char,
+    returns_object: bool,
+) -> Option<()> {
+    // SAFETY: the caller's promises; each function's signature from jni.h.
+    unsafe {
+        let find = call!(env, JNI_FIND_CLASS, fn(*const c_char) -> *mut c_void)?;
+        let id = call!(
+            env,
+            JNI_GET_STATIC_METHOD_ID,
+            fn(*mut c_void, *const c_char, *const c_char) -> *mut c_void
+        )?;
+        let string = call!(env, JNI_NEW_STRING_UTF, fn(*const c_char) -> *mut c_void)?;
+        let cls = find(env, class.as_ptr());
+        let mid = if cls.is_null() {
+            core::ptr::null_mut()
+        } else {
+            id(env, cls, method.as_ptr(), signature.as_ptr())
+        };
+        let value = if mid.is_null() {
+            core::ptr::null_mut()
+        } else {
+            string(env, arg)
+        };
+        if !value.is_null() {
+            // A `jvalue` is a union of 8 bytes; an object reference is its pointer.
+            let args = [value];
+            if returns_object {
+                call!(
+                    env,
+                    JNI_CALL_STATIC_OBJECT_METHOD_A,
+                    fn(*mut c_void, *mut c_void, *const *mut c_void) -> *mut c_void
+                )?(env, cls, mid, args.as_ptr());
+            } else {
+                call!(
+                    env,
+                    JNI_CALL_STATIC_VOID_METHOD_A,
+                    fn(*mut c_void, *mut c_void, *const *mut c_void) -> ()
+                )?(env, cls, mid, args.as_ptr());
+            }
+        }
+        let thrown = call!(env, JNI_EXCEPTION_CHECK, fn() -> u8)?(env) != 0;
+        if thrown {
+            call!(env, JNI_EXCEPTION_CLEAR, fn() -> ())?(env);
+        }
+        (!value.is_null() && !thrown).then_some(())
+    }
+}

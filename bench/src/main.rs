@@ -623,7 +623,12 @@ fn inproc_java(bin: &Path, o: &Opts) -> Value {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    std::thread::sleep(Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs(
+        std::env::var("XSLEEP")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3),
+    ));
     let mut resume = [Stats::default(), Stats::default()];
     for _ in 0..o.n(2000, 10) {
         for (i, (_, a)) in agents.iter().enumerate() {

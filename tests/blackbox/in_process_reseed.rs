@@ -982,6 +982,17 @@ fn an_unmodified_java_app_gets_its_generators_reseeded_by_the_java_agent() {
             if on { "reseeded" } else { "cloned" },
             "on: {on}"
         );
+        // The JVM says nothing of the agent but the launcher's note: no warning (an agent jar
+        // on the boot class path after start turns class sharing off, with a warning on every
+        // JVM's standard error; an agent loaded through the attach route warns on JDK 21).
+        let said: Vec<String> = a
+            .stderr
+            .text()
+            .lines()
+            .filter(|l| !l.contains("microvm_agent") && !l.starts_with("NOTE: Picked up"))
+            .map(str::to_string)
+            .collect();
+        assert!(said.is_empty(), "on: {on}: {said:?}");
     }
 }
 

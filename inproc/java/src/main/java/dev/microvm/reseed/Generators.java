@@ -67,8 +67,20 @@ final class Generators {
     }
   }
 
+  /**
+   * The last generation's mix of each kind ({@link Helper#REAL}, {@link Helper#WARM}; null
+   * before the first), and how many warming rounds ran: {@link Helper}'s, under this object's
+   * lock.
+   */
+  final byte[][] mixes = new byte[2][];
+
+  long warmed;
+
+  /** Where warming rounds' acknowledgements go (and are dropped), reused as the real ones'. */
+  final java.io.ByteArrayOutputStream warmAcks = new java.io.ByteArrayOutputStream();
+
   /** Reseeds everything; returns what, comma-separated (the acknowledgement's words). */
-  String reseed(long n, byte[] mix, boolean instances) {
+  String reseed(int slot, byte[] mix, boolean instances) {
     StringBuilder done = new StringBuilder();
     int native_ = 0;
     for (SecureRandom r : natives) {
@@ -83,7 +95,7 @@ final class Generators {
       add(done, "nativeprng");
     }
     if (instances) {
-      Registry.generation(n, mix);
+      Registry.generation(slot, mix);
       add(done, "securerandom");
     }
     try {

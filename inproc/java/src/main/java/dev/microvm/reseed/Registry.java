@@ -3,6 +3,7 @@ package dev.microvm.reseed;
 import java.security.SecureRandom;
 import java.util.Map;
 import java.util.WeakHashMap;
+import java.util.concurrent.atomic.AtomicReferenceArray;
 import java.util.function.Consumer;
 
 /**
@@ -20,17 +21,34 @@ import java.util.function.Consumer;
 public final class Registry {
   private Registry() {}
 
-  /** The current generation's mix; null before the first. */
-  private static volatile byte[] key;
-  private static volatile long generation;
-  /** The generation each object was last reseeded for (weak: never keeps one alive). */
+  /** A generation as objects are reseeded for it: its mix, and its place in the order. */
+  private static final class Current {
+    final byte[] key;
+    final long epoch;
+
+    Current(byte[] key, long epoch) {
+      this.key = key;
+      this.epoch = epoch;
+    }
+  }
+
+  /**
+   * The last generation of each kind ({@link Helper#REAL}, {@link Helper#WARM}), null before the
+   * first; one object each, so a draw never reads one generation's key with another's epoch.
+   * Draws follow the real one only: a warming round writes its own slot, by the same code.
+   */
+  private static final AtomicReferenceArray<Current> CURRENT = new AtomicReferenceArray<>(2);
+  /** The epoch each object was last reseeded for (weak: never keeps one alive). */
   private static final Map<Object, Long> SEEN = new WeakHashMap<>();
   private static long reseeded;
 
-  /** A new generation: every object is reseeded at its next draw. */
-  static void generation(long n, byte[] mix) {
-    key = mix;
-    generation = n;
+  /**
+   * A new generation in `slot`: for {@link Helper#REAL}, every object is reseeded at its next
+   * draw. Called under the generators' lock (one writer).
+   */
+  static void generation(int slot, byte[] mix) {
+    Current last = CURRENT.get(slot);
+    CURRENT.set(slot, new Current(mix, last == null ? 1 : last.epoch + 1));
   }
 
   /** How many objects were reseeded: each one's seed is derived with its own count. */
@@ -48,8 +66,8 @@ public final class Registry {
 
   /** Called by the patched {@code SecureRandom.nextBytes}, through the hook, before the draw. */
   static void drew(Object random) {
-    byte[] k = key;
-    if (k == null || !(random instanceof SecureRandom)) {
+    Current now = CURRENT.get(Helper.REAL);
+    if (now == null || !(random instanceof SecureRandom)) {
       return;
     }
     try {
@@ -57,7 +75,7 @@ public final class Registry {
       if (r.getAlgorithm().startsWith("NativePRNG")) {
         return;
       }
-      long n = generation;
+      long n = now.epoch;
       long count;
       synchronized (Registry.class) {
         Long last = SEEN.get(r);
@@ -69,7 +87,7 @@ public final class Registry {
       }
       // Outside the lock (see above); the object's own lock is taken by setSeed as the app's
       // own setSeed would.
-      r.setSeed(Mix.derive(k, "SecureRandom", count));
+      r.setSeed(Mix.derive(now.key, "SecureRandom", count));
     } catch (Throwable t) {
       // The app's draw goes on with the generator as it was.
     }

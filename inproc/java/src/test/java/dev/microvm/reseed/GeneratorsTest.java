@@ -4,6 +4,8 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertNotEquals;
 
 import java.lang.reflect.Field;
+import java.nio.ByteBuffer;
+import java.nio.charset.StandardCharsets;
 import java.util.Random;
 import java.util.concurrent.ThreadLocalRandom;
 import java.util.concurrent.atomic.AtomicLong;
@@ -27,16 +29,16 @@ class GeneratorsTest {
     ThreadLocalRandom.current().nextInt();
     Generators g = new Generators();
     assertEquals(
-        "nativeprng,math.random,random,threadlocalrandom", g.reseed(1, mix(1), false));
+        "nativeprng,math.random,random,threadlocalrandom", g.reseed(Helper.REAL, mix(1), false));
     double math = Math.random();
     long tlr = ThreadLocalRandom.current().nextLong();
     assertEquals(new Random(Mix.derive64(mix(1), "Math.random", 0)).nextDouble(), math);
 
-    g.reseed(2, mix(1), false);
+    g.reseed(Helper.REAL, mix(1), false);
     assertEquals(math, Math.random(), "the same mix: the same next draw");
     assertEquals(tlr, ThreadLocalRandom.current().nextLong());
 
-    g.reseed(3, mix(2), false);
+    g.reseed(Helper.REAL, mix(2), false);
     assertNotEquals(math, Math.random(), "another mix: another draw");
     assertNotEquals(tlr, ThreadLocalRandom.current().nextLong());
   }
@@ -47,7 +49,7 @@ class GeneratorsTest {
     Field f = ThreadLocalRandom.class.getDeclaredField("seeder");
     f.setAccessible(true);
     AtomicLong seeder = (AtomicLong) f.get(null);
-    new Generators().reseed(1, mix(9), false);
+    new Generators().reseed(Helper.REAL, mix(9), false);
     assertEquals(Mix.derive64(mix(9), "ThreadLocalRandom", 0), seeder.get());
     // A new thread's first use takes the seeder's value (and moves it on).
     Thread t = new Thread(() -> ThreadLocalRandom.current().nextLong());
@@ -57,13 +59,40 @@ class GeneratorsTest {
   }
 
   @Test
-  void warming_never_undoes_a_real_generation() {
-    Generators g = new Generators();
-    Helper.warm(g); // before any generation: allowed (the process's own bytes)
-    Helper.generation(g, 1, mix(5), false);
-    Random expected = new Random(Mix.derive64(mix(5), "Math.random", 0));
-    assertEquals(expected.nextDouble(), Math.random());
-    Helper.warm(g); // after it: must change nothing
-    assertEquals(expected.nextDouble(), Math.random(), "the generation's stream goes on");
+  void warming_after_a_real_generation_stays_derived_from_it() {
+    // Two clones of one process whose kernel was not reseeded: the same "fresh" bytes in both.
+    byte[] own = mix(7), fresh = mix(8);
+    double[] drawn = new double[3];
+    int[] seeds = {5, 6, 5};
+    for (int i = 0; i < 3; i++) {
+      Generators g = new Generators();
+      Helper.warm(g, false, own, fresh); // before any generation: the process's own bytes
+      // The agent's line, read and answered as the helper does.
+      Helper.Reader r = new Helper.Reader();
+      int len = r.next(ByteBuffer.wrap(Helper.line(1, mix(seeds[i]))));
+      byte[] ack = Helper.answer(r.line, len, g, false, 42, fresh, Helper.REAL);
+      assertEquals(
+          "MVA1 ack 1 nativeprng,math.random,random,threadlocalrandom\n",
+          new String(ack, StandardCharsets.US_ASCII));
+      byte[] m = Mix.mix(mix(seeds[i]), 42, 1, fresh);
+      Random expected = new Random(Mix.derive64(m, "Math.random", 0));
+      assertEquals(expected.nextDouble(), Math.random(), "the generation's seed");
+      Helper.warm(g, false, own, fresh);
+      drawn[i] = Math.random();
+    }
+    assertNotEquals(drawn[0], drawn[1], "warmed after two generations: still two streams");
+    assertEquals(drawn[0], drawn[2], "and nothing but the generation and the bytes counts");
   }
+
+  @Test
+  void a_line_is_read_across_reads_and_one_too_long_is_refused() {
+    Helper.Reader r = new Helper.Reader();
+    assertEquals(-1, r.next(ByteBuffer.wrap("MVA1 gen".getBytes(StandardCharsets.US_ASCII))));
+    assertEquals(17, r.next(ByteBuffer.wrap("eration 1\nMVA1".getBytes(StandardCharsets.US_ASCII))));
+    assertEquals("MVA1 generation 1", new String(r.line, 0, 17, StandardCharsets.US_ASCII));
+    r = new Helper.Reader();
+    assertEquals(-2, r.next(ByteBuffer.wrap(new byte[Wire.MAX_LINE + 8])));
+  }
+
+
 }

@@ -989,7 +989,11 @@ fn an_unmodified_java_app_gets_its_generators_reseeded_by_the_java_agent() {
             .stderr
             .text()
             .lines()
-            .filter(|l| !l.contains("microvm_agent") && !l.starts_with("NOTE: Picked up"))
+            .filter(|l| {
+                !l.trim().is_empty()
+                    && !l.contains("microvm_agent")
+                    && !l.starts_with("NOTE: Picked up")
+            })
             .map(str::to_string)
             .collect();
         assert!(said.is_empty(), "on: {on}: {said:?}");

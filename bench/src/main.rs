@@ -623,12 +623,10 @@ fn inproc_java(bin: &Path, o: &Opts) -> Value {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    std::thread::sleep(Duration::from_secs(
-        std::env::var("XSLEEP")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(3),
-    ));
+    // Measured as a clone finds its JVMs: past the Java helper's warm-up (it starts 3 s after the
+    // JVM and runs 6,000 rounds, a millisecond or more apart), which the snapshot of a running
+    // app has behind it. During it, the first generations pay for the JIT (BENCHMARKS.md).
+    std::thread::sleep(Duration::from_secs(if o.quick { 1 } else { 15 }));
     let mut resume = [Stats::default(), Stats::default()];
     for _ in 0..o.n(2000, 10) {
         for (i, (_, a)) in agents.iter().enumerate() {

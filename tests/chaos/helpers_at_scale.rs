@@ -266,15 +266,22 @@ fn java_class(dir: &TempDir, body: &str) -> Option<String> {
 fn four_hundred_short_lived_jvms_start_and_exit_cleanly_while_generations_are_made() {
     heavy_tier();
     let dir = TempDir::new("chaos-jvms");
-    let Some(classes) = java_class(&dir, "java.util.UUID.randomUUID(); Math.random();") else {
+    let Some(classes) = java_class(
+        &dir,
+        "java.util.UUID.randomUUID(); Math.random(); \
+         if (a.length > 0) Thread.sleep(Long.parseLong(a[0]));",
+    ) else {
         eprintln!("SKIP: no JDK");
         return;
     };
     for (mode, extra) in MODES {
-        // Two loops of 200 JVMs each (the Java agent in every one when on); every non-zero exit,
-        // and every line on standard error but the launcher's note, is written down.
+        // Two loops of 200 JVMs each (the Java agent in every one when on); one in eight lives
+        // 0.7 s, long enough to take part and to leave while generations are being made. Every
+        // non-zero exit, and every line on standard error but the launcher's note, is written
+        // down.
         let run = format!(
-            "err=$(/usr/bin/java -cp {classes} Job 2>&1 >/dev/null) || echo \"exit $?\" >> \"$FAILS\"; \
+            "err=$(/usr/bin/java -cp {classes} Job $([ $((i % 8)) = 0 ] && echo 700) 2>&1 >/dev/null) \
+             || echo \"exit $?\" >> \"$FAILS\"; \
              printf '%s\\n' \"$err\" | grep -v '^NOTE: Picked up JDK_JAVA_OPTIONS' | grep . >> \"$FAILS\""
         );
         let (generations, failed) = two_loops_across_generations(&dir, mode, extra, 200, &run);

@@ -25,7 +25,8 @@
 use core::ffi::{c_char, c_int, c_void};
 use core::sync::atomic::{AtomicPtr, Ordering};
 
-use crate::libc::{self, Global};
+use crate::libc::{self, Global, Libc};
+use crate::wire;
 
 /// A JNI `JNIEnv*`, a `JavaVM*` or a `jvmtiEnv*`: a pointer to a pointer to a table of functions.
 type Iface = *mut *const *const c_void;
@@ -43,10 +44,17 @@ const VM_ATTACH_CURRENT_THREAD_AS_DAEMON: usize = 7;
 /// Slots of `JNINativeInterface_` (a `JNIEnv`).
 const JNI_FIND_CLASS: usize = 6;
 const JNI_EXCEPTION_CLEAR: usize = 17;
+const JNI_PUSH_LOCAL_FRAME: usize = 19;
+const JNI_POP_LOCAL_FRAME: usize = 20;
 const JNI_GET_STATIC_METHOD_ID: usize = 113;
-const JNI_CALL_STATIC_VOID_METHOD_A: usize = 143;
 const JNI_CALL_STATIC_OBJECT_METHOD_A: usize = 116;
+const JNI_CALL_STATIC_BOOLEAN_METHOD_A: usize = 119;
+const JNI_CALL_STATIC_VOID_METHOD_A: usize = 143;
 const JNI_NEW_STRING_UTF: usize = 167;
+const JNI_GET_ARRAY_LENGTH: usize = 171;
+const JNI_NEW_BYTE_ARRAY: usize = 176;
+const JNI_GET_BYTE_ARRAY_REGION: usize = 200;
+const JNI_SET_BYTE_ARRAY_REGION: usize = 208;
 const JNI_EXCEPTION_CHECK: usize = 228;
 /// Slots of `jvmtiInterface_1_` (a `jvmtiEnv`): the function's number in the specification, less 1.
 const TI_SET_EVENT_NOTIFICATION_MODE: usize = 1;
@@ -163,13 +171,17 @@ struct AttachArgs {
     group: *mut c_void,
 }
 
-/// Our thread: attach, load the Java agent, detach, end.
+/// Our thread: attach, load the Java agent, have it prepare, then speak for it to the agent
+/// until the agent goes; detach, end.
 extern "C" fn load(_: *mut c_void) -> *mut c_void {
+    let Some(c) = libc::get() else {
+        return core::ptr::null_mut();
+    };
     let (vm, ti) = (VM.load(Ordering::Acquire), TI.load(Ordering::Acquire));
     let mut env: Iface = core::ptr::null_mut();
     let args = AttachArgs {
         version: JNI_VERSION_1_2,
-        name: c"microvm-reseed-load".as_ptr(),
+        name: c"microvm-reseed".as_ptr(),
         group: core::ptr::null_mut(),
     };
     // SAFETY: the JVM's `JavaVM` (kept from `Agent_OnLoad`, valid for the process's life);
@@ -190,16 +202,179 @@ extern "C" fn load(_: *mut c_void) -> *mut c_void {
     let jar = unsafe { JAR.get() };
     // SAFETY: `env` is this thread's, attached above; `ti` the environment from `Agent_OnLoad`.
     unsafe {
-        start_agent(env, ti, jar.as_ptr().cast());
-        if let Some(detach) = call!(vm, VM_DETACH_CURRENT_THREAD, fn() -> i32) {
-            detach(vm);
-        }
+        let started = start_agent(env, ti, jar.as_ptr().cast()).is_some();
         // Our environment asked for nothing but one event, long past: given back.
         if let Some(dispose) = call!(ti, TI_DISPOSE_ENVIRONMENT, fn() -> c_int) {
             dispose(ti);
         }
+        if started {
+            converse(c, env);
+        }
+        if let Some(detach) = call!(vm, VM_DETACH_CURRENT_THREAD, fn() -> i32) {
+            detach(vm);
+        }
     }
     core::ptr::null_mut()
+}
+
+/// The Java agent's entry points (`inproc/java`, `Start`).
+const START: &core::ffi::CStr = c"dev/microvm/reseed/Start";
+
+/// `Start.ready()`; then, when it says the JVM takes part, the agent's protocol as kind `java`:
+/// each generation handed to `Start.generation` and answered with the words it returns. The
+/// connection is checked as ours before every use, as the OpenSSL helper's (`wire`, `owned`).
+///
+/// # Safety
+/// `env` attached to this thread.
+unsafe fn converse(c: &Libc, env: Iface) -> Option<()> {
+    // SAFETY: the caller's promise; each function's signature from jni.h.
+    unsafe {
+        let find = call!(env, JNI_FIND_CLASS, fn(*const c_char) -> *mut c_void)?;
+        let id = call!(
+            env,
+            JNI_GET_STATIC_METHOD_ID,
+            fn(*mut c_void, *const c_char, *const c_char) -> *mut c_void
+        )?;
+        let cls = find(env, START.as_ptr());
+        let (ready, generation) = if cls.is_null() {
+            (core::ptr::null_mut(), core::ptr::null_mut())
+        } else {
+            (
+                id(env, cls, c"ready".as_ptr(), c"()Z".as_ptr()),
+                id(env, cls, c"generation".as_ptr(), c"(J[B[B)[B".as_ptr()),
+            )
+        };
+        if ready.is_null() || generation.is_null() {
+            cleared(env);
+            return None;
+        }
+        let yes = call!(
+            env,
+            JNI_CALL_STATIC_BOOLEAN_METHOD_A,
+            fn(*mut c_void, *mut c_void, *const u64) -> u8
+        )?(env, cls, ready, core::ptr::null());
+        if cleared(env) || yes == 0 {
+            return None;
+        }
+        let path = crate::PATH.get();
+        let (fd, owned_id) = wire::connect(c, path)?;
+        let pid = (c.getpid)();
+        let mut conn = wire::Conn::new(c, fd, owned_id);
+        let mut end = conn.hello(b"java", pid);
+        while end.is_ok() {
+            end = match conn.next_generation() {
+                Ok(mut gen) => {
+                    let mut words = [0u8; 160];
+                    let n = reseed(c, env, cls, generation, &gen, &mut words);
+                    wipe(&mut gen.seed);
+                    conn.ack_words(gen.number, &words[..n])
+                }
+                Err(e) => Err(e),
+            };
+        }
+        // Our own descriptor only, and only while it is still our socket.
+        if end != Err(wire::Gone::Taken) {
+            crate::owned::close_if_ours(c, fd, owned_id);
+        }
+        Some(())
+    }
+}
+
+/// `Start.generation(n, seed, fresh)` in a local frame of its own (this thread never returns to
+/// Java, so its references are freed here); the words it returned, in `out`, or 0 bytes.
+///
+/// # Safety
+/// `env` attached to this thread; `cls` and `method` the class and its `generation`.
+unsafe fn reseed(
+    c: &Libc,
+    env: Iface,
+    cls: *mut c_void,
+    method: *mut c_void,
+    gen: &wire::Generation,
+    out: &mut [u8; 160],
+) -> usize {
+    let mut fresh = [0u8; 32];
+    if let Some(getrandom) = c.getrandom {
+        // SAFETY: a buffer of 32 bytes; GRND_NONBLOCK: never waits (zeros if it cannot).
+        unsafe { getrandom(fresh.as_mut_ptr(), 32, 1) };
+    }
+    // SAFETY: the caller's promises; each function's signature from jni.h.
+    let n = unsafe {
+        (|| {
+            let push = call!(env, JNI_PUSH_LOCAL_FRAME, fn(i32) -> i32)?;
+            let pop = call!(env, JNI_POP_LOCAL_FRAME, fn(*mut c_void) -> *mut c_void)?;
+            let new = call!(env, JNI_NEW_BYTE_ARRAY, fn(i32) -> *mut c_void)?;
+            let set = call!(
+                env,
+                JNI_SET_BYTE_ARRAY_REGION,
+                fn(*mut c_void, i32, i32, *const u8) -> ()
+            )?;
+            let get = call!(
+                env,
+                JNI_GET_BYTE_ARRAY_REGION,
+                fn(*mut c_void, i32, i32, *mut u8) -> ()
+            )?;
+            let length = call!(env, JNI_GET_ARRAY_LENGTH, fn(*mut c_void) -> i32)?;
+            let invoke = call!(
+                env,
+                JNI_CALL_STATIC_OBJECT_METHOD_A,
+                fn(*mut c_void, *mut c_void, *const u64) -> *mut c_void
+            )?;
+            if push(env, 8) != 0 {
+                cleared(env);
+                return None;
+            }
+            let mut got = 0;
+            let (seed, more) = (new(env, 32), new(env, 32));
+            if !seed.is_null() && !more.is_null() {
+                set(env, seed, 0, 32, gen.seed.as_ptr());
+                set(env, more, 0, 32, fresh.as_ptr());
+                // Three `jvalue`s (8 bytes each): a `jlong`, then two references.
+                let args = [gen.number, seed as u64, more as u64];
+                let words = invoke(env, cls, method, args.as_ptr());
+                if !cleared(env) && !words.is_null() {
+                    let len = length(env, words);
+                    if (1..=out.len() as i32).contains(&len) {
+                        get(env, words, 0, len, out.as_mut_ptr());
+                        got = len as usize;
+                    }
+                }
+            }
+            cleared(env);
+            pop(env, core::ptr::null_mut());
+            Some(got)
+        })()
+    };
+    wipe(&mut fresh);
+    n.unwrap_or(0)
+}
+
+/// Whether an exception was pending; cleared if so.
+///
+/// # Safety
+/// `env` attached to this thread.
+unsafe fn cleared(env: Iface) -> bool {
+    // SAFETY: the caller's promise; the signatures from jni.h.
+    unsafe {
+        let Some(check) = call!(env, JNI_EXCEPTION_CHECK, fn() -> u8) else {
+            return false;
+        };
+        let thrown = check(env) != 0;
+        if thrown {
+            if let Some(clear) = call!(env, JNI_EXCEPTION_CLEAR, fn() -> ()) {
+                clear(env);
+            }
+        }
+        thrown
+    }
+}
+
+/// Zeroes bytes that held a seed (volatile: the compiler may not drop it).
+fn wipe(bytes: &mut [u8; 32]) {
+    for b in bytes.iter_mut() {
+        // SAFETY: a valid, aligned `u8` of a live array.
+        unsafe { core::ptr::write_volatile(b, 0) };
+    }
 }
 
 /// The jar on the app's class path, `java.instrument` in the JVM's modules (an app started with
@@ -288,10 +463,7 @@ unsafe fn call_static(
                 )?(env, cls, mid, args.as_ptr());
             }
         }
-        let thrown = call!(env, JNI_EXCEPTION_CHECK, fn() -> u8)?(env) != 0;
-        if thrown {
-            call!(env, JNI_EXCEPTION_CLEAR, fn() -> ())?(env);
-        }
+        let thrown = cleared(env);
         (!value.is_null() && !thrown).then_some(())
     }
 }

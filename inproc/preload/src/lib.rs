@@ -259,7 +259,7 @@ extern "C" fn serve(_: *mut c_void) -> *mut c_void {
     // SAFETY: `getpid` has no preconditions.
     let pid = unsafe { (c.getpid)() };
     let mut conn = wire::Conn::new(c, fd, id);
-    let mut end = conn.hello(pid);
+    let mut end = conn.hello(b"native", pid);
     let mut entered_openssl = false;
     while end.is_ok() {
         end = match conn.next_generation() {

@@ -90,9 +90,12 @@ impl<'a> Conn<'a> {
         }
     }
 
-    pub fn hello(&mut self, pid: c_int) -> Result<(), Gone> {
+    /// `MVA1 hello <kind> <pid>`: `native` for OpenSSL, `java` for the Java agent (`jvm`).
+    pub fn hello(&mut self, kind: &[u8], pid: c_int) -> Result<(), Gone> {
         let mut line = Line::new();
-        line.push(b"MVA1 hello native ");
+        line.push(b"MVA1 hello ");
+        line.push(kind);
+        line.push(b" ");
         line.number(pid as u64);
         line.push(b"\n");
         self.send(line.bytes())
@@ -104,6 +107,23 @@ impl<'a> Conn<'a> {
         line.number(number);
         line.push(b" openssl=");
         line.number(copies as u64);
+        line.push(b"\n");
+        self.send(line.bytes())
+    }
+
+    /// `MVA1 ack <n> <words>`, the words as a helper wrote them (the Java agent's); `none` for
+    /// words that are not the protocol's (empty, too long, or other than `[a-z0-9.,=_-]`).
+    pub fn ack_words(&mut self, number: u64, words: &[u8]) -> Result<(), Gone> {
+        let valid = !words.is_empty()
+            && words.len() <= 160
+            && words.iter().all(
+                |&b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b',' | b'=' | b'_' | b'-'),
+            );
+        let mut line = Line::new();
+        line.push(b"MVA1 ack ");
+        line.number(number);
+        line.push(b" ");
+        line.push(if valid { words } else { b"none" });
         line.push(b"\n");
         self.send(line.bytes())
     }
@@ -207,14 +227,14 @@ fn nibble(c: u8) -> Option<u8> {
 
 /// A line being built, on the stack.
 struct Line {
-    buf: [u8; 64],
+    buf: [u8; 256],
     len: usize,
 }
 
 impl Line {
     fn new() -> Self {
         Line {
-            buf: [0; 64],
+            buf: [0; 256],
             len: 0,
         }
     }

@@ -76,9 +76,6 @@ final class Generators {
 
   long warmed;
 
-  /** Where warming rounds' acknowledgements go (and are dropped), reused as the real ones'. */
-  final java.io.ByteArrayOutputStream warmAcks = new java.io.ByteArrayOutputStream();
-
   /** Reseeds everything; returns what, comma-separated (the acknowledgement's words). */
   String reseed(int slot, byte[] mix, boolean instances) {
     StringBuilder done = new StringBuilder();

@@ -1,20 +1,12 @@
 package dev.microvm.reseed;
 
-import java.io.ByteArrayOutputStream;
 import java.io.FileInputStream;
 import java.io.IOException;
 import java.io.InputStream;
 import java.lang.instrument.ClassFileTransformer;
 import java.lang.instrument.Instrumentation;
 import java.lang.invoke.MethodHandles;
-import java.net.ProtocolFamily;
-import java.net.SocketAddress;
-import java.net.StandardProtocolFamily;
-import java.nio.ByteBuffer;
-import java.nio.channels.SocketChannel;
 import java.nio.charset.StandardCharsets;
-import java.nio.file.Files;
-import java.nio.file.Paths;
 import java.security.ProtectionDomain;
 import java.security.SecureRandom;
 import java.util.Arrays;
@@ -25,11 +17,11 @@ import java.util.Map;
 import java.util.Set;
 
 /**
- * The helper's thread: prepares what it will reseed (off the app's start: this thread runs
- * beside {@code main}), registers with the agent over its Unix socket and sleeps in a read; for
- * each generation it reseeds ({@link Generators}) and acknowledges (inproc/PROTOCOL.md).
+ * What the native helper's thread runs in this JVM ({@link Start}): {@link #start} prepares what
+ * a generation reseeds ({@link Generators}, the {@code SecureRandom} hook) and warms the path;
+ * {@link #generation} reseeds for each of the agent's generations and answers with what it did.
  */
-final class Helper implements Runnable {
+final class Helper {
   /** Where this JVM's code may be reached for reflection: opened to this helper alone. */
   private static final String[] OPENED = {
     "java.lang", "java.security", "java.util", "java.util.concurrent", "sun.security.provider"
@@ -41,30 +33,38 @@ final class Helper implements Runnable {
               Arrays.asList(
                   "nextBytes([B)V", "nextBytes([BLjava/security/SecureRandomParameters;)V")));
 
-  private final String path;
-  private final Instrumentation inst;
+  /** Set once by {@link #start}, before the native helper's first generation (after the two below). */
+  private static volatile Generators generators;
 
-  Helper(String path, Instrumentation inst) {
-    this.path = path;
-    this.inst = inst;
+  private static boolean instances;
+  private static long pid;
+
+  private Helper() {}
+
+  /** Prepares and warms; true when the JVM takes part. */
+  static synchronized boolean start(Instrumentation inst) {
+    if (generators != null) {
+      return false; // once per JVM
+    }
+    instances = prepare(inst);
+    pid = ProcessHandle.current().pid();
+    Generators g = new Generators();
+    warm(g, instances);
+    generators = g; // publishes the two above
+    Thread compile = new Thread(new Compile(g, instances), "microvm-reseed-warm");
+    compile.setDaemon(true);
+    compile.start();
+    return true;
   }
 
-  @Override
-  public void run() {
-    try {
-      if (filtered()) {
-        return;
-      }
-      boolean instances = prepare();
-      Generators generators = new Generators();
-      warm(generators, instances);
-      Thread compile = new Thread(new Compile(generators, instances), "microvm-reseed-warm");
-      compile.setDaemon(true);
-      compile.start();
-      converse(generators, instances);
-    } catch (Throwable t) {
-      // The helper stops; the app goes on as it would without it.
+  /** A generation of the agent's: the acknowledgement's words (ASCII). */
+  static byte[] generation(long n, byte[] seed, byte[] fresh) {
+    Generators g = generators;
+    if (g == null) {
+      Arrays.fill(seed, (byte) 0);
+      return "none".getBytes(StandardCharsets.US_ASCII);
     }
+    return answer(g, n, seed, fresh, REAL, instances, pid);
   }
 
   /** Where a generation's mix is kept: a real one's is what warming derives its seeds from. */
@@ -84,115 +84,44 @@ final class Helper implements Runnable {
   }
 
   /**
-   * One warming round with these bytes: a generation line made here, read and answered by the
-   * code that reads and answers the agent's (same methods, same branches: the JIT compiles for
-   * what it has seen, and code compiled for warming alone was thrown away at the first real
-   * generation and compiled again, measured as 2-9 ms at `/resume`'s p99 with four JVMs). After
-   * a real generation the seed is derived from that generation's mix, never from these bytes
-   * alone: in a clone whose kernel was not reseeded they are the snapshot's kernel stream,
-   * which every clone reads too (in another order).
+   * One warming round with these bytes, through {@link #answer} as the agent's generations go
+   * (the JIT compiles for what it has seen: code compiled for a warming path of its own was
+   * thrown away at the first real generation and compiled again, measured as 2-9 ms at
+   * `/resume`'s p99 with four JVMs). After a real generation the seed is derived from that
+   * generation's mix, never from these bytes alone: in a clone whose kernel was not reseeded
+   * they are the snapshot's kernel stream, which every clone reads too (in another order).
    */
   static void warm(Generators generators, boolean instances, byte[] own, byte[] fresh) {
     synchronized (generators) {
       long k = ++generators.warmed;
       byte[] last = generators.mixes[REAL];
-      byte[] seed = last == null ? own : Mix.derive(last, "warm", k);
-      lines(
-          ByteBuffer.wrap(line(k, seed)),
-          new Reader(),
-          generators,
-          instances,
-          ProcessHandle.current().pid(),
-          fresh,
-          WARM,
-          generators.warmAcks);
-      generators.warmAcks.reset(); // as the real path's, reused: the same branches
+      byte[] seed = last == null ? own.clone() : Mix.derive(last, "warm", k);
+      answer(generators, k, seed, fresh.clone(), WARM, instances, pid);
     }
   }
 
   /**
-   * Answers every line that ends in `in` (flipped), its acknowledgement appended to `acks`; a
-   * line not yet ended stays in `reader`. False for a line longer than any of the agent's.
-   */
-  static boolean lines(
-      ByteBuffer in,
-      Reader reader,
-      Generators generators,
-      boolean instances,
-      long pid,
-      byte[] fresh,
-      int slot,
-      ByteArrayOutputStream acks) {
-    int len;
-    while ((len = reader.next(in)) != -1) {
-      if (len == -2) {
-        return false;
-      }
-      byte[] ack = answer(reader.line, len, generators, instances, pid, fresh, slot);
-      if (ack != null) {
-        acks.write(ack, 0, ack.length);
-      }
-    }
-    return true;
-  }
-
-  /** A generation line as the agent writes it, with its newline. */
-  static byte[] line(long n, byte[] seed) {
-    return ("MVA1 generation " + n + " " + hexOf(seed) + "\n").getBytes(StandardCharsets.ISO_8859_1);
-  }
-
-  /**
-   * A line's answer: for a generation, its acknowledgement once every generator is reseeded as
-   * that generation says (`slot`: {@link #REAL}, or {@link #WARM} for a warming round); null for
-   * any other line.
+   * Reseeds every generator as generation `n` says (`slot`: {@link #REAL}, or {@link #WARM} for
+   * a warming round) and returns what it reseeded, as the acknowledgement's words. Zeroes
+   * `seed` and `fresh`.
    */
   static byte[] answer(
-      byte[] line,
-      int len,
       Generators generators,
-      boolean instances,
-      long pid,
+      long n,
+      byte[] seed,
       byte[] fresh,
-      int slot) {
-    Wire.Generation g = Wire.parse(new String(line, 0, len, StandardCharsets.ISO_8859_1));
-    if (g == null) {
-      return null;
-    }
-    byte[] mix = Mix.mix(g.seed, pid, g.number, fresh);
-    Arrays.fill(g.seed, (byte) 0);
+      int slot,
+      boolean instances,
+      long pid) {
+    byte[] mix = Mix.mix(seed, pid, n, fresh);
+    Arrays.fill(seed, (byte) 0);
+    Arrays.fill(fresh, (byte) 0);
     String what;
     synchronized (generators) {
       generators.mixes[slot] = mix;
       what = generators.reseed(slot, mix, instances);
     }
-    return Wire.ack(g.number, what);
-  }
-
-  /** The bytes of a line not yet ended, across reads. */
-  static final class Reader {
-    final byte[] line = new byte[Wire.MAX_LINE + 1];
-    int have;
-
-    /**
-     * Takes bytes from `in` to the end of a line: the line's length once it has ended (its
-     * bytes at the start of {@link #line}), -1 when `in` ran out first, -2 for a line longer
-     * than any of the agent's.
-     */
-    int next(ByteBuffer in) {
-      while (in.hasRemaining()) {
-        byte b = in.get();
-        if (b == '\n') {
-          int len = have;
-          have = 0;
-          return len;
-        }
-        if (have == line.length) {
-          return -2;
-        }
-        line[have++] = b;
-      }
-      return -1;
-    }
+    return what.getBytes(StandardCharsets.US_ASCII);
   }
 
   /**
@@ -202,8 +131,9 @@ final class Helper implements Runnable {
    * of the snapshot. Measured with four JVMs on two cores: until about 3,000 generations had
    * run, the JIT's compilations of the path (four JVMs compiling at once) put `/resume`'s p99 at
    * 2-9 ms; after, at about 0.4 ms over the helpers off. A short-lived JVM ends before it starts.
-   * About 0.2 s of one core in all, a round per millisecond at most; it goes on after a real
-   * generation (with seeds derived from it, see {@link #warm(Generators, byte[], byte[])}).
+   * Paced to at most a quarter of one core (under emulation a round is slow, and the rounds
+   * spread out); it goes on after a real generation (with seeds derived from it, see {@link
+   * #warm(Generators, boolean, byte[], byte[])}).
    */
   private static final class Compile implements Runnable {
     static final long AFTER_MS = 3000;
@@ -221,8 +151,10 @@ final class Helper implements Runnable {
       try {
         Thread.sleep(AFTER_MS);
         for (int i = 0; i < ROUNDS; i++) {
+          long began = System.nanoTime();
           warm(generators, instances);
-          Thread.sleep(1); // a background task, never a busy core
+          long took = (System.nanoTime() - began) / 1_000_000;
+          Thread.sleep(Math.max(1, 3 * took)); // a background task, never a busy core
         }
       } catch (Throwable t) {
         // Nothing to undo.
@@ -230,40 +162,11 @@ final class Helper implements Runnable {
     }
   }
 
-  private static String hexOf(byte[] b) {
-    StringBuilder s = new StringBuilder();
-    for (int i = 0; i < 32; i++) {
-      s.append(Character.forDigit((b[i % b.length] >> 4) & 15, 16));
-      s.append(Character.forDigit(b[i % b.length] & 15, 16));
-    }
-    return s.toString();
-  }
-
-  /**
-   * Whether this thread is under a seccomp filter (a sandbox that might kill a socket call):
-   * then the helper stays out, as the other helpers do. No /proc: cannot tell, stay out.
-   */
-  static boolean filtered() {
-    for (String name : new String[] {"/proc/thread-self/status", "/proc/self/status"}) {
-      try {
-        for (String line : Files.readAllLines(Paths.get(name), StandardCharsets.ISO_8859_1)) {
-          if (line.startsWith("Seccomp:")) {
-            return !line.substring(8).trim().equals("0");
-          }
-        }
-        return false;
-      } catch (IOException e) {
-        // Try the next.
-      }
-    }
-    return true;
-  }
-
   /**
    * Opens what {@link Generators} reads to this helper, and hooks {@code SecureRandom}'s draws
    * ({@link Registry}, through the {@link Hook}); returns whether the hook is in.
    */
-  private boolean prepare() {
+  private static boolean prepare(Instrumentation inst) {
     Module self = Helper.class.getModule();
     Module base = Object.class.getModule();
     try {
@@ -370,36 +273,6 @@ final class Helper implements Runnable {
     }
   }
 
-  private void converse(Generators generators, boolean instances) throws Exception {
-    ProtocolFamily unix = StandardProtocolFamily.valueOf("UNIX");
-    SocketAddress address =
-        (SocketAddress)
-            Class.forName("java.net.UnixDomainSocketAddress")
-                .getMethod("of", String.class)
-                .invoke(null, path);
-    long pid = ProcessHandle.current().pid();
-    try (SocketChannel channel =
-        (SocketChannel)
-            SocketChannel.class.getMethod("open", ProtocolFamily.class).invoke(null, unix)) {
-      channel.connect(address);
-      write(channel, Wire.hello(pid));
-      ByteBuffer in = ByteBuffer.allocate(2 * Wire.MAX_LINE);
-      Reader reader = new Reader();
-      ByteArrayOutputStream acks = new ByteArrayOutputStream();
-      while (channel.read(in) >= 0) {
-        in.flip();
-        if (!lines(in, reader, generators, instances, pid, fresh(), REAL, acks)) {
-          return; // no agent line is this long
-        }
-        in.clear();
-        if (acks.size() > 0) {
-          write(channel, acks.toByteArray());
-          acks.reset();
-        }
-      }
-    }
-  }
-
   /** 32 bytes from the kernel, or two clock readings where it cannot be read. */
   static byte[] fresh() {
     byte[] b = new byte[32];
@@ -425,12 +298,5 @@ final class Helper implements Runnable {
       b[8 + i] = (byte) (w >>> (8 * i));
     }
     return Arrays.copyOf(b, 16);
-  }
-
-  private static void write(SocketChannel channel, byte[] bytes) throws IOException {
-    ByteBuffer out = ByteBuffer.wrap(bytes);
-    while (out.hasRemaining()) {
-      channel.write(out);
-    }
   }
 }

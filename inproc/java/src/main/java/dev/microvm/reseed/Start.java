@@ -1,32 +1,53 @@
 package dev.microvm.reseed;
 
 import java.lang.instrument.Instrumentation;
+import java.nio.charset.StandardCharsets;
 
 /**
  * microvm-agent's in-process reseed for Java: a Java agent that the agent's native helper loads
- * into every JVM of the app whose runtime has {@code java.instrument}, after the JVM has started
- * (inproc/java/README.md says how, and why not with {@code -javaagent}).
+ * into every JVM of the app whose runtime has {@code java.instrument}, after the JVM has started,
+ * and then drives from its own thread (inproc/java/README.md says how and why). The native
+ * helper speaks the agent's protocol; this side reseeds what only Java code can reach.
  *
- * <p>{@code agentmain} runs on the native helper's thread, beside the app's {@code main}: it only
- * starts one daemon thread ({@link Helper}) and returns. Nothing here may disturb the JVM: every
- * failure leaves it as it was. The class is compiled for Java 9 (the first whose launcher reads
- * {@code JDK_JAVA_OPTIONS}); the helper needs Unix sockets (Java 16) and does nothing on older
- * JVMs.
+ * <p>The three entry points are the native helper's, called in this order on its thread (a
+ * daemon Java thread named {@code microvm-reseed}). None of them throws, and every failure leaves
+ * the JVM as it was.
  */
 public final class Start {
   private Start() {}
 
-  public static void agentmain(String args, Instrumentation inst) {
+  private static volatile Instrumentation inst;
+
+  private static final byte[] NONE = "none".getBytes(StandardCharsets.US_ASCII);
+
+  /** Run by the JVM when the native helper loads this jar: keeps the instrumentation. */
+  public static void agentmain(String args, Instrumentation instrumentation) {
+    inst = instrumentation;
+  }
+
+  /**
+   * Prepares what a generation reseeds and warms its path (see {@link Helper}); true when this
+   * JVM takes part. Java 16 and later: the versions this is tested on, from 17, and the one
+   * before.
+   */
+  public static boolean ready() {
     try {
-      String path = System.getenv("MICROVM_AGENT_INPROC");
-      if (path == null || path.isEmpty() || feature() < 16) {
-        return;
-      }
-      Thread t = new Thread(new Helper(path, inst), "microvm-reseed");
-      t.setDaemon(true);
-      t.start();
+      Instrumentation i = inst;
+      return i != null && feature() >= 16 && Helper.start(i);
     } catch (Throwable t) {
-      // The JVM goes on as it would without us.
+      return false;
+    }
+  }
+
+  /**
+   * A generation: its number, the agent's 32 bytes for this process and 32 fresh bytes of the
+   * native helper's (zeroed here once used). Returns the acknowledgement's words.
+   */
+  public static byte[] generation(long n, byte[] seed, byte[] fresh) {
+    try {
+      return Helper.generation(n, seed, fresh);
+    } catch (Throwable t) {
+      return NONE;
     }
   }
 

@@ -4,7 +4,6 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertNotEquals;
 
 import java.lang.reflect.Field;
-import java.nio.ByteBuffer;
 import java.nio.charset.StandardCharsets;
 import java.util.Random;
 import java.util.concurrent.ThreadLocalRandom;
@@ -67,12 +66,10 @@ class GeneratorsTest {
     for (int i = 0; i < 3; i++) {
       Generators g = new Generators();
       Helper.warm(g, false, own, fresh); // before any generation: the process's own bytes
-      // The agent's line, read and answered as the helper does.
-      Helper.Reader r = new Helper.Reader();
-      int len = r.next(ByteBuffer.wrap(Helper.line(1, mix(seeds[i]))));
-      byte[] ack = Helper.answer(r.line, len, g, false, 42, fresh, Helper.REAL);
+      // The agent's generation, answered as the native helper's call is.
+      byte[] ack = Helper.answer(g, 1, mix(seeds[i]), fresh.clone(), Helper.REAL, false, 42);
       assertEquals(
-          "MVA1 ack 1 nativeprng,math.random,random,threadlocalrandom\n",
+          "nativeprng,math.random,random,threadlocalrandom",
           new String(ack, StandardCharsets.US_ASCII));
       byte[] m = Mix.mix(mix(seeds[i]), 42, 1, fresh);
       Random expected = new Random(Mix.derive64(m, "Math.random", 0));
@@ -84,15 +81,6 @@ class GeneratorsTest {
     assertEquals(drawn[0], drawn[2], "and nothing but the generation and the bytes counts");
   }
 
-  @Test
-  void a_line_is_read_across_reads_and_one_too_long_is_refused() {
-    Helper.Reader r = new Helper.Reader();
-    assertEquals(-1, r.next(ByteBuffer.wrap("MVA1 gen".getBytes(StandardCharsets.US_ASCII))));
-    assertEquals(17, r.next(ByteBuffer.wrap("eration 1\nMVA1".getBytes(StandardCharsets.US_ASCII))));
-    assertEquals("MVA1 generation 1", new String(r.line, 0, 17, StandardCharsets.US_ASCII));
-    r = new Helper.Reader();
-    assertEquals(-2, r.next(ByteBuffer.wrap(new byte[Wire.MAX_LINE + 8])));
-  }
 
 
 }

@@ -1,11 +1,16 @@
-//! The Java agent's way into a JVM, after the JVM has started: this library is also a JVM TI
-//! agent. `java.rs` names it in the `java` launcher's `JDK_JAVA_OPTIONS` as
+//! The Java agent's way into a JVM, after the JVM has started, and its voice: this library is
+//! also a JVM TI agent. `java.rs` names it in the `java` launcher's `JDK_JAVA_OPTIONS` as
 //! `-agentpath:<this library>=<the Java agent's jar>`; the JVM, already holding it (preloaded),
 //! calls `Agent_OnLoad`, which only asks for the event that the JVM has started (`VMInit`). From
-//! that event a thread of ours, beside the app's `main`, attaches to the JVM as a daemon, puts
-//! the jar on the app's class path and loads it as the launcher loads an executable jar's agent
-//! (`sun.instrument.InstrumentationImpl.loadAgent`, the `Launcher-Agent-Class` route: the jar's
-//! `agentmain` runs), then detaches and ends.
+//! that event a thread of ours, beside the app's `main`, attaches to the JVM as the daemon thread
+//! `microvm-reseed`, puts the jar on the app's class path and loads it as the launcher loads an
+//! executable jar's agent (`sun.instrument.InstrumentationImpl.loadAgent`, the
+//! `Launcher-Agent-Class` route: the jar's `agentmain` keeps its `Instrumentation`). It then
+//! asks the agent's `Start.ready()` (which prepares and warms) and, when it says yes, speaks the
+//! protocol for the JVM as kind `java` on a connection of its own (`wire`, checked as ours before
+//! each use like the OpenSSL one): each generation goes to `Start.generation`, and the words it
+//! returns are the acknowledgement. The JVM has no socket and runs no NIO for us, and the Java
+//! code a generation runs is the code the warm-up compiled (`inproc/java/README.md`).
 //!
 //! Why not `-javaagent`: on JDK 17 any `-javaagent` costs a JVM about 28 ms of start (measured:
 //! 33 ms for a hello world, 61 ms with an empty agent), all of it the JVM's own: the option adds

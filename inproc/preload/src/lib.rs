@@ -28,6 +28,9 @@
 //!   if it had been there); a static binary never loads it; a libc without a function it needs
 //!   is a helper that does nothing, never a failed start.
 //!
+//! In a `java` launcher it also brings in the Java agent and speaks for it (`java.rs` adds this
+//! library to the launcher's `JDK_JAVA_OPTIONS` as a JVM TI agent; `jvm.rs` is that agent).
+//!
 //! Built to load into any dynamically linked process, glibc's or musl's: `no_std`, no `DT_NEEDED`,
 //! one weak import (`dlsym`) and everything else looked up through it (`libc`). The thread
 //! allocates nothing and touches the process's state only in `RAND_add`.

@@ -285,6 +285,31 @@ mod tests {
         }
     }
 
+    /// The hello names the helper's kind; an acknowledgement carries the Java agent's words only
+    /// when they are the protocol's (the words come from Java code in the app's process).
+    #[test]
+    fn the_java_hello_and_its_words_are_the_protocols_lines() {
+        use std::io::Read;
+        use std::os::fd::AsRawFd;
+        let c = crate::libc::for_tests();
+        let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let fd = a.as_raw_fd();
+        let mut conn = Conn::new(c, fd, identity(c, fd).unwrap());
+        conn.hello(b"java", 42).unwrap();
+        conn.ack_words(7, b"nativeprng,math.random").unwrap();
+        conn.ack_words(8, b"").unwrap();
+        conn.ack_words(9, b"x y\nMVA1 fail 9 oops").unwrap();
+        conn.ack_words(10, &[b'a'; 161]).unwrap();
+        drop(a);
+        let mut got = String::new();
+        b.read_to_string(&mut got).unwrap();
+        assert_eq!(
+            got,
+            "MVA1 hello java 42\nMVA1 ack 7 nativeprng,math.random\nMVA1 ack 8 none\n\
+             MVA1 ack 9 none\nMVA1 ack 10 none\n"
+        );
+    }
+
     #[test]
     fn lines_are_built_on_the_stack() {
         let mut l = Line::new();

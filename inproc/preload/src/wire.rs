@@ -81,6 +81,18 @@ impl<'a> Conn<'a> {
         }
     }
 
+    /// Whether the call that just failed was interrupted by a signal. The OpenSSL helper's thread
+    /// blocks every signal and never is; the Java one is a JVM thread, whose signal mask the JVM
+    /// sets when it attaches (its suspend signal, SIGTERM and the like, handled with
+    /// `SA_RESTART`, so this is for a handler installed without it).
+    fn interrupted(&self) -> bool {
+        const EINTR: c_int = 4;
+        // SAFETY: the calling thread's errno location, valid for the thread's life.
+        self.c
+            .errno_location
+            .is_some_and(|f| unsafe { *f() } == EINTR)
+    }
+
     /// Checked before every receive and send.
     fn still_ours(&self) -> Result<(), Gone> {
         if identity(self.c, self.fd) == Some(self.id) {
@@ -133,7 +145,9 @@ impl<'a> Conn<'a> {
             self.still_ours()?;
             // SAFETY: sends from a live slice on our own socket (checked just above); no SIGPIPE.
             let n = unsafe { (self.c.send)(self.fd, bytes.as_ptr(), bytes.len(), MSG_NOSIGNAL) };
-            // Our thread blocks every signal: no EINTR, so -1 is an error.
+            if n < 0 && self.interrupted() {
+                continue;
+            }
             if n <= 0 {
                 return Err(Gone::Closed);
             }
@@ -169,6 +183,9 @@ impl<'a> Conn<'a> {
                     0,
                 )
             };
+            if n < 0 && self.interrupted() {
+                continue;
+            }
             if n <= 0 {
                 return Err(Gone::Closed);
             }

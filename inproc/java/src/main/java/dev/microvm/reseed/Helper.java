@@ -130,7 +130,7 @@ final class Helper {
    * JIT compiles all of it, to its last tier: a clone inherits the compiled code with the rest
    * of the snapshot. Measured with four JVMs on two cores: until about 3,000 generations had
    * run, the JIT's compilations of the path (four JVMs compiling at once) put `/resume`'s p99 at
-   * 2-9 ms; after, at about 0.4 ms over the helpers off. A short-lived JVM ends before it starts.
+   * 2-9 ms; after, at about 0.1 ms over the helpers off. A short-lived JVM ends before it starts.
    * Paced to at most a quarter of one core (under emulation a round is slow, and the rounds
    * spread out); it goes on after a real generation (with seeds derived from it, see {@link
    * #warm(Generators, boolean, byte[], byte[])}).

@@ -1001,6 +1001,42 @@ fn an_unmodified_java_app_gets_its_generators_reseeded_by_the_java_agent() {
 }
 
 #[test]
+fn a_jvm_that_names_the_native_helper_twice_takes_part_once() {
+    if !have_tool("javac") {
+        eprintln!("SKIP: no javac");
+        return;
+    }
+    // An image whose JAVA_TOOL_OPTIONS was copied from a running JVM's command line: the JVM
+    // loads the helper as an agent twice (once from there, once from JDK_JAVA_OPTIONS).
+    let dir = TempDir::new("inproc-java-twice");
+    let (_held, port) = reserve_port();
+    let classes = java_app(&dir, port);
+    let twice = format!(
+        "d=${{MICROVM_AGENT_INPROC%/*}}/inproc; \
+         JAVA_TOOL_OPTIONS=\"-agentpath:$d/libmicrovm-reseed.so=$d/java/microvm-reseed.jar\" \
+         exec java -cp {classes} App"
+    );
+    let a = Spec::default()
+        .config(&format!(
+            "[ready]\nhttp = \"http://127.0.0.1:{port}/ready\"\n"
+        ))
+        .app(&["/bin/sh", "-c", &twice])
+        .start();
+    assert_eq!(a.ready_settled().status, 200, "{}", a.stderr.text());
+    eventually("the JVM registered", || {
+        members(&a).iter().any(|m| m["kind"] == "java")
+    });
+    assert_eq!(a.post("/run", b"{}").status, 200);
+    assert_eq!(draw(port), "reseeded");
+    let m = members(&a);
+    assert_eq!(
+        m.iter().filter(|p| p["kind"] == "java").count(),
+        1,
+        "one Java helper per JVM: {m:?}"
+    );
+}
+
+#[test]
 fn a_java_runtime_without_java_instrument_starts_as_it_would_without_the_agent() {
     if !have_tool("jlink") || !have_tool("javac") {
         eprintln!("SKIP: no jlink");

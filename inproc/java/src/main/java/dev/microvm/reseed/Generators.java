@@ -39,7 +39,30 @@ final class Generators {
   private final SecureRandom[] natives;
   private static final String[] VARIANTS = {"NativePRNG", "NativePRNGBlocking", "NativePRNGNonBlocking"};
 
-  Generators() {
+  /** Whose threads a generation reseeds: the root group (every thread), or the decoys' own. */
+  private final ThreadGroup group;
+
+  /** The app's generators, which a generation reseeds. */
+  static Generators app() {
+    ThreadGroup g = Thread.currentThread().getThreadGroup();
+    while (g.getParent() != null) {
+      g = g.getParent();
+    }
+    return new Generators(false, g);
+  }
+
+  /**
+   * Private copies of each generator ({@link Decoys}, and the threads of `group`), which
+   * warming reseeds by the very code a generation runs, so that it never changes what the app
+   * draws. (`NativePRNG`'s state is one per JVM: warming adds to it, as {@code setSeed} does,
+   * and takes nothing away.)
+   */
+  static Generators decoys(ThreadGroup group) {
+    return new Generators(true, group);
+  }
+
+  private Generators(boolean decoys, ThreadGroup group) {
+    this.group = group;
     java.util.List<SecureRandom> found = new java.util.ArrayList<>();
     for (String variant : VARIANTS) {
       try {
@@ -49,17 +72,45 @@ final class Generators {
       }
     }
     natives = found.toArray(new SecureRandom[0]);
-    mathRandom = field("java.lang.Math$RandomNumberGeneratorHolder", "randomNumberGenerator");
-    uniquifier = field("java.util.Random", "seedUniquifier");
-    splittable = field("java.util.SplittableRandom", "defaultGen");
-    seeder = field("java.util.concurrent.ThreadLocalRandom", "seeder");
-    threadSeed = field("java.lang.Thread", "threadLocalRandomSeed");
-    threadProbe = field("java.lang.Thread", "threadLocalRandomProbe");
+    if (decoys) {
+      mathRandom = field(Decoys.class, "MATH_RANDOM");
+      uniquifier = field(Decoys.class, "UNIQUIFIER");
+      splittable = field(Decoys.class, "SPLITTABLE");
+      seeder = field(Decoys.class, "SEEDER");
+    } else {
+      mathRandom = field(type("java.lang.Math$RandomNumberGeneratorHolder"), "randomNumberGenerator");
+      uniquifier = field(Random.class, "seedUniquifier");
+      splittable = field(type("java.util.SplittableRandom"), "defaultGen");
+      seeder = field(type("java.util.concurrent.ThreadLocalRandom"), "seeder");
+    }
+    threadSeed = field(Thread.class, "threadLocalRandomSeed");
+    threadProbe = field(Thread.class, "threadLocalRandomProbe");
   }
 
-  private static Field field(String type, String name) {
+  /**
+   * The decoys: fields of the types and modifiers of the JDK's (static final), so that reading
+   * them takes the same paths through reflection.
+   */
+  static final class Decoys {
+    private Decoys() {}
+
+    static final Random MATH_RANDOM = new Random(0); // a seed given: no draw on the uniquifier
+    private static final AtomicLong UNIQUIFIER = new AtomicLong();
+    private static final AtomicLong SPLITTABLE = new AtomicLong();
+    private static final AtomicLong SEEDER = new AtomicLong();
+  }
+
+  private static Class<?> type(String name) {
     try {
-      Field f = Class.forName(type, false, null).getDeclaredField(name);
+      return Class.forName(name, false, null);
+    } catch (Throwable t) {
+      return null;
+    }
+  }
+
+  private static Field field(Class<?> type, String name) {
+    try {
+      Field f = type.getDeclaredField(name);
       f.setAccessible(true);
       return f;
     } catch (Throwable t) {
@@ -67,14 +118,14 @@ final class Generators {
     }
   }
 
-  /**
-   * The last generation's mix of each kind ({@link Helper#REAL}, {@link Helper#WARM}; null
-   * before the first), and how many warming rounds ran: {@link Helper}'s, under this object's
-   * lock.
-   */
-  final byte[][] mixes = new byte[2][];
-
-  long warmed;
+  /** A thread's `ThreadLocalRandom` state as never used (warming's own thread, on alternate rounds). */
+  void forget(Thread t) {
+    try {
+      threadProbe.setInt(t, 0);
+    } catch (Throwable e) {
+      // Not this JVM's layout: the round reseeds it anyway.
+    }
+  }
 
   /** Reseeds everything; returns what, comma-separated (the acknowledgement's words). */
   String reseed(int slot, byte[] mix, boolean instances) {
@@ -110,10 +161,13 @@ final class Generators {
     }
     try {
       ((AtomicLong) seeder.get(null)).set(Mix.derive64(mix, "ThreadLocalRandom", 0));
-      for (Thread t : threads()) {
+      Thread[] all = threads();
+      for (int i = 0; i < all.length; i++) {
         // A thread that never used ThreadLocalRandom (probe 0) takes its seed from the seeder.
-        if (threadProbe.getInt(t) != 0) {
-          threadSeed.setLong(t, Mix.derive64(mix, "ThreadLocalRandom", t.getId()));
+        // Each its own value by its place in the list (no call on the thread: its class varies,
+        // and the JIT would compile for the classes warming saw).
+        if (threadProbe.getInt(all[i]) != 0) {
+          threadSeed.setLong(all[i], Mix.derive64(mix, "ThreadLocalRandom", i + 1));
         }
       }
       add(done, "threadlocalrandom");
@@ -130,12 +184,9 @@ final class Generators {
     b.append(what);
   }
 
-  /** Every live platform thread, from the root thread group. */
-  static Thread[] threads() {
-    ThreadGroup g = Thread.currentThread().getThreadGroup();
-    while (g.getParent() != null) {
-      g = g.getParent();
-    }
+  /** Every live platform thread of this object's group. */
+  Thread[] threads() {
+    ThreadGroup g = group;
     Thread[] all = new Thread[g.activeCount() + 16];
     int n;
     while ((n = g.enumerate(all, true)) == all.length) {

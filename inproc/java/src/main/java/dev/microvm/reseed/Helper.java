@@ -15,6 +15,7 @@ import java.util.HashMap;
 import java.util.HashSet;
 import java.util.Map;
 import java.util.Set;
+import java.util.concurrent.ThreadLocalRandom;
 
 /**
  * What the native helper's thread runs in this JVM ({@link Start}): {@link #start} prepares what
@@ -48,10 +49,15 @@ final class Helper {
     }
     instances = prepare(inst);
     pid = ProcessHandle.current().pid();
-    Generators g = new Generators();
-    warm(g, instances);
-    generators = g; // publishes the two above
-    Thread compile = new Thread(new Compile(g, instances), "microvm-reseed-warm");
+    // Warming reseeds decoys (Generators.decoys): its thread, in a group of its own, is the one
+    // thread whose ThreadLocalRandom state it reseeds.
+    ThreadGroup own = new ThreadGroup("microvm-reseed");
+    // With a group inside it, as the JVM's root group has: enumerating goes the same way.
+    new ThreadGroup(own, "microvm-reseed-none");
+    Generators decoys = Generators.decoys(own);
+    warm(decoys, instances);
+    generators = Generators.app(); // publishes the two above
+    Thread compile = new Thread(own, new Compile(decoys, instances), "microvm-reseed-warm");
     compile.setDaemon(true);
     compile.start();
     return true;
@@ -73,32 +79,33 @@ final class Helper {
   static final int WARM = 1;
 
   /**
-   * Runs a generation's whole path once, at start, with fresh bytes of the process's own: a
-   * generation is then code the JVM has loaded, linked and seen, not its first use of {@code
-   * MessageDigest}, the providers and reflection inside a hook's budget (measured in a restored
-   * clone under emulation: a first generation ran past an 800 ms deadline, warmed it did not).
-   * Reseeding with random bytes changes nothing the app can tell.
+   * Runs a generation's whole path once, on decoys ({@link Generators#decoys}), with fresh
+   * bytes of the process's own: a generation is then code the JVM has loaded, linked and seen,
+   * not its first use of {@code MessageDigest}, the providers and reflection inside a hook's
+   * budget (measured in a restored clone under emulation: a first generation ran past an 800 ms
+   * deadline, warmed it did not).
    */
-  static void warm(Generators generators, boolean instances) {
-    warm(generators, instances, fresh(), fresh());
+  static void warm(Generators decoys, boolean instances) {
+    warm(decoys, instances, fresh(), fresh());
   }
 
   /**
    * One warming round with these bytes, through {@link #answer} as the agent's generations go
    * (the JIT compiles for what it has seen: code compiled for a warming path of its own was
    * thrown away at the first real generation and compiled again, measured as 2-9 ms at
-   * `/resume`'s p99 with four JVMs). After a real generation the seed is derived from that
-   * generation's mix, never from these bytes alone: in a clone whose kernel was not reseeded
-   * they are the snapshot's kernel stream, which every clone reads too (in another order).
+   * `/resume`'s p99 with four JVMs), on the decoys: it never changes what the app draws, in the
+   * VM that is snapshotted or in a clone before its generation (where it would make values
+   * differ that are not reseeded, and a clone whose kernel was not reseeded reads the
+   * snapshot's kernel stream).
    */
-  static void warm(Generators generators, boolean instances, byte[] own, byte[] fresh) {
-    synchronized (generators) {
-      long k = ++generators.warmed;
-      byte[] last = generators.mixes[REAL];
-      byte[] seed = last == null ? own.clone() : Mix.derive(last, "warm", k);
-      answer(generators, k, seed, fresh.clone(), WARM, instances, pid);
+  static void warm(Generators decoys, boolean instances, byte[] own, byte[] fresh) {
+    synchronized (decoys) {
+      answer(decoys, WARM_NUMBER, own.clone(), fresh.clone(), WARM, instances, pid);
     }
   }
+
+  /** A warming round's generation number: as many digits as the agent's early ones. */
+  private static final long WARM_NUMBER = 7;
 
   /**
    * Reseeds every generator as generation `n` says (`slot`: {@link #REAL}, or {@link #WARM} for
@@ -118,7 +125,6 @@ final class Helper {
     Arrays.fill(fresh, (byte) 0);
     String what;
     synchronized (generators) {
-      generators.mixes[slot] = mix;
       what = generators.reseed(slot, mix, instances);
     }
     return what.getBytes(StandardCharsets.US_ASCII);
@@ -132,17 +138,17 @@ final class Helper {
    * run, the JIT's compilations of the path (four JVMs compiling at once) put `/resume`'s p99 at
    * 2-9 ms; after, at about 0.1 ms over the helpers off. A short-lived JVM ends before it starts.
    * Paced to at most a quarter of one core (under emulation a round is slow, and the rounds
-   * spread out); it goes on after a real generation (with seeds derived from it, see {@link
-   * #warm(Generators, boolean, byte[], byte[])}).
+   * spread out). On decoys, so it may run at any time: before the snapshot, in a clone, beside a
+   * generation.
    */
   private static final class Compile implements Runnable {
     static final long AFTER_MS = 3000;
     static final int ROUNDS = 6000;
-    private final Generators generators;
+    private final Generators decoys;
     private final boolean instances;
 
-    Compile(Generators generators, boolean instances) {
-      this.generators = generators;
+    Compile(Generators decoys, boolean instances) {
+      this.decoys = decoys;
       this.instances = instances;
     }
 
@@ -150,9 +156,17 @@ final class Helper {
     public void run() {
       try {
         Thread.sleep(AFTER_MS);
+        Thread self = Thread.currentThread();
         for (int i = 0; i < ROUNDS; i++) {
+          // This thread is the decoys' one thread: as having used ThreadLocalRandom on even
+          // rounds and not on odd ones, so that both of a generation's cases for a thread run.
+          if (i % 2 == 0) {
+            ThreadLocalRandom.current();
+          } else {
+            decoys.forget(self);
+          }
           long began = System.nanoTime();
-          warm(generators, instances);
+          warm(decoys, instances);
           long took = (System.nanoTime() - began) / 1_000_000;
           Thread.sleep(Math.max(1, 3 * took)); // a background task, never a busy core
         }

@@ -26,7 +26,7 @@ class GeneratorsTest {
     // This thread has used ThreadLocalRandom (else its first use takes a seed from the seeder,
     // the other test's case).
     ThreadLocalRandom.current().nextInt();
-    Generators g = new Generators();
+    Generators g = Generators.app();
     assertEquals(
         "nativeprng,math.random,random,threadlocalrandom", g.reseed(Helper.REAL, mix(1), false));
     double math = Math.random();
@@ -48,7 +48,7 @@ class GeneratorsTest {
     Field f = ThreadLocalRandom.class.getDeclaredField("seeder");
     f.setAccessible(true);
     AtomicLong seeder = (AtomicLong) f.get(null);
-    new Generators().reseed(Helper.REAL, mix(9), false);
+    Generators.app().reseed(Helper.REAL, mix(9), false);
     assertEquals(Mix.derive64(mix(9), "ThreadLocalRandom", 0), seeder.get());
     // A new thread's first use takes the seeder's value (and moves it on).
     Thread t = new Thread(() -> ThreadLocalRandom.current().nextLong());
@@ -58,28 +58,59 @@ class GeneratorsTest {
   }
 
   @Test
-  void warming_after_a_real_generation_stays_derived_from_it() {
-    // Two clones of one process whose kernel was not reseeded: the same "fresh" bytes in both.
-    byte[] own = mix(7), fresh = mix(8);
-    double[] drawn = new double[3];
-    int[] seeds = {5, 6, 5};
-    for (int i = 0; i < 3; i++) {
-      Generators g = new Generators();
-      Helper.warm(g, false, own, fresh); // before any generation: the process's own bytes
-      // The agent's generation, answered as the native helper's call is.
-      byte[] ack = Helper.answer(g, 1, mix(seeds[i]), fresh.clone(), Helper.REAL, false, 42);
-      assertEquals(
-          "nativeprng,math.random,random,threadlocalrandom",
-          new String(ack, StandardCharsets.US_ASCII));
-      byte[] m = Mix.mix(mix(seeds[i]), 42, 1, fresh);
-      Random expected = new Random(Mix.derive64(m, "Math.random", 0));
-      assertEquals(expected.nextDouble(), Math.random(), "the generation's seed");
-      Helper.warm(g, false, own, fresh);
-      drawn[i] = Math.random();
+  void warming_never_changes_what_the_app_draws() throws Exception {
+    Generators app = Generators.app();
+    ThreadGroup own = new ThreadGroup("warm-test");
+    Generators decoys = Generators.decoys(own);
+    // A thread of the decoys' group that used ThreadLocalRandom, as the warming thread does.
+    java.util.concurrent.CountDownLatch used = new java.util.concurrent.CountDownLatch(1);
+    java.util.concurrent.CountDownLatch done = new java.util.concurrent.CountDownLatch(1);
+    Thread t =
+        new Thread(
+            own,
+            () -> {
+              ThreadLocalRandom.current().nextInt();
+              used.countDown();
+              try {
+                done.await();
+              } catch (InterruptedException e) {
+                // ends
+              }
+            });
+    t.start();
+    used.await();
+    byte[] fresh = mix(8);
+    // The agent's generation, answered as the native helper's call is.
+    byte[] ack = Helper.answer(app, 1, mix(5), fresh.clone(), Helper.REAL, false, 42);
+    assertEquals(
+        "nativeprng,math.random,random,threadlocalrandom", new String(ack, StandardCharsets.US_ASCII));
+    byte[] m = Mix.mix(mix(5), 42, 1, fresh);
+    Random expected = new Random(Mix.derive64(m, "Math.random", 0));
+    assertEquals(expected.nextDouble(), Math.random(), "the generation's seed");
+    long seeder = ((AtomicLong) field(ThreadLocalRandom.class, "seeder").get(null)).get();
+    long uniquifier = ((AtomicLong) field(Random.class, "seedUniquifier").get(null)).get();
+    Thread self = Thread.currentThread();
+    long mine = field(Thread.class, "threadLocalRandomSeed").getLong(self);
+    for (int i = 0; i < 50; i++) {
+      Helper.warm(decoys, false, mix(7), fresh);
     }
-    assertNotEquals(drawn[0], drawn[1], "warmed after two generations: still two streams");
-    assertEquals(drawn[0], drawn[2], "and nothing but the generation and the bytes counts");
+    assertEquals(expected.nextDouble(), Math.random(), "Math.random goes on from the generation");
+    assertEquals(seeder, ((AtomicLong) field(ThreadLocalRandom.class, "seeder").get(null)).get());
+    assertEquals(uniquifier, ((AtomicLong) field(Random.class, "seedUniquifier").get(null)).get());
+    assertEquals(mine, field(Thread.class, "threadLocalRandomSeed").getLong(self), "an app thread");
+    long decoySeed = field(Thread.class, "threadLocalRandomSeed").getLong(t);
+    Helper.warm(decoys, false, mix(9), fresh);
+    assertNotEquals(decoySeed, field(Thread.class, "threadLocalRandomSeed").getLong(t), "the decoys' thread is reseeded");
+    done.countDown();
+    t.join();
   }
+
+  static Field field(Class<?> c, String name) throws Exception {
+    Field f = c.getDeclaredField(name);
+    f.setAccessible(true);
+    return f;
+  }
+
 
 
 

@@ -24,76 +24,19 @@
 //! nothing without `MICROVM_AGENT_INPROC`; every JNI call's failure or exception ends the
 //! attempt with the exception cleared; a JVM under a seccomp filter gets no thread.
 //!
-//! The JNI and JVM TI tables are read by slot (`jni.h`, `jvmti.h`: their order is part of the
-//! JNI and JVM TI specifications, never reordered since Java 1.2 and 5).
+//! The JNI and JVM TI calls go through `jni.rs`.
 
 use core::ffi::{c_char, c_int, c_void};
 use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 
+use crate::jni::*;
 use crate::libc::{self, Global, Libc};
 use crate::wire;
-
-/// A JNI `JNIEnv*`, a `JavaVM*` or a `jvmtiEnv*`: a pointer to a pointer to a table of functions.
-type Iface = *mut *const *const c_void;
-
-const JNI_OK: i32 = 0;
-const JNI_VERSION_1_2: i32 = 0x0001_0002;
-const JVMTI_VERSION_1_2: i32 = 0x3001_0200;
-const JVMTI_ENABLE: c_int = 1;
-const JVMTI_EVENT_VM_INIT: c_int = 50;
-
-/// Slots of `JNIInvokeInterface_` (a `JavaVM`).
-const VM_DETACH_CURRENT_THREAD: usize = 5;
-const VM_GET_ENV: usize = 6;
-const VM_ATTACH_CURRENT_THREAD_AS_DAEMON: usize = 7;
-/// Slots of `JNINativeInterface_` (a `JNIEnv`).
-const JNI_FIND_CLASS: usize = 6;
-const JNI_EXCEPTION_CLEAR: usize = 17;
-const JNI_PUSH_LOCAL_FRAME: usize = 19;
-const JNI_POP_LOCAL_FRAME: usize = 20;
-const JNI_GET_STATIC_METHOD_ID: usize = 113;
-const JNI_CALL_STATIC_OBJECT_METHOD_A: usize = 116;
-const JNI_CALL_STATIC_BOOLEAN_METHOD_A: usize = 119;
-const JNI_CALL_STATIC_VOID_METHOD_A: usize = 143;
-const JNI_NEW_STRING_UTF: usize = 167;
-const JNI_GET_ARRAY_LENGTH: usize = 171;
-const JNI_NEW_BYTE_ARRAY: usize = 176;
-const JNI_GET_BYTE_ARRAY_REGION: usize = 200;
-const JNI_SET_BYTE_ARRAY_REGION: usize = 208;
-const JNI_EXCEPTION_CHECK: usize = 228;
-/// Slots of `jvmtiInterface_1_` (a `jvmtiEnv`): the function's number in the specification, less 1.
-const TI_SET_EVENT_NOTIFICATION_MODE: usize = 1;
-const TI_SET_EVENT_CALLBACKS: usize = 121;
-const TI_DISPOSE_ENVIRONMENT: usize = 126;
-const TI_ADD_TO_SYSTEM_CLASS_LOADER_SEARCH: usize = 150;
 
 static VM: AtomicPtr<*const *const c_void> = AtomicPtr::new(core::ptr::null_mut());
 static TI: AtomicPtr<*const *const c_void> = AtomicPtr::new(core::ptr::null_mut());
 /// The jar's path, from the agent's options (written in `Agent_OnLoad`, before our thread exists).
 static JAR: Global<[u8; 4096]> = Global::new([0; 4096]);
-
-/// The function in `slot` of an interface's table, or None.
-///
-/// # Safety
-/// `iface` is a live JNI or JVM TI interface whose table has more than `slot` entries.
-unsafe fn function(iface: Iface, slot: usize) -> Option<*const c_void> {
-    if iface.is_null() {
-        return None;
-    }
-    // SAFETY: the caller's promise: a table of at least `slot + 1` pointers.
-    let f = unsafe { *(*iface).add(slot) };
-    (!f.is_null()).then_some(f)
-}
-
-/// Types a slot's function: `call!(iface, SLOT, fn(args) -> ret)`.
-macro_rules! call {
-    ($iface:expr, $slot:expr, fn($($t:ty),*) -> $r:ty) => {
-        // SAFETY (of each use): the slot's function has this C signature (jni.h, jvmti.h).
-        function($iface, $slot).map(|f| {
-            core::mem::transmute::<*const c_void, unsafe extern "C" fn(Iface, $($t),*) -> $r>(f)
-        })
-    };
-}
 
 /// Called by the JVM when `-agentpath` names this library, early in its creation, on the thread
 /// that creates it. Always success: a JVM whose agent fails to load does not start.
@@ -360,26 +303,6 @@ unsafe fn reseed(
     n.unwrap_or(0)
 }
 
-/// Whether an exception was pending; cleared if so.
-///
-/// # Safety
-/// `env` attached to this thread.
-unsafe fn cleared(env: Iface) -> bool {
-    // SAFETY: the caller's promise; the signatures from jni.h.
-    unsafe {
-        let Some(check) = call!(env, JNI_EXCEPTION_CHECK, fn() -> u8) else {
-            return false;
-        };
-        let thrown = check(env) != 0;
-        if thrown {
-            if let Some(clear) = call!(env, JNI_EXCEPTION_CLEAR, fn() -> ()) {
-                clear(env);
-            }
-        }
-        thrown
-    }
-}
-
 /// Zeroes bytes that held a seed (volatile: the compiler may not drop it).
 fn wipe(bytes: &mut [u8; 32]) {
     for b in bytes.iter_mut() {
@@ -420,61 +343,5 @@ unsafe fn start_agent(env: Iface, ti: Iface, jar: *const c_char) -> Option<()> {
             jar,
             false,
         )
-    }
-}
-
-/// `class.method(string)`, a static method of one `String` argument; None (the exception, if
-/// any, cleared) when anything fails.
-///
-/// # Safety
-/// `env` attached to this thread; `arg` NUL-terminated (modified UTF-8: a path the JVM takes as
-/// given).
-unsafe fn call_static(
-    env: Iface,
-    class: &core::ffi::CStr,
-    method: &core::ffi::CStr,
-    signature: &core::ffi::CStr,
-    arg: *const c_char,
-    returns_object: bool,
-) -> Option<()> {
-    // SAFETY: the caller's promises; each function's signature from jni.h.
-    unsafe {
-        let find = call!(env, JNI_FIND_CLASS, fn(*const c_char) -> *mut c_void)?;
-        let id = call!(
-            env,
-            JNI_GET_STATIC_METHOD_ID,
-            fn(*mut c_void, *const c_char, *const c_char) -> *mut c_void
-        )?;
-        let string = call!(env, JNI_NEW_STRING_UTF, fn(*const c_char) -> *mut c_void)?;
-        let cls = find(env, class.as_ptr());
-        let mid = if cls.is_null() {
-            core::ptr::null_mut()
-        } else {
-            id(env, cls, method.as_ptr(), signature.as_ptr())
-        };
-        let value = if mid.is_null() {
-            core::ptr::null_mut()
-        } else {
-            string(env, arg)
-        };
-        if !value.is_null() {
-            // A `jvalue` is a union of 8 bytes; an object reference is its pointer.
-            let args = [value];
-            if returns_object {
-                call!(
-                    env,
-                    JNI_CALL_STATIC_OBJECT_METHOD_A,
-                    fn(*mut c_void, *mut c_void, *const *mut c_void) -> *mut c_void
-                )?(env, cls, mid, args.as_ptr());
-            } else {
-                call!(
-                    env,
-                    JNI_CALL_STATIC_VOID_METHOD_A,
-                    fn(*mut c_void, *mut c_void, *const *mut c_void) -> ()
-                )?(env, cls, mid, args.as_ptr());
-            }
-        }
-        let thrown = cleared(env);
-        (!value.is_null() && !thrown).then_some(())
     }
 }

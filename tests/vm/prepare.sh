@@ -158,9 +158,12 @@ runtime_root() {
 }
 runtime_root amd64 "$rt"
 
+# The fixture first, then the agent alone: built with an example, cargo unifies the dependencies'
+# features with the dev-dependencies', and the agent would not be byte for byte the one that ships.
 scripts/build-static.sh x86_64 --example mva-fixture >/dev/null
-cp "$target_dir/shipped/x86_64-unknown-linux-musl/release/microvm-agent" "$out/"
 cp "$target_dir/shipped/x86_64-unknown-linux-musl/release/examples/mva-fixture" "$out/"
+scripts/build-static.sh x86_64 >/dev/null
+cp "$target_dir/shipped/x86_64-unknown-linux-musl/release/microvm-agent" "$out/"
 
 # The aarch64 guest. Its packages come from Debian's arm64 archive: the index is added for
 # downloads only (dpkg -x extracts them; nothing of arm64 is installed).
@@ -201,7 +204,9 @@ if [ ! -x "$arm/userland/usr/bin/openssl" ]; then
   for deb in "$tmp"/*.deb; do dpkg -x "$deb" "$arm/userland"; done
   rm -rf "$tmp"
 fi
+# The fixture, then the agent alone (as above).
 scripts/build-static.sh aarch64 --example mva-fixture >/dev/null
-cp "$target_dir/shipped/aarch64-unknown-linux-musl/release/microvm-agent" "$arm/"
 cp "$target_dir/shipped/aarch64-unknown-linux-musl/release/examples/mva-fixture" "$arm/"
+scripts/build-static.sh aarch64 >/dev/null
+cp "$target_dir/shipped/aarch64-unknown-linux-musl/release/microvm-agent" "$arm/"
 echo "prepared $(ls "$out" | tr '\n' ' ')in $out; $(ls "$arm" | tr '\n' ' ')in $arm; $(ls "$rt" | tr '\n' ' ')in $rt; $(ls "$arm/runtime" | tr '\n' ' ')in $arm/runtime"

@@ -16,7 +16,9 @@
 # default panic hook's backtrace symbolizer (about 140 KB of code, linked by a stable toolchain
 # whether or not a backtrace is ever printed; the agent never prints one). `-Z build-std` compiles
 # the very source this compiler's prebuilt std came from (the `rust-src` component), with
-# `panic-unwind` (a hook that panics still answers 500) and without `backtrace`. The flag is
+# `panic-unwind` (a hook that panics still answers 500), without `backtrace`, and with
+# `optimize_for_size` (std's smaller variants of a few algorithms: the same instruction count per
+# routine, measured with callgrind). The flag is
 # unstable; RUSTC_BOOTSTRAP=1 unlocks it on the stable compiler, as the Linux kernel's Rust build
 # does, so the compiler is the one every other test uses. Side effect, checked: of the agent's
 # dependencies only proc-macro2's build script reads RUSTC_BOOTSTRAP (it then uses the compiler's
@@ -47,7 +49,7 @@ fi
 export RUSTC_BOOTSTRAP=1
 build=(cargo build -q --release --locked --target "$target" --target-dir "$target_dir" -p microvm-agent --bin microvm-agent "$@")
 std="std without backtrace"
-if ! "${build[@]}" -Z build-std=std,panic_unwind -Z build-std-features=panic-unwind; then
+if ! "${build[@]}" -Z build-std=std,panic_unwind -Z build-std-features=panic-unwind,optimize_for_size; then
   echo "build-static.sh: this toolchain cannot build the standard library from source; building with the prebuilt one (a larger binary)" >&2
   std="prebuilt std"
   "${build[@]}"

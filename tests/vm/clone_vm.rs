@@ -34,6 +34,7 @@ use mva_test_support::{say, vm};
 use vm::{distinct, Arch, Cpio, Spec, Vm, PLATFORM_CAPS};
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// The guest's ports: the hook port and the fixture app's.
@@ -653,6 +654,42 @@ fn lab(arch: Arch) -> Lab {
         arch,
         accel,
         initrd,
+    }
+}
+
+/// The shipped build (`scripts/build-static.sh`: std built from its source without the backtrace
+/// symbolizer, identical code folded on aarch64) still unwinds: a panic is caught, on both
+/// architectures (aarch64 under qemu-aarch64-static). A build whose unwinding were broken would
+/// abort here, as the agent would on a hook's panic instead of answering 500.
+#[test]
+fn the_shipped_build_catches_a_panic() {
+    for arch in [Arch::X86_64, Arch::Aarch64] {
+        let fixture = arch.dir().join("mva-fixture");
+        let mut missing = vm::missing(arch, &["mva-fixture"]);
+        let runner = (arch == Arch::Aarch64).then_some("qemu-aarch64-static");
+        if runner.is_some_and(|r| !mva_test_support::repo::have_tool(r)) {
+            missing.push("qemu-aarch64-static".into());
+        }
+        if !vm::prerequisites(&format!("{arch:?} unwind check"), missing) {
+            continue;
+        }
+        let mut cmd = match runner {
+            Some(r) => {
+                let mut c = Command::new(r);
+                c.arg(&fixture);
+                c
+            }
+            None => Command::new(&fixture),
+        };
+        let out = cmd.arg("unwind").output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stdout.trim() == "caught=true",
+            "{arch:?}: {:?}\n{stdout}{stderr}",
+            out.status
+        );
+        assert!(stderr.contains("index out of bounds"), "{arch:?}: {stderr}");
     }
 }
 

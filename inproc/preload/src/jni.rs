@@ -85,6 +85,42 @@ pub unsafe fn cleared(env: Iface) -> bool {
     }
 }
 
+/// The class named `class` and its static methods named in `methods` (name, signature), or None
+/// (the exception the lookup threw, cleared) when any is missing.
+///
+/// # Safety
+/// `env` attached to this thread; the class and its method IDs are valid while it is loaded.
+pub unsafe fn static_methods<const N: usize>(
+    env: Iface,
+    class: &core::ffi::CStr,
+    methods: [(&core::ffi::CStr, &core::ffi::CStr); N],
+) -> Option<(*mut c_void, [*mut c_void; N])> {
+    // SAFETY: the caller's promise; each function's signature from jni.h.
+    unsafe {
+        let find = call!(env, JNI_FIND_CLASS, fn(*const c_char) -> *mut c_void)?;
+        let id = call!(
+            env,
+            JNI_GET_STATIC_METHOD_ID,
+            fn(*mut c_void, *const c_char, *const c_char) -> *mut c_void
+        )?;
+        let cls = find(env, class.as_ptr());
+        let mut ids = [core::ptr::null_mut(); N];
+        if !cls.is_null() {
+            for (slot, (name, signature)) in ids.iter_mut().zip(methods) {
+                *slot = id(env, cls, name.as_ptr(), signature.as_ptr());
+                if slot.is_null() {
+                    break;
+                }
+            }
+        }
+        if cls.is_null() || ids.iter().any(|m| m.is_null()) {
+            cleared(env);
+            return None;
+        }
+        Some((cls, ids))
+    }
+}
+
 /// `class.method(string)`, a static method of one `String` argument; None (the exception, if
 /// any, cleared) when anything fails.
 ///
@@ -101,24 +137,9 @@ pub unsafe fn call_static(
 ) -> Option<()> {
     // SAFETY: the caller's promises; each function's signature from jni.h.
     unsafe {
-        let find = call!(env, JNI_FIND_CLASS, fn(*const c_char) -> *mut c_void)?;
-        let id = call!(
-            env,
-            JNI_GET_STATIC_METHOD_ID,
-            fn(*mut c_void, *const c_char, *const c_char) -> *mut c_void
-        )?;
         let string = call!(env, JNI_NEW_STRING_UTF, fn(*const c_char) -> *mut c_void)?;
-        let cls = find(env, class.as_ptr());
-        let mid = if cls.is_null() {
-            core::ptr::null_mut()
-        } else {
-            id(env, cls, method.as_ptr(), signature.as_ptr())
-        };
-        let value = if mid.is_null() {
-            core::ptr::null_mut()
-        } else {
-            string(env, arg)
-        };
+        let (cls, [mid]) = static_methods(env, class, [(method, signature)])?;
+        let value = string(env, arg);
         if !value.is_null() {
             // A `jvalue` is a union of 8 bytes; an object reference is its pointer.
             let args = [value];

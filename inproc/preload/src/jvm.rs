@@ -66,14 +66,8 @@ unsafe fn on_load(vm: Iface, options: *const c_char) {
     }
     // SAFETY: before any thread of ours exists: nothing reads it meanwhile.
     let jar = unsafe { JAR.get_mut() };
-    let mut n = 0;
-    // SAFETY: a NUL-terminated string; we stop at the NUL or one byte short of the buffer.
-    while n < jar.len() - 1 && unsafe { *options.add(n) } != 0 {
-        // SAFETY: as above.
-        jar[n] = unsafe { *options.add(n) } as u8;
-        n += 1;
-    }
-    if n == 0 || n == jar.len() - 1 {
+    // SAFETY: the JVM's options string is NUL-terminated; the buffer is not empty.
+    if unsafe { libc::copy_cstr(options, jar) }.is_none() {
         return;
     }
     let mut ti: Iface = core::ptr::null_mut();
@@ -183,25 +177,11 @@ const START: &core::ffi::CStr = c"dev/microvm/reseed/Start";
 unsafe fn converse(c: &Libc, env: Iface) -> Option<()> {
     // SAFETY: the caller's promise; each function's signature from jni.h.
     unsafe {
-        let find = call!(env, JNI_FIND_CLASS, fn(*const c_char) -> *mut c_void)?;
-        let id = call!(
+        let (cls, [ready, generation]) = static_methods(
             env,
-            JNI_GET_STATIC_METHOD_ID,
-            fn(*mut c_void, *const c_char, *const c_char) -> *mut c_void
+            START,
+            [(c"ready", c"()Z"), (c"generation", c"(J[B[B)[B")],
         )?;
-        let cls = find(env, START.as_ptr());
-        let (ready, generation) = if cls.is_null() {
-            (core::ptr::null_mut(), core::ptr::null_mut())
-        } else {
-            (
-                id(env, cls, c"ready".as_ptr(), c"()Z".as_ptr()),
-                id(env, cls, c"generation".as_ptr(), c"(J[B[B)[B".as_ptr()),
-            )
-        };
-        if ready.is_null() || generation.is_null() {
-            cleared(env);
-            return None;
-        }
         let yes = call!(
             env,
             JNI_CALL_STATIC_BOOLEAN_METHOD_A,

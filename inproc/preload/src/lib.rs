@@ -83,16 +83,10 @@ extern "C" fn start() {
     }
     // SAFETY: still single-threaded (see above); the path is written once, here.
     let path = unsafe { PATH.get_mut() };
-    let mut n = 0;
-    // SAFETY: `value` is NUL-terminated; we stop at the NUL or one byte short of the buffer.
-    while n < path.len() - 1 && unsafe { *value.add(n) } != 0 {
-        // SAFETY: as above: `n` is before the NUL.
-        path[n] = unsafe { *value.add(n) } as u8;
-        n += 1;
-    }
-    if n == 0 || n == path.len() - 1 {
+    // SAFETY: `getenv`'s value is NUL-terminated; the buffer is not empty.
+    let Some(n) = (unsafe { libc::copy_cstr(value, path) }) else {
         return;
-    }
+    };
     // A `java` launcher: the Java agent goes into its JDK_JAVA_OPTIONS (or comes out of it).
     java::arrange(c, &path[..n]);
     // A process that has OpenSSL from the start takes part now: the program links it (curl,

@@ -231,6 +231,23 @@ pub fn next(name: &core::ffi::CStr) -> *mut c_void {
     unsafe { dlsym_fn(RTLD_NEXT, name.as_ptr()) }
 }
 
+/// Copies the C string at `src` into `dst` (left NUL-terminated); its length, or `None` when it
+/// is empty or does not fit (a path cut short would name another file).
+///
+/// # Safety
+/// `src` is a NUL-terminated string; `dst` is not empty.
+pub unsafe fn copy_cstr(src: *const c_char, dst: &mut [u8]) -> Option<usize> {
+    let mut n = 0;
+    // SAFETY: the caller's promise: we stop at the NUL or one byte short of `dst`.
+    while n < dst.len() - 1 && unsafe { *src.add(n) } != 0 {
+        // SAFETY: as above: `n` is before the NUL.
+        dst[n] = unsafe { *src.add(n) } as u8;
+        n += 1;
+    }
+    dst[n] = 0;
+    (n != 0 && n != dst.len() - 1).then_some(n)
+}
+
 /// Looks every function up. Returns `None` (and this library does nothing) when a required one
 /// is missing.
 ///

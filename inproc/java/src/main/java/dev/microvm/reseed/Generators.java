@@ -34,10 +34,8 @@ final class Generators {
   private final Field seeder;
   private final Field threadSeed;
   private final Field threadProbe;
-  /** One instance of each NativePRNG variant this platform has (made once: a provider lookup is
-   *  not work for a hook's time). */
+  /** One instance of each NativePRNG variant this platform has ({@link #natives()}). */
   private final SecureRandom[] natives;
-  private static final String[] VARIANTS = {"NativePRNG", "NativePRNGBlocking", "NativePRNGNonBlocking"};
 
   /** Whose threads a generation reseeds: the root group (every thread), or the decoys' own. */
   private final ThreadGroup group;
@@ -63,15 +61,7 @@ final class Generators {
 
   private Generators(boolean decoys, ThreadGroup group) {
     this.group = group;
-    java.util.List<SecureRandom> found = new java.util.ArrayList<>();
-    for (String variant : VARIANTS) {
-      try {
-        found.add(SecureRandom.getInstance(variant));
-      } catch (Throwable t) {
-        // Not on this platform (not Linux, or no /dev/random).
-      }
-    }
-    natives = found.toArray(new SecureRandom[0]);
+    natives = natives();
     if (decoys) {
       mathRandom = field(Decoys.class, "MATH_RANDOM");
       uniquifier = field(Decoys.class, "UNIQUIFIER");
@@ -85,6 +75,28 @@ final class Generators {
     }
     threadSeed = field(Thread.class, "threadLocalRandomSeed");
     threadProbe = field(Thread.class, "threadLocalRandomProbe");
+  }
+
+  /**
+   * One instance of each NativePRNG variant, made once and shared by the app's generators and the
+   * decoys (the variants share one state per JVM anyway): a provider lookup is not work for a
+   * hook's time, nor worth doing twice at start.
+   */
+  private static SecureRandom[] shared;
+
+  private static synchronized SecureRandom[] natives() {
+    if (shared == null) {
+      java.util.List<SecureRandom> found = new java.util.ArrayList<>();
+      for (String variant : new String[] {"NativePRNG", "NativePRNGBlocking", "NativePRNGNonBlocking"}) {
+        try {
+          found.add(SecureRandom.getInstance(variant));
+        } catch (Throwable t) {
+          // Not on this platform (not Linux, or no /dev/random).
+        }
+      }
+      shared = found.toArray(new SecureRandom[0]);
+    }
+    return shared;
   }
 
   /**

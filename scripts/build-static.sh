@@ -18,14 +18,15 @@
 # the very source this compiler's prebuilt std came from (the `rust-src` component), with
 # `panic-unwind` (a hook that panics still answers 500), without `backtrace`, and with
 # `optimize_for_size` (std's smaller variants of a few algorithms: the same instruction count per
-# routine, measured with callgrind). The flag is
-# unstable; RUSTC_BOOTSTRAP=1 unlocks it on the stable compiler, as the Linux kernel's Rust build
-# does, so the compiler is the one every other test uses. Side effect, checked: of the agent's
-# dependencies only proc-macro2's build script reads RUSTC_BOOTSTRAP (it then uses the compiler's
-# span API inside derive macros, at build time).
+# routine, measured with callgrind). The flag is unstable; RUSTC_BOOTSTRAP=1 unlocks it on the
+# stable compiler, as the Linux kernel's Rust build does, so the compiler is the one every other
+# test uses. Side effect, checked: of the agent's dependencies only proc-macro2's build script
+# reads RUSTC_BOOTSTRAP (it then uses the compiler's span API inside derive macros, at build
+# time). The rest of the shipped form is in Cargo.toml (opt-level "s", LTO) and
+# .cargo/config.toml (static linking; identical code folded on aarch64).
 #
 # Where the toolchain cannot do it (no rustup, no rust-src, a later cargo whose flags changed), the
-# script says so and builds with the prebuilt standard library: the same agent, ~100 KB larger
+# script says so and builds with the prebuilt standard library: the same agent, ~200 KB larger
 # (scripts/dist.sh then fails its size budget, so CI notices; an image build does not break).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -232,7 +232,8 @@ pub fn next(name: &core::ffi::CStr) -> *mut c_void {
 }
 
 /// Copies the C string at `src` into `dst` (left NUL-terminated); its length, or `None` when it
-/// is empty or does not fit (a path cut short would name another file).
+/// is empty or does not fit, and then `dst` is left empty: a path cut short would name another
+/// file (the first byte is what `arranged` asks).
 ///
 /// # Safety
 /// `src` is a NUL-terminated string; `dst` is not empty.
@@ -245,7 +246,12 @@ pub unsafe fn copy_cstr(src: *const c_char, dst: &mut [u8]) -> Option<usize> {
         n += 1;
     }
     dst[n] = 0;
-    (n != 0 && n != dst.len() - 1).then_some(n)
+    // SAFETY: as above; `n` is at most at the NUL.
+    if n == 0 || unsafe { *src.add(n) } != 0 {
+        dst[0] = 0;
+        return None;
+    }
+    Some(n)
 }
 
 /// Looks every function up. Returns `None` (and this library does nothing) when a required one
@@ -341,4 +347,27 @@ pub fn for_tests() -> &'static Libc {
         unsafe { resolve() };
     });
     get().expect("the test binary's libc has every function")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::copy_cstr;
+
+    #[test]
+    fn a_c_string_is_copied_whole_or_not_at_all() {
+        let mut buf = [0xffu8; 8];
+        // SAFETY: NUL-terminated literals; a non-empty buffer.
+        unsafe {
+            assert_eq!(copy_cstr(c"/run/s".as_ptr(), &mut buf), Some(6));
+            assert_eq!(&buf[..7], b"/run/s\0");
+            // Seven bytes and the NUL fill it exactly.
+            assert_eq!(copy_cstr(c"/run/ab".as_ptr(), &mut buf), Some(7));
+            assert_eq!(&buf, b"/run/ab\0");
+            // One more would be cut short: nothing is left, so no caller takes it for a path.
+            assert_eq!(copy_cstr(c"/run/abc".as_ptr(), &mut buf), None);
+            assert_eq!(buf[0], 0);
+            assert_eq!(copy_cstr(c"".as_ptr(), &mut buf), None);
+            assert_eq!(buf[0], 0);
+        }
+    }
 }

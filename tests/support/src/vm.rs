@@ -456,6 +456,17 @@ impl Vm {
         }
         self.qmp(r#"{"execute":"cont"}"#);
     }
+
+    /// Stops the guest's CPUs (its virtual clock stops with them): a VM that must wait, off the
+    /// machine's cores meanwhile.
+    pub fn pause(&mut self) {
+        self.qmp(r#"{"execute":"stop"}"#);
+    }
+
+    /// Lets a paused guest run again.
+    pub fn unpause(&mut self) {
+        self.qmp(r#"{"execute":"cont"}"#);
+    }
 }
 
 /// Whether KVM can run Debian's kernel here (this machine's /dev/kvm cannot; CI's may).
